@@ -1,0 +1,169 @@
+// Architecture record parsing and the network builder; see resnet.h.
+#include "engine/resnet.h"
+
+#include <nlohmann/json.hpp>
+
+#include "engine/error.h"
+
+namespace gati {
+namespace {
+
+using nlohmann::json;
+
+const json& field(const json& j, const char* key) {
+  if (!j.contains(key)) fail("architecture: missing field '", key, "'");
+  return j.at(key);
+}
+
+int int_field(const json& j, const char* key, int lo, int hi) {
+  const json& v = field(j, key);
+  if (!v.is_number_integer()) fail("architecture: '", key, "' must be an integer");
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) fail("architecture: '", key, "' = ", x, " is outside [", lo, ", ", hi, "]");
+  return int(x);
+}
+
+std::vector<int> int_list(const json& j, const char* key, int lo, int hi) {
+  const json& v = field(j, key);
+  if (!v.is_array() || v.empty()) fail("architecture: '", key, "' must be a non-empty array of integers");
+  std::vector<int> out;
+  for (const auto& e : v) {
+    if (!e.is_number_integer() || e.get<int64_t>() < lo || e.get<int64_t>() > hi)
+      fail("architecture: '", key, "' entries must be integers in [", lo, ", ", hi, "]");
+    out.push_back(e.get<int>());
+  }
+  return out;
+}
+
+std::vector<float> float_list(const json& j, const char* key) {
+  const json& v = field(j, key);
+  if (!v.is_array()) fail("architecture: '", key, "' must be an array of numbers");
+  std::vector<float> out;
+  for (const auto& e : v) {
+    if (!e.is_number()) fail("architecture: '", key, "' must be an array of numbers");
+    out.push_back(e.get<float>());
+  }
+  return out;
+}
+
+}  // namespace
+
+Arch Arch::from_json(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    fail("architecture: not valid JSON (", e.what(), ")");
+  }
+  if (!j.is_object()) fail("architecture: must be a JSON object");
+  Arch a;
+  a.name = j.value("name", std::string("resnet"));
+  const std::string block = field(j, "block").is_string() ? j["block"].get<std::string>() : "";
+  if (block == "basic") {
+    a.block = BlockKind::Basic;
+  } else if (block == "bottleneck") {
+    a.block = BlockKind::Bottleneck;
+  } else {
+    fail("architecture: 'block' = '", block, "' (valid: basic, bottleneck)");
+  }
+  const std::string stem = field(j, "stem").is_string() ? j["stem"].get<std::string>() : "";
+  if (stem == "imagenet") {
+    a.stem = StemKind::ImageNet;
+  } else if (stem == "cifar") {
+    a.stem = StemKind::Cifar;
+  } else {
+    fail("architecture: 'stem' = '", stem, "' (valid: imagenet, cifar)");
+  }
+  a.layers = int_list(j, "layers", 1, 1000);
+  a.widths = int_list(j, "widths", 1, 1 << 16);
+  if (a.layers.size() != a.widths.size())
+    fail("architecture: 'layers' has ", a.layers.size(), " stages but 'widths' has ", a.widths.size());
+  a.stem_width = int_field(j, "stem_width", 1, 1 << 16);
+  a.groups = int_field(j, "groups", 1, 1 << 12);
+  a.width_per_group = int_field(j, "width_per_group", 1, 1 << 16);
+  a.in_channels = int_field(j, "in_channels", 1, 1 << 12);
+  a.num_classes = int_field(j, "num_classes", 1, 1 << 20);
+  const std::vector<int> size = int_list(j, "input_size", 1, 1 << 14);
+  if (size.size() != 2) fail("architecture: 'input_size' must be [H, W]");
+  a.input_h = size[0];
+  a.input_w = size[1];
+  a.mean = float_list(j, "mean");
+  a.std = float_list(j, "std");
+  if (int(a.mean.size()) != a.in_channels || int(a.std.size()) != a.in_channels)
+    fail("architecture: 'mean' and 'std' need one value per input channel (", a.in_channels, ")");
+  for (float s : a.std)
+    if (!(s > 0)) fail("architecture: 'std' values must be positive");
+  if (j.contains("bn_eps")) {
+    if (!j["bn_eps"].is_number() || !(j["bn_eps"].get<double>() > 0)) fail("architecture: 'bn_eps' must be positive");
+    a.bn_eps = j["bn_eps"].get<double>();
+  }
+  if (a.block == BlockKind::Basic && (a.groups != 1 || a.width_per_group != 64))
+    fail("architecture: basic blocks support only groups=1 and width_per_group=64");
+  return a;
+}
+
+std::string Arch::to_json() const {
+  json j = {{"name", name},
+            {"block", block == BlockKind::Basic ? "basic" : "bottleneck"},
+            {"layers", layers},
+            {"widths", widths},
+            {"stem", stem == StemKind::ImageNet ? "imagenet" : "cifar"},
+            {"stem_width", stem_width},
+            {"groups", groups},
+            {"width_per_group", width_per_group},
+            {"in_channels", in_channels},
+            {"input_size", {input_h, input_w}},
+            {"num_classes", num_classes},
+            {"mean", mean},
+            {"std", std},
+            {"bn_eps", bn_eps}};
+  return j.dump();
+}
+
+Network describe(const Arch& arch) {
+  Network net;
+  net.arch = arch;
+  auto add_conv = [&](ConvSpec c) {
+    net.convs.push_back(std::move(c));
+    return int(net.convs.size()) - 1;
+  };
+  if (arch.stem == StemKind::ImageNet) {
+    net.stem = add_conv({"conv1", "bn1", arch.in_channels, arch.stem_width, 7, 2, 3, 1});
+    net.stem_maxpool = true;
+  } else {
+    net.stem = add_conv({"conv1", "bn1", arch.in_channels, arch.stem_width, 3, 1, 1, 1});
+  }
+  const int expansion = arch.block == BlockKind::Basic ? 1 : 4;
+  int cin = arch.stem_width;
+  for (size_t s = 0; s < arch.layers.size(); ++s) {
+    const int planes = arch.widths[s];
+    for (int b = 0; b < arch.layers[s]; ++b) {
+      const int stride = (s > 0 && b == 0) ? 2 : 1;
+      BlockSpec blk;
+      blk.name = str_cat("layer", s + 1, ".", b);
+      blk.stage = int(s);
+      blk.index = b;
+      const std::string p = blk.name + ".";
+      const int cout = planes * expansion;
+      if (arch.block == BlockKind::Basic) {
+        blk.convs.push_back(add_conv({p + "conv1", p + "bn1", cin, planes, 3, stride, 1, 1}));
+        blk.convs.push_back(add_conv({p + "conv2", p + "bn2", planes, planes, 3, 1, 1, 1}));
+      } else {
+        const int width = int(planes * (arch.width_per_group / 64.0)) * arch.groups;
+        if (width % arch.groups != 0) fail("architecture: bottleneck width ", width, " not divisible by groups");
+        blk.convs.push_back(add_conv({p + "conv1", p + "bn1", cin, width, 1, 1, 0, 1}));
+        blk.convs.push_back(add_conv({p + "conv2", p + "bn2", width, width, 3, stride, 1, arch.groups}));
+        blk.convs.push_back(add_conv({p + "conv3", p + "bn3", width, cout, 1, 1, 0, 1}));
+      }
+      if (stride != 1 || cin != cout)
+        blk.downsample = add_conv({p + "downsample.0", p + "downsample.1", cin, cout, 1, stride, 0, 1});
+      blk.out_channels = cout;
+      net.blocks.push_back(std::move(blk));
+      cin = cout;
+    }
+  }
+  net.features = cin;
+  return net;
+}
+
+}  // namespace gati

@@ -1,0 +1,44 @@
+// 2-D convolution on the CPU, NHWC, with folded-BN bias, residual add and ReLU
+// fused into the GEMM epilogue.
+//
+// 1x1 stride-1 convolutions read the activations directly as the GEMM's A
+// matrix; every other shape goes through im2col in row chunks (so the scratch
+// stays bounded whatever the batch), one GEMM per group.
+#pragma once
+
+#include <vector>
+
+#include "kernels/gemm_cpu.h"
+
+namespace gati::cpu {
+
+struct ConvParams {
+  int cin = 0, cout = 0, kernel = 1, stride = 1, pad = 0, groups = 1;
+  int out_size(int in) const { return (in + 2 * pad - kernel) / stride + 1; }
+};
+
+struct PackedConv {
+  ConvParams p;
+  std::vector<PackedB> groups;  // B_g: [kernel*kernel*cin_g, cout_g]
+  std::vector<float> bias;      // [cout]
+};
+
+// Packs PyTorch-ordered weights [cout, cin/groups, k, k] and a bias [cout].
+PackedConv pack_conv(const ConvParams& p, const float* weight_oihw, const float* bias);
+
+// Grows on demand; one per backend (not shared between threads running convs).
+struct Workspace {
+  AlignedFloats data;
+  size_t capacity = 0;
+  float* get(size_t n);
+};
+
+// out[n, oh, ow, cout] = relu?(conv(in) + bias + residual?)
+void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
+                 bool relu, Workspace& ws);
+
+// Straight loops from the unpacked weights, in double: the test oracle.
+void conv2d_nhwc_reference(const ConvParams& p, const float* weight_oihw, const float* bias, const float* in, int n,
+                           int h, int w, float* out, const float* residual, bool relu);
+
+}  // namespace gati::cpu

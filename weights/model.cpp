@@ -1,0 +1,86 @@
+// Model loading: metadata -> architecture -> expected tensors -> folded weights.
+#include "weights/model.h"
+
+#include <cmath>
+#include <set>
+
+#include "engine/error.h"
+#include "weights/safetensors.h"
+
+namespace gati {
+namespace {
+
+void check_finite(const std::vector<float>& v, const std::string& path, const std::string& name) {
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i])) fail(path, ": ", name, ": value ", i, " is ", v[i], " (weights must be finite)");
+}
+
+}  // namespace
+
+ConvWeights fold_batch_norm(const std::vector<float>& weight, int cout, const std::vector<float>& gamma,
+                            const std::vector<float>& beta, const std::vector<float>& mean,
+                            const std::vector<float>& var, double eps) {
+  ConvWeights out;
+  out.weight.resize(weight.size());
+  out.bias.resize(size_t(cout));
+  const size_t per_out = weight.size() / size_t(cout);
+  for (int o = 0; o < cout; ++o) {
+    if (var[size_t(o)] < 0) fail("batch norm: running_var[", o, "] = ", var[size_t(o)], " is negative");
+    const double scale = double(gamma[size_t(o)]) / std::sqrt(double(var[size_t(o)]) + eps);
+    for (size_t i = 0; i < per_out; ++i)
+      out.weight[size_t(o) * per_out + i] = float(double(weight[size_t(o) * per_out + i]) * scale);
+    out.bias[size_t(o)] = float(double(beta[size_t(o)]) - double(mean[size_t(o)]) * scale);
+  }
+  return out;
+}
+
+Model load_model(const std::string& path) {
+  const SafeTensorsFile file = SafeTensorsFile::open(path);
+  Model m;
+  m.path = path;
+  Arch arch;
+  try {
+    arch = Arch::from_json(file.metadata_at("gati.arch"));
+  } catch (const Error& e) {
+    fail(path, ": ", e.what());
+  }
+  m.net = describe(arch);
+  std::set<std::string> used;
+  auto read = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    std::vector<float> v = file.read_float(name, shape);
+    check_finite(v, path, name);
+    used.insert(name);
+    m.parameters += int64_t(v.size());
+    return v;
+  };
+  for (const ConvSpec& c : m.net.convs) {
+    const std::vector<int64_t> wshape = {c.cout, c.cin / c.groups, c.kernel, c.kernel};
+    const std::vector<int64_t> vshape = {c.cout};
+    std::vector<float> w = read(c.name + ".weight", wshape);
+    std::vector<float> gamma = read(c.bn + ".weight", vshape);
+    std::vector<float> beta = read(c.bn + ".bias", vshape);
+    std::vector<float> mean = read(c.bn + ".running_mean", vshape);
+    std::vector<float> var = read(c.bn + ".running_var", vshape);
+    try {
+      m.convs.push_back(fold_batch_norm(w, c.cout, gamma, beta, mean, var, arch.bn_eps));
+    } catch (const Error& e) {
+      fail(path, ": ", c.bn, ": ", e.what());
+    }
+  }
+  m.fc_weight = read("fc.weight", {arch.num_classes, m.net.features});
+  m.fc_bias = read("fc.bias", {arch.num_classes});
+  std::vector<std::string> unexpected;
+  for (const std::string& name : file.names()) {
+    const bool bookkeeping = name.size() > 19 && name.compare(name.size() - 19, 19, "num_batches_tracked") == 0;
+    if (!used.count(name) && !bookkeeping) unexpected.push_back(name);
+  }
+  if (!unexpected.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += (i ? ", " : "") + unexpected[i];
+    fail(path, ": ", unexpected.size(), " tensor(s) that architecture '", arch.name, "' does not use: ", list,
+         unexpected.size() > 5 ? ", ..." : "", " (wrong architecture in the metadata?)");
+  }
+  return m;
+}
+
+}  // namespace gati

@@ -1,0 +1,42 @@
+// A loaded model: the network description plus its weights, batch norm folded.
+//
+// Folding happens once at load (scale = gamma / sqrt(var + eps), computed in
+// double): every convolution becomes weight*scale with bias
+// beta - mean*scale, so backends only ever see conv + bias (+ residual) + ReLU.
+// Weights stay in PyTorch's OIHW order here; each backend repacks them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/resnet.h"
+
+namespace gati {
+
+struct ConvWeights {
+  std::vector<float> weight;  // [cout, cin/groups, k, k], folded
+  std::vector<float> bias;    // [cout]
+};
+
+struct Model {
+  Network net;
+  std::vector<ConvWeights> convs;  // parallel to net.convs
+  std::vector<float> fc_weight;    // [num_classes, features]
+  std::vector<float> fc_bias;      // [num_classes]
+  std::string path;
+  int64_t parameters = 0;  // values in the file's tensors that the model uses
+
+  const Arch& arch() const { return net.arch; }
+};
+
+// Loads and validates a gati .safetensors model; every error names the file
+// and the tensor.
+Model load_model(const std::string& path);
+
+// The folding step on its own (exposed for tests).
+ConvWeights fold_batch_norm(const std::vector<float>& weight, int cout, const std::vector<float>& gamma,
+                            const std::vector<float>& beta, const std::vector<float>& mean,
+                            const std::vector<float>& var, double eps);
+
+}  // namespace gati
