@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+"""End-to-end tests of the `gati` command line, as a user would drive it.
+
+- `gati infer` against PyTorch's logits (references from make_references.py).
+- Damaged weights files and inputs fed to every command: each must exit 1
+  with one "gati: error: ..." line naming the problem, never crash.
+- `gati run` on the demo model and `gati profile` outputs (JSON, trace).
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tools"))
+import torch  # noqa: E402
+
+import safetensors_io  # noqa: E402
+
+RESULTS = {"passed": 0, "failed": 0}
+
+
+def check(name, cond, detail=""):
+    if cond:
+        RESULTS["passed"] += 1
+        print(f"[ OK ] {name}")
+    else:
+        RESULTS["failed"] += 1
+        print(f"[FAIL] {name}: {detail}")
+
+
+def run(gati, *args):
+    p = subprocess.run([gati, *args], capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def expect_error(gati, name, args, needle):
+    rc, out, err = run(gati, *args)
+    lines = [l for l in err.strip().splitlines() if l]
+    ok = rc == 1 and len(lines) == 1 and lines[0].startswith("gati: error:") and needle in lines[0]
+    check(name, ok, f"rc={rc} stderr={err.strip()!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gati", required=True)
+    ap.add_argument("--refs", required=True)
+    ap.add_argument("--demo", required=True)
+    args = ap.parse_args()
+    gati = args.gati
+    tmp = tempfile.mkdtemp(prefix="gati_cli_")
+    try:
+        # --help everywhere
+        for cmd in ([], ["info"], ["infer"], ["run"], ["profile"]):
+            rc, out, _ = run(gati, *cmd, "--help")
+            check(f"help {' '.join(cmd) or 'top'}", rc == 0 and "usage" in out, f"rc={rc}")
+        rc, _, err = run(gati)
+        check("no command prints usage and exits 2", rc == 2 and "usage" in err)
+
+        # infer parity with PyTorch through the CLI contract
+        manifest = json.load(open(os.path.join(args.refs, "manifest.json")))
+        for entry in manifest:
+            if entry["arch"] not in ("resnet20", "resnet50", "resnext50_32x4d"):
+                continue
+            for b in entry["batches"]:
+                out_path = os.path.join(tmp, "logits.safetensors")
+                rc, _, err = run(gati, "infer", "--model", entry["model"], "--input", b["input"], "--output", out_path)
+                if rc != 0:
+                    check(f"infer {entry['arch']} b{b['n']}", False, err)
+                    continue
+                got = safetensors_io.load(out_path)[0]["logits"]
+                ref = safetensors_io.load(b["logits"])[0]["logits"]
+                rel = ((got - ref).abs().max() / ref.abs().max()).item()
+                check(f"infer {entry['arch']} b{b['n']} matches PyTorch (rel {rel:.1e})", rel <= 1e-4, f"rel={rel}")
+
+        model = next(e["model"] for e in manifest if e["arch"] == "resnet20")
+        good_in = next(e for e in manifest if e["arch"] == "resnet20")["batches"][0]["input"]
+        raw = open(model, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+
+        # damaged weights files, fed to every command that takes a model
+        damaged = {
+            "missing": (None, "cannot open"),
+            "empty": (b"", "shorter than the 8-byte header length"),
+            "truncated": (raw[: len(raw) // 2], "truncated?"),
+            "header-length": (struct.pack("<Q", len(raw) * 4) + raw[8:], "runs past the end"),
+            "bad-json": (raw[:8] + b"{" * n + raw[8 + n:], "not valid JSON"),
+            "garbage": (os.urandom(4096), ""),
+        }
+        for label, (content, needle) in damaged.items():
+            path = os.path.join(tmp, f"{label}.safetensors")
+            if content is not None:
+                open(path, "wb").write(content)
+            out = os.path.join(tmp, "o.safetensors")
+            expect_error(gati, f"info on {label} model", ["info", path], needle)
+            expect_error(gati, f"infer on {label} model", ["infer", "--model", path, "--input", good_in, "--output", out], needle)
+            expect_error(gati, f"run on {label} model", ["run", "--model", path, "--data", "fashion-mnist", "--limit", "8"], needle)
+            expect_error(gati, f"profile on {label} model", ["profile", "--model", path, "--repeats", "1"], needle)
+
+        # a weights file with a tensor of the wrong shape / a missing tensor
+        tensors, meta = safetensors_io.load(model)
+        bad = dict(tensors)
+        bad["layer2.1.conv1.weight"] = bad["layer2.1.conv1.weight"][:, :16]
+        safetensors_io.save(os.path.join(tmp, "shape.safetensors"), bad, meta)
+        expect_error(gati, "wrong tensor shape", ["info", os.path.join(tmp, "shape.safetensors")],
+                     "layer2.1.conv1.weight: expected shape [32,32,3,3], file has [32,16,3,3]")
+        bad = dict(tensors)
+        del bad["fc.bias"]
+        safetensors_io.save(os.path.join(tmp, "miss.safetensors"), bad, meta)
+        expect_error(gati, "missing tensor", ["info", os.path.join(tmp, "miss.safetensors")], "tensor 'fc.bias' is missing")
+
+        # bad inputs to infer
+        x = safetensors_io.load(good_in)[0]["input"]
+        cases = {
+            "nan": ({"input": torch.where(torch.arange(x.numel()).reshape(x.shape) == 5, torch.tensor(float("nan")), x)}, "is nan"),
+            "channels": ({"input": torch.randn(1, 3, 28, 28)}, "3 channels, but model 'resnet20' takes 1"),
+            "dtype": ({"input": x.half()}, "'input' is F16; expected F32"),
+            "rank": ({"input": x[0]}, "expected [N, C, H, W]"),
+            "empty": ({"input": torch.zeros(0, 1, 28, 28)}, "empty batch"),
+            "name": ({"image": x}, "no tensor named 'input'"),
+        }
+        for label, (t, needle) in cases.items():
+            p = os.path.join(tmp, f"in-{label}.safetensors")
+            safetensors_io.save(p, t)
+            expect_error(gati, f"infer with bad input: {label}",
+                         ["infer", "--model", model, "--input", p, "--output", os.path.join(tmp, "o.safetensors")], needle)
+        expect_error(gati, "unknown option", ["run", "--model", model, "--bogus", "1"], "unknown option --bogus")
+        expect_error(gati, "bad batch", ["run", "--model", model, "--data", "fashion-mnist", "--batch", "zero"],
+                     "--batch must be an integer")
+        expect_error(gati, "wrong data set for model", ["run", "--model",
+                                                        next(e["model"] for e in manifest if e["arch"] == "resnet32"),
+                                                        "--data", "fashion-mnist", "--limit", "4"], "images are 1x28x28")
+
+        # the demo model through `gati run`
+        js = os.path.join(tmp, "run.json")
+        rc, out, err = run(gati, "run", "--model", args.demo, "--data", "fashion-mnist", "--limit", "500",
+                           "--batch", "50", "--json", js)
+        ok = rc == 0 and os.path.exists(js)
+        acc = json.load(open(js))["accuracy"] if ok else 0
+        check(f"run demo model (accuracy {acc:.3f} on 500 test images)", ok and acc >= 0.88, out + err)
+
+        # profile writes a table, JSON and a Chrome trace
+        pj, pt = os.path.join(tmp, "p.json"), os.path.join(tmp, "p.trace.json")
+        rc, out, err = run(gati, "profile", "--model", args.demo, "--batch", "2", "--repeats", "3",
+                           "--json", pj, "--trace", pt)
+        ok = rc == 0 and "layer3.2.conv2" in out and "GFLOP/s" in out
+        prof = json.load(open(pj)) if ok else {}
+        trace = json.load(open(pt)) if ok else {}
+        check("profile table, JSON and trace", ok and len(prof.get("layers", [])) == 24
+              and any(e.get("ph") == "X" for e in trace.get("traceEvents", [])), out + err)
+
+        rc, out, _ = run(gati, "info", args.demo, "--json")
+        check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)
+        rc, out, _ = run(gati, "devices")
+        check("devices", rc == 0 and "cpu: available" in out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
+    return 1 if RESULTS["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
