@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test: the GoogleTest suites and CLI tests via
+# ctest (PyTorch makes the golden outputs during the run), the reader and
+# model-file suites again under AddressSanitizer + UBSan, and a downstream
+# project that links gati through find_package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+echo "== ctest"
+(cd build && ctest --output-on-failure -j "${GATI_JOBS:-2}")
+
+echo "== reader and model-file tests under ASan + UBSan (build-asan/)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGATI_SANITIZE=ON -DGATI_CUDA=OFF -DGATI_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j "${GATI_JOBS:-2}" --target test_safetensors test_model test_loaders
+(cd build-asan && ctest --output-on-failure -R "SafeTensors|ModelFiles|Arch|FoldBatchNorm|BadFiles")
+
+echo "== find_package(gati) from an installed copy"
+prefix=$(mktemp -d)
+cmake --install build --prefix "$prefix" >/dev/null
+cmake -S tests/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
+cmake --build build/consumer -j "${GATI_JOBS:-2}" >/dev/null
+./build/consumer/consumer weights/demo/fmnist_resnet20.safetensors
+rm -rf "$prefix"
+echo "find_package consumer: ok"
