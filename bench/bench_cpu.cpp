@@ -38,7 +38,8 @@ std::vector<std::string> split(const std::string& s) {
 
 void BM_Model(benchmark::State& state, std::shared_ptr<gati::Engine> engine, int batch) {
   const gati::Arch& a = engine->arch();
-  const std::vector<float> x = random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
   engine->infer(x.data(), batch);  // plan + warm caches
   for (auto _ : state) benchmark::DoNotOptimize(engine->infer(x.data(), batch));
   const gati::Plan p = gati::make_plan(engine->model().net, batch, a.input_h, a.input_w);
@@ -49,7 +50,8 @@ void BM_Model(benchmark::State& state, std::shared_ptr<gati::Engine> engine, int
 
 // One convolution at a ResNet shape: {cin, cout, kernel, stride, hw, batch}.
 void BM_Conv(benchmark::State& state) {
-  const int cin = int(state.range(0)), cout = int(state.range(1)), k = int(state.range(2)), stride = int(state.range(3));
+  const int cin = int(state.range(0)), cout = int(state.range(1)), k = int(state.range(2)),
+            stride = int(state.range(3));
   const int hw = int(state.range(4)), n = int(state.range(5));
   const gati::cpu::ConvParams p{cin, cout, k, stride, k / 2, 1};
   const auto w = random_floats(size_t(cout) * size_t(cin) * size_t(k * k), 1);

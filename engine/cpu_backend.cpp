@@ -53,7 +53,8 @@ class CpuBackend final : public Backend {
     const int classes = model.arch().num_classes, features = model.net.features;
     std::vector<float> wt(size_t(features) * size_t(classes));
     for (int o = 0; o < classes; ++o)
-      for (int f = 0; f < features; ++f) wt[size_t(f) * size_t(classes) + size_t(o)] = model.fc_weight[size_t(o) * size_t(features) + size_t(f)];
+      for (int f = 0; f < features; ++f)
+        wt[size_t(f) * size_t(classes) + size_t(o)] = model.fc_weight[size_t(o) * size_t(features) + size_t(f)];
     fc_ = cpu::pack_b(wt.data(), features, classes, classes);
     fc_bias_ = model.fc_bias;
   }

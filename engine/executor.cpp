@@ -42,8 +42,8 @@ bool Executor::run(const float* input_nchw, int n, float* logits, const RunOptio
     }
     if (opts.timings) {
       backend_.synchronize();
-      opts.timings->push_back({s.name, s.kind, s.block, ms_since(start), ms_since(clock::now()) - ms_since(start),
-                               s.macs_per_sample * n});
+      opts.timings->push_back(
+          {s.name, s.kind, s.block, ms_since(start), ms_since(clock::now()) - ms_since(start), s.macs_per_sample * n});
     }
     if (next_exit < plan_.exits.size() && plan_.exits[next_exit].after_step == int(i)) {
       const ExitPoint& e = plan_.exits[next_exit++];

@@ -9,11 +9,16 @@ namespace gati {
 
 const char* step_kind_name(StepKind k) {
   switch (k) {
-    case StepKind::Input: return "input";
-    case StepKind::Conv: return "conv";
-    case StepKind::MaxPool: return "maxpool";
-    case StepKind::GlobalAvgPool: return "avgpool";
-    case StepKind::Classifier: return "fc";
+    case StepKind::Input:
+      return "input";
+    case StepKind::Conv:
+      return "conv";
+    case StepKind::MaxPool:
+      return "maxpool";
+    case StepKind::GlobalAvgPool:
+      return "avgpool";
+    case StepKind::Classifier:
+      return "fc";
   }
   return "?";
 }

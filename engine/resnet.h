@@ -46,8 +46,8 @@ struct ConvSpec {
 struct BlockSpec {
   std::string name;  // "layer2.0"
   int stage = 0, index = 0;
-  std::vector<int> convs;      // indices into Network::convs, in order
-  int downsample = -1;         // index into Network::convs, or -1 for identity
+  std::vector<int> convs;  // indices into Network::convs, in order
+  int downsample = -1;     // index into Network::convs, or -1 for identity
   int out_channels = 0;
 };
 

@@ -14,8 +14,7 @@ constexpr size_t kIm2colFloats = size_t(8) << 20;
 
 // Rows [row0, row0 + rows) of the im2col matrix for group g: row = (image, oy,
 // ox), column = (ky, kx, c) with c inside the group.
-void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, int g, int row0, int rows,
-            float* col) {
+void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, int g, int row0, int rows, float* col) {
   const int cin_g = p.cin / p.groups;
   const int kcols = p.kernel * p.kernel * cin_g;
 #pragma omp parallel for schedule(static) if (size_t(rows) * size_t(kcols) > 65536)
@@ -32,7 +31,9 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
         if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
           std::memset(d, 0, sizeof(float) * size_t(cin_g));
         } else {
-          std::memcpy(d, in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) + size_t(g * cin_g),
+          std::memcpy(d,
+                      in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) +
+                          size_t(g * cin_g),
                       sizeof(float) * size_t(cin_g));
         }
       }
@@ -63,7 +64,9 @@ PackedConv pack_conv(const ConvParams& p, const float* weight, const float* bias
       for (int c = 0; c < cin_g; ++c)
         for (int ky = 0; ky < p.kernel; ++ky)
           for (int kx = 0; kx < p.kernel; ++kx) {
-            const size_t src = ((size_t(g * cout_g + o) * size_t(cin_g) + size_t(c)) * size_t(p.kernel) + size_t(ky)) * size_t(p.kernel) + size_t(kx);
+            const size_t src = ((size_t(g * cout_g + o) * size_t(cin_g) + size_t(c)) * size_t(p.kernel) + size_t(ky)) *
+                                   size_t(p.kernel) +
+                               size_t(kx);
             b[size_t((ky * p.kernel + kx) * cin_g + c) * size_t(cout_g) + size_t(o)] = weight[src];
           }
     pc.groups.push_back(pack_b(b.data(), k, cout_g, cout_g));
@@ -97,7 +100,8 @@ void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
       const int rows = std::min(chunk, m - r0);
       im2col(p, in, h, w, oh, ow, g, r0, rows, col);
       ep.residual = residual ? residual + size_t(r0) * size_t(p.cout) + size_t(g * cout_g) : nullptr;
-      gemm(rows, col, kcols, conv.groups[size_t(g)], out + size_t(r0) * size_t(p.cout) + size_t(g * cout_g), p.cout, ep);
+      gemm(rows, col, kcols, conv.groups[size_t(g)], out + size_t(r0) * size_t(p.cout) + size_t(g * cout_g), p.cout,
+           ep);
     }
   }
 }
@@ -117,10 +121,14 @@ void conv2d_nhwc_reference(const ConvParams& p, const float* weight, const float
               for (int kx = 0; kx < p.kernel; ++kx) {
                 const int iy = oy * p.stride - p.pad + ky, ix = ox * p.stride - p.pad + kx;
                 if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                const double x = in[((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) + size_t(g * cin_g + c)];
-                s += x * weight[((size_t(o) * size_t(cin_g) + size_t(c)) * size_t(p.kernel) + size_t(ky)) * size_t(p.kernel) + size_t(kx)];
+                const double x = in[((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) +
+                                    size_t(g * cin_g + c)];
+                s += x * weight[((size_t(o) * size_t(cin_g) + size_t(c)) * size_t(p.kernel) + size_t(ky)) *
+                                    size_t(p.kernel) +
+                                size_t(kx)];
               }
-          const size_t idx = ((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox)) * size_t(p.cout) + size_t(o);
+          const size_t idx =
+              ((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox)) * size_t(p.cout) + size_t(o);
           if (residual) s += residual[idx];
           out[idx] = float(relu && s < 0 ? 0.0 : s);
         }

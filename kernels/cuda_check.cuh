@@ -14,9 +14,9 @@ namespace gati::cuda {
 
 }  // namespace gati::cuda
 
-#define CUDA_CHECK(expr)                                                         \
-  do {                                                                           \
-    const cudaError_t gati_err_ = (expr);                                        \
+#define CUDA_CHECK(expr)                                                                         \
+  do {                                                                                           \
+    const cudaError_t gati_err_ = (expr);                                                        \
     if (gati_err_ != cudaSuccess) ::gati::cuda::cuda_fail(gati_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 

@@ -106,9 +106,8 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
   }
 }
 
-using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&,
-                         int);
-constexpr StripFn kStrips[kMR + 1] = {nullptr,   strip<1>, strip<2>, strip<3>, strip<4>,
+using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&, int);
+constexpr StripFn kStrips[kMR + 1] = {nullptr,  strip<1>, strip<2>, strip<3>, strip<4>,
                                       strip<5>, strip<6>, strip<7>, strip<8>};
 
 }  // namespace
@@ -133,7 +132,8 @@ PackedB pack_b(const float* b, int k, int n, int ldb) {
   for (int pj = 0; pj < p.panels; ++pj)
     for (int kk = 0; kk < k; ++kk)
       for (int j = 0; j < kPanel && pj * kPanel + j < n; ++j)
-        p.data[(size_t(pj) * size_t(k) + size_t(kk)) * kPanel + size_t(j)] = b[size_t(kk) * size_t(ldb) + size_t(pj * kPanel + j)];
+        p.data[(size_t(pj) * size_t(k) + size_t(kk)) * kPanel + size_t(j)] =
+            b[size_t(kk) * size_t(ldb) + size_t(pj * kPanel + j)];
   return p;
 }
 
@@ -146,7 +146,8 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
   if (k == 0) {  // degenerate: only the epilogue
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < b.n; ++j) {
-        float v = (ep.bias ? ep.bias[j] : 0.f) + (ep.residual ? ep.residual[size_t(i) * size_t(ep.ldr) + size_t(j)] : 0.f);
+        float v =
+            (ep.bias ? ep.bias[j] : 0.f) + (ep.residual ? ep.residual[size_t(i) * size_t(ep.ldr) + size_t(j)] : 0.f);
         c[size_t(i) * size_t(ldc) + size_t(j)] = ep.relu && v < 0 ? 0.f : v;
       }
     return;
@@ -178,7 +179,8 @@ void gemm_reference(int m, int n, int k, const float* a, int lda, const float* b
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
       double s = 0;
-      for (int kk = 0; kk < k; ++kk) s += double(a[size_t(i) * size_t(lda) + size_t(kk)]) * double(b[size_t(kk) * size_t(ldb) + size_t(j)]);
+      for (int kk = 0; kk < k; ++kk)
+        s += double(a[size_t(i) * size_t(lda) + size_t(kk)]) * double(b[size_t(kk) * size_t(ldb) + size_t(j)]);
       if (ep.bias) s += ep.bias[j];
       if (ep.residual) s += ep.residual[size_t(i) * size_t(ep.ldr) + size_t(j)];
       if (ep.relu && s < 0) s = 0;

@@ -3,10 +3,10 @@
 
 #include <zlib.h>
 
+#include <sys/stat.h>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <sys/stat.h>
 
 #include "engine/error.h"
 
@@ -22,7 +22,8 @@ std::vector<uint32_t> idx_header(const std::vector<unsigned char>& b, int ndim, 
   if (b.size() < 4 + 4 * size_t(ndim)) fail(path, ": too short for an IDX header (", b.size(), " bytes)");
   const uint32_t magic = be32(b, 0);
   if ((magic >> 8) != 0x08 || int(magic & 0xff) != ndim)
-    fail(path, ": bad IDX magic 0x", std::hex, magic, std::dec, " (expected unsigned bytes with ", ndim, " dimensions)");
+    fail(path, ": bad IDX magic 0x", std::hex, magic, std::dec, " (expected unsigned bytes with ", ndim,
+         " dimensions)");
   std::vector<uint32_t> dims;
   size_t total = 1;
   for (int i = 0; i < ndim; ++i) {
@@ -30,7 +31,8 @@ std::vector<uint32_t> idx_header(const std::vector<unsigned char>& b, int ndim, 
     total *= dims.back();
   }
   const size_t need = 4 + 4 * size_t(ndim) + total;
-  if (b.size() != need) fail(path, ": ", b.size(), " bytes, but its header describes ", need, " (truncated or damaged)");
+  if (b.size() != need)
+    fail(path, ": ", b.size(), " bytes, but its header describes ", need, " (truncated or damaged)");
   return dims;
 }
 
@@ -44,7 +46,8 @@ std::string default_fashion_mnist_dir() {
 std::vector<unsigned char> read_gzip_file(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0)
-    fail(path, ": cannot open (", std::strerror(errno), "); Fashion-MNIST comes with `apt-get install dataset-fashion-mnist`",
+    fail(path, ": cannot open (", std::strerror(errno),
+         "); Fashion-MNIST comes with `apt-get install dataset-fashion-mnist`",
          " or set GATI_FASHION_MNIST to its folder");
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) fail(path, ": cannot open");
@@ -98,7 +101,8 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int
   d.labels.resize(size_t(d.n));
   for (int i = 0; i < d.n; ++i) {
     d.labels[size_t(i)] = lb[8 + size_t(i)];
-    if (d.labels[size_t(i)] >= d.classes) fail(lpath, ": label ", d.labels[size_t(i)], " at index ", i, " is not in 0..9");
+    if (d.labels[size_t(i)] >= d.classes)
+      fail(lpath, ": label ", d.labels[size_t(i)], " at index ", i, " is not in 0..9");
   }
   return d;
 }

@@ -54,7 +54,8 @@ TEST_P(Gemm, MatchesReference) {
   const cpu::PackedB pb = cpu::pack_b(b.data(), c.k, c.n, c.n);
   cpu::gemm(c.m, a.data(), lda, pb, got.data(), ldc, ep);
   for (int i = 0; i < c.m; ++i)
-    ASSERT_TRUE(test::all_close(got.data() + size_t(i) * size_t(ldc), ref.data() + size_t(i) * size_t(ldc), size_t(c.n), 1e-5, 1e-4))
+    ASSERT_TRUE(test::all_close(got.data() + size_t(i) * size_t(ldc), ref.data() + size_t(i) * size_t(ldc), size_t(c.n),
+                                1e-5, 1e-4))
         << "row " << i;
   // Padding columns between n and ldc must be untouched.
   for (int i = 0; i < c.m; ++i)
@@ -62,17 +63,17 @@ TEST_P(Gemm, MatchesReference) {
   EXPECT_TRUE(got.guards_intact());
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, Gemm,
-                         ::testing::Values(GemmCase{1, 1, 1, false, false, false}, GemmCase{1, 1000, 512, true, false, false},
-                                           GemmCase{7, 33, 19, true, true, true}, GemmCase{64, 64, 576, true, false, true},
-                                           GemmCase{49, 512, 4608, true, true, true},
-                                           GemmCase{130, 70, 300, false, true, false},
-                                           GemmCase{9, 31, 0, true, true, true}),
-                         [](const auto& param_info) {
-                           const GemmCase& c = param_info.param;
-                           return "m" + std::to_string(c.m) + "n" + std::to_string(c.n) + "k" + std::to_string(c.k) +
-                                  (c.bias ? "_bias" : "") + (c.residual ? "_res" : "") + (c.relu ? "_relu" : "");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Gemm,
+    ::testing::Values(GemmCase{1, 1, 1, false, false, false}, GemmCase{1, 1000, 512, true, false, false},
+                      GemmCase{7, 33, 19, true, true, true}, GemmCase{64, 64, 576, true, false, true},
+                      GemmCase{49, 512, 4608, true, true, true}, GemmCase{130, 70, 300, false, true, false},
+                      GemmCase{9, 31, 0, true, true, true}),
+    [](const auto& param_info) {
+      const GemmCase& c = param_info.param;
+      return "m" + std::to_string(c.m) + "n" + std::to_string(c.n) + "k" + std::to_string(c.k) +
+             (c.bias ? "_bias" : "") + (c.residual ? "_res" : "") + (c.relu ? "_relu" : "");
+    });
 
 struct ConvCase {
   const char* what;
@@ -99,7 +100,8 @@ TEST_P(Conv, MatchesReference) {
     cpu::Workspace ws;
     cpu::conv2d_nhwc(cpu::pack_conv(p, w.data(), bias.data()), in.data(), n, c.h, c.w, got.data(),
                      with_residual ? res.data() : nullptr, true, ws);
-    ASSERT_TRUE(test::all_close(got.data(), ref.data(), out_elems, 1e-5, 1e-4)) << c.what << " residual " << with_residual;
+    ASSERT_TRUE(test::all_close(got.data(), ref.data(), out_elems, 1e-5, 1e-4))
+        << c.what << " residual " << with_residual;
     EXPECT_TRUE(got.guards_intact()) << c.what;
   }
 }
@@ -137,7 +139,8 @@ TEST(Pool, MaxPoolMatchesReference) {
             for (int dy = 0; dy < 3; ++dy)
               for (int dx = 0; dx < 3; ++dx) {
                 const int iy = y * 2 - 1 + dy, ix = x * 2 - 1 + dx;
-                if (iy >= 0 && iy < h && ix >= 0 && ix < w) best = std::max(best, in[size_t(((i * h + iy) * w + ix) * c + ch)]);
+                if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                  best = std::max(best, in[size_t(((i * h + iy) * w + ix) * c + ch)]);
               }
             ASSERT_EQ(got.data()[size_t(((i * oh + y) * ow + x) * c + ch)], best);
           }

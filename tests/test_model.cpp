@@ -74,10 +74,10 @@ TEST(Arch, ErrorsNameTheFieldAndValidChoices) {
 }
 
 Arch imagenet(const char* block, std::vector<int> layers, int groups = 1, int wpg = 64) {
-  nlohmann::json j = {{"block", block},   {"layers", layers},        {"widths", {64, 128, 256, 512}},
-                      {"stem", "imagenet"}, {"stem_width", 64},       {"groups", groups},
+  nlohmann::json j = {{"block", block},         {"layers", layers},  {"widths", {64, 128, 256, 512}},
+                      {"stem", "imagenet"},     {"stem_width", 64},  {"groups", groups},
                       {"width_per_group", wpg}, {"in_channels", 3},  {"input_size", {224, 224}},
-                      {"num_classes", 1000}, {"mean", {0, 0, 0}},      {"std", {1, 1, 1}}};
+                      {"num_classes", 1000},    {"mean", {0, 0, 0}}, {"std", {1, 1, 1}}};
   return Arch::from_json(j.dump());
 }
 

@@ -29,7 +29,9 @@ std::vector<uint8_t> floats_bytes(const std::vector<float>& v) {
   return b;
 }
 
-SafeTensorsFile parse(std::vector<uint8_t> bytes) { return SafeTensorsFile::from_bytes(std::move(bytes), "test.safetensors"); }
+SafeTensorsFile parse(std::vector<uint8_t> bytes) {
+  return SafeTensorsFile::from_bytes(std::move(bytes), "test.safetensors");
+}
 
 const std::string kTwo =
     R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
@@ -108,14 +110,14 @@ TEST(SafeTensors, BadJson) {
   EXPECT_GATI_ERROR(parse(make_file("{\"a\": [1, 2", {})), "not valid JSON");
   EXPECT_GATI_ERROR(parse(make_file("[1,2,3]", {})), "must be a JSON object");
   EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[2]}})", {})), "data_offsets");
-  EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", {})),
-                    "non-negative");
+  EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", {})), "non-negative");
   EXPECT_GATI_ERROR(parse(make_file(R"({"__metadata__":{"k":1}})", {})), "must be a string");
 }
 
 TEST(SafeTensors, OffsetsOutsideData) {
-  EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", floats_bytes({1, 2}))),
-                    "outside the data section");
+  EXPECT_GATI_ERROR(
+      parse(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", floats_bytes({1, 2}))),
+      "outside the data section");
   EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", floats_bytes({1, 2}))),
                     "reversed");
 }
@@ -140,7 +142,8 @@ TEST(SafeTensors, WrongDtype) {
   EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F16","shape":[1],"data_offsets":[0,4]}})", floats_bytes({1}))),
                     "needs 2");
   // Integer tensors cannot be read as weights.
-  const SafeTensorsFile f = parse(make_file(R"({"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})", floats_bytes({1})));
+  const SafeTensorsFile f =
+      parse(make_file(R"({"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})", floats_bytes({1})));
   EXPECT_GATI_ERROR(f.read_float("a", {1}), "has dtype I32; expected F32, F16 or BF16");
 }
 

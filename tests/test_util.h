@@ -28,9 +28,9 @@ inline ::testing::AssertionResult all_close(const float* got, const float* ref, 
   for (size_t i = 0; i < n; ++i) {
     const double err = std::abs(double(got[i]) - double(ref[i]));
     if (!(err <= atol + rtol * std::abs(double(ref[i]))))
-      return ::testing::AssertionFailure() << "index " << i << ": got " << got[i] << ", expected " << ref[i]
-                                           << " (error " << err << ", allowed " << atol + rtol * std::abs(double(ref[i]))
-                                           << ")";
+      return ::testing::AssertionFailure()
+             << "index " << i << ": got " << got[i] << ", expected " << ref[i] << " (error " << err << ", allowed "
+             << atol + rtol * std::abs(double(ref[i])) << ")";
   }
   return ::testing::AssertionSuccess();
 }
@@ -55,12 +55,12 @@ inline std::vector<uint8_t> read_bytes(const std::filesystem::path& p) {
 
 // Expects statement to throw gati::Error whose message contains `needle`.
 #define EXPECT_GATI_ERROR(statement, needle)                                                   \
-  do {                                                                                          \
-    try {                                                                                       \
-      statement;                                                                                \
-      ADD_FAILURE() << "expected gati::Error containing '" << (needle) << "', nothing thrown";  \
-    } catch (const ::gati::Error& gati_e_) {                                                       \
-      EXPECT_NE(std::string(gati_e_.what()).find(needle), std::string::npos)                         \
-          << "message '" << gati_e_.what() << "' lacks '" << (needle) << "'";                         \
-    }                                                                                           \
+  do {                                                                                         \
+    try {                                                                                      \
+      statement;                                                                               \
+      ADD_FAILURE() << "expected gati::Error containing '" << (needle) << "', nothing thrown"; \
+    } catch (const ::gati::Error& gati_e_) {                                                   \
+      EXPECT_NE(std::string(gati_e_.what()).find(needle), std::string::npos)                   \
+          << "message '" << gati_e_.what() << "' lacks '" << (needle) << "'";                  \
+    }                                                                                          \
   } while (0)

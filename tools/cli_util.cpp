@@ -84,8 +84,11 @@ double Args::get_double(const std::string& name, double fallback, double lo, dou
 }
 
 Progress::Progress(size_t total, std::string label)
-    : total_(total), label_(std::move(label)), enabled_(isatty(STDERR_FILENO) != 0),
-      start_(std::chrono::steady_clock::now()), last_(start_) {}
+    : total_(total),
+      label_(std::move(label)),
+      enabled_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
 
 Progress::~Progress() { finish(); }
 
@@ -98,8 +101,9 @@ void Progress::update(size_t done, const std::string& extra) {
   const int width = 30, filled = int(frac * width);
   const double secs = std::chrono::duration<double>(now - start_).count();
   const double eta = frac > 0 ? secs * (1 - frac) / frac : 0;
-  std::fprintf(stderr, "\r%s [%s%s] %zu/%zu %5.1f%% %.0fs eta %.0fs %s", label_.c_str(), std::string(size_t(filled), '#').c_str(),
-               std::string(size_t(width - filled), '.').c_str(), done, total_, 100 * frac, secs, eta, extra.c_str());
+  std::fprintf(stderr, "\r%s [%s%s] %zu/%zu %5.1f%% %.0fs eta %.0fs %s", label_.c_str(),
+               std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(), done, total_,
+               100 * frac, secs, eta, extra.c_str());
   std::fflush(stderr);
 }
 

@@ -122,20 +122,22 @@ int cmd_info(const Args& a) {
     return 0;
   }
   std::printf("%s: %s\n", m.path.c_str(), arch.name.c_str());
-  std::printf("  %s blocks %s, stem %s, input %dx%dx%d, %d classes\n",
-              arch.block == BlockKind::Basic ? "basic" : "bottleneck",
-              [&] {
-                std::string s;
-                for (size_t i = 0; i < arch.layers.size(); ++i) s += (i ? "-" : "") + std::to_string(arch.layers[i]);
-                return s;
-              }().c_str(),
-              arch.stem == StemKind::ImageNet ? "imagenet (7x7/2 + maxpool)" : "cifar (3x3/1)", arch.in_channels,
-              arch.input_h, arch.input_w, arch.num_classes);
+  std::printf(
+      "  %s blocks %s, stem %s, input %dx%dx%d, %d classes\n", arch.block == BlockKind::Basic ? "basic" : "bottleneck",
+      [&] {
+        std::string s;
+        for (size_t i = 0; i < arch.layers.size(); ++i) s += (i ? "-" : "") + std::to_string(arch.layers[i]);
+        return s;
+      }()
+          .c_str(),
+      arch.stem == StemKind::ImageNet ? "imagenet (7x7/2 + maxpool)" : "cifar (3x3/1)", arch.in_channels, arch.input_h,
+      arch.input_w, arch.num_classes);
   std::printf("  %zu convolutions, %zu residual blocks (exit points), %.3fM parameters, %.3f GMACs per image\n\n",
               m.net.convs.size(), m.net.blocks.size(), double(m.parameters) / 1e6, double(plan.macs_per_sample) / 1e9);
   std::printf("  %-12s %-16s %12s %8s\n", "block", "output (CxHxW)", "MMACs", "cum %");
   double cum = double(stem);
-  std::printf("  %-12s %-16s %12.2f %7.1f%%\n", "stem", "", double(stem) / 1e6, 100.0 * cum / double(plan.macs_per_sample));
+  std::printf("  %-12s %-16s %12.2f %7.1f%%\n", "stem", "", double(stem) / 1e6,
+              100.0 * cum / double(plan.macs_per_sample));
   for (size_t b = 0; b < m.net.blocks.size(); ++b) {
     const ExitPoint& e = plan.exits[b];
     cum += double(block_macs[b]);
@@ -152,7 +154,8 @@ int cmd_infer(const Args& a) {
   const std::string model_path = a.require("model"), in_path = a.require("input"), out_path = a.require("output");
   Engine engine(model_path, engine_options(a));
   const SafeTensorsFile in = SafeTensorsFile::open(in_path);
-  if (!in.contains("input")) fail(in_path, ": no tensor named 'input' (found: ", in.names().empty() ? "none" : in.names()[0], ")");
+  if (!in.contains("input"))
+    fail(in_path, ": no tensor named 'input' (found: ", in.names().empty() ? "none" : in.names()[0], ")");
   const TensorInfo& info = in.info("input");
   if (info.dtype != DType::F32) fail(in_path, ": 'input' is ", dtype_name(info.dtype), "; expected F32");
   if (info.shape.size() != 4) fail(in_path, ": 'input' has shape ", shape_str(info.shape), "; expected [N, C, H, W]");
@@ -216,15 +219,16 @@ int cmd_run(const Args& a) {
   for (double v : latency_ms) mean += v;
   mean /= double(latency_ms.size());
   std::printf("model     %s (%s)\n", model_path.c_str(), arch.name.c_str());
-  std::printf("data      %s, %d images, batch %d, device %s\n", ds.name.c_str(), ds.n, batch, engine.backend().name().c_str());
+  std::printf("data      %s, %d images, batch %d, device %s\n", ds.name.c_str(), ds.n, batch,
+              engine.backend().name().c_str());
   std::printf("accuracy  %.4f (%d/%d)\n", acc, correct, ds.n);
   std::printf("latency   per batch: mean %.3f ms, p50 %.3f ms, p99 %.3f ms\n", mean, p50, p99);
   std::printf("throughput %.1f images/s\n", double(ds.n) / secs);
   if (a.has("json")) {
-    nlohmann::json j = {{"model", model_path},       {"arch", arch.name},    {"data", ds.name},
-                        {"images", ds.n},            {"batch", batch},       {"device", engine.backend().name()},
-                        {"accuracy", acc},           {"correct", correct},   {"latency_ms_mean", mean},
-                        {"latency_ms_p50", p50},     {"latency_ms_p99", p99}, {"images_per_s", double(ds.n) / secs}};
+    nlohmann::json j = {{"model", model_path},   {"arch", arch.name},     {"data", ds.name},
+                        {"images", ds.n},        {"batch", batch},        {"device", engine.backend().name()},
+                        {"accuracy", acc},       {"correct", correct},    {"latency_ms_mean", mean},
+                        {"latency_ms_p50", p50}, {"latency_ms_p99", p99}, {"images_per_s", double(ds.n) / secs}};
     write_text(a.get("json"), j.dump(2) + "\n");
   }
   return 0;
@@ -289,9 +293,10 @@ int cmd_devices() {
     return 0;
   }
   for (const auto& d : devs)
-    std::printf("cuda:%d %s, sm_%d%d, %d SMs, %.1f GiB%s\n", d.index, d.name.c_str(), d.major, d.minor,
-                d.multiprocessors, double(d.memory_bytes) / double(1ull << 30),
-                d.has_code ? "" : "  (this build has no code for this architecture: rebuild with CMAKE_CUDA_ARCHITECTURES)");
+    std::printf(
+        "cuda:%d %s, sm_%d%d, %d SMs, %.1f GiB%s\n", d.index, d.name.c_str(), d.major, d.minor, d.multiprocessors,
+        double(d.memory_bytes) / double(1ull << 30),
+        d.has_code ? "" : "  (this build has no code for this architecture: rebuild with CMAKE_CUDA_ARCHITECTURES)");
   return 0;
 }
 
