@@ -25,17 +25,27 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
     float* dst = col + size_t(r) * size_t(kcols);
     for (int ky = 0; ky < p.kernel; ++ky) {
       const int iy = oy * p.stride - p.pad + ky;
-      for (int kx = 0; kx < p.kernel; ++kx) {
-        const int ix = ox * p.stride - p.pad + kx;
-        float* d = dst + (ky * p.kernel + kx) * cin_g;
-        if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
-          std::memset(d, 0, sizeof(float) * size_t(cin_g));
-        } else {
-          std::memcpy(d,
-                      in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) +
-                          size_t(g * cin_g),
+      float* d = dst + ky * p.kernel * cin_g;
+      if (iy < 0 || iy >= h) {
+        std::memset(d, 0, sizeof(float) * size_t(p.kernel * cin_g));
+        continue;
+      }
+      const float* src_row = in + (size_t(img) * size_t(h) + size_t(iy)) * size_t(w) * size_t(p.cin);
+      const int ix0 = ox * p.stride - p.pad;
+      // Taps inside the image: [lo, hi).  Without groups they are one
+      // contiguous run of (hi - lo) * cin floats in NHWC, copied at once.
+      const int lo = std::max(0, -ix0), hi = std::min(p.kernel, w - ix0);
+      if (lo > 0) std::memset(d, 0, sizeof(float) * size_t(lo * cin_g));
+      if (hi < p.kernel)
+        std::memset(d + std::max(hi, 0) * cin_g, 0, sizeof(float) * size_t((p.kernel - std::max(hi, 0)) * cin_g));
+      if (hi <= lo) continue;
+      if (p.groups == 1) {
+        std::memcpy(d + lo * cin_g, src_row + size_t(ix0 + lo) * size_t(p.cin),
+                    sizeof(float) * size_t((hi - lo) * cin_g));
+      } else {
+        for (int kx = lo; kx < hi; ++kx)
+          std::memcpy(d + kx * cin_g, src_row + size_t(ix0 + kx) * size_t(p.cin) + size_t(g * cin_g),
                       sizeof(float) * size_t(cin_g));
-        }
       }
     }
   }
