@@ -38,6 +38,8 @@ class Engine {
   const Model& model() const { return model_; }
   const Arch& arch() const { return model_.arch(); }
   const Backend& backend() const { return *backend_; }
+  // For code that runs ops between layers (exit hooks); same serialisation rules.
+  Backend& backend_mut() { return *backend_; }
 
   // logits [n, num_classes]
   std::vector<float> infer(const float* input_nchw, int n, int c, int h, int w);

@@ -153,6 +153,37 @@ def main():
         check("profile table, JSON and trace", ok and len(prof.get("layers", [])) == 24
               and any(e.get("ph") == "X" for e in trace.get("traceEvents", [])), out + err)
 
+        # caches: build on a small slice, replay a trace, reject damaged cache files
+        caches = os.path.join(tmp, "caches.safetensors")
+        rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",
+                           "--holdout", "800", "--epochs", "3", "--out", caches)
+        check("cache build", rc == 0 and os.path.exists(caches) and "layer3.2" in out, out + err)
+        sim = os.path.join(tmp, "sim.json")
+        tr = os.path.join(tmp, "trace.json")
+        rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", "locality",
+                           "--requests", "60", "--seed", "3", "--json", sim, "--save-trace", tr)
+        ok = rc == 0 and os.path.exists(sim)
+        rep = json.load(open(sim)) if ok else {}
+        check("serve-sim report", ok and rep["requests"] == 60 and len(rep["exits"]) == 9
+              and 0 <= rep["hit_rate"] <= 1 and rep["latency_ms"]["full"]["mean"] > 0, out + err)
+        rc, out2, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", tr, "--json", sim)
+        check("serve-sim replays a saved trace identically",
+              rc == 0 and json.load(open(sim))["accuracy_full"] == rep.get("accuracy_full"), err)
+        open(os.path.join(tmp, "badtrace.json"), "w").write('{"format":"gati-trace/1","requests":[]}')
+        expect_error(gati, "malformed trace", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                               "--trace", os.path.join(tmp, "badtrace.json")], "malformed trace")
+        r32 = next(e["model"] for e in manifest if e["arch"] == "resnet32")
+        expect_error(gati, "cache file for another model", ["serve-sim", "--model", r32, "--caches", caches,
+                                                            "--trace", "uniform"], "caches were built for 'resnet20', the model is 'resnet32'")
+        expect_error(gati, "model file used as a cache file", ["serve-sim", "--model", args.demo, "--caches", args.demo,
+                                                               "--trace", "uniform"], "metadata key 'gati.caches' is missing")
+        ctensors, cmeta = safetensors_io.load(caches)
+        ctensors["exit.layer2.0.weight"] = ctensors["exit.layer2.0.weight"][:, :5]
+        safetensors_io.save(os.path.join(tmp, "badcache.safetensors"), ctensors, cmeta)
+        expect_error(gati, "cache tensor of the wrong shape", ["serve-sim", "--model", args.demo, "--caches",
+                                                               os.path.join(tmp, "badcache.safetensors"), "--trace", "uniform"],
+                     "exit.layer2.0.weight: expected shape [10,32]")
+
         rc, out, _ = run(gati, "info", args.demo, "--json")
         check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)
         rc, out, _ = run(gati, "devices")

@@ -4,17 +4,21 @@
 // line on stderr and a non-zero exit; `gati CMD --help` explains each.
 // `gati infer` is the stable contract the parity tests use: a float32 tensor
 // named "input" [N, C, H, W] in, "logits" [N, classes] out.
+#include <unistd.h>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "cache/exit_runtime.h"
 #include "engine/engine.h"
 #include "engine/profile.h"
 #include "kernels/cuda_device.h"
 #include "loaders/fashion_mnist.h"
+#include "loaders/trace.h"
 #include "tools/cli_util.h"
 #include "weights/safetensors.h"
 
@@ -34,6 +38,31 @@ commands:
   run                   accuracy and latency percentiles on a data set
   profile               per-layer timing table, JSON and Chrome trace
   devices               CUDA devices this build can use
+  cache build           train and calibrate learned caches for every exit
+  serve-sim             replay a request trace with caches, against the full model
+)";
+
+const char* kCacheBuildHelp =
+    R"(usage: gati cache build --model M --data fashion-mnist --out CACHES.safetensors [options]
+  Runs the full model over the training split, trains a linear predictor on
+  every exit's pooled features (labels: the full model's own predictions),
+  and calibrates each exit's threshold on held-out training images so that
+  hits agree with the full model at the target rate.
+  --target-agreement A   default 0.99
+  --rule R               target (default) or zero-error (Freeze's rule)
+  --train N              training images (default 50000)
+  --holdout N            calibration images after them (default 10000)
+  --epochs E             SGD epochs (default 10)
+)";
+
+const char* kServeSimHelp = R"(usage: gati serve-sim --model M --caches C --trace KIND|FILE [options]
+  Replays a trace over the Fashion-MNIST test split (images the caches never
+  saw), batch 1, once with caches and once without, and reports hit rate per
+  exit, agreement with the full model, accuracy, latency and speed-up.
+  --trace KIND|FILE      uniform, zipf, locality, drift, or a saved trace file
+  --requests N           default 2000       --seed S   default 1
+  --save-trace FILE      write the generated trace
+  --json FILE            write the report as JSON
 )";
 
 const char* kInfoHelp = R"(usage: gati info MODEL [--json]
@@ -284,6 +313,147 @@ int cmd_profile(const Args& a) {
   return 0;
 }
 
+int cmd_cache_build(const Args& a) {
+  const std::string model_path = a.require("model"), out_path = a.require("out");
+  if (a.require("data") != "fashion-mnist")
+    fail("--data '", a.get("data"), "' is not supported (valid: fashion-mnist)");
+  const double target = a.get_double("target-agreement", 0.99, 0.5, 1.0);
+  const std::string rule = a.get("rule", "target");
+  if (rule != "target" && rule != "zero-error") fail("--rule '", rule, "' (valid: target, zero-error)");
+  const int n_train = a.get_int("train", 50000, 100, 60000), n_hold = a.get_int("holdout", 10000, 100, 60000);
+  if (n_train + n_hold > 60000) fail("--train + --holdout = ", n_train + n_hold, " exceeds the 60000 training images");
+  SgdOptions sgd;
+  sgd.epochs = a.get_int("epochs", 10, 1, 1000);
+  Engine engine(model_path, engine_options(a));
+  Dataset ds = load_fashion_mnist(a.get("data-dir", default_fashion_mnist_dir()), "train", n_train + n_hold);
+  const Arch& arch = engine.arch();
+  if (arch.in_channels != ds.c || arch.input_h != ds.h || arch.input_w != ds.w)
+    fail(model_path, ": model takes ", arch.in_channels, "x", arch.input_h, "x", arch.input_w, " input, ", ds.name,
+         " is ", ds.c, "x", ds.h, "x", ds.w);
+  engine.normalize(ds.images.data(), ds.n);
+  const auto t0 = clock_type::now();
+  CollectedFeatures all = collect_features(engine, ds.images.data(), ds.n, 256, isatty(2));
+  CacheSet set;
+  set.model_arch = arch.name;
+  set.target_agreement = target;
+  std::vector<std::vector<float>> hold_features;
+  const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + n_train);
+  const std::vector<int> hold_labels(all.full_labels.begin() + n_train, all.full_labels.end());
+  for (size_t e = 0; e < all.per_exit.size(); ++e) {
+    ExitCache c;
+    c.exit_name = engine.model().net.blocks[e].name;
+    c.block = int(e);
+    c.dim = all.dims[e];
+    c.classes = arch.num_classes;
+    const auto split = all.per_exit[e].begin() + long(size_t(n_train) * size_t(c.dim));
+    const std::vector<float> train(all.per_exit[e].begin(), split);
+    hold_features.emplace_back(split, all.per_exit[e].end());
+    const std::vector<double> loss = train_exit_cache(c, train, train_labels, sgd);
+    std::fprintf(stderr, "exit %-10s loss %.3f -> %.3f, train agreement %.4f\n", c.exit_name.c_str(), loss.front(),
+                 loss.back(), c.train_agreement);
+    set.exits.push_back(std::move(c));
+  }
+  calibrate_thresholds(set.exits, hold_features, hold_labels, target, rule == "zero-error");
+  set.save(out_path);
+  std::printf("%-10s %9s %10s %9s %10s\n", "exit", "threshold", "agreement", "hit rate", "hit agree");
+  for (const ExitCache& c : set.exits)
+    std::printf("%-10s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), c.enabled() ? c.threshold : NAN,
+                c.holdout_agreement, c.holdout_hit_rate, c.holdout_hit_agreement);
+  std::printf("wrote %s (%zu exits, target %.3f, rule %s, %.1fs)\n", out_path.c_str(), set.exits.size(), target,
+              rule.c_str(), std::chrono::duration<double>(clock_type::now() - t0).count());
+  return 0;
+}
+
+int cmd_serve_sim(const Args& a) {
+  const std::string model_path = a.require("model");
+  Engine engine(model_path, engine_options(a));
+  const CacheSet caches = CacheSet::load(a.require("caches"), engine.model());
+  const Dataset ds = load_fashion_mnist(a.get("data-dir", default_fashion_mnist_dir()), "test");
+  const std::string trace_arg = a.require("trace");
+  const bool is_kind = std::find(trace_kinds().begin(), trace_kinds().end(), trace_arg) != trace_kinds().end();
+  const Trace trace = is_kind ? make_trace(trace_arg, ds, a.get_int("requests", 2000, 1, 10000000),
+                                           uint64_t(a.get_int("seed", 1, 0, 1 << 30)))
+                              : load_trace(trace_arg, ds);
+  if (a.has("save-trace")) save_trace(a.get("save-trace"), trace);
+  const Arch& arch = engine.arch();
+  std::vector<float> x(ds.image_floats());
+  ExitPooler pooler(engine.backend_mut());
+  const CacheSet none;
+  std::vector<double> lat_cache, lat_full;
+  std::vector<int> hits(caches.exits.size(), 0), hit_agree(caches.exits.size(), 0);
+  int agree = 0, correct_cache = 0, correct_full = 0;
+  cli::Progress progress(trace.requests.size(), "serve-sim");
+  for (size_t i = 0; i < trace.requests.size(); ++i) {
+    render(ds, trace.requests[i], x.data());
+    engine.normalize(x.data(), 1);
+    // Same request, same process, back to back: caches on, then the full model.
+    const ServeResult rc = serve_one(engine, caches, x.data(), pooler);
+    const ServeResult rf = serve_one(engine, none, x.data(), pooler);
+    lat_cache.push_back(rc.latency_ms);
+    lat_full.push_back(rf.latency_ms);
+    agree += rc.label == rf.label;
+    const int truth = ds.labels[size_t(trace.requests[i].index)];
+    correct_cache += rc.label == truth;
+    correct_full += rf.label == truth;
+    if (rc.exit >= 0) {
+      hits[size_t(rc.exit)]++;
+      hit_agree[size_t(rc.exit)] += rc.label == rf.label;
+    }
+    progress.update(i + 1);
+  }
+  progress.finish();
+  const double n = double(trace.requests.size());
+  auto mean = [](const std::vector<double>& v) {
+    double s = 0;
+    for (double x2 : v) s += x2;
+    return s / double(v.size());
+  };
+  int total_hits = 0, total_hit_agree = 0;
+  std::printf("trace %s (seed %llu, %zu requests) on %s, model %s\n", trace.kind.c_str(),
+              (unsigned long long)trace.seed, trace.requests.size(), ds.name.c_str(), arch.name.c_str());
+  std::printf("%-10s %9s %9s %10s\n", "exit", "threshold", "hit rate", "hit agree");
+  nlohmann::json exits = nlohmann::json::array();
+  for (size_t e = 0; e < caches.exits.size(); ++e) {
+    const ExitCache& c = caches.exits[e];
+    total_hits += hits[e];
+    total_hit_agree += hit_agree[e];
+    std::printf("%-10s %9.4f %9.4f %10s\n", c.exit_name.c_str(), c.enabled() ? c.threshold : NAN, hits[e] / n,
+                hits[e] ? str_cat(double(hit_agree[e]) / hits[e]).c_str() : "-");
+    exits.push_back({{"name", c.exit_name},
+                     {"enabled", c.enabled()},
+                     {"threshold", c.threshold},
+                     {"hit_rate", hits[e] / n},
+                     {"hit_agreement", hits[e] ? double(hit_agree[e]) / hits[e] : 1.0}});
+  }
+  const double mc = mean(lat_cache), mf = mean(lat_full);
+  std::printf("hit rate %.4f, agreement with the full model %.4f (hits alone %.4f)\n", total_hits / n, agree / n,
+              total_hits ? double(total_hit_agree) / total_hits : 1.0);
+  std::printf("accuracy: full model %.4f, with caches %.4f\n", correct_full / n, correct_cache / n);
+  std::printf("latency ms: caches mean %.3f p50 %.3f p99 %.3f | full mean %.3f p50 %.3f p99 %.3f | speed-up %.2fx\n",
+              mc, cli::percentile(lat_cache, 50), cli::percentile(lat_cache, 99), mf, cli::percentile(lat_full, 50),
+              cli::percentile(lat_full, 99), mf / mc);
+  if (a.has("json")) {
+    nlohmann::json j = {
+        {"trace", trace.kind},
+        {"seed", trace.seed},
+        {"requests", trace.requests.size()},
+        {"model", model_path},
+        {"caches", a.get("caches")},
+        {"exits", exits},
+        {"hit_rate", total_hits / n},
+        {"agreement", agree / n},
+        {"hit_agreement", total_hits ? double(total_hit_agree) / total_hits : 1.0},
+        {"accuracy_full", correct_full / n},
+        {"accuracy_caches", correct_cache / n},
+        {"latency_ms",
+         {{"caches", {{"mean", mc}, {"p50", cli::percentile(lat_cache, 50)}, {"p99", cli::percentile(lat_cache, 99)}}},
+          {"full", {{"mean", mf}, {"p50", cli::percentile(lat_full, 50)}, {"p99", cli::percentile(lat_full, 99)}}}}},
+        {"speedup_mean", mf / mc}};
+    write_text(a.get("json"), j.dump(2) + "\n");
+  }
+  return 0;
+}
+
 int cmd_devices() {
   std::string why;
   const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
@@ -328,7 +498,19 @@ int dispatch(int argc, char** argv) {
     return cmd_profile(Args(argc, argv, 2, with({"model", "batch", "size", "repeats", "warmup", "json", "trace"}), {}));
   }
   if (cmd == "devices") return cmd_devices();
-  fail("unknown command '", cmd, "' (valid: info, infer, run, profile, devices; see gati --help)");
+  if (cmd == "cache") {
+    if (argc < 3 || std::string(argv[2]) != "build") fail("usage: gati cache build ... (see gati cache build --help)");
+    if (wants_help(argc, argv)) return std::fputs(kCacheBuildHelp, stdout), 0;
+    return cmd_cache_build(
+        Args(argc, argv, 3,
+             with({"model", "data", "data-dir", "out", "target-agreement", "rule", "train", "holdout", "epochs"}), {}));
+  }
+  if (cmd == "serve-sim") {
+    if (wants_help(argc, argv)) return std::fputs(kServeSimHelp, stdout), 0;
+    return cmd_serve_sim(Args(
+        argc, argv, 2, with({"model", "caches", "trace", "requests", "seed", "save-trace", "json", "data-dir"}), {}));
+  }
+  fail("unknown command '", cmd, "' (valid: info, infer, run, profile, devices, cache, serve-sim; see gati --help)");
 }
 
 }  // namespace

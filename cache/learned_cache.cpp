@@ -1,0 +1,279 @@
+// Learned caches: training, calibration, files; see learned_cache.h.
+#include "cache/learned_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+
+#include "engine/error.h"
+#include "weights/model.h"
+#include "weights/safetensors.h"
+
+namespace gati {
+namespace {
+
+constexpr const char* kFormat = "gati-caches/1";
+
+void logits_of(const ExitCache& c, const float* x, std::vector<float>& z, std::vector<float>& xs) {
+  xs.resize(size_t(c.dim));
+  for (int d = 0; d < c.dim; ++d) xs[size_t(d)] = (x[d] - c.mean[size_t(d)]) * c.inv_std[size_t(d)];
+  z.resize(size_t(c.classes));
+  for (int k = 0; k < c.classes; ++k) {
+    const float* w = c.weight.data() + size_t(k) * size_t(c.dim);
+    float s = c.bias[size_t(k)];
+    for (int d = 0; d < c.dim; ++d) s += w[d] * xs[size_t(d)];
+    z[size_t(k)] = s;
+  }
+}
+
+int softmax_argmax(std::vector<float>& z, float* probs) {
+  const float m = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (float& v : z) sum += (v = std::exp(v - m));
+  int best = 0;
+  for (size_t k = 0; k < z.size(); ++k) {
+    probs[k] = float(z[k] / sum);
+    if (probs[k] > probs[size_t(best)]) best = int(k);
+  }
+  return best;
+}
+
+}  // namespace
+
+int ExitCache::predict(const float* features, float* probs) const {
+  thread_local std::vector<float> z, xs;
+  logits_of(*this, features, z, xs);
+  return softmax_argmax(z, probs);
+}
+
+double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const SgdOptions& opt,
+                std::vector<float>& velocity) {
+  const size_t wsize = c.weight.size(), total = wsize + c.bias.size();
+  if (velocity.size() != total) velocity.assign(total, 0.f);
+  std::vector<float> grad(total, 0.f), z, xs, p(size_t(c.classes));
+  double loss = 0;
+  for (int i = 0; i < n; ++i) {
+    if (labels[i] < 0 || labels[i] >= c.classes) fail("cache ", c.exit_name, ": label ", labels[i], " out of range");
+    logits_of(c, x + size_t(i) * size_t(c.dim), z, xs);
+    softmax_argmax(z, p.data());
+    loss -= std::log(std::max(p[size_t(labels[i])], 1e-12f));
+    for (int k = 0; k < c.classes; ++k) {
+      const float g = p[size_t(k)] - (k == labels[i] ? 1.f : 0.f);
+      float* gw = grad.data() + size_t(k) * size_t(c.dim);
+      for (int d = 0; d < c.dim; ++d) gw[d] += g * xs[size_t(d)];
+      grad[wsize + size_t(k)] += g;
+    }
+  }
+  // Compute the step aside; commit only if every new value is finite.
+  std::vector<float> nv(total), nw(total);
+  for (size_t j = 0; j < total; ++j) {
+    const float w = j < wsize ? c.weight[j] : c.bias[j - wsize];
+    const float g = grad[j] / float(n) + (j < wsize ? opt.weight_decay * w : 0.f);
+    nv[j] = opt.momentum * velocity[j] + g;
+    nw[j] = w - opt.lr * nv[j];
+    if (!std::isfinite(nw[j]) || std::abs(nw[j]) > 1e6f)
+      fail("cache ", c.exit_name, ": SGD step rejected (weight ", j, " would become ", nw[j], "); weights unchanged");
+  }
+  velocity.swap(nv);
+  std::copy(nw.begin(), nw.begin() + long(wsize), c.weight.begin());
+  std::copy(nw.begin() + long(wsize), nw.end(), c.bias.begin());
+  return loss / n;
+}
+
+std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels,
+                                     const SgdOptions& opt) {
+  const int n = int(labels.size());
+  if (n == 0) fail("cache ", c.exit_name, ": no training samples");
+  if (features.size() != size_t(n) * size_t(c.dim))
+    fail("cache ", c.exit_name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
+  c.mean.assign(size_t(c.dim), 0.f);
+  c.inv_std.assign(size_t(c.dim), 1.f);
+  std::vector<double> m(size_t(c.dim), 0), v(size_t(c.dim), 0);
+  for (int i = 0; i < n; ++i)
+    for (int d = 0; d < c.dim; ++d) m[size_t(d)] += features[size_t(i) * size_t(c.dim) + size_t(d)];
+  for (double& x : m) x /= n;
+  for (int i = 0; i < n; ++i)
+    for (int d = 0; d < c.dim; ++d) {
+      const double t = features[size_t(i) * size_t(c.dim) + size_t(d)] - m[size_t(d)];
+      v[size_t(d)] += t * t;
+    }
+  for (int d = 0; d < c.dim; ++d) {
+    c.mean[size_t(d)] = float(m[size_t(d)]);
+    c.inv_std[size_t(d)] = float(1.0 / std::sqrt(v[size_t(d)] / n + 1e-6));
+  }
+  c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
+  c.bias.assign(size_t(c.classes), 0.f);
+  std::vector<int> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937 rng(opt.seed);
+  std::vector<float> velocity, xb;
+  std::vector<int> yb;
+  std::vector<double> history;
+  for (int e = 0; e < opt.epochs; ++e) {
+    std::shuffle(order.begin(), order.end(), rng);
+    SgdOptions o = opt;
+    o.lr = opt.lr * 0.5f * (1.0f + std::cos(float(M_PI) * float(e) / float(opt.epochs)));  // cosine decay
+    double sum = 0;
+    int batches = 0;
+    for (int s = 0; s < n; s += opt.batch) {
+      const int nb = std::min(opt.batch, n - s);
+      xb.resize(size_t(nb) * size_t(c.dim));
+      yb.resize(size_t(nb));
+      for (int i = 0; i < nb; ++i) {
+        const int src = order[size_t(s + i)];
+        std::copy_n(features.data() + size_t(src) * size_t(c.dim), c.dim, xb.data() + size_t(i) * size_t(c.dim));
+        yb[size_t(i)] = labels[size_t(src)];
+      }
+      sum += sgd_step(c, xb.data(), yb.data(), nb, o, velocity);
+      ++batches;
+    }
+    history.push_back(sum / batches);
+  }
+  std::vector<float> p(size_t(c.classes));
+  int agree = 0;
+  for (int i = 0; i < n; ++i)
+    agree += c.predict(features.data() + size_t(i) * size_t(c.dim), p.data()) == labels[size_t(i)];
+  c.train_agreement = double(agree) / n;
+  return history;
+}
+
+void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
+                          const std::vector<int>& labels, double target, bool zero_error, int min_hits) {
+  if (!(target > 0 && target <= 1)) fail("calibration: target agreement ", target, " must be in (0, 1]");
+  if (features.size() != caches.size())
+    fail("calibration: features for ", features.size(), " exits, ", caches.size(), " caches");
+  const int n = int(labels.size());
+  std::vector<bool> taken(size_t(n), false);
+  for (size_t e = 0; e < caches.size(); ++e) {
+    ExitCache& c = caches[e];
+    struct Item {
+      float conf;
+      bool agree;
+    };
+    std::vector<Item> items;
+    std::vector<float> p(size_t(c.classes));
+    int agree_all = 0;
+    for (int i = 0; i < n; ++i) {
+      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), p.data());
+      agree_all += pred == labels[size_t(i)];
+      if (!taken[size_t(i)]) items.push_back({p[size_t(pred)], pred == labels[size_t(i)]});
+    }
+    c.holdout_agreement = n ? double(agree_all) / n : 0;
+    std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.conf > b.conf; });
+    float threshold = 2.0f;  // disabled unless a threshold qualifies
+    if (zero_error) {
+      float worst = -1.f;
+      for (const Item& it : items)
+        if (!it.agree) worst = std::max(worst, it.conf);
+      const float t = std::nextafter(std::max(worst, 0.f), 2.f);
+      int hits = 0;
+      for (const Item& it : items) hits += it.conf >= t;
+      if (hits >= min_hits && t <= 1.f) threshold = t;
+    } else {
+      // Walk down the confidences; the lowest cut whose taken set still
+      // agrees at >= target wins.  Cuts only between distinct confidences.
+      int hits = 0, agree = 0;
+      for (size_t k = 0; k < items.size(); ++k) {
+        ++hits;
+        agree += items[k].agree;
+        const bool boundary = k + 1 == items.size() || items[k + 1].conf < items[k].conf;
+        if (boundary && hits >= min_hits && double(agree) / hits >= target) threshold = items[k].conf;
+      }
+    }
+    c.threshold = threshold;
+    int hits = 0, hit_agree = 0;
+    for (int i = 0; i < n; ++i) {
+      if (taken[size_t(i)]) continue;
+      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), p.data());
+      if (p[size_t(pred)] >= c.threshold) {
+        taken[size_t(i)] = true;
+        ++hits;
+        hit_agree += pred == labels[size_t(i)];
+      }
+    }
+    c.holdout_hit_rate = n ? double(hits) / n : 0;
+    c.holdout_hit_agreement = hits ? double(hit_agree) / hits : 1.0;
+  }
+}
+
+void CacheSet::save(const std::string& path) const {
+  SafeTensorsWriter w;
+  nlohmann::json meta = {{"format", kFormat}, {"model_arch", model_arch}, {"target_agreement", target_agreement}};
+  nlohmann::json exit_meta = nlohmann::json::array();
+  for (const ExitCache& c : exits) {
+    const std::string p = "exit." + c.exit_name + ".";
+    w.add_float(p + "mean", {c.dim}, c.mean);
+    w.add_float(p + "inv_std", {c.dim}, c.inv_std);
+    w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
+    w.add_float(p + "bias", {c.classes}, c.bias);
+    exit_meta.push_back({{"name", c.exit_name},
+                         {"block", c.block},
+                         {"kind", "learned-linear"},
+                         {"dim", c.dim},
+                         {"classes", c.classes},
+                         {"threshold", c.threshold},
+                         {"train_agreement", c.train_agreement},
+                         {"holdout_agreement", c.holdout_agreement},
+                         {"holdout_hit_rate", c.holdout_hit_rate},
+                         {"holdout_hit_agreement", c.holdout_hit_agreement}});
+  }
+  meta["exits"] = exit_meta;
+  w.set_metadata("gati.caches", meta.dump());
+  w.write(path);
+}
+
+CacheSet CacheSet::load(const std::string& path, const Model& model) {
+  const SafeTensorsFile f = SafeTensorsFile::open(path);
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(f.metadata_at("gati.caches"));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": metadata 'gati.caches' is not valid JSON (", e.what(), ")");
+  }
+  if (!meta.is_object() || meta.value("format", "") != kFormat)
+    fail(path, ": not a gati cache file of format ", kFormat);
+  CacheSet s;
+  try {
+    s.model_arch = meta.at("model_arch").get<std::string>();
+    s.target_agreement = meta.at("target_agreement").get<double>();
+    if (s.model_arch != model.arch().name)
+      fail(path, ": caches were built for '", s.model_arch, "', the model is '", model.arch().name, "'");
+    for (const auto& e : meta.at("exits")) {
+      ExitCache c;
+      c.exit_name = e.at("name").get<std::string>();
+      c.block = e.at("block").get<int>();
+      c.dim = e.at("dim").get<int>();
+      c.classes = e.at("classes").get<int>();
+      c.threshold = e.at("threshold").get<float>();
+      c.train_agreement = e.value("train_agreement", 0.0);
+      c.holdout_agreement = e.value("holdout_agreement", 0.0);
+      c.holdout_hit_rate = e.value("holdout_hit_rate", 0.0);
+      c.holdout_hit_agreement = e.value("holdout_hit_agreement", 0.0);
+      if (c.block < 0 || c.block >= int(model.net.blocks.size()) ||
+          model.net.blocks[size_t(c.block)].name != c.exit_name)
+        fail(path, ": exit '", c.exit_name, "' (block ", c.block, ") is not a block of the model");
+      if (c.dim != model.net.blocks[size_t(c.block)].out_channels)
+        fail(path, ": exit '", c.exit_name, "' has dim ", c.dim, ", the block has ",
+             model.net.blocks[size_t(c.block)].out_channels, " channels");
+      if (c.classes != model.arch().num_classes)
+        fail(path, ": exit '", c.exit_name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
+      if (!(c.threshold >= 0)) fail(path, ": exit '", c.exit_name, "' has threshold ", c.threshold);
+      const std::string p = "exit." + c.exit_name + ".";
+      c.mean = f.read_float(p + "mean", {c.dim});
+      c.inv_std = f.read_float(p + "inv_std", {c.dim});
+      c.weight = f.read_float(p + "weight", {c.classes, c.dim});
+      c.bias = f.read_float(p + "bias", {c.classes});
+      for (const auto* v : {&c.mean, &c.inv_std, &c.weight, &c.bias})
+        for (float x : *v)
+          if (!std::isfinite(x)) fail(path, ": exit '", c.exit_name, "' has non-finite parameters");
+      s.exits.push_back(std::move(c));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": malformed cache metadata (", e.what(), ")");
+  }
+  return s;
+}
+
+}  // namespace gati

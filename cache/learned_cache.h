@@ -1,0 +1,74 @@
+// Learned caches (GATI): at each exit point a small model predicts the full
+// model's final label from the block's pooled features, and a calibrated
+// confidence threshold decides hit or miss.
+//
+// Design decision: the predictor is a linear softmax layer over standardised
+// global-average-pooled features.  It costs channels x classes MACs per
+// sample, far below one block's cost, so a miss costs almost nothing; its
+// labels are the full model's own predictions (never ground truth), so a hit
+// means "agrees with the full model".  The same SGD routine serves offline
+// building and online updates, and refuses any step that would put a
+// non-finite value into the weights.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gati {
+
+struct Model;
+
+struct ExitCache {
+  std::string exit_name;  // "layer2.1"
+  int block = 0;
+  int dim = 0, classes = 0;
+  std::vector<float> mean, inv_std;  // feature standardisation, [dim]
+  std::vector<float> weight;         // [classes, dim]
+  std::vector<float> bias;           // [classes]
+  float threshold = 2.0f;            // top softmax probability needed to hit; > 1 never hits
+  // Training record (kept in the cache file's metadata).
+  double train_agreement = 0, holdout_agreement = 0, holdout_hit_rate = 0, holdout_hit_agreement = 0;
+
+  bool enabled() const { return threshold <= 1.0f; }
+  // Softmax probabilities for one sample's pooled features; returns the argmax.
+  int predict(const float* features, float* probs) const;
+};
+
+struct SgdOptions {
+  int epochs = 10;
+  int batch = 64;
+  float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
+  uint32_t seed = 0;
+};
+
+// Fits mean/inv_std on `features` [n, dim] and trains the predictor to the
+// full model's labels.  Returns the mean cross-entropy of each epoch.
+std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>& features,
+                                     const std::vector<int>& labels, const SgdOptions& opt);
+
+// One SGD step on a mini-batch (also the online update path).  Returns the
+// batch loss, or throws gati::Error (weights unchanged) if the step would make
+// any weight non-finite.
+double sgd_step(ExitCache& cache, const float* features, const int* labels, int n, const SgdOptions& opt,
+                std::vector<float>& velocity);
+
+// Chooses each exit's threshold, in exit order, on held-out samples: exit e
+// sees only the samples no earlier exit took, and gets the lowest threshold at
+// which the samples it takes agree with the full model at >= target.  With
+// `zero_error` (Freeze's rule) the threshold is instead just above the highest
+// confidence that was ever wrong.  features[e] is [n, dim_e].
+void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
+                          const std::vector<int>& labels, double target, bool zero_error = false, int min_hits = 20);
+
+struct CacheSet {
+  std::string model_arch;  // the architecture name the caches were built for
+  double target_agreement = 0.99;
+  std::vector<ExitCache> exits;
+
+  void save(const std::string& path) const;
+  // Loads and validates against the model (exit names, dims, classes).
+  static CacheSet load(const std::string& path, const Model& model);
+};
+
+}  // namespace gati

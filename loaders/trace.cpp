@@ -1,0 +1,155 @@
+// Request traces; see trace.h.
+#include "loaders/trace.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+
+#include "engine/error.h"
+
+namespace gati {
+
+const std::vector<std::string>& trace_kinds() {
+  static const std::vector<std::string> k = {"uniform", "zipf", "locality", "drift"};
+  return k;
+}
+
+Trace make_trace(const std::string& kind, const Dataset& data, int n, uint64_t seed, const TraceParams& p) {
+  if (std::find(trace_kinds().begin(), trace_kinds().end(), kind) == trace_kinds().end())
+    fail("trace: unknown kind '", kind, "' (valid: uniform, zipf, locality, drift)");
+  if (n < 1) fail("trace: need at least one request, got ", n);
+  if (data.n < 1) fail("trace: data set ", data.name, " is empty");
+  if (!(p.zipf_s > 0)) fail("trace: zipf_s must be positive");
+  if (!(p.locality_p >= 0 && p.locality_p <= 1)) fail("trace: locality_p must be in [0, 1]");
+  if (p.drift_period < 1) fail("trace: drift_period must be at least 1");
+  Trace t;
+  t.kind = kind;
+  t.seed = seed;
+  t.params = p;
+  t.source = data.name;
+  t.source_size = data.n;
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int>> by_class(size_t(data.classes));
+  for (int i = 0; i < data.n; ++i) by_class[size_t(data.labels[size_t(i)])].push_back(i);
+  std::vector<int> classes;
+  for (int c = 0; c < data.classes; ++c)
+    if (!by_class[size_t(c)].empty()) classes.push_back(c);
+  auto item_of = [&](int c) {
+    const auto& v = by_class[size_t(c)];
+    return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)];
+  };
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<int> ranking = classes;
+  std::shuffle(ranking.begin(), ranking.end(), rng);
+  std::vector<double> zipf_w;
+  for (size_t r = 0; r < ranking.size(); ++r) zipf_w.push_back(1.0 / std::pow(double(r + 1), p.zipf_s));
+  std::discrete_distribution<size_t> zipf(zipf_w.begin(), zipf_w.end());
+  int cls = classes[std::uniform_int_distribution<size_t>(0, classes.size() - 1)(rng)];
+  std::vector<int> favoured;
+  for (int i = 0; i < n; ++i) {
+    Request r;
+    if (kind == "uniform") {
+      r.index = std::uniform_int_distribution<int>(0, data.n - 1)(rng);
+    } else if (kind == "zipf") {
+      r.index = item_of(ranking[zipf(rng)]);
+    } else if (kind == "drift") {
+      if (i % p.drift_period == 0) {
+        favoured = classes;
+        std::shuffle(favoured.begin(), favoured.end(), rng);
+        favoured.resize(std::min<size_t>(3, favoured.size()));
+      }
+      const bool fav = u(rng) < 0.8;
+      r.index = fav ? item_of(favoured[std::uniform_int_distribution<size_t>(0, favoured.size() - 1)(rng)])
+                    : item_of(classes[std::uniform_int_distribution<size_t>(0, classes.size() - 1)(rng)]);
+    } else {  // locality
+      if (i > 0 && u(rng) < p.locality_p) {
+        r = t.requests.back();
+        r.dx = std::clamp(r.dx + std::uniform_int_distribution<int>(-1, 1)(rng), -2, 2);
+        r.dy = std::clamp(r.dy + std::uniform_int_distribution<int>(-1, 1)(rng), -2, 2);
+        r.noise = 0.02f;
+        r.noise_seed = uint32_t(rng());
+        t.requests.push_back(r);
+        continue;
+      }
+      if (i > 0 && u(rng) >= p.locality_p)
+        cls = classes[std::uniform_int_distribution<size_t>(0, classes.size() - 1)(rng)];
+      r.index = item_of(cls);
+    }
+    t.requests.push_back(r);
+  }
+  return t;
+}
+
+void save_trace(const std::string& path, const Trace& t) {
+  nlohmann::json j = {
+      {"format", "gati-trace/1"},
+      {"kind", t.kind},
+      {"seed", t.seed},
+      {"params",
+       {{"zipf_s", t.params.zipf_s}, {"locality_p", t.params.locality_p}, {"drift_period", t.params.drift_period}}},
+      {"source", t.source},
+      {"source_size", t.source_size}};
+  nlohmann::json reqs = nlohmann::json::array();
+  for (const Request& r : t.requests) reqs.push_back({r.index, r.dx, r.dy, r.noise, r.noise_seed});
+  j["requests"] = reqs;
+  std::ofstream f(path);
+  if (!f) fail(path, ": cannot open for writing");
+  f << j.dump() << "\n";
+  if (!f) fail(path, ": write failed");
+}
+
+Trace load_trace(const std::string& path, const Dataset& data) {
+  std::ifstream f(path);
+  if (!f) fail(path, ": cannot open trace");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": trace is not valid JSON (", e.what(), ")");
+  }
+  Trace t;
+  try {
+    if (j.at("format").get<std::string>() != "gati-trace/1") fail(path, ": unknown trace format");
+    t.kind = j.at("kind").get<std::string>();
+    t.seed = j.at("seed").get<uint64_t>();
+    t.source = j.at("source").get<std::string>();
+    t.source_size = j.at("source_size").get<int>();
+    const auto& reqs = j.at("requests");
+    if (!reqs.is_array() || reqs.empty()) fail(path, ": 'requests' must be a non-empty array");
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const auto& r = reqs[i];
+      if (!r.is_array() || r.size() != 5) fail(path, ": request ", i, " must be [index, dx, dy, noise, noise_seed]");
+      Request q{r[0].get<int>(), r[1].get<int>(), r[2].get<int>(), r[3].get<float>(), r[4].get<uint32_t>()};
+      if (q.index < 0 || q.index >= data.n)
+        fail(path, ": request ", i, " names item ", q.index, ", but ", data.name, " has ", data.n);
+      if (std::abs(q.dx) > 8 || std::abs(q.dy) > 8 || !(q.noise >= 0 && q.noise <= 1))
+        fail(path, ": request ", i, " has an out-of-range shift or noise");
+      t.requests.push_back(q);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": malformed trace (", e.what(), ")");
+  }
+  if (t.source != data.name) fail(path, ": trace was made for ", t.source, ", replaying on ", data.name);
+  return t;
+}
+
+void render(const Dataset& data, const Request& r, float* out) {
+  const float* src = data.image(r.index);
+  std::mt19937 rng(r.noise_seed);
+  std::normal_distribution<float> noise(0.f, r.noise > 0 ? r.noise : 1.f);
+  for (int c = 0; c < data.c; ++c)
+    for (int y = 0; y < data.h; ++y)
+      for (int x = 0; x < data.w; ++x) {
+        const int sy = y - r.dy, sx = x - r.dx;
+        float v = (sy >= 0 && sy < data.h && sx >= 0 && sx < data.w)
+                      ? src[(size_t(c) * size_t(data.h) + size_t(sy)) * size_t(data.w) + size_t(sx)]
+                      : 0.f;
+        if (r.noise > 0) v += noise(rng);
+        out[(size_t(c) * size_t(data.h) + size_t(y)) * size_t(data.w) + size_t(x)] = std::clamp(v, 0.f, 1.f);
+      }
+}
+
+}  // namespace gati

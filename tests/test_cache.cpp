@@ -1,0 +1,172 @@
+// Learned caches and request traces: training lowers the loss, calibration
+// meets its target, the SGD guard refuses non-finite steps, cache files and
+// traces round-trip and reject damage, traces are reproducible by seed.
+#include <fstream>
+
+#include "cache/learned_cache.h"
+#include "engine/error.h"
+#include "loaders/trace.h"
+#include "test_util.h"
+
+namespace gati {
+namespace {
+
+// Gaussian blobs: class k centred at a random point, with overlap so that
+// confidence matters.
+void blobs(int n, int dim, int classes, uint32_t seed, std::vector<float>& x, std::vector<int>& y) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::mt19937 crng(99);  // same centres for every call
+  std::vector<float> centres(size_t(classes * dim));
+  for (float& c : centres) c = 1.2f * d(crng);
+  x.resize(size_t(n * dim));
+  y.resize(size_t(n));
+  for (int i = 0; i < n; ++i) {
+    y[size_t(i)] = int(rng() % uint32_t(classes));
+    for (int j = 0; j < dim; ++j) x[size_t(i * dim + j)] = centres[size_t(y[size_t(i)] * dim + j)] + d(rng) + 3.f;
+  }
+}
+
+ExitCache fresh(int dim, int classes) {
+  ExitCache c;
+  c.exit_name = "layer1.0";
+  c.dim = dim;
+  c.classes = classes;
+  return c;
+}
+
+TEST(LearnedCache, TrainingLowersLossAndReportsAgreement) {
+  std::vector<float> x;
+  std::vector<int> y;
+  blobs(2000, 16, 5, 1, x, y);
+  ExitCache c = fresh(16, 5);
+  const std::vector<double> loss = train_exit_cache(c, x, y, SgdOptions{});
+  ASSERT_EQ(loss.size(), 10u);
+  EXPECT_LT(loss.back(), 0.5 * loss.front());
+  // The reported agreement is what predict() gives on the training data.
+  std::vector<float> p(5);
+  int agree = 0;
+  for (int i = 0; i < 2000; ++i) agree += c.predict(x.data() + i * 16, p.data()) == y[size_t(i)];
+  EXPECT_DOUBLE_EQ(c.train_agreement, agree / 2000.0);
+  EXPECT_GT(c.train_agreement, 0.8);
+}
+
+TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {
+  std::vector<float> x, xh, xt;
+  std::vector<int> y, yh, yt;
+  blobs(3000, 16, 5, 2, x, y);
+  blobs(3000, 16, 5, 3, xh, yh);
+  blobs(3000, 16, 5, 4, xt, yt);
+  std::vector<ExitCache> caches = {fresh(16, 5)};
+  train_exit_cache(caches[0], x, y, SgdOptions{});
+  calibrate_thresholds(caches, {xh}, yh, 0.98);
+  ASSERT_TRUE(caches[0].enabled());
+  EXPECT_GE(caches[0].holdout_hit_agreement, 0.98);
+  EXPECT_GT(caches[0].holdout_hit_rate, 0.2);
+  // On a third sample the hits still agree at about the target.
+  std::vector<float> p(5);
+  int hits = 0, agree = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const int pred = caches[0].predict(xt.data() + i * 16, p.data());
+    if (p[size_t(pred)] >= caches[0].threshold) {
+      hits++;
+      agree += pred == yt[size_t(i)];
+    }
+  }
+  EXPECT_GE(double(agree) / hits, 0.97);
+  // Freeze's zero-error rule is stricter: no wrong hit on the calibration set.
+  std::vector<ExitCache> strict = caches;
+  calibrate_thresholds(strict, {xh}, yh, 0.98, true);
+  if (strict[0].enabled()) {
+    EXPECT_EQ(strict[0].holdout_hit_agreement, 1.0);
+  }
+  EXPECT_LE(strict[0].holdout_hit_rate, caches[0].holdout_hit_rate);
+  EXPECT_GATI_ERROR(calibrate_thresholds(caches, {xh}, yh, 1.5), "must be in (0, 1]");
+}
+
+TEST(LearnedCache, SgdGuardRefusesNonFiniteSteps) {
+  std::vector<float> x;
+  std::vector<int> y;
+  blobs(200, 8, 3, 5, x, y);
+  ExitCache c = fresh(8, 3);
+  train_exit_cache(c, x, y, SgdOptions{});
+  const std::vector<float> before = c.weight;
+  std::vector<float> bad(x.begin(), x.begin() + 8);
+  bad[3] = NAN;
+  std::vector<float> velocity;
+  const int label = 1;
+  EXPECT_GATI_ERROR(sgd_step(c, bad.data(), &label, 1, SgdOptions{}, velocity), "SGD step rejected");
+  EXPECT_EQ(c.weight, before);
+  const int wrong = 7;
+  EXPECT_GATI_ERROR(sgd_step(c, x.data(), &wrong, 1, SgdOptions{}, velocity), "label 7 out of range");
+}
+
+Dataset tiny_dataset() {
+  Dataset d;
+  d.name = "tiny";
+  d.n = 50;
+  d.c = 1;
+  d.h = d.w = 4;
+  d.classes = 5;
+  d.images = test::random_floats(50 * 16, 3);
+  for (int i = 0; i < 50; ++i) d.labels.push_back(i % 5);
+  return d;
+}
+
+TEST(Trace, ReproducibleBySeedAndRoundTrips) {
+  const Dataset d = tiny_dataset();
+  const auto dir = test::scratch_dir("trace");
+  for (const std::string& kind : trace_kinds()) {
+    const Trace a = make_trace(kind, d, 300, 11), b = make_trace(kind, d, 300, 11), c = make_trace(kind, d, 300, 12);
+    ASSERT_EQ(a.requests.size(), 300u);
+    bool same = true, differs = false;
+    for (size_t i = 0; i < 300; ++i) {
+      same &= a.requests[i].index == b.requests[i].index && a.requests[i].dx == b.requests[i].dx;
+      differs |= a.requests[i].index != c.requests[i].index;
+    }
+    EXPECT_TRUE(same) << kind;
+    EXPECT_TRUE(differs) << kind;
+    save_trace((dir / "t.json").string(), a);
+    const Trace l = load_trace((dir / "t.json").string(), d);
+    ASSERT_EQ(l.requests.size(), a.requests.size());
+    EXPECT_EQ(l.requests[17].index, a.requests[17].index);
+    EXPECT_EQ(l.requests[17].noise_seed, a.requests[17].noise_seed);
+  }
+  // Locality repeats classes far more often than uniform draws do.
+  auto repeats = [&](const Trace& t) {
+    int r = 0;
+    for (size_t i = 1; i < t.requests.size(); ++i)
+      r += d.labels[size_t(t.requests[i].index)] == d.labels[size_t(t.requests[i - 1].index)];
+    return r;
+  };
+  EXPECT_GT(repeats(make_trace("locality", d, 1000, 1)), 2 * repeats(make_trace("uniform", d, 1000, 1)));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Trace, MalformedFilesGiveClearErrors) {
+  const Dataset d = tiny_dataset();
+  const auto dir = test::scratch_dir("badtrace");
+  auto write = [&](const std::string& text) {
+    std::ofstream((dir / "t.json").string()) << text;
+    return (dir / "t.json").string();
+  };
+  EXPECT_GATI_ERROR(load_trace(write("{oops"), d), "not valid JSON");
+  EXPECT_GATI_ERROR(load_trace(write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny",
+      "source_size":50,"requests":[[99,0,0,0,0]]})"),
+                               d),
+                    "names item 99, but tiny has 50");
+  EXPECT_GATI_ERROR(load_trace(write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny",
+      "source_size":50,"requests":[[1,0,0]]})"),
+                               d),
+                    "must be [index, dx, dy, noise, noise_seed]");
+  EXPECT_GATI_ERROR(load_trace(write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny",
+      "source_size":50})"),
+                               d),
+                    "malformed trace");
+  EXPECT_GATI_ERROR(load_trace((dir / "none.json").string(), d), "cannot open trace");
+  EXPECT_GATI_ERROR(make_trace("bursty", d, 10, 1), "(valid: uniform, zipf, locality, drift)");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace gati
