@@ -38,12 +38,9 @@ CollectedFeatures collect_features(Engine& engine, const float* images, int n, i
     };
     engine.run(images + size_t(s) * per, nb, a.in_channels, a.input_h, a.input_w, logits.data(), opts);
     for (int i = 0; i < nb; ++i) {
-      const float* row = logits.data() + size_t(i) * size_t(a.num_classes);
-      const int best = int(std::max_element(row, row + a.num_classes) - row);
-      double sum = 0;
-      for (int k = 0; k < a.num_classes; ++k) sum += std::exp(double(row[k] - row[best]));
-      out.full_labels.push_back(best);
-      out.full_confidence.push_back(float(1.0 / sum));
+      float confidence;
+      out.full_labels.push_back(
+          top_class(logits.data() + size_t(i) * size_t(a.num_classes), a.num_classes, &confidence));
     }
     if (progress) std::fprintf(stderr, "\rcollect %d/%d", s + nb, n);
   }
@@ -54,7 +51,6 @@ CollectedFeatures collect_features(Engine& engine, const float* images, int n, i
 ServeResult serve_one(Engine& engine, const CacheSet& caches, const float* image, ExitPooler& pooler) {
   const Arch& a = engine.arch();
   const auto t0 = std::chrono::steady_clock::now();
-  // exit index by block
   ServeResult r;
   std::vector<float> probs(size_t(a.num_classes)), logits(size_t(a.num_classes));
   RunOptions opts;
@@ -74,10 +70,7 @@ ServeResult serve_one(Engine& engine, const CacheSet& caches, const float* image
     return true;
   };
   if (engine.run(image, 1, a.in_channels, a.input_h, a.input_w, logits.data(), opts)) {
-    r.label = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    double sum = 0;
-    for (float v : logits) sum += std::exp(double(v - logits[size_t(r.label)]));
-    r.confidence = float(1.0 / sum);
+    r.label = top_class(logits.data(), a.num_classes, &r.confidence);
     r.exit = -1;
   }
   r.latency_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

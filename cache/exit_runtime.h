@@ -34,7 +34,6 @@ struct CollectedFeatures {
   std::vector<std::vector<float>> per_exit;  // [exit] -> [n, channels]
   std::vector<int> dims;                     // channels per exit
   std::vector<int> full_labels;              // the full model's argmax
-  std::vector<float> full_confidence;        // its top softmax probability
 };
 
 // Runs `n` NCHW samples (normalised) in batches and collects every exit's

@@ -42,6 +42,14 @@ int softmax_argmax(std::vector<float>& z, float* probs) {
 
 }  // namespace
 
+int top_class(const float* logits, int classes, float* confidence) {
+  const int best = int(std::max_element(logits, logits + classes) - logits);
+  double sum = 0;
+  for (int k = 0; k < classes; ++k) sum += std::exp(double(logits[k] - logits[best]));
+  *confidence = float(1.0 / sum);
+  return best;
+}
+
 int ExitCache::predict(const float* features, float* probs) const {
   thread_local std::vector<float> z, xs;
   logits_of(*this, features, z, xs);
@@ -149,6 +157,7 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
   for (size_t e = 0; e < caches.size(); ++e) {
     ExitCache& c = caches[e];
     struct Item {
+      int sample;
       float conf;
       bool agree;
     };
@@ -158,7 +167,7 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
     for (int i = 0; i < n; ++i) {
       const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), p.data());
       agree_all += pred == labels[size_t(i)];
-      if (!taken[size_t(i)]) items.push_back({p[size_t(pred)], pred == labels[size_t(i)]});
+      if (!taken[size_t(i)]) items.push_back({i, p[size_t(pred)], pred == labels[size_t(i)]});
     }
     c.holdout_agreement = n ? double(agree_all) / n : 0;
     std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.conf > b.conf; });
@@ -183,15 +192,13 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
       }
     }
     c.threshold = threshold;
+    // The samples this exit takes, from the predictions already made.
     int hits = 0, hit_agree = 0;
-    for (int i = 0; i < n; ++i) {
-      if (taken[size_t(i)]) continue;
-      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), p.data());
-      if (p[size_t(pred)] >= c.threshold) {
-        taken[size_t(i)] = true;
-        ++hits;
-        hit_agree += pred == labels[size_t(i)];
-      }
+    for (const Item& it : items) {
+      if (it.conf < c.threshold) break;  // items are sorted by confidence
+      taken[size_t(it.sample)] = true;
+      ++hits;
+      hit_agree += it.agree;
     }
     c.holdout_hit_rate = n ? double(hits) / n : 0;
     c.holdout_hit_agreement = hits ? double(hit_agree) / hits : 1.0;

@@ -35,6 +35,9 @@ struct ExitCache {
   int predict(const float* features, float* probs) const;
 };
 
+// The argmax of `logits` [classes] and its softmax probability (in double).
+int top_class(const float* logits, int classes, float* confidence);
+
 struct SgdOptions {
   int epochs = 10;
   int batch = 64;
