@@ -15,8 +15,8 @@
 #include <sstream>
 
 #include "engine/engine.h"
-#include "kernels/conv2d_cpu.h"
-#include "kernels/gemm_cpu.h"
+#include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/gemm_cpu.h"
 
 namespace {
 

@@ -7,7 +7,9 @@
 #include <numeric>
 #include <random>
 
-#include "engine/error.h"
+#include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/linear_sgd_cpu.h"
+#include "weights/common/error.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 
@@ -16,78 +18,62 @@ namespace {
 
 constexpr const char* kFormat = "gati-caches/1";
 
-void logits_of(const ExitCache& c, const float* x, std::vector<float>& z, std::vector<float>& xs) {
-  xs.resize(size_t(c.dim));
-  for (int d = 0; d < c.dim; ++d) xs[size_t(d)] = (x[d] - c.mean[size_t(d)]) * c.inv_std[size_t(d)];
-  z.resize(size_t(c.classes));
-  for (int k = 0; k < c.classes; ++k) {
-    const float* w = c.weight.data() + size_t(k) * size_t(c.dim);
-    float s = c.bias[size_t(k)];
-    for (int d = 0; d < c.dim; ++d) s += w[d] * xs[size_t(d)];
-    z[size_t(k)] = s;
-  }
-}
-
-int softmax_argmax(std::vector<float>& z, float* probs) {
-  const float m = *std::max_element(z.begin(), z.end());
-  double sum = 0;
-  for (float& v : z) sum += (v = std::exp(v - m));
-  int best = 0;
-  for (size_t k = 0; k < z.size(); ++k) {
-    probs[k] = float(z[k] / sum);
-    if (probs[k] > probs[size_t(best)]) best = int(k);
-  }
-  return best;
-}
-
 }  // namespace
 
 int top_class(const float* logits, int classes, float* confidence) {
-  const int best = int(std::max_element(logits, logits + classes) - logits);
-  double sum = 0;
-  for (int k = 0; k < classes; ++k) sum += std::exp(double(logits[k] - logits[best]));
-  *confidence = float(1.0 / sum);
-  return best;
+  return cpu::top_softmax(logits, classes, confidence);
+}
+
+LinearHeadView ExitCache::view() const {
+  return {dim, classes, mean.data(), inv_std.data(), weight.data(), bias.data(), threshold};
 }
 
 int ExitCache::predict(const float* features, float* probs) const {
-  thread_local std::vector<float> z, xs;
-  logits_of(*this, features, z, xs);
-  return softmax_argmax(z, probs);
+  thread_local std::vector<float> z;
+  z.resize(size_t(classes));
+  cpu::linear_head_scores(view(), features, z.data());
+  return cpu::softmax(z.data(), classes, probs);
+}
+
+ExitHeadSpec ExitCache::head_spec() const {
+  ExitHeadSpec h;
+  h.block = block;
+  h.name = exit_name;
+  h.dim = dim;
+  h.classes = classes;
+  h.mean = mean;
+  h.inv_std = inv_std;
+  h.weight = weight;
+  h.bias = bias;
+  h.threshold = threshold;
+  return h;
+}
+
+std::vector<ExitHeadSpec> CacheSet::head_specs() const {
+  std::vector<ExitHeadSpec> out;
+  for (const ExitCache& c : exits)
+    if (c.enabled()) out.push_back(c.head_spec());
+  return out;
 }
 
 double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const SgdOptions& opt,
                 std::vector<float>& velocity) {
-  const size_t wsize = c.weight.size(), total = wsize + c.bias.size();
+  const size_t total = c.weight.size() + c.bias.size();
   if (velocity.size() != total) velocity.assign(total, 0.f);
-  std::vector<float> grad(total, 0.f), z, xs, p(size_t(c.classes));
-  double loss = 0;
-  for (int i = 0; i < n; ++i) {
-    if (labels[i] < 0 || labels[i] >= c.classes) fail("cache ", c.exit_name, ": label ", labels[i], " out of range");
-    logits_of(c, x + size_t(i) * size_t(c.dim), z, xs);
-    softmax_argmax(z, p.data());
-    loss -= std::log(std::max(p[size_t(labels[i])], 1e-12f));
-    for (int k = 0; k < c.classes; ++k) {
-      const float g = p[size_t(k)] - (k == labels[i] ? 1.f : 0.f);
-      float* gw = grad.data() + size_t(k) * size_t(c.dim);
-      for (int d = 0; d < c.dim; ++d) gw[d] += g * xs[size_t(d)];
-      grad[wsize + size_t(k)] += g;
-    }
+  const cpu::LinearHeadMut h{c.dim, c.classes, c.mean.data(), c.inv_std.data(), c.weight.data(), c.bias.data(),
+                             velocity.data()};
+  const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay});
+  switch (r.status) {
+    case OpStatus::kOk:
+      return r.loss;
+    case OpStatus::kBadLabel:
+      fail("cache ", c.exit_name, ": label ", labels[r.bad_index], " of sample ", r.bad_index, " is out of range [0, ",
+           c.classes, ")");
+    case OpStatus::kNonFinite:
+      break;
   }
-  // Compute the step aside; commit only if every new value is finite.
-  std::vector<float> nv(total), nw(total);
-  for (size_t j = 0; j < total; ++j) {
-    const float w = j < wsize ? c.weight[j] : c.bias[j - wsize];
-    const float g = grad[j] / float(n) + (j < wsize ? opt.weight_decay * w : 0.f);
-    nv[j] = opt.momentum * velocity[j] + g;
-    nw[j] = w - opt.lr * nv[j];
-    if (!std::isfinite(nw[j]) || std::abs(nw[j]) > 1e6f)
-      fail("cache ", c.exit_name, ": SGD step rejected (weight ", j, " would become ", nw[j], "); weights unchanged");
-  }
-  velocity.swap(nv);
-  std::copy(nw.begin(), nw.begin() + long(wsize), c.weight.begin());
-  std::copy(nw.begin() + long(wsize), nw.end(), c.bias.begin());
-  return loss / n;
+  fail("cache ", c.exit_name, ": SGD step rejected (weight ", r.bad_index,
+       " would become non-finite or exceed 1e6); weights unchanged");
 }
 
 std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels,

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
+
 namespace gati {
 
 struct Model;
@@ -32,10 +34,14 @@ struct ExitCache {
 
   bool enabled() const { return threshold <= 1.0f; }
   // Softmax probabilities for one sample's pooled features; returns the argmax.
+  // The same kernel the CPU backend's exit head runs.
   int predict(const float* features, float* probs) const;
+  LinearHeadView view() const;
+  ExitHeadSpec head_spec() const;
 };
 
-// The argmax of `logits` [classes] and its softmax probability (in double).
+// The argmax of `logits` [classes] and its softmax probability: the one
+// definition of confidence (kernels/cpu/exit_head_cpu.h).
 int top_class(const float* logits, int classes, float* confidence);
 
 struct SgdOptions {
@@ -68,6 +74,9 @@ struct CacheSet {
   std::string model_arch;  // the architecture name the caches were built for
   double target_agreement = 0.99;
   std::vector<ExitCache> exits;
+
+  // The enabled exits as exit heads for Engine::make_exit_heads.
+  std::vector<ExitHeadSpec> head_specs() const;
 
   void save(const std::string& path) const;
   // Loads and validates against the model (exit names, dims, classes).

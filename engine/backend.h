@@ -1,15 +1,26 @@
-// The one interface between the executor and a backend (CPU today, CUDA next).
+// The one interface between the runtime and a backend (CPU today, CUDA next).
 //
-// The executor owns the schedule (which op, which arena slot, where exits
-// are); a backend owns the weights in its own layout and the memory the
-// arena lives in.  All activations are NHWC.  Calls may be asynchronous
-// (a CUDA backend enqueues on its stream); synchronize() is the only
-// barrier, and to_host() is the only way data leaves backend memory.
+// Design decision: a backend is two types.  A BackendDevice holds what is
+// shared and immutable (the model's weights in the backend's own layout,
+// uploaded once per device); a BackendContext is one worker's private state
+// (its stream, workspace, events and thread count) and owns every buffer it
+// hands out.  Workers never share scratch memory, so N contexts on one device
+// run in parallel without a lock.  Cache models are uploaded as ExitHeads:
+// immutable too, replaced as a whole (a new version is published at a batch
+// boundary), so a run never reads half-updated weights.
+//
+// All activations are NHWC.  Context calls may be asynchronous (a CUDA
+// context enqueues on its stream): synchronize() is the only full barrier,
+// alive() is the only point where the host waits for a device-side count
+// (batch > 1, after a compaction), and to_host() is the only copy out.
 #pragma once
 
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "kernels/exit_state.h"
 
 namespace gati {
 
@@ -23,22 +34,54 @@ struct Act {
   Act with_batch(int batch) const { return {batch, h, w, c}; }
 };
 
-// Memory owned by a backend (host or device), released by its destructor.
+// Memory owned by a backend context (host, device or mapped), released by
+// its destructor.
 class Buffer {
  public:
   virtual ~Buffer() = default;
-  virtual float* data() = 0;
-  virtual size_t floats() const = 0;
+  virtual void* data() = 0;
+  virtual size_t bytes() const = 0;
+  float* floats() { return static_cast<float*>(data()); }
 };
 
-class Backend {
- public:
-  virtual ~Backend() = default;
-  virtual std::string name() const = 0;
+// One learned linear cache model at the exit after block `block`, in host
+// memory, as the runtime hands it to a backend.
+struct ExitHeadSpec {
+  int block = 0;
+  std::string name;  // the block's name, "layer2.1"
+  int dim = 0, classes = 0;
+  std::vector<float> mean, inv_std;  // [dim]
+  std::vector<float> weight;         // [classes, dim]
+  std::vector<float> bias;           // [classes]
+  float threshold = 2.0f;            // top softmax probability needed to hit; > 1 never hits
+};
 
-  // Takes the model's folded weights into the backend's own layout, once.
-  virtual void load_weights(const Model& model) = 0;
-  virtual std::unique_ptr<Buffer> allocate(size_t floats) = 0;
+// A backend's own copy of a set of exit heads; immutable.
+class ExitHeads {
+ public:
+  virtual ~ExitHeads() = default;
+  const std::vector<ExitHeadSpec>& specs() const { return specs_; }
+  // Index into specs() of the head after `block`, or -1.
+  int for_block(int block) const {
+    return block >= 0 && size_t(block) < by_block_.size() ? by_block_[size_t(block)] : -1;
+  }
+  // The head's parameters in backend memory.
+  virtual LinearHeadView view(int head) const = 0;
+
+ protected:
+  ExitHeads(std::vector<ExitHeadSpec> specs, int blocks);
+  std::vector<ExitHeadSpec> specs_;
+  std::vector<int> by_block_;
+};
+
+class BackendContext {
+ public:
+  virtual ~BackendContext() = default;
+
+  virtual std::unique_ptr<Buffer> allocate(size_t bytes) = 0;
+  // Memory the host reads and writes directly, without a copy (mapped pinned
+  // memory on CUDA): the exit state and results live here.
+  virtual std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) = 0;
 
   // Host NCHW (the PyTorch convention) into backend NHWC.
   virtual void input_from_host_nchw(const float* host, const Act& shape, float* dst) = 0;
@@ -51,11 +94,36 @@ class Backend {
   // The model's fully connected layer: [n, features] -> [n, classes]
   virtual void classifier(const float* pooled, int n, float* logits) = 0;
 
-  virtual void to_host(const float* src, size_t floats, float* host) = 0;
+  // Exit ops (kernels/cpu/exit_head_cpu.h documents their contract).
+  virtual void begin_exits(const ExitState& st, int n, int classes) = 0;
+  virtual void exit_head(const ExitHeads& heads, int head, const float* act, const Act& shape, int exit_id,
+                         const ExitState& st, int pos, float* pooled) = 0;
+  virtual void compact(const float* in, const Act& shape, const ExitState& st, int pos_in, int pos_out,
+                       float* out) = 0;
+  // Rows still running after the last compaction (waits for it).
+  virtual int alive(const ExitState& st) = 0;
+  virtual void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) = 0;
+
+  // Timing marks (device events on CUDA): begin, one mark per step, then
+  // read() waits and returns each mark's time in ms since begin.
+  virtual void timing_begin() = 0;
+  virtual void timing_mark() = 0;
+  virtual std::vector<double> timing_read() = 0;
+
+  virtual void to_host(const void* src, size_t bytes, void* host) = 0;
   virtual void synchronize() = 0;
 };
 
-// The CPU backend; `threads` <= 0 means all cores.
-std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+class BackendDevice : public std::enable_shared_from_this<BackendDevice> {
+ public:
+  virtual ~BackendDevice() = default;
+  virtual std::string name() const = 0;
+  // A worker's context; `threads` <= 0 means every core (CPU backend).
+  virtual std::unique_ptr<BackendContext> make_context(int threads) const = 0;
+  virtual std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const = 0;
+};
+
+// The CPU device: packs the model's folded weights once.
+std::shared_ptr<const BackendDevice> make_cpu_device(const Model& model);
 
 }  // namespace gati

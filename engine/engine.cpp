@@ -1,32 +1,26 @@
-// Engine: model + backend + one executor per input size; see engine.h.
+// Engine (shared) and Session (per worker); see engine.h.
 #include "engine/engine.h"
 
 #include <cmath>
 
+#include "weights/common/checked.h"
+
 namespace gati {
 namespace {
 
-std::unique_ptr<Backend> make_backend(const EngineOptions& o) {
-  if (o.device == "cpu") return make_cpu_backend(o.threads);
+std::shared_ptr<const BackendDevice> make_device(const Model& model, const EngineOptions& o) {
+  if (o.device == "cpu") return make_cpu_device(model);
   if (o.device == "cuda") fail("device 'cuda': this build has no CUDA backend yet (valid: cpu)");
   fail("unknown device '", o.device, "' (valid: cpu)");
 }
 
-}  // namespace
-
-Engine::Engine(const std::string& model_path, const EngineOptions& options) : Engine(load_model(model_path), options) {}
-
-Engine::Engine(Model model, const EngineOptions& options) : model_(std::move(model)), backend_(make_backend(options)) {
-  backend_->load_weights(model_);
-}
-
-void Engine::check_input(const float* x, int n, int c, int h, int w) const {
+void check_input_for(const Arch& a, const float* x, int n, int c, int h, int w) {
   if (n < 1) fail("input: empty batch (n = ", n, ")");
-  if (c != arch().in_channels)
-    fail("input: ", c, " channels, but model '", arch().name, "' takes ", arch().in_channels);
+  if (c != a.in_channels) fail("input: ", c, " channels, but model '", a.name, "' takes ", a.in_channels);
   if (h < 1 || w < 1) fail("input: empty image ", h, "x", w);
   if (!x) fail("input: null data");
-  const size_t total = size_t(n) * size_t(c) * size_t(h) * size_t(w);
+  const size_t total = mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"),
+                                "input");
   for (size_t i = 0; i < total; ++i)
     if (!std::isfinite(x[i])) {
       const size_t hw = size_t(h) * size_t(w);
@@ -35,37 +29,95 @@ void Engine::check_input(const float* x, int n, int c, int h, int w) const {
     }
 }
 
-Executor& Engine::executor_for(int n, int h, int w) {
-  auto& ex = executors_[{h, w}];
-  if (!ex || ex->plan().max_batch < n) {
-    // Grow in powers of two so a stream of rising batch sizes re-plans rarely.
-    int cap = ex ? ex->plan().max_batch : 1;
-    while (cap < n) cap *= 2;
-    ex.reset();  // free the old arena first
-    ex = std::make_unique<Executor>(model_, *backend_, cap, h, w);
+}  // namespace
+
+// Sessions for the thread-safe conveniences: borrowed per call, returned
+// after; a call that finds none idle makes a new one, so a hook that calls
+// back into the engine gets its own session instead of waiting for its caller.
+class Engine::SessionPool {
+ public:
+  explicit SessionPool(size_t keep) : keep_(keep) {}
+  std::unique_ptr<Session> take(const Engine& e) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!idle_.empty()) {
+        std::unique_ptr<Session> s = std::move(idle_.back());
+        idle_.pop_back();
+        return s;
+      }
+    }
+    return std::unique_ptr<Session>(new Session(e, SessionOptions{}));
   }
-  return *ex;
+  void give_back(std::unique_ptr<Session> s) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (idle_.size() < keep_) idle_.push_back(std::move(s));
+  }
+
+ private:
+  size_t keep_;
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Session>> idle_;
+};
+
+Engine::Engine(const std::string& model_path, const EngineOptions& options) : Engine(load_model(model_path), options) {}
+
+Engine::Engine(Model model, const EngineOptions& options)
+    : model_(std::make_shared<const Model>(std::move(model))),
+      device_(make_device(*model_, options)),
+      options_(options),
+      pool_(std::make_unique<SessionPool>(4)) {
+  if (options.threads < 0) fail("engine: threads must be >= 0 (0 = all cores), got ", options.threads);
 }
 
-bool Engine::run(const float* input, int n, int c, int h, int w, float* logits, const RunOptions& opts) {
-  check_input(input, n, c, h, w);
-  std::lock_guard<std::mutex> lock(mutex_);
-  return executor_for(n, h, w).run(input, n, logits, opts);
+Engine::~Engine() = default;
+
+std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpec> specs) const {
+  const Network& net = model_->net;
+  for (const ExitHeadSpec& s : specs) {
+    if (s.block < 0 || s.block >= int(net.blocks.size()))
+      fail("exit head '", s.name, "': block ", s.block, " is not one of the model's ", net.blocks.size(), " blocks");
+    const BlockSpec& b = net.blocks[size_t(s.block)];
+    if (!s.name.empty() && s.name != b.name)
+      fail("exit head '", s.name, "': block ", s.block, " of the model is '", b.name, "'");
+    if (s.dim != b.out_channels)
+      fail("exit head '", b.name, "': dim ", s.dim, ", the block has ", b.out_channels, " channels");
+    if (s.classes != arch().num_classes)
+      fail("exit head '", b.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
+    const size_t d = size_t(s.dim), k = size_t(s.classes);
+    if (s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k || s.bias.size() != k)
+      fail("exit head '", b.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+    for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})
+      for (float x : *v)
+        if (!std::isfinite(x)) fail("exit head '", b.name, "': non-finite parameter");
+    if (!(s.threshold >= 0)) fail("exit head '", b.name, "': threshold ", s.threshold, " must be >= 0");
+  }
+  for (ExitHeadSpec& s : specs) s.name = net.blocks[size_t(s.block)].name;
+  return device_->upload_exit_heads(std::move(specs));
 }
 
-std::vector<float> Engine::infer(const float* input, int n, int c, int h, int w) {
-  std::vector<float> logits(size_t(std::max(n, 0)) * size_t(arch().num_classes));
-  run(input, n, c, h, w, logits.data(), {});
+Session Engine::session(const SessionOptions& options) const { return Session(*this, options); }
+
+std::vector<float> Engine::infer(const float* input, int n, int c, int h, int w) const {
+  std::unique_ptr<Session> s = pool_->take(*this);
+  std::vector<float> logits = s->infer(input, n, c, h, w);
+  pool_->give_back(std::move(s));
   return logits;
 }
 
-std::vector<float> Engine::profile(const float* input, int n, int c, int h, int w, std::vector<LayerTiming>* timings) {
-  std::vector<float> logits(size_t(std::max(n, 0)) * size_t(arch().num_classes));
+std::vector<float> Engine::profile(const float* input, int n, int c, int h, int w,
+                                   std::vector<LayerTiming>* timings) const {
+  std::unique_ptr<Session> s = pool_->take(*this);
+  check_input(input, n, c, h, w);
+  std::vector<float> logits(size_t(n) * size_t(arch().num_classes));
+  std::vector<SampleResult> results(static_cast<size_t>(n));
   RunOptions opts;
   opts.timings = timings;
-  run(input, n, c, h, w, logits.data(), opts);
+  s->run(input, n, c, h, w, results.data(), logits.data(), opts);
+  pool_->give_back(std::move(s));
   return logits;
 }
+
+void Engine::check_input(const float* x, int n, int c, int h, int w) const { check_input_for(arch(), x, n, c, h, w); }
 
 void Engine::normalize(float* x, int n) const {
   const Arch& a = arch();
@@ -76,6 +128,67 @@ void Engine::normalize(float* x, int n) const {
       const float m = a.mean[size_t(ch)], inv = 1.0f / a.std[size_t(ch)];
       for (size_t k = 0; k < hw; ++k) p[k] = (p[k] - m) * inv;
     }
+}
+
+// ---- Session -------------------------------------------------------------------
+
+Session::Session(const Engine& engine, const SessionOptions& options)
+    : model_(engine.model_), device_(engine.device_), options_(options) {
+  if (options_.threads < -1) fail("session: threads must be >= -1, got ", options_.threads);
+  if (options_.max_plans < 1) fail("session: max_plans must be at least 1, got ", options_.max_plans);
+  const int threads = options_.threads < 0 ? engine.options().threads : options_.threads;
+  ctx_ = device_->make_context(threads);
+}
+
+Session::Session(Session&&) noexcept = default;
+Session::~Session() = default;
+
+size_t Session::arena_bytes() const {
+  size_t total = 0;
+  for (const Prepared& p : plans_) total += p.executor->arena_bytes();
+  return total;
+}
+
+Executor& Session::executor_for(int n, int h, int w) {
+  auto it = plans_.begin();
+  while (it != plans_.end() && (it->h != h || it->w != w)) ++it;
+  if (it != plans_.end() && it->executor->plan().max_batch >= n) {
+    plans_.splice(plans_.begin(), plans_, it);  // most recently used first
+    return *plans_.front().executor;
+  }
+  // Grow in powers of two so a stream of rising batch sizes re-plans rarely.
+  int cap = it != plans_.end() ? it->executor->plan().max_batch : 1;
+  while (cap < n) cap = cap > (1 << 29) ? n : cap * 2;
+  if (it != plans_.end()) plans_.erase(it);  // free the old arena first
+  const Plan probe = make_plan(model_->net, cap, h, w);
+  const size_t bytes = probe.arena_floats * sizeof(float) + probe.exit_state.bytes;
+  if (bytes > options_.max_arena_bytes)
+    fail("run: batch ", n, " at ", h, "x", w, " needs ", bytes >> 20, " MiB of activations, over the session's limit of ",
+         options_.max_arena_bytes >> 20, " MiB (SessionOptions::max_arena_bytes)");
+  while (int(plans_.size()) >= options_.max_plans) plans_.pop_back();
+  plans_.push_front({h, w, std::make_unique<Executor>(*model_, *ctx_, cap, h, w)});
+  return *plans_.front().executor;
+}
+
+void Session::run(const float* input, int n, int c, int h, int w, SampleResult* results, float* logits,
+                  const RunOptions& opts) {
+  if (busy_) fail("session: run called while this session is running (from its own observer?); use another session");
+  check_input_for(model_->arch(), input, n, c, h, w);
+  if (!results) fail("run: null results");
+  busy_ = true;
+  struct Release {
+    bool& b;
+    ~Release() { b = false; }
+  } release{busy_};
+  executor_for(n, h, w).run(input, n, results, logits, opts);
+}
+
+std::vector<float> Session::infer(const float* input, int n, int c, int h, int w) {
+  check_input_for(model_->arch(), input, n, c, h, w);
+  std::vector<float> logits(size_t(n) * size_t(model_->arch().num_classes));
+  std::vector<SampleResult> results(static_cast<size_t>(n));
+  run(input, n, c, h, w, results.data(), logits.data());
+  return logits;
 }
 
 }  // namespace gati

@@ -1,58 +1,111 @@
 // The executor loop; see executor.h.
 #include "engine/executor.h"
 
-#include <chrono>
+#include <cstring>
+#include <numeric>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
 
-Executor::Executor(const Model& model, Backend& backend, int max_batch, int h, int w)
-    : model_(model), backend_(backend), plan_(make_plan(model.net, max_batch, h, w)) {
-  arena_ = backend_.allocate(plan_.arena_floats);
+Executor::Executor(const Model& model, BackendContext& ctx, int max_batch, int h, int w)
+    : model_(model), ctx_(ctx), plan_(make_plan(model.net, max_batch, h, w)) {
+  arena_ = ctx_.allocate(plan_.arena_floats * sizeof(float));
+  state_ = ctx_.allocate_host_visible(plan_.exit_state.bytes);
+  auto* base = static_cast<unsigned char*>(state_->data());
+  const ExitStateLayout& L = plan_.exit_state;
+  st_.position[0] = reinterpret_cast<int32_t*>(base + L.position[0]);
+  st_.position[1] = reinterpret_cast<int32_t*>(base + L.position[1]);
+  st_.hit = reinterpret_cast<int32_t*>(base + L.hit);
+  st_.alive = reinterpret_cast<int32_t*>(base + L.alive);
+  st_.exit = reinterpret_cast<int32_t*>(base + L.exit);
+  st_.label = reinterpret_cast<int32_t*>(base + L.label);
+  st_.confidence = reinterpret_cast<float*>(base + L.confidence);
+  st_.logits = reinterpret_cast<float*>(base + L.logits);
+  phys_.resize(size_t(plan_.num_slots));
 }
 
-bool Executor::run(const float* input_nchw, int n, float* logits, const RunOptions& opts) {
+void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  auto ms_since = [&](clock::time_point t) { return std::chrono::duration<double, std::milli>(t - t0).count(); };
+  std::iota(phys_.begin(), phys_.end(), 0);
+  const int classes = plan_.classes;
+  ctx_.begin_exits(st_, n, classes);
+
+  // Timing: one mark per recorded entry; names and sizes kept alongside.
+  struct Entry {
+    std::string name, kind;
+    int block;
+    int64_t macs;
+  };
+  std::vector<Entry> entries;
+  if (opts.timings) ctx_.timing_begin();
+  auto mark = [&](std::string name, std::string kind, int block, int64_t macs) {
+    if (!opts.timings) return;
+    ctx_.timing_mark();
+    entries.push_back({std::move(name), std::move(kind), block, macs});
+  };
+
+  int alive = n;  // rows still running
+  int pos = 0;    // which position array maps rows to samples
   size_t next_exit = 0;
-  for (size_t i = 0; i < plan_.steps.size(); ++i) {
+  bool finished_early = false;
+  for (size_t i = 0; i < plan_.steps.size() && !finished_early; ++i) {
     const Step& s = plan_.steps[i];
-    const auto start = opts.timings ? clock::now() : t0;
     switch (s.kind) {
       case StepKind::Input:
-        backend_.input_from_host_nchw(input_nchw, {n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
+        ctx_.input_from_host_nchw(input_nchw, {n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
         break;
       case StepKind::Conv:
-        backend_.conv(s.conv, slot(s.in_slot), s.in.with_batch(n), slot(s.out_slot),
-                      s.residual_slot >= 0 ? slot(s.residual_slot) : nullptr, s.relu);
+        ctx_.conv(s.conv, slot(s.in_slot), s.in.with_batch(alive), slot(s.out_slot),
+                  s.residual_slot >= 0 ? slot(s.residual_slot) : nullptr, s.relu);
         break;
       case StepKind::MaxPool:
-        backend_.max_pool(slot(s.in_slot), s.in.with_batch(n), 3, 2, 1, slot(s.out_slot));
+        ctx_.max_pool(slot(s.in_slot), s.in.with_batch(alive), 3, 2, 1, slot(s.out_slot));
         break;
       case StepKind::GlobalAvgPool:
-        backend_.global_avg_pool(slot(s.in_slot), s.in.with_batch(n), pooled());
+        ctx_.global_avg_pool(slot(s.in_slot), s.in.with_batch(alive), region(plan_.pooled_offset));
         break;
       case StepKind::Classifier:
-        backend_.classifier(pooled(), n, arena_->data() + plan_.logits_offset);
+        ctx_.classifier(region(plan_.pooled_offset), alive, region(plan_.logits_offset));
         break;
     }
-    if (opts.timings) {
-      backend_.synchronize();
-      opts.timings->push_back(
-          {s.name, s.kind, s.block, ms_since(start), ms_since(clock::now()) - ms_since(start), s.macs_per_sample * n});
+    mark(s.name, step_kind_name(s.kind), s.block, s.macs_per_sample * alive);
+    if (next_exit >= plan_.exits.size() || plan_.exits[next_exit].after_step != int(i)) continue;
+
+    const ExitPoint& e = plan_.exits[next_exit++];
+    if (opts.observer) {
+      ctx_.synchronize();
+      opts.observer(e, ctx_, slot(e.slot), alive, st_.position[pos]);
     }
-    if (next_exit < plan_.exits.size() && plan_.exits[next_exit].after_step == int(i)) {
-      const ExitPoint& e = plan_.exits[next_exit++];
-      if (opts.on_exit && !opts.on_exit(e, slot(e.slot), n)) return false;
+    const int head = opts.heads ? opts.heads->for_block(e.block) : -1;
+    if (head < 0) continue;
+    const Act shape = e.shape.with_batch(alive);
+    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, region(plan_.exit_pooled_offset));
+    mark(e.name + ".exit", "exit", e.block, int64_t(alive) * e.shape.c * (opts.heads->specs()[size_t(head)].classes + 1));
+    ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos, slot(e.spare_slot));
+    std::swap(phys_[size_t(e.slot)], phys_[size_t(e.spare_slot)]);
+    pos = 1 - pos;
+    alive = ctx_.alive(st_);
+    mark(e.name + ".compact", "compact", e.block, 0);
+    if (alive == 0) finished_early = true;
+  }
+  if (!finished_early) ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);
+  ctx_.synchronize();
+
+  for (int i = 0; i < n; ++i) {
+    if (st_.exit[i] == kStillRunning) fail("run: sample ", i, " got no answer (internal error)");
+    results[i] = {st_.exit[i], st_.label[i], st_.confidence[i]};
+  }
+  if (logits) std::memcpy(logits, st_.logits, size_t(n) * size_t(classes) * sizeof(float));
+  if (opts.timings) {
+    const std::vector<double> at = ctx_.timing_read();
+    double prev = 0;
+    for (size_t k = 0; k < entries.size() && k < at.size(); ++k) {
+      opts.timings->push_back({entries[k].name, entries[k].kind, entries[k].block, prev, at[k] - prev, entries[k].macs});
+      prev = at[k];
     }
   }
-  backend_.to_host(arena_->data() + plan_.logits_offset, size_t(n) * size_t(plan_.classes), logits);
-  backend_.synchronize();
-  return true;
 }
 
 }  // namespace gati

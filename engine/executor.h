@@ -1,13 +1,18 @@
-// The layer-by-layer executor: runs a plan on a backend, stops at every exit
-// point to call the caller's hook, and records per-layer time on request.
+// The layer-by-layer executor: runs a plan on a backend context, with an
+// exit head, a compaction and a check for survivors after every residual
+// block that has a cache model attached, and per-layer timing on request.
 //
 // It knows nothing about the backend's memory or kernels; the same loop runs
-// on CPU and CUDA.  One executor owns one arena and is not thread-safe: the
-// Engine serialises access, services that want parallelism create several.
+// on CPU and CUDA.  On the fast path the host never reads activations: the
+// exit ops write per-sample results into host-visible exit state, and the
+// only host read between exits is the survivor count after a compaction.
+// One executor owns one arena and one exit state and is not thread-safe:
+// each worker (Session) has its own.
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/backend.h"
@@ -18,42 +23,53 @@ namespace gati {
 
 struct LayerTiming {
   std::string name;
-  StepKind kind = StepKind::Conv;
+  std::string kind;  // step_kind_name, or "exit" / "compact"
   int block = -1;
   double start_ms = 0, ms = 0;  // relative to the start of the run
-  int64_t macs = 0;             // for the whole batch
+  int64_t macs = 0;             // for the samples that ran the step
 };
 
-// Called after each residual block with the block's output in backend memory
-// (NHWC, `n` samples).  Returning false stops the run there (every sample has
-// been answered); the logits are then not written.
-using ExitHook = std::function<bool(const ExitPoint& exit, const float* activations, int n)>;
+// One sample's answer.
+struct SampleResult {
+  int exit = kFullModel;  // exit point (index of the block after which it left), or kFullModel (-1)
+  int label = -1;         // the predicted class
+  float confidence = 0;   // top softmax probability of the cache model or of the full model's logits
+};
+
+// Called after each residual block with the block's output in backend
+// memory (NHWC, the `n` rows still running; row r is caller sample
+// positions[r]).  For feature collection and debugging: it synchronises the
+// backend before it is called, so it costs time on the fast path.
+using ExitObserver = std::function<void(const ExitPoint& exit, BackendContext& ctx, const float* activations, int n,
+                                        const int32_t* positions)>;
 
 struct RunOptions {
-  ExitHook on_exit;
-  std::vector<LayerTiming>* timings = nullptr;  // non-null: synchronise and time every step
+  const ExitHeads* heads = nullptr;  // cache models to consult; null runs the full model for every sample
+  ExitObserver observer;
+  std::vector<LayerTiming>* timings = nullptr;  // non-null: record a timing mark after every step
 };
 
 class Executor {
  public:
-  Executor(const Model& model, Backend& backend, int max_batch, int h, int w);
+  Executor(const Model& model, BackendContext& ctx, int max_batch, int h, int w);
 
   const Plan& plan() const { return plan_; }
-  Backend& backend() { return backend_; }
+  size_t arena_bytes() const { return arena_->bytes() + state_->bytes(); }
 
-  // input: host NCHW [n, C, H, W]; logits: host [n, classes].  Returns true
-  // when the run reached the classifier.
-  bool run(const float* input_nchw, int n, float* logits, const RunOptions& opts = {});
-
-  // Backend pointers into the arena (valid for the executor's lifetime).
-  float* slot(int s) { return arena_->data() + size_t(s) * plan_.slot_floats; }
-  float* pooled() { return arena_->data() + plan_.pooled_offset; }
+  // input: host NCHW [n, C, H, W], normalised.  results[n] in caller order;
+  // logits (may be null): host [n, classes], NaN rows for samples that exited.
+  void run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts = {});
 
  private:
+  float* slot(int s) { return arena_->floats() + size_t(phys_[size_t(s)]) * plan_.slot_floats; }
+  float* region(size_t offset) { return arena_->floats() + offset; }
+
   const Model& model_;
-  Backend& backend_;
+  BackendContext& ctx_;
   Plan plan_;
-  std::unique_ptr<Buffer> arena_;
+  std::unique_ptr<Buffer> arena_, state_;
+  ExitState st_;
+  std::vector<int> phys_;  // logical slot -> physical slot (compaction swaps them)
 };
 
 }  // namespace gati

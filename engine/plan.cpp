@@ -3,7 +3,8 @@
 
 #include <algorithm>
 
-#include "engine/error.h"
+#include "weights/common/checked.h"
+#include "weights/common/error.h"
 
 namespace gati {
 
@@ -26,6 +27,11 @@ const char* step_kind_name(StepKind k) {
 Plan make_plan(const Network& net, int max_batch, int h, int w) {
   if (max_batch < 1) fail("plan: batch size must be at least 1, got ", max_batch);
   if (h < 1 || w < 1) fail("plan: input size ", h, "x", w, " is empty");
+  int widest = net.arch.in_channels;
+  for (const ConvSpec& c : net.convs) widest = std::max({widest, c.cin, c.cout});
+  // The largest activation the network can have; checked before any Act::per_sample.
+  mul_size(mul_size(mul_size(size_t(h), size_t(w), "plan: input size"), size_t(widest), "plan: activation size"),
+           mul_size(size_t(max_batch), sizeof(float), "plan: batch"), "plan: activation bytes");
   Plan plan;
   plan.max_batch = max_batch;
   plan.input = {1, h, w, net.arch.in_channels};
@@ -98,7 +104,8 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
       out_slot = t1;
     }
     cur_slot = out_slot;
-    plan.exits.push_back({int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot});
+    const int spare = cur_slot == t1 ? t2 : t1;
+    plan.exits.push_back({int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot, spare});
   }
 
   Step pool;
@@ -117,18 +124,35 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
   fc.macs_per_sample = int64_t(plan.features) * plan.classes;
   plan.steps.push_back(fc);
 
-  size_t largest = 0;
+  size_t largest = 0, widest_exit = 0;
   for (const Step& s : plan.steps) {
     if (s.kind == StepKind::GlobalAvgPool || s.kind == StepKind::Classifier) continue;
     largest = std::max({largest, s.in.per_sample(), s.out.per_sample()});
     plan.macs_per_sample += s.macs_per_sample;
   }
+  for (const ExitPoint& e : plan.exits) widest_exit = std::max(widest_exit, size_t(e.shape.c));
   plan.macs_per_sample += fc.macs_per_sample;
-  // Round slots to 16 floats so every slot starts 64-byte aligned.
-  plan.slot_floats = (largest * size_t(max_batch) + 15) / 16 * 16;
-  plan.pooled_offset = plan.slot_floats * size_t(plan.num_slots);
-  plan.logits_offset = plan.pooled_offset + (size_t(max_batch) * size_t(plan.features) + 15) / 16 * 16;
-  plan.arena_floats = plan.logits_offset + size_t(max_batch) * size_t(plan.classes);
+  // Round every region to 16 floats so each starts 64-byte aligned.
+  const size_t batch = size_t(max_batch);
+  auto round16 = [](size_t n) { return add_size(n, 15, "plan") / 16 * 16; };
+  plan.slot_floats = round16(mul_size(largest, batch, "plan: activation slot"));
+  plan.pooled_offset = mul_size(plan.slot_floats, size_t(plan.num_slots), "plan: arena");
+  plan.exit_pooled_offset = add_size(plan.pooled_offset, round16(batch * size_t(plan.features)), "plan: arena");
+  plan.logits_offset = add_size(plan.exit_pooled_offset, round16(batch * widest_exit), "plan: arena");
+  plan.arena_floats = add_size(plan.logits_offset, round16(batch * size_t(plan.classes)), "plan: arena");
+  mul_size(plan.arena_floats, sizeof(float), "plan: arena bytes");
+
+  ExitStateLayout& L = plan.exit_state;
+  const size_t ints = (batch * 4 + 63) / 64 * 64;  // one int32 array, 64-byte aligned
+  L.position[0] = 0;
+  L.position[1] = ints;
+  L.hit = 2 * ints;
+  L.exit = 3 * ints;
+  L.label = 4 * ints;
+  L.confidence = 5 * ints;
+  L.alive = 6 * ints;
+  L.logits = 6 * ints + 64;
+  L.bytes = L.logits + round16(batch * size_t(plan.classes)) * sizeof(float);
   return plan;
 }
 

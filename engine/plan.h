@@ -3,8 +3,12 @@
 //
 // Activations rotate through four arena slots (a residual block needs its
 // input, two intermediates and the shortcut alive at once); the pooled
-// features and logits have their own regions.  Each residual block's output
-// is an exit point: the executor stops there to let caches look at it.
+// features, the exit heads' pooled features and the logits have their own
+// regions.  Each residual block's output is an exit point; when an exit head
+// is attached there, the executor runs it and compacts the batch into the
+// exit's `spare_slot` (free until the next block), so the plan does not
+// depend on which caches are attached.  The exit state (per-sample results)
+// is laid out here too; it lives in host-visible memory.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +16,7 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/resnet.h"
+#include "weights/resnet.h"
 
 namespace gati {
 
@@ -36,6 +40,12 @@ struct ExitPoint {
   int after_step = 0;  // index of the block's last step
   Act shape;           // per-sample
   int slot = 0;
+  int spare_slot = 0;  // a slot unused until the next block: compaction's target
+};
+
+// Byte offsets of the exit state (kernels/exit_state.h) in its buffer.
+struct ExitStateLayout {
+  size_t position[2] = {0, 0}, hit = 0, alive = 0, exit = 0, label = 0, confidence = 0, logits = 0, bytes = 0;
 };
 
 struct Plan {
@@ -45,12 +55,14 @@ struct Plan {
   std::vector<ExitPoint> exits;
   int num_slots = 0;
   size_t slot_floats = 0;  // per slot, for max_batch
-  size_t pooled_offset = 0, logits_offset = 0, arena_floats = 0;
+  size_t pooled_offset = 0, exit_pooled_offset = 0, logits_offset = 0, arena_floats = 0;
+  ExitStateLayout exit_state;
   int features = 0, classes = 0;
   int64_t macs_per_sample = 0;
 };
 
-// h, w: input size; throws if the input is too small for the network.
+// h, w: input size; throws if the input is too small for the network or any
+// size overflows.
 Plan make_plan(const Network& net, int max_batch, int h, int w);
 
 }  // namespace gati

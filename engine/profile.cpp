@@ -2,12 +2,21 @@
 #include "engine/profile.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = std::ceil(p / 100.0 * double(v.size()));
+  const size_t idx = size_t(std::clamp(rank, 1.0, double(v.size()))) - 1;
+  return v[idx];
+}
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -38,7 +47,7 @@ ProfileReport summarize(const std::vector<std::vector<LayerTiming>>& runs, const
     std::vector<double> ms;
     for (const auto& run : runs) ms.push_back(run[i].ms);
     const LayerTiming& l = runs[0][i];
-    r.layers.push_back({l.name, step_kind_name(l.kind), l.block, median(ms), l.macs});
+    r.layers.push_back({l.name, l.kind, l.block, median(ms), l.macs});
   }
   return r;
 }
@@ -91,7 +100,7 @@ std::string to_chrome_trace(const std::vector<LayerTiming>& run, const std::stri
   events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", 1}, {"args", {{"name", "gati " + model}}}});
   for (const auto& l : run)
     events.push_back({{"name", l.name},
-                      {"cat", step_kind_name(l.kind)},
+                      {"cat", l.kind},
                       {"ph", "X"},
                       {"pid", 1},
                       {"tid", 1},

@@ -38,5 +38,7 @@ std::string to_json(const ProfileReport& r);
 std::string to_chrome_trace(const std::vector<LayerTiming>& run, const std::string& model);
 
 double median(std::vector<double> v);
+// p in [0, 100], nearest rank.
+double percentile(std::vector<double> v, double p);
 
 }  // namespace gati

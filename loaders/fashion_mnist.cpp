@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
 namespace {

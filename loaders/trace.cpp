@@ -8,7 +8,7 @@
 #include <numeric>
 #include <random>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
 

@@ -4,7 +4,7 @@
 #include <fstream>
 
 #include "cache/learned_cache.h"
-#include "engine/error.h"
+#include "weights/common/error.h"
 #include "loaders/trace.h"
 #include "test_util.h"
 
@@ -98,7 +98,7 @@ TEST(LearnedCache, SgdGuardRefusesNonFiniteSteps) {
   EXPECT_GATI_ERROR(sgd_step(c, bad.data(), &label, 1, SgdOptions{}, velocity), "SGD step rejected");
   EXPECT_EQ(c.weight, before);
   const int wrong = 7;
-  EXPECT_GATI_ERROR(sgd_step(c, x.data(), &wrong, 1, SgdOptions{}, velocity), "label 7 out of range");
+  EXPECT_GATI_ERROR(sgd_step(c, x.data(), &wrong, 1, SgdOptions{}, velocity), "label 7 of sample 0 is out of range");
 }
 
 Dataset tiny_dataset() {

@@ -5,9 +5,9 @@
 #include <cctype>
 #include <cstring>
 
-#include "kernels/conv2d_cpu.h"
-#include "kernels/gemm_cpu.h"
-#include "kernels/pool_cpu.h"
+#include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/gemm_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
 #include "test_util.h"
 
 namespace gati {

@@ -1,7 +1,7 @@
 // Fashion-MNIST: the real files from Debian's package, and damaged copies.
 #include <zlib.h>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 #include "loaders/fashion_mnist.h"
 #include "test_util.h"
 

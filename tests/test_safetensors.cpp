@@ -6,7 +6,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 #include "test_util.h"
 #include "weights/safetensors.h"
 

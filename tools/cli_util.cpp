@@ -3,121 +3,80 @@
 
 #include <unistd.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati::cli {
 
-Args::Args(int argc, char** argv, int start, const std::set<std::string>& valued, const std::set<std::string>& flags) {
-  for (int i = start; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--", 0) != 0 || a == "--") {
-      positional_.push_back(a);
-      continue;
-    }
-    std::string name = a.substr(2), value;
-    const size_t eq = name.find('=');
-    const bool inline_value = eq != std::string::npos;
-    if (inline_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
-    if (valued.count(name)) {
-      if (!inline_value) {
-        if (i + 1 >= argc) fail("option --", name, " needs a value");
-        value = argv[++i];
-      }
-      values_[name] = value;
-    } else if (flags.count(name) && !inline_value) {
-      flags_.insert(name);
-    } else {
-      std::string valid;
-      for (const auto& v : valued) valid += " --" + v;
-      for (const auto& f : flags) valid += " --" + f;
-      fail("unknown option --", name, " (valid:", valid.empty() ? " none" : valid, ")");
-    }
-  }
-}
-
-std::string Args::get(const std::string& name, const std::string& fallback) const {
-  auto it = values_.find(name);
-  return it == values_.end() ? fallback : it->second;
-}
-
-std::string Args::require(const std::string& name) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) fail("missing required option --", name);
-  return it->second;
-}
-
-int Args::get_int(const std::string& name, int fallback, int lo, int hi) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return fallback;
-  size_t used = 0;
-  long v = 0;
-  try {
-    v = std::stol(it->second, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (used != it->second.size() || it->second.empty()) fail("--", name, " must be an integer, got '", it->second, "'");
-  if (v < lo || v > hi) fail("--", name, " = ", v, " is outside [", lo, ", ", hi, "]");
-  return int(v);
-}
-
-double Args::get_double(const std::string& name, double fallback, double lo, double hi) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return fallback;
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(it->second, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (used != it->second.size() || !std::isfinite(v)) fail("--", name, " must be a number, got '", it->second, "'");
-  if (v < lo || v > hi) fail("--", name, " = ", v, " is outside [", lo, ", ", hi, "]");
-  return v;
-}
+namespace fs = std::filesystem;
 
 Progress::Progress(size_t total, std::string label)
     : total_(total),
       label_(std::move(label)),
-      enabled_(isatty(STDERR_FILENO) != 0),
+      tty_(isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()),
       last_(start_) {}
 
 Progress::~Progress() { finish(); }
 
 void Progress::update(size_t done, const std::string& extra) {
-  if (!enabled_ || finished_) return;
+  if (finished_) return;
   const auto now = std::chrono::steady_clock::now();
-  if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
+  const auto every = tty_ ? std::chrono::milliseconds(100) : std::chrono::milliseconds(10000);
+  if (now - last_ < every && (done < total_ || !tty_)) return;
   last_ = now;
   const double frac = total_ ? double(done) / double(total_) : 1.0;
-  const int width = 30, filled = int(frac * width);
   const double secs = std::chrono::duration<double>(now - start_).count();
   const double eta = frac > 0 ? secs * (1 - frac) / frac : 0;
-  std::fprintf(stderr, "\r%s [%s%s] %zu/%zu %5.1f%% %.0fs eta %.0fs %s", label_.c_str(),
-               std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(), done, total_,
-               100 * frac, secs, eta, extra.c_str());
+  if (tty_) {
+    const int width = 30, filled = int(frac * width);
+    std::fprintf(stderr, "\r%s [%s%s] %zu/%zu %5.1f%% %.0fs eta %.0fs %s", label_.c_str(),
+                 std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(), done,
+                 total_, 100 * frac, secs, eta, extra.c_str());
+  } else {
+    std::fprintf(stderr, "%s: %zu/%zu (%.1f%%) after %.0fs, eta %.0fs %s\n", label_.c_str(), done, total_, 100 * frac,
+                 secs, eta, extra.c_str());
+  }
+  printed_ = true;
   std::fflush(stderr);
 }
 
 void Progress::finish() {
-  if (enabled_ && !finished_) std::fprintf(stderr, "\n");
+  if (tty_ && printed_ && !finished_) std::fprintf(stderr, "\n");
   finished_ = true;
 }
 
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = std::ceil(p / 100.0 * double(v.size()));
-  const size_t idx = size_t(std::clamp(rank, 1.0, double(v.size()))) - 1;
-  return v[idx];
+void refuse_overwrite(const std::string& option, const std::string& out, const std::vector<std::string>& inputs) {
+  std::error_code ec;
+  for (const std::string& in : inputs) {
+    if (in.empty()) continue;
+    const bool same = fs::equivalent(out, in, ec) || (!ec && fs::weakly_canonical(out, ec) == fs::weakly_canonical(in, ec));
+    if (same) fail(option, " '", out, "' is the input file '", in, "'; refusing to overwrite it");
+  }
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) fail(path, ": cannot open for writing");
+    f << text;
+    f.flush();
+    if (!f) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      fail(path, ": write failed (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    fail(path, ": cannot replace (", ec.message(), ")");
+  }
 }
 
 }  // namespace gati::cli

@@ -1,33 +1,13 @@
-// Small helpers for the gati command line: option parsing with clear errors,
-// a progress bar that shows only on a terminal, and percentiles.
+// Small helpers for the gati command line: a progress bar (redrawn on a
+// terminal, a line every ten seconds otherwise, so long runs in CI or under
+// nohup still show signs of life), safe output paths and text files.
 #pragma once
 
 #include <chrono>
-#include <map>
-#include <set>
 #include <string>
 #include <vector>
 
 namespace gati::cli {
-
-class Args {
- public:
-  // Parses argv[start..]; `valued` options take one value, `flags` none.
-  // Unknown options throw, listing the valid ones.
-  Args(int argc, char** argv, int start, const std::set<std::string>& valued, const std::set<std::string>& flags);
-
-  bool has(const std::string& name) const { return values_.count(name) || flags_.count(name); }
-  std::string get(const std::string& name, const std::string& fallback = "") const;
-  std::string require(const std::string& name) const;
-  int get_int(const std::string& name, int fallback, int lo, int hi) const;
-  double get_double(const std::string& name, double fallback, double lo, double hi) const;
-  const std::vector<std::string>& positional() const { return positional_; }
-
- private:
-  std::map<std::string, std::string> values_;
-  std::set<std::string> flags_;
-  std::vector<std::string> positional_;
-};
 
 class Progress {
  public:
@@ -39,12 +19,17 @@ class Progress {
  private:
   size_t total_;
   std::string label_;
-  bool enabled_;
-  bool finished_ = false;
+  bool tty_;
+  bool finished_ = false, printed_ = false;
   std::chrono::steady_clock::time_point start_, last_;
 };
 
-// p in [0, 100], nearest-rank on a sorted copy.
-double percentile(std::vector<double> v, double p);
+// Throws unless `out` names a different file than every one of `inputs`
+// (the same path, a link to it, or the same file by another name).
+void refuse_overwrite(const std::string& option, const std::string& out, const std::vector<std::string>& inputs);
+
+// Writes `text` to a temporary file beside `path`, checks the write, then
+// renames it over `path`.
+void write_text(const std::string& path, const std::string& text);
 
 }  // namespace gati::cli

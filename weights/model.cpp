@@ -4,7 +4,7 @@
 #include <cmath>
 #include <set>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 #include "weights/safetensors.h"
 
 namespace gati {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/resnet.h"
+#include "weights/resnet.h"
 
 namespace gati {
 

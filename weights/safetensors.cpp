@@ -9,7 +9,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
 namespace {

@@ -1,5 +1,5 @@
 // Device discovery for builds without CUDA (GATI_CUDA=OFF or no nvcc).
-#include "kernels/cuda_device.h"
+#include "kernels/cuda/cuda_device.h"
 
 namespace gati::cuda {
 

@@ -1,10 +1,12 @@
 // CPU convolution; see conv2d_cpu.h.
-#include "kernels/conv2d_cpu.h"
+#include "kernels/cpu/conv2d_cpu.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
+
+#include "kernels/cpu/threads.h"
 
 namespace gati::cpu {
 namespace {
@@ -17,7 +19,7 @@ constexpr size_t kIm2colFloats = size_t(8) << 20;
 void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, int g, int row0, int rows, float* col) {
   const int cin_g = p.cin / p.groups;
   const int kcols = p.kernel * p.kernel * cin_g;
-#pragma omp parallel for schedule(static) if (size_t(rows) * size_t(kcols) > 65536)
+#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(rows) * size_t(kcols) > 65536)
   for (int r = 0; r < rows; ++r) {
     const int row = row0 + r;
     const int img = row / (oh * ow), rem = row % (oh * ow);

@@ -8,12 +8,14 @@
 // group) tiles across OpenMP threads, so batch-1 layers with few rows still use
 // every core through the column panels.  GCC vector extensions keep this
 // portable: with -march=native on an AVX-512 machine they become zmm FMAs.
-#include "kernels/gemm_cpu.h"
+#include "kernels/cpu/gemm_cpu.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+
+#include "kernels/cpu/threads.h"
 
 namespace gati::cpu {
 namespace {
@@ -112,15 +114,6 @@ constexpr StripFn kStrips[kMR + 1] = {nullptr,  strip<1>, strip<2>, strip<3>,  s
 
 }  // namespace
 
-void AlignedFree::operator()(float* p) const { std::free(p); }
-
-AlignedFloats aligned_floats(size_t n) {
-  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
-  return AlignedFloats(static_cast<float*>(p));
-}
-
 PackedB pack_b(const float* b, int k, int n, int ldb) {
   PackedB p;
   p.k = k;
@@ -152,7 +145,7 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
       }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1 && size_t(m) * size_t(b.n) * size_t(k) > 32768)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count()) if (tiles > 1 && size_t(m) * size_t(b.n) * size_t(k) > 32768)
   for (int t = 0; t < tiles; ++t) {
     const int rb = t / panel_groups, pg = t % panel_groups;
     const int r0 = rb * kMC, r1 = std::min(m, r0 + kMC);

@@ -13,15 +13,12 @@
 #include <memory>
 #include <vector>
 
+#include "weights/common/aligned.h"
+
 namespace gati::cpu {
 
 constexpr int kPanel = 32;  // columns per packed panel: two 16-float vectors
 
-struct AlignedFree {
-  void operator()(float* p) const;
-};
-using AlignedFloats = std::unique_ptr<float[], AlignedFree>;
-AlignedFloats aligned_floats(size_t n);
 
 struct PackedB {
   int k = 0, n = 0, panels = 0;

@@ -1,9 +1,9 @@
 // Architecture record parsing and the network builder; see resnet.h.
-#include "engine/resnet.h"
+#include "weights/resnet.h"
 
 #include <nlohmann/json.hpp>
 
-#include "engine/error.h"
+#include "weights/common/error.h"
 
 namespace gati {
 namespace {

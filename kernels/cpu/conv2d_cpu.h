@@ -8,7 +8,7 @@
 
 #include <vector>
 
-#include "kernels/gemm_cpu.h"
+#include "kernels/cpu/gemm_cpu.h"
 
 namespace gati::cpu {
 

@@ -1,16 +1,18 @@
 // CPU pooling and layout ops; see pool_cpu.h.
-#include "kernels/pool_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
 
 #include <algorithm>
 #include <cstddef>
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/threads.h"
+
 namespace gati::cpu {
 
 void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, float* out) {
   const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
   for (int img = 0; img < n; ++img)
     for (int oy = 0; oy < oh; ++oy)
       for (int ox = 0; ox < ow; ++ox) {
@@ -31,7 +33,7 @@ void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int 
 
 void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out) {
   const float inv = 1.0f / float(hw);
-#pragma omp parallel for schedule(static) if (size_t(n) * size_t(hw) * size_t(c) > 65536)
+#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(hw) * size_t(c) > 65536)
   for (int img = 0; img < n; ++img) {
     std::vector<float> acc(size_t(c), 0.f);
     const float* src = in + size_t(img) * size_t(hw) * size_t(c);
@@ -42,7 +44,7 @@ void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out) {
 }
 
 void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out) {
-#pragma omp parallel for collapse(2) schedule(static) if (size_t(n) * size_t(c) * size_t(h) * size_t(w) > 65536)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(c) * size_t(h) * size_t(w) > 65536)
   for (int img = 0; img < n; ++img)
     for (int y = 0; y < h; ++y)
       for (int x = 0; x < w; ++x)

@@ -1,0 +1,52 @@
+// Cache building; see build.h.
+#include "cache/build.h"
+
+#include <chrono>
+
+namespace gati {
+
+void check_data_fits(const Engine& engine, const Dataset& ds, const std::string& what) {
+  const Arch& a = engine.arch();
+  if (a.in_channels != ds.c || a.input_h != ds.h || a.input_w != ds.w)
+    fail(what, ": model takes ", a.in_channels, "x", a.input_h, "x", a.input_w, " input, but ", ds.name, " images are ",
+         ds.c, "x", ds.h, "x", ds.w);
+  if (a.num_classes != ds.classes) fail(what, ": model has ", a.num_classes, " classes, ", ds.name, " has ", ds.classes);
+}
+
+BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildOptions& o) {
+  check_data_fits(engine, data, engine.model().path.empty() ? engine.arch().name : engine.model().path);
+  if (o.train < 1 || o.holdout < 1) fail("cache build: --train and --holdout must be at least 1");
+  if (size_t(o.train) + size_t(o.holdout) > size_t(data.n))
+    fail("cache build: --train ", o.train, " + --holdout ", o.holdout, " = ", o.train + o.holdout, " exceeds the ",
+         data.n, " images of ", data.name);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int n = o.train + o.holdout;
+  std::vector<float> images(data.images.begin(), data.images.begin() + long(size_t(n) * data.image_floats()));
+  engine.normalize(images.data(), n);
+  CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, o.progress);
+
+  BuildResult out;
+  CacheSet& set = out.caches;
+  set.model_arch = engine.arch().name;
+  set.target_agreement = o.target_agreement;
+  std::vector<std::vector<float>> hold_features;
+  const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + o.train);
+  const std::vector<int> hold_labels(all.full_labels.begin() + o.train, all.full_labels.end());
+  for (size_t e = 0; e < all.per_exit.size(); ++e) {
+    ExitCache c;
+    c.exit_name = engine.model().net.blocks[e].name;
+    c.block = int(e);
+    c.dim = all.dims[e];
+    c.classes = engine.arch().num_classes;
+    const auto split = all.per_exit[e].begin() + long(size_t(o.train) * size_t(c.dim));
+    const std::vector<float> train(all.per_exit[e].begin(), split);
+    hold_features.emplace_back(split, all.per_exit[e].end());
+    out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
+    set.exits.push_back(std::move(c));
+  }
+  calibrate_thresholds(set.exits, hold_features, hold_labels, o.target_agreement, o.zero_error);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace gati

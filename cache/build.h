@@ -1,0 +1,41 @@
+// Building learned caches for a model: collect features on training images,
+// train one linear predictor per exit on the full model's own labels, and
+// calibrate every exit's threshold on held-out images.  `gati cache build`
+// is a thin wrapper around build_caches.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cache/features.h"
+#include "cache/learned_cache.h"
+#include "loaders/fashion_mnist.h"
+
+namespace gati {
+
+struct BuildOptions {
+  double target_agreement = 0.99;
+  bool zero_error = false;  // Freeze's rule instead of the target
+  int train = 50000;        // training images (the first ones of the data set)
+  int holdout = 10000;      // calibration images after them
+  int batch = 256;          // feature-collection batch
+  SgdOptions sgd;
+  ProgressFn progress;
+};
+
+struct BuildResult {
+  CacheSet caches;
+  std::vector<std::vector<double>> loss;  // per exit, per epoch
+  double seconds = 0;
+};
+
+// `data` is raw [0, 1] images; they are normalised here.  Throws when the
+// data set's images or classes do not fit the model, or it has fewer than
+// train + holdout images.
+BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildOptions& options);
+
+// Throws unless the data set's images have the model's input shape and its
+// labels the model's classes; `what` names the model for the message.
+void check_data_fits(const Engine& engine, const Dataset& data, const std::string& what);
+
+}  // namespace gati

@@ -1,0 +1,167 @@
+// Trace replay; see replay.h.
+#include "cache/replay.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "cache/build.h"
+#include "engine/profile.h"
+
+namespace gati {
+
+int64_t ReplayReport::hits() const {
+  int64_t h = 0;
+  for (const ExitStats& e : exits) h += e.hits;
+  return h;
+}
+double ReplayReport::hit_rate() const { return requests.empty() ? 0 : double(hits()) / double(requests.size()); }
+double ReplayReport::agreement() const {
+  int64_t a = 0;
+  for (const RequestRecord& r : requests) a += r.label == r.full_label;
+  return requests.empty() ? 0 : double(a) / double(requests.size());
+}
+double ReplayReport::hit_agreement() const {
+  int64_t a = 0;
+  for (const ExitStats& e : exits) a += e.hit_agree;
+  return hits() ? double(a) / double(hits()) : 1.0;
+}
+double ReplayReport::accuracy_caches() const {
+  int64_t a = 0;
+  for (const RequestRecord& r : requests) a += r.label == r.truth;
+  return requests.empty() ? 0 : double(a) / double(requests.size());
+}
+double ReplayReport::accuracy_full() const {
+  int64_t a = 0;
+  for (const RequestRecord& r : requests) a += r.full_label == r.truth;
+  return requests.empty() ? 0 : double(a) / double(requests.size());
+}
+double ReplayReport::latency_mean_us(bool caches) const {
+  double s = 0;
+  for (const RequestRecord& r : requests) s += caches ? r.latency_us : r.full_latency_us;
+  return requests.empty() ? 0 : s / double(requests.size());
+}
+double ReplayReport::latency_percentile_us(bool caches, double p) const {
+  std::vector<double> v;
+  v.reserve(requests.size());
+  for (const RequestRecord& r : requests) v.push_back(caches ? r.latency_us : r.full_latency_us);
+  return percentile(std::move(v), p);
+}
+
+ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Dataset& test, const Trace& trace,
+                          const ReplayOptions& o) {
+  check_data_fits(engine, test, engine.model().path.empty() ? engine.arch().name : engine.model().path);
+  if (o.batch < 1) fail("replay: batch must be at least 1, got ", o.batch);
+  if (trace.source_size != 0 && trace.source_size != test.n)
+    fail("replay: the trace refers to a data set of ", trace.source_size, " items, ", test.name, " has ", test.n);
+  for (const Request& r : trace.requests)
+    if (r.index < 0 || r.index >= test.n) fail("replay: trace item ", r.index, " is outside ", test.name);
+  const Arch& a = engine.arch();
+  const std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
+  Session session = engine.session();
+
+  ReplayReport rep;
+  rep.trace_kind = trace.kind;
+  rep.seed = trace.seed;
+  rep.data_name = test.name;
+  rep.model_arch = a.name;
+  rep.batch = o.batch;
+  std::vector<int> cache_of_block(engine.model().net.blocks.size(), -1);
+  for (size_t e = 0; e < caches.exits.size(); ++e) {
+    const ExitCache& c = caches.exits[e];
+    rep.exits.push_back({c.exit_name, c.enabled(), c.threshold, 0, 0});
+    cache_of_block[size_t(c.block)] = int(e);
+  }
+  const size_t per = test.image_floats();
+  const size_t total = trace.requests.size();
+  std::vector<float> x;
+  std::vector<SampleResult> with(size_t(o.batch)), without(size_t(o.batch));
+  RunOptions cached;
+  cached.heads = heads.get();
+  using clock = std::chrono::steady_clock;
+  for (size_t s = 0; s < total; s += size_t(o.batch)) {
+    const int nb = int(std::min(size_t(o.batch), total - s));
+    x.resize(size_t(nb) * per);
+    for (int i = 0; i < nb; ++i) render(test, trace.requests[s + size_t(i)], x.data() + size_t(i) * per);
+    engine.normalize(x.data(), nb);
+    const auto t0 = clock::now();
+    session.run(x.data(), nb, a.in_channels, a.input_h, a.input_w, with.data(), nullptr, cached);
+    const auto t1 = clock::now();
+    session.run(x.data(), nb, a.in_channels, a.input_h, a.input_w, without.data(), nullptr);
+    const auto t2 = clock::now();
+    const double us_c = std::chrono::duration<double, std::micro>(t1 - t0).count();
+    const double us_f = std::chrono::duration<double, std::micro>(t2 - t1).count();
+    rep.seconds_caches += us_c * 1e-6;
+    rep.seconds_full += us_f * 1e-6;
+    for (int i = 0; i < nb; ++i) {
+      const Request& req = trace.requests[s + size_t(i)];
+      RequestRecord r;
+      r.id = int64_t(s) + i;
+      r.index = req.index;
+      r.exit = with[size_t(i)].exit;
+      r.exit_name = r.exit == kFullModel ? "full" : engine.model().net.blocks[size_t(r.exit)].name;
+      r.label = with[size_t(i)].label;
+      r.confidence = with[size_t(i)].confidence;
+      r.full_label = without[size_t(i)].label;
+      r.truth = test.labels[size_t(req.index)];
+      r.latency_us = us_c;
+      r.full_latency_us = us_f;
+      if (r.exit >= 0) {
+        ExitStats& st = rep.exits[size_t(cache_of_block[size_t(r.exit)])];
+        st.hits++;
+        st.hit_agree += r.label == r.full_label;
+      }
+      rep.requests.push_back(std::move(r));
+    }
+    if (o.progress) o.progress(s + size_t(nb), total);
+  }
+  return rep;
+}
+
+std::string replay_json(const ReplayReport& r) {
+  nlohmann::json exits = nlohmann::json::array();
+  const double n = double(r.requests.size());
+  for (const ExitStats& e : r.exits)
+    exits.push_back({{"name", e.name},
+                     {"enabled", e.enabled},
+                     {"threshold", e.threshold},
+                     {"hit_rate", n ? double(e.hits) / n : 0.0},
+                     {"hit_agreement", e.hits ? double(e.hit_agree) / double(e.hits) : 1.0}});
+  auto lat = [&](bool c) {
+    return nlohmann::json{{"mean", r.latency_mean_us(c) / 1e3},
+                          {"p50", r.latency_percentile_us(c, 50) / 1e3},
+                          {"p99", r.latency_percentile_us(c, 99) / 1e3}};
+  };
+  nlohmann::json j = {{"trace", r.trace_kind},
+                      {"seed", r.seed},
+                      {"requests", r.requests.size()},
+                      {"batch", r.batch},
+                      {"model_arch", r.model_arch},
+                      {"data", r.data_name},
+                      {"exits", exits},
+                      {"hit_rate", r.hit_rate()},
+                      {"agreement", r.agreement()},
+                      {"hit_agreement", r.hit_agreement()},
+                      {"accuracy_full", r.accuracy_full()},
+                      {"accuracy_caches", r.accuracy_caches()},
+                      {"latency_ms", {{"caches", lat(true)}, {"full", lat(false)}}},
+                      {"throughput_per_s",
+                       {{"caches", r.seconds_caches > 0 ? n / r.seconds_caches : 0.0},
+                        {"full", r.seconds_full > 0 ? n / r.seconds_full : 0.0}}},
+                      {"speedup_mean", r.speedup_mean()}};
+  return j.dump(2) + "\n";
+}
+
+std::string replay_per_request_jsonl(const ReplayReport& r) {
+  std::string out;
+  for (const RequestRecord& q : r.requests) {
+    const nlohmann::json j = {{"id", q.id},           {"index", q.index},       {"exit", q.exit},
+                              {"exit_name", q.exit_name}, {"label", q.label},   {"confidence", q.confidence},
+                              {"full_label", q.full_label}, {"latency_us", q.latency_us}};
+    out += j.dump() + "\n";
+  }
+  return out;
+}
+
+}  // namespace gati

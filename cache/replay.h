@@ -1,0 +1,73 @@
+// Replaying a request trace through the engine with caches, against the
+// same engine without them, in one run: per-request exits, per-exit hit
+// rates, agreement with the full model, accuracy, latency and throughput.
+// `gati serve-sim` is a thin wrapper around replay_trace.
+//
+// Requests are served in trace order in batches of `batch` (per-sample exits
+// with compaction inside a batch); a request's latency is its batch's time,
+// since a batch's answers return together.  Each batch runs with caches and
+// then without, back to back, so both see the same machine state.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cache/features.h"
+#include "cache/learned_cache.h"
+#include "loaders/trace.h"
+
+namespace gati {
+
+struct ReplayOptions {
+  int batch = 1;
+  ProgressFn progress;
+};
+
+struct RequestRecord {
+  int64_t id = 0;  // position in the trace
+  int index = 0;   // item in the data set
+  int exit = kFullModel;
+  std::string exit_name;  // "layer1.2" or "full"
+  int label = -1;
+  float confidence = 0;
+  int full_label = -1, truth = -1;
+  double latency_us = 0, full_latency_us = 0;
+};
+
+struct ExitStats {
+  std::string name;
+  bool enabled = false;
+  float threshold = 0;
+  int64_t hits = 0, hit_agree = 0;
+};
+
+struct ReplayReport {
+  std::string trace_kind, data_name, model_arch;
+  uint64_t seed = 0;
+  int batch = 1;
+  std::vector<RequestRecord> requests;
+  std::vector<ExitStats> exits;  // parallel to the cache set's exits
+  double seconds_caches = 0, seconds_full = 0;
+
+  int64_t hits() const;
+  double hit_rate() const;
+  double agreement() const;
+  double hit_agreement() const;
+  double accuracy_caches() const;
+  double accuracy_full() const;
+  double latency_mean_us(bool caches) const;
+  double latency_percentile_us(bool caches, double p) const;
+  double speedup_mean() const { return latency_mean_us(false) / latency_mean_us(true); }
+};
+
+// `test` is raw [0, 1] images; the trace must have been made or loaded for it.
+ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Dataset& test, const Trace& trace,
+                          const ReplayOptions& options = {});
+
+// The report as JSON (what `serve-sim --json` writes), and one JSON line per
+// request (`--per-request`).
+std::string replay_json(const ReplayReport& r);
+std::string replay_per_request_jsonl(const ReplayReport& r);
+
+}  // namespace gati

@@ -1,0 +1,169 @@
+// The CPU backend: kernels/cpu behind the backend interface.
+//
+// It is both the engine's backend on machines without a GPU and the oracle
+// the CUDA backend is tested against, so it favours plain, checked code paths
+// (one GEMM with a fused epilogue for every conv) over special cases.  The
+// device holds the packed weights, shared read-only by every context; a
+// context owns its im2col workspace and its thread count, applied through a
+// ThreadScope around each op so no process-wide OpenMP setting is touched.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "engine/backend.h"
+#include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
+#include "kernels/cpu/threads.h"
+#include "weights/common/aligned.h"
+#include "weights/common/error.h"
+#include "weights/model.h"
+
+namespace gati {
+
+namespace {
+
+class HostBuffer final : public Buffer {
+ public:
+  explicit HostBuffer(size_t bytes) : data_(aligned_bytes(bytes)), bytes_(bytes) {}
+  void* data() override { return data_.get(); }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  AlignedBytes data_;
+  size_t bytes_;
+};
+
+class CpuExitHeads final : public ExitHeads {
+ public:
+  CpuExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {}
+  LinearHeadView view(int head) const override {
+    const ExitHeadSpec& s = specs_.at(size_t(head));
+    return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold};
+  }
+};
+
+class CpuDevice final : public BackendDevice {
+ public:
+  explicit CpuDevice(const Model& model) : blocks_(int(model.net.blocks.size())) {
+    for (size_t i = 0; i < model.net.convs.size(); ++i) {
+      const ConvSpec& s = model.net.convs[i];
+      cpu::ConvParams p{s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups};
+      convs_.push_back(cpu::pack_conv(p, model.convs[i].weight.data(), model.convs[i].bias.data()));
+    }
+    // fc.weight is [classes, features]; the GEMM wants B = W^T [features, classes].
+    const int classes = model.arch().num_classes, features = model.net.features;
+    std::vector<float> wt(size_t(features) * size_t(classes));
+    for (int o = 0; o < classes; ++o)
+      for (int f = 0; f < features; ++f)
+        wt[size_t(f) * size_t(classes) + size_t(o)] = model.fc_weight[size_t(o) * size_t(features) + size_t(f)];
+    fc_ = cpu::pack_b(wt.data(), features, classes, classes);
+    fc_bias_ = model.fc_bias;
+  }
+
+  std::string name() const override { return "cpu"; }
+  std::unique_ptr<BackendContext> make_context(int threads) const override;
+
+  std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const override {
+    return std::make_shared<CpuExitHeads>(std::move(specs), blocks_);
+  }
+
+  const cpu::PackedConv& conv(int i) const { return convs_.at(size_t(i)); }
+  const cpu::PackedB& fc() const { return fc_; }
+  const float* fc_bias() const { return fc_bias_.data(); }
+
+ private:
+  int blocks_;
+  std::vector<cpu::PackedConv> convs_;
+  cpu::PackedB fc_;
+  std::vector<float> fc_bias_;
+};
+
+class CpuContext final : public BackendContext {
+ public:
+  CpuContext(std::shared_ptr<const CpuDevice> device, int threads) : device_(std::move(device)), threads_(threads) {}
+
+  std::unique_ptr<Buffer> allocate(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
+  std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
+
+  void input_from_host_nchw(const float* host, const Act& s, float* dst) override {
+    cpu::ThreadScope t(threads_);
+    cpu::nchw_to_nhwc(host, s.n, s.c, s.h, s.w, dst);
+  }
+
+  void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
+    cpu::ThreadScope t(threads_);
+    cpu::conv2d_nhwc(device_->conv(conv), in, s.n, s.h, s.w, out, residual, relu, ws_);
+  }
+
+  void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
+    cpu::ThreadScope t(threads_);
+    cpu::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out);
+  }
+
+  void global_avg_pool(const float* in, const Act& s, float* out) override {
+    cpu::ThreadScope t(threads_);
+    cpu::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out);
+  }
+
+  void classifier(const float* pooled, int n, float* logits) override {
+    cpu::ThreadScope t(threads_);
+    cpu::Epilogue ep;
+    ep.bias = device_->fc_bias();
+    cpu::gemm(n, pooled, device_->fc().k, device_->fc(), logits, device_->fc().n, ep);
+  }
+
+  void begin_exits(const ExitState& st, int n, int classes) override { cpu::begin_exits(st, n, classes); }
+
+  void exit_head(const ExitHeads& heads, int head, const float* act, const Act& s, int exit_id, const ExitState& st,
+                 int pos, float* pooled) override {
+    cpu::ThreadScope t(threads_);
+    const LinearHeadView v = heads.view(head);
+    if (v.dim != s.c) fail("exit head '", heads.specs()[size_t(head)].name, "': dim ", v.dim, ", activations have ", s.c, " channels");
+    cpu::exit_head_linear(act, s.n, s.h * s.w, v, exit_id, st, pos, pooled);
+  }
+
+  void compact(const float* in, const Act& s, const ExitState& st, int pos_in, int pos_out, float* out) override {
+    cpu::compact_rows(in, s.n, s.per_sample(), st, pos_in, pos_out, out);
+  }
+
+  int alive(const ExitState& st) override { return *st.alive; }
+
+  void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
+    cpu::finish_full_model(logits, n, classes, st, pos);
+  }
+
+  void timing_begin() override {
+    marks_.clear();
+    start_ = std::chrono::steady_clock::now();
+  }
+  void timing_mark() override { marks_.push_back(std::chrono::steady_clock::now()); }
+  std::vector<double> timing_read() override {
+    std::vector<double> ms;
+    for (const auto& m : marks_) ms.push_back(std::chrono::duration<double, std::milli>(m - start_).count());
+    return ms;
+  }
+
+  void to_host(const void* src, size_t bytes, void* host) override {
+    if (bytes) std::memcpy(host, src, bytes);
+  }
+  void synchronize() override {}
+
+ private:
+  std::shared_ptr<const CpuDevice> device_;
+  int threads_;
+  cpu::Workspace ws_;
+  std::chrono::steady_clock::time_point start_;
+  std::vector<std::chrono::steady_clock::time_point> marks_;
+};
+
+std::unique_ptr<BackendContext> CpuDevice::make_context(int threads) const {
+  return std::make_unique<CpuContext>(std::static_pointer_cast<const CpuDevice>(shared_from_this()), threads);
+}
+
+}  // namespace
+
+std::shared_ptr<const BackendDevice> make_cpu_device(const Model& model) { return std::make_shared<CpuDevice>(model); }
+
+}  // namespace gati

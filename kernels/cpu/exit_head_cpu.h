@@ -1,0 +1,46 @@
+// The exit-point ops on the CPU, and the oracle of their CUDA twins:
+// starting a run's exit state, the exit head (pool, cache-model scores,
+// confidence, decision), batch compaction, and writing the full model's
+// answers.
+//
+// Design decision: confidence has one definition everywhere (the top softmax
+// probability, computed as 1 / sum_k exp(z_k - z_max) in double): the exit
+// heads, the full model's answers, calibration and the CUDA kernels all call
+// or mirror top_softmax, so a threshold means the same thing on every path.
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/exit_state.h"
+
+namespace gati::cpu {
+
+// Argmax of z[classes] (first on ties) and its softmax probability.
+int top_softmax(const float* z, int classes, float* confidence);
+// Full softmax into probs[classes]; returns the argmax (first on ties).
+int softmax(const float* z, int classes, float* probs);
+
+// Every sample running, rows in caller order, count = n.
+void begin_exits(const ExitState& st, int n, int classes);
+
+// Linear head scores for one pooled feature vector: z[classes].
+void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z);
+
+// For each of the n rows of act (NHWC [n, hw, c], c == h.dim): global average
+// pool into pooled[n, c], score, and when the top probability reaches the
+// threshold record (exit_id, label, confidence) for sample position[pos][row]
+// and set hit[row] = 1 (else 0).
+void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
+                      int pos, float* pooled);
+
+// Gathers the rows with hit == 0 of in [n, row_floats] densely into out, and
+// position[pos_in] into position[pos_out]; writes the survivors' count to
+// *alive.  in and out must not overlap.
+void compact_rows(const float* in, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out, float* out);
+
+// The n rows still running reached the classifier: logits [n, classes] in row
+// order become the answers of samples position[pos][row] (exit kFullModel).
+// Samples that exited earlier get NaN logits.
+void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos);
+
+}  // namespace gati::cpu

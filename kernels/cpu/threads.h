@@ -1,0 +1,28 @@
+// How many threads the CPU kernels use, per calling thread.
+//
+// Design decision: no kernel ever changes process-wide OpenMP state
+// (omp_set_num_threads would leak into the caller's other work and into other
+// engine workers).  A backend context opens a ThreadScope around its ops; every
+// parallel region in kernels/cpu asks thread_count(), which reads the scope of
+// the thread that called it, so two workers with 2 and 6 threads do not see
+// each other's setting.
+#pragma once
+
+namespace gati::cpu {
+
+// Threads for parallel regions started on this thread: the innermost open
+// ThreadScope's count, or every core when none is open.
+int thread_count();
+
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads);  // threads <= 0: every core
+  ~ThreadScope();
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_;
+};
+
+}  // namespace gati::cpu
