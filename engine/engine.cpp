@@ -14,11 +14,16 @@ std::shared_ptr<const BackendDevice> make_device(const Model& model, const Engin
   fail("unknown device '", o.device, "' (valid: cpu)");
 }
 
-void check_input_for(const Arch& a, const float* x, int n, int c, int h, int w) {
+void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w) {
   if (n < 1) fail("input: empty batch (n = ", n, ")");
   if (c != a.in_channels) fail("input: ", c, " channels, but model '", a.name, "' takes ", a.in_channels);
   if (h < 1 || w < 1) fail("input: empty image ", h, "x", w);
   if (!x) fail("input: null data");
+}
+
+// Reads every value: call only once the size is known to be sane (a plan
+// for it exists), never on an absurd h x w.
+void check_input_values(const float* x, int n, int c, int h, int w) {
   const size_t total = mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"),
                                 "input");
   for (size_t i = 0; i < total; ++i)
@@ -107,7 +112,7 @@ std::vector<float> Engine::infer(const float* input, int n, int c, int h, int w)
 std::vector<float> Engine::profile(const float* input, int n, int c, int h, int w,
                                    std::vector<LayerTiming>* timings) const {
   std::unique_ptr<Session> s = pool_->take(*this);
-  check_input(input, n, c, h, w);
+  check_input_shape(arch(), input, n, c, h, w);
   std::vector<float> logits(size_t(n) * size_t(arch().num_classes));
   std::vector<SampleResult> results(static_cast<size_t>(n));
   RunOptions opts;
@@ -117,7 +122,11 @@ std::vector<float> Engine::profile(const float* input, int n, int c, int h, int 
   return logits;
 }
 
-void Engine::check_input(const float* x, int n, int c, int h, int w) const { check_input_for(arch(), x, n, c, h, w); }
+void Engine::check_input(const float* x, int n, int c, int h, int w) const {
+  check_input_shape(arch(), x, n, c, h, w);
+  make_plan(model_->net, n, h, w);  // rejects sizes that overflow before any value is read
+  check_input_values(x, n, c, h, w);
+}
 
 void Engine::normalize(float* x, int n) const {
   const Arch& a = arch();
@@ -173,18 +182,20 @@ Executor& Session::executor_for(int n, int h, int w) {
 void Session::run(const float* input, int n, int c, int h, int w, SampleResult* results, float* logits,
                   const RunOptions& opts) {
   if (busy_) fail("session: run called while this session is running (from its own observer?); use another session");
-  check_input_for(model_->arch(), input, n, c, h, w);
+  check_input_shape(model_->arch(), input, n, c, h, w);
   if (!results) fail("run: null results");
   busy_ = true;
   struct Release {
     bool& b;
     ~Release() { b = false; }
   } release{busy_};
-  executor_for(n, h, w).run(input, n, results, logits, opts);
+  Executor& ex = executor_for(n, h, w);  // checks the size before a value is read
+  check_input_values(input, n, c, h, w);
+  ex.run(input, n, results, logits, opts);
 }
 
 std::vector<float> Session::infer(const float* input, int n, int c, int h, int w) {
-  check_input_for(model_->arch(), input, n, c, h, w);
+  check_input_shape(model_->arch(), input, n, c, h, w);
   std::vector<float> logits(size_t(n) * size_t(model_->arch().num_classes));
   std::vector<SampleResult> results(static_cast<size_t>(n));
   run(input, n, c, h, w, results.data(), logits.data());

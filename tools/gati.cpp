@@ -305,7 +305,7 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   std::printf("%-10s %13s %9s %10s %9s %10s\n", "exit", "loss", "threshold", "agreement", "hit rate", "hit agree");
   for (size_t e = 0; e < r.caches.exits.size(); ++e) {
     const ExitCache& c = r.caches.exits[e];
-    const std::string loss = str_cat(r.loss[e].front(), "->", r.loss[e].back()).substr(0, 13);
+    const std::string loss = str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ", std::round(r.loss[e].back() * 1000) / 1000);
     std::printf("%-10s %13s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), loss.c_str(),
                 c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate, c.holdout_hit_agreement);
   }

@@ -1,0 +1,320 @@
+// The runtime with exits as backend ops: exit heads that always / never
+// fire, per-sample exits with compaction in a batch against an independent
+// oracle of the cascade and against each sample run alone, the observer,
+// sessions (re-entrancy, bounded plans, arena limit) and sessions running in
+// parallel threads.
+#include <algorithm>
+#include <thread>
+
+#include "engine/engine.h"
+#include "kernels/cpu/exit_head_cpu.h"
+#include "random_model.h"
+#include "test_util.h"
+
+namespace gati {
+namespace {
+
+using test::random_floats;
+
+// Random images whose samples differ in scale and offset, so that pooled
+// features (and the heads' confidences) differ clearly between samples.
+std::vector<float> diverse_inputs(size_t n, size_t per, uint32_t seed) {
+  std::vector<float> x = random_floats(n * per, seed);
+  const std::vector<float> knobs = random_floats(2 * n, seed + 1000);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t k = 0; k < per; ++k) x[i * per + k] = x[i * per + k] * (0.3f + std::abs(knobs[2 * i])) + 1.5f * knobs[2 * i + 1];
+  return x;
+}
+
+struct Fixture {
+  Engine engine;
+  int c, h, w, classes;
+  size_t per;
+  explicit Fixture(const char* arch, uint32_t seed = 7)
+      : engine(test::random_model(arch, seed)),
+        c(engine.arch().in_channels),
+        h(engine.arch().input_h),
+        w(engine.arch().input_w),
+        classes(engine.arch().num_classes),
+        per(size_t(c) * size_t(h) * size_t(w)) {}
+};
+
+// Pooled features [n, dim] at every block, from a plain full-model run.
+std::vector<std::vector<float>> pooled_per_block(const Engine& e, const std::vector<float>& x, int n) {
+  std::vector<std::vector<float>> out(e.model().net.blocks.size());
+  Session s = e.session();
+  std::vector<SampleResult> r(static_cast<size_t>(n));
+  RunOptions o;
+  o.observer = [&](const ExitPoint& ep, BackendContext& ctx, const float* act, int rows, const int32_t*) {
+    std::vector<float> all(ep.shape.elems() / size_t(ep.shape.n) * size_t(rows));
+    ctx.to_host(act, all.size() * sizeof(float), all.data());
+    std::vector<float>& p = out[size_t(ep.block)];
+    p.assign(size_t(rows) * size_t(ep.shape.c), 0.f);
+    const size_t hw = size_t(ep.shape.h) * size_t(ep.shape.w);
+    for (int i = 0; i < rows; ++i)
+      for (size_t q = 0; q < hw; ++q)
+        for (int ch = 0; ch < ep.shape.c; ++ch)
+          p[size_t(i) * size_t(ep.shape.c) + size_t(ch)] += all[(size_t(i) * hw + q) * size_t(ep.shape.c) + size_t(ch)] / float(hw);
+  };
+  s.run(x.data(), n, e.arch().in_channels, e.arch().input_h, e.arch().input_w, r.data(), nullptr, o);
+  return out;
+}
+
+LinearHeadView view_of(const ExitHeadSpec& s) {
+  return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold};
+}
+
+TEST(Runtime, ExitsThatNeverFireGiveTheFullModelBitForBit) {
+  Fixture f(test::kSmallArch);
+  const int n = 5;
+  const std::vector<float> x = random_floats(size_t(n) * f.per, 11);
+  const auto heads = f.engine.make_exit_heads(test::random_heads(f.engine.model(), 3, 2.0f));
+  Session s = f.engine.session();
+  std::vector<SampleResult> with(n), without(n);
+  std::vector<float> lw(size_t(n * f.classes)), lo(size_t(n * f.classes));
+  RunOptions o;
+  o.heads = heads.get();
+  s.run(x.data(), n, f.c, f.h, f.w, with.data(), lw.data(), o);
+  s.run(x.data(), n, f.c, f.h, f.w, without.data(), lo.data());
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(with[size_t(i)].exit, kFullModel);
+    EXPECT_EQ(with[size_t(i)].label, without[size_t(i)].label);
+    EXPECT_EQ(with[size_t(i)].confidence, without[size_t(i)].confidence);
+    float conf;
+    EXPECT_EQ(without[size_t(i)].label, cpu::top_softmax(lo.data() + i * f.classes, f.classes, &conf));
+    EXPECT_EQ(without[size_t(i)].confidence, conf);
+  }
+  EXPECT_EQ(lw, lo);
+}
+
+TEST(Runtime, ExitsThatAlwaysFireAnswerAtTheFirstAttachedExit) {
+  Fixture f(test::kSmallArch);
+  const int n = 4;
+  const std::vector<float> x = random_floats(size_t(n) * f.per, 12);
+  std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 5, 0.0f);
+  specs.erase(specs.begin());  // no head after block 0: the first is after block 1
+  const auto pooled = pooled_per_block(f.engine, x, n);
+  const auto heads = f.engine.make_exit_heads(specs);
+  Session s = f.engine.session();
+  std::vector<SampleResult> r(n);
+  std::vector<float> logits(size_t(n * f.classes));
+  RunOptions o;
+  o.heads = heads.get();
+  s.run(x.data(), n, f.c, f.h, f.w, r.data(), logits.data(), o);
+  std::vector<float> z(size_t(f.classes));
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(r[size_t(i)].exit, 1);
+    cpu::linear_head_scores(view_of(specs[0]), pooled[1].data() + size_t(i) * size_t(specs[0].dim), z.data());
+    float conf;
+    const int label = cpu::top_softmax(z.data(), f.classes, &conf);
+    EXPECT_EQ(r[size_t(i)].label, label);
+    EXPECT_NEAR(r[size_t(i)].confidence, conf, 1e-5);
+    for (int k = 0; k < f.classes; ++k) EXPECT_TRUE(std::isnan(logits[size_t(i * f.classes + k)]));
+  }
+}
+
+// Thresholds at a quantile of each head's confidences on these inputs, so
+// that samples leave at different exits and some run to the end.
+std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::vector<float>>& pooled, int n) {
+  std::vector<ExitHeadSpec> specs = test::random_heads(e.model(), 21, 0.f);
+  std::vector<float> z(size_t(e.arch().num_classes));
+  for (ExitHeadSpec& s : specs) {
+    std::vector<float> confs;
+    for (int i = 0; i < n; ++i) {
+      cpu::linear_head_scores(view_of(s), pooled[size_t(s.block)].data() + size_t(i) * size_t(s.dim), z.data());
+      float conf;
+      cpu::top_softmax(z.data(), s.classes, &conf);
+      confs.push_back(conf);
+    }
+    std::sort(confs.begin(), confs.end());
+    const size_t k = size_t(n) * 80 / 100;  // about 20% of the samples are confident enough here
+    s.threshold = 0.5f * (confs[k] + confs[k + 1]);
+  }
+  return specs;
+}
+
+TEST(Runtime, PerSampleExitsInABatchMatchTheCascadeAndEachSampleAlone) {
+  Fixture f(test::kSmallArch);
+  const int n = 24;
+  const std::vector<float> x = diverse_inputs(size_t(n), f.per, 13);
+  const auto pooled = pooled_per_block(f.engine, x, n);
+  const std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled, n);
+  const auto heads = f.engine.make_exit_heads(specs);
+
+  // The oracle: walk the cascade on the full model's pooled features.
+  std::vector<int> want_exit(n, kFullModel), want_label(n, -1);
+  std::vector<float> z(size_t(f.classes));
+  for (int i = 0; i < n; ++i)
+    for (const ExitHeadSpec& s : specs) {
+      cpu::linear_head_scores(view_of(s), pooled[size_t(s.block)].data() + size_t(i) * size_t(s.dim), z.data());
+      float conf;
+      const int label = cpu::top_softmax(z.data(), s.classes, &conf);
+      if (conf >= s.threshold) {
+        want_exit[size_t(i)] = s.block;
+        want_label[size_t(i)] = label;
+        break;
+      }
+    }
+  std::vector<int> distinct = want_exit;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  ASSERT_GE(distinct.size(), 3u) << "the test needs samples leaving at several exits and running to the end";
+  ASSERT_EQ(distinct.front(), kFullModel);
+
+  Session s = f.engine.session();
+  RunOptions o;
+  o.heads = heads.get();
+  std::vector<SampleResult> batch(n);
+  std::vector<float> logits(size_t(n * f.classes));
+  s.run(x.data(), n, f.c, f.h, f.w, batch.data(), logits.data(), o);
+  const std::vector<float> full = f.engine.infer(x.data(), n);
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE("sample " + std::to_string(i));
+    EXPECT_EQ(batch[size_t(i)].exit, want_exit[size_t(i)]);
+    if (want_exit[size_t(i)] >= 0) {
+      EXPECT_EQ(batch[size_t(i)].label, want_label[size_t(i)]);
+    } else {
+      EXPECT_TRUE(test::all_close(logits.data() + i * f.classes, full.data() + i * f.classes, size_t(f.classes), 1e-5, 1e-5));
+    }
+    SampleResult alone;
+    std::vector<float> l1(size_t(f.classes));
+    s.run(x.data() + size_t(i) * f.per, 1, f.c, f.h, f.w, &alone, l1.data(), o);
+    EXPECT_EQ(alone.exit, batch[size_t(i)].exit);
+    EXPECT_EQ(alone.label, batch[size_t(i)].label);
+    EXPECT_NEAR(alone.confidence, batch[size_t(i)].confidence, 1e-6);
+    if (alone.exit == kFullModel)
+      EXPECT_TRUE(test::all_close(l1.data(), logits.data() + i * f.classes, size_t(f.classes), 1e-5, 1e-5));
+  }
+}
+
+TEST(Runtime, ObserverSeesTheCompactedRowsAndTheirSamples) {
+  Fixture f(test::kSmallArch);
+  const int n = 16;
+  const std::vector<float> x = diverse_inputs(size_t(n), f.per, 14);
+  const auto pooled = pooled_per_block(f.engine, x, n);
+  const auto heads = f.engine.make_exit_heads(mixed_heads(f.engine, pooled, n));
+  Session s = f.engine.session();
+  std::vector<SampleResult> r(n);
+  std::vector<std::vector<int>> seen(f.engine.model().net.blocks.size());
+  RunOptions o;
+  o.heads = heads.get();
+  o.observer = [&](const ExitPoint& e, BackendContext&, const float*, int rows, const int32_t* pos) {
+    seen[size_t(e.block)].assign(pos, pos + rows);
+  };
+  s.run(x.data(), n, f.c, f.h, f.w, r.data(), nullptr, o);
+  for (size_t b = 0; b < seen.size(); ++b) {
+    // Rows at block b are the samples that had not exited before b, in caller order.
+    std::vector<int> want;
+    for (int i = 0; i < n; ++i)
+      if (r[size_t(i)].exit == kFullModel || r[size_t(i)].exit >= int(b)) want.push_back(i);
+    EXPECT_EQ(seen[b], want) << "block " << b;
+  }
+}
+
+TEST(Runtime, BatchWhereEverySampleExitsEndsEarly) {
+  Fixture f(test::kSmallArch);
+  const int n = 3;
+  const std::vector<float> x = random_floats(size_t(n) * f.per, 15);
+  const auto heads = f.engine.make_exit_heads(test::random_heads(f.engine.model(), 9, 0.0f));
+  Session s = f.engine.session();
+  std::vector<SampleResult> r(n);
+  std::vector<LayerTiming> timings;
+  RunOptions o;
+  o.heads = heads.get();
+  o.timings = &timings;
+  s.run(x.data(), n, f.c, f.h, f.w, r.data(), nullptr, o);
+  for (const SampleResult& q : r) EXPECT_EQ(q.exit, 0);
+  // Stem and the first block ran, then the exit and compaction; nothing after.
+  for (const LayerTiming& t : timings) EXPECT_TRUE(t.block <= 0) << t.name;
+  EXPECT_TRUE(std::any_of(timings.begin(), timings.end(), [](const LayerTiming& t) { return t.kind == "exit"; }));
+}
+
+TEST(Runtime, ExitHeadsAreCheckedAgainstTheModel) {
+  Fixture f(test::kSmallArch);
+  std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 1, 0.5f);
+  auto bad = specs;
+  bad[2].dim = 7;
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "dim 7");
+  bad = specs;
+  bad[0].block = 99;
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "block 99");
+  bad = specs;
+  bad[1].weight[3] = std::nanf("");
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "non-finite");
+  bad = specs;
+  bad[1].classes = 3;
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "3 classes");
+  bad = {specs[1], specs[1]};
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "two heads");
+}
+
+TEST(Session, IsNotReentrantButTheEngineIs) {
+  Fixture f(test::kTinyArch);
+  const std::vector<float> x = random_floats(f.per, 16);
+  Session s = f.engine.session();
+  SampleResult r;
+  bool inner_threw = false, engine_ok = false;
+  RunOptions o;
+  o.observer = [&](const ExitPoint& e, BackendContext&, const float*, int, const int32_t*) {
+    if (e.block != 0) return;
+    try {
+      SampleResult q;
+      s.run(x.data(), 1, f.c, f.h, f.w, &q, nullptr);
+    } catch (const Error& err) {
+      inner_threw = std::string(err.what()).find("while this session is running") != std::string::npos;
+    }
+    engine_ok = f.engine.infer(x.data(), 1).size() == size_t(f.classes);  // another session: no deadlock
+  };
+  s.run(x.data(), 1, f.c, f.h, f.w, &r, nullptr, o);
+  EXPECT_TRUE(inner_threw);
+  EXPECT_TRUE(engine_ok);
+  s.run(x.data(), 1, f.c, f.h, f.w, &r, nullptr);  // still usable
+}
+
+TEST(Session, KeepsABoundedNumberOfPlansAndRefusesHugeArenas) {
+  Fixture f(test::kTinyArch);
+  SessionOptions so;
+  so.max_plans = 2;
+  so.max_arena_bytes = size_t(4) << 20;
+  Session s = f.engine.session(so);
+  for (int size : {12, 16, 20, 24}) {
+    const std::vector<float> x = random_floats(size_t(size * size), uint32_t(size));
+    EXPECT_EQ(s.infer(x.data(), 1, 1, size, size).size(), size_t(f.classes));
+  }
+  EXPECT_EQ(s.prepared_plans(), 2u);
+  const std::vector<float> big = random_floats(size_t(64) * 300 * 300, 3);
+  EXPECT_GATI_ERROR(s.infer(big.data(), 64, 1, 300, 300), "over the session's limit");
+  EXPECT_EQ(s.infer(big.data(), 1, 1, 12, 12).size(), size_t(f.classes));  // still usable
+  EXPECT_GATI_ERROR(s.infer(big.data(), 1, 1, 1 << 30, 1 << 30), "overflows");
+}
+
+TEST(Session, SessionsInParallelThreadsAgreeWithOne) {
+  Fixture f(test::kSmallArch);
+  const int n = 6;
+  const std::vector<float> x = diverse_inputs(size_t(n), f.per, 17);
+  const auto pooled = pooled_per_block(f.engine, x, n);
+  const auto heads = f.engine.make_exit_heads(mixed_heads(f.engine, pooled, n));
+  RunOptions o;
+  o.heads = heads.get();
+  std::vector<SampleResult> want(n);
+  f.engine.session().run(x.data(), n, f.c, f.h, f.w, want.data(), nullptr, o);
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      SessionOptions so;
+      so.threads = 1;
+      Session s = f.engine.session(so);
+      std::vector<SampleResult> got(n);
+      for (int rep = 0; rep < 5; ++rep) {
+        s.run(x.data(), n, f.c, f.h, f.w, got.data(), nullptr, o);
+        for (int i = 0; i < n; ++i)
+          mismatches[size_t(t)] += got[size_t(i)].exit != want[size_t(i)].exit || got[size_t(i)].label != want[size_t(i)].label;
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int m : mismatches) EXPECT_EQ(m, 0);
+}
+
+}  // namespace
+}  // namespace gati
