@@ -182,8 +182,9 @@ TEST(Runtime, PerSampleExitsInABatchMatchTheCascadeAndEachSampleAlone) {
     EXPECT_EQ(alone.exit, batch[size_t(i)].exit);
     EXPECT_EQ(alone.label, batch[size_t(i)].label);
     EXPECT_NEAR(alone.confidence, batch[size_t(i)].confidence, 1e-6);
-    if (alone.exit == kFullModel)
+    if (alone.exit == kFullModel) {
       EXPECT_TRUE(test::all_close(l1.data(), logits.data() + i * f.classes, size_t(f.classes), 1e-5, 1e-5));
+    }
   }
 }
 

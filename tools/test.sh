@@ -14,6 +14,12 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGATI_SANITIZE=ON -DGATI_CUDA
 cmake --build build-asan -j "${GATI_JOBS:-2}" --target test_safetensors test_model test_loaders
 (cd build-asan && ctest --output-on-failure -R "SafeTensors|ModelFiles|Arch|FoldBatchNorm|BadFiles")
 
+echo "== runtime, session and server tests under ThreadSanitizer (build-tsan/)"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATI_TSAN=ON -DGATI_OPENMP=OFF -DGATI_CUDA=OFF \
+  -DGATI_BUILD_BENCH=OFF >/dev/null
+cmake --build build-tsan -j "${GATI_JOBS:-2}" --target test_runtime test_server
+(cd build-tsan && TSAN_OPTIONS="halt_on_error=1" ctest --output-on-failure -R "Runtime|Session|Server")
+
 echo "== find_package(gati) from an installed copy"
 prefix=$(mktemp -d)
 cmake --install build --prefix "$prefix" >/dev/null
