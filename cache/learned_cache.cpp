@@ -60,7 +60,7 @@ double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const Sg
                 std::vector<float>& velocity) {
   const size_t total = c.weight.size() + c.bias.size();
   if (velocity.size() != total) velocity.assign(total, 0.f);
-  const cpu::LinearHeadMut h{c.dim, c.classes, c.mean.data(), c.inv_std.data(), c.weight.data(), c.bias.data(),
+  const LinearHeadMut h{c.dim, c.classes, c.mean.data(), c.inv_std.data(), c.weight.data(), c.bias.data(),
                              velocity.data()};
   const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay});
   switch (r.status) {

@@ -17,4 +17,10 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
   }
 }
 
+std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model) {
+  if (device == "cpu" || device == "auto") return make_cpu_device(model);
+  if (device == "cuda") fail("device 'cuda': this build has no CUDA backend yet (valid: cpu, auto)");
+  fail("unknown device '", device, "' (valid: cpu, cuda, auto)");
+}
+
 }  // namespace gati

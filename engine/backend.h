@@ -83,6 +83,9 @@ class BackendContext {
   // memory on CUDA): the exit state and results live here.
   virtual std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) = 0;
 
+  // Raw copies between host and backend memory (test staging, parameters).
+  virtual void from_host(const void* host, size_t bytes, void* dst) = 0;
+
   // Host NCHW (the PyTorch convention) into backend NHWC.
   virtual void input_from_host_nchw(const float* host, const Act& shape, float* dst) = 0;
   // Model convolution `conv` (index into Network::convs) with folded bias,
@@ -103,6 +106,11 @@ class BackendContext {
   // Rows still running after the last compaction (waits for it).
   virtual int alive(const ExitState& st) = 0;
   virtual void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) = 0;
+  // One SGD step on a linear head in backend memory (features [n, dim],
+  // labels [n] in backend memory); waits for and returns the device's status
+  // word, and the batch's loss before the step in *loss.
+  virtual OpStatus linear_sgd_step(const LinearHeadMut& head, const float* features, const int32_t* labels, int n,
+                                   const SgdHyper& hyper, double* loss) = 0;
 
   // Timing marks (device events on CUDA): begin, one mark per step, then
   // read() waits and returns each mark's time in ms since begin.
@@ -125,5 +133,8 @@ class BackendDevice : public std::enable_shared_from_this<BackendDevice> {
 
 // The CPU device: packs the model's folded weights once.
 std::shared_ptr<const BackendDevice> make_cpu_device(const Model& model);
+// "cpu", "cuda" or "auto" (CUDA when this build has a CUDA backend and a
+// device, else the CPU); errors list the valid choices.
+std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model);
 
 }  // namespace gati

@@ -8,12 +8,6 @@
 namespace gati {
 namespace {
 
-std::shared_ptr<const BackendDevice> make_device(const Model& model, const EngineOptions& o) {
-  if (o.device == "cpu") return make_cpu_device(model);
-  if (o.device == "cuda") fail("device 'cuda': this build has no CUDA backend yet (valid: cpu)");
-  fail("unknown device '", o.device, "' (valid: cpu)");
-}
-
 void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w) {
   if (n < 1) fail("input: empty batch (n = ", n, ")");
   if (c != a.in_channels) fail("input: ", c, " channels, but model '", a.name, "' takes ", a.in_channels);
@@ -68,7 +62,7 @@ Engine::Engine(const std::string& model_path, const EngineOptions& options) : En
 
 Engine::Engine(Model model, const EngineOptions& options)
     : model_(std::make_shared<const Model>(std::move(model))),
-      device_(make_device(*model_, options)),
+      device_(make_backend_device(options.device, *model_)),
       options_(options),
       pool_(std::make_unique<SessionPool>(4)) {
   if (options.threads < 0) fail("engine: threads must be >= 0 (0 = all cores), got ", options.threads);

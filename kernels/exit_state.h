@@ -39,6 +39,21 @@ struct LinearHeadView {
   float threshold = 2.0f;          // > 1 never hits
 };
 
+// The same model with writable parameters and its momentum buffer, for the
+// SGD update (offline training and online updates from served traffic).
+struct LinearHeadMut {
+  int dim = 0, classes = 0;
+  const float* mean = nullptr;     // [dim]
+  const float* inv_std = nullptr;  // [dim]
+  float* weight = nullptr;         // [classes, dim]
+  float* bias = nullptr;           // [classes]
+  float* velocity = nullptr;       // [classes * dim + classes], weight part first
+};
+
+struct SgdHyper {
+  float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
+};
+
 // Status words written by device code (which cannot throw) and by its CPU twin;
 // the host wrapper turns anything but kOk into a gati::Error naming the place.
 enum class OpStatus : int32_t { kOk = 0, kNonFinite = 1, kBadLabel = 2 };

@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "kernels/cpu/conv2d_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/aligned.h"
@@ -130,6 +131,13 @@ class CpuContext final : public BackendContext {
 
   int alive(const ExitState& st) override { return *st.alive; }
 
+  OpStatus linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,
+                           const SgdHyper& hp, double* loss) override {
+    const cpu::SgdResult r = cpu::linear_sgd_step(h, features, labels, n, hp);
+    if (loss) *loss = r.loss;
+    return r.status;
+  }
+
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
     cpu::finish_full_model(logits, n, classes, st, pos);
   }
@@ -145,6 +153,9 @@ class CpuContext final : public BackendContext {
     return ms;
   }
 
+  void from_host(const void* host, size_t bytes, void* dst) override {
+    if (bytes) std::memcpy(dst, host, bytes);
+  }
   void to_host(const void* src, size_t bytes, void* host) override {
     if (bytes) std::memcpy(host, src, bytes);
   }

@@ -14,19 +14,6 @@ namespace gati::cpu {
 
 constexpr float kMaxWeight = 1e6f;
 
-struct SgdHyper {
-  float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
-};
-
-struct LinearHeadMut {
-  int dim = 0, classes = 0;
-  const float* mean = nullptr;     // [dim]
-  const float* inv_std = nullptr;  // [dim]
-  float* weight = nullptr;         // [classes, dim]
-  float* bias = nullptr;           // [classes]
-  float* velocity = nullptr;       // [classes * dim + classes], weight part first
-};
-
 struct SgdResult {
   OpStatus status = OpStatus::kOk;
   double loss = 0;      // mean cross-entropy of the batch before the step

@@ -1,0 +1,359 @@
+// Every backend op against a plain reference, for every backend this build
+// has (the CPU one always; CUDA when built with it and a GPU is present,
+// otherwise skipped with the reason printed): convolutions on the real
+// ResNet shapes (7x7/2 stem, 3x3/1 and /2, 1x1 and 1x1/2 projections, grouped
+// 3x3, the CIFAR stem) with and without residual and ReLU, max-pool, global
+// average pool, classifier, exit head, compaction, full-model finish and the
+// SGD step, at batch 1, 3 and 8, random data, tolerance abs + rel*|ref|.
+// Every output buffer has sentinel zones before and after it that no op may
+// touch.
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "engine/backend.h"
+#include "kernels/cpu/conv2d_cpu.h"
+#include "random_model.h"
+#include "test_util.h"
+#include "weights/common/error.h"
+#include "weights/model.h"
+
+namespace gati {
+namespace {
+
+using test::random_floats;
+
+constexpr size_t kGuard = 64;  // floats of sentinel on each side
+constexpr float kSentinel = -7.25e11f;
+
+struct ConvCase {
+  const char* name;
+  int cin, cout, kernel, stride, pad, groups, h;
+};
+// Channel counts, kernels and strides as in torchvision's ResNets; the
+// spatial sizes are the ones those layers see at 224x224 (28x28 for the CIFAR stem).
+const ConvCase kConvs[] = {
+    {"stem_7x7_2", 3, 64, 7, 2, 3, 1, 224},     {"layer1_3x3_1", 64, 64, 3, 1, 1, 1, 56},
+    {"layer2_3x3_2", 128, 128, 3, 2, 1, 1, 56}, {"bottleneck_1x1", 256, 64, 1, 1, 0, 1, 56},
+    {"proj_1x1_2", 256, 512, 1, 2, 0, 1, 56},   {"layer4_3x3_1", 512, 512, 3, 1, 1, 1, 7},
+    {"resnext_3x3_g32", 128, 128, 3, 1, 1, 32, 56}, {"cifar_stem", 1, 16, 3, 1, 1, 1, 28},
+};
+
+// A "model" that is only a list of convolutions (and a small classifier), so
+// a backend device packs exactly the shapes under test.
+Model conv_model() {
+  Model m;
+  m.net.arch.num_classes = 10;
+  m.net.features = 96;
+  uint32_t seed = 1;
+  for (const ConvCase& c : kConvs) {
+    m.net.convs.push_back({c.name, c.name, c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups});
+    const size_t fan = size_t(c.cin / c.groups) * size_t(c.kernel * c.kernel);
+    m.convs.push_back({random_floats(size_t(c.cout) * fan, seed++, float(std::sqrt(2.0 / double(fan)))),
+                       random_floats(size_t(c.cout), seed++, 0.1f)});
+  }
+  BlockSpec exit_block;  // one exit point, for exit heads: after a 128-channel block
+  exit_block.name = "layer2.0";
+  exit_block.out_channels = 128;
+  m.net.blocks.push_back(exit_block);
+  m.fc_weight = random_floats(size_t(10 * 96), seed++, 0.2f);
+  m.fc_bias = random_floats(10, seed++, 0.1f);
+  return m;
+}
+
+// A backend buffer with sentinels around `floats` payload floats.
+struct Guarded {
+  std::unique_ptr<Buffer> buf;
+  size_t floats;
+  BackendContext* ctx;
+  Guarded(BackendContext& c, size_t n) : floats(n), ctx(&c) {
+    buf = c.allocate((n + 2 * kGuard) * sizeof(float));
+    std::vector<float> init(n + 2 * kGuard, kSentinel);
+    c.from_host(init.data(), init.size() * sizeof(float), buf->data());
+  }
+  float* data() { return buf->floats() + kGuard; }
+  void upload(const std::vector<float>& v) { ctx->from_host(v.data(), v.size() * sizeof(float), data()); }
+  std::vector<float> download() {
+    std::vector<float> all(floats + 2 * kGuard);
+    ctx->to_host(buf->data(), all.size() * sizeof(float), all.data());
+    ctx->synchronize();
+    for (size_t i = 0; i < kGuard; ++i) {
+      EXPECT_EQ(all[i], kSentinel) << "write before the buffer at -" << kGuard - i;
+      EXPECT_EQ(all[kGuard + floats + i], kSentinel) << "write past the end at +" << i;
+    }
+    return {all.begin() + long(kGuard), all.begin() + long(kGuard + floats)};
+  }
+};
+
+class BackendOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    static const Model model = conv_model();
+    model_ = &model;
+    try {
+      device_ = make_backend_device(GetParam(), model);
+    } catch (const Error& e) {
+      GTEST_SKIP() << "backend '" << GetParam() << "' not available: " << e.what();
+    }
+    ctx_ = device_->make_context(0);
+  }
+  const Model* model_ = nullptr;
+  std::shared_ptr<const BackendDevice> device_;
+  std::unique_ptr<BackendContext> ctx_;
+};
+
+TEST_P(BackendOps, ConvolutionsOnResNetShapes) {
+  for (size_t ci = 0; ci < std::size(kConvs); ++ci) {
+    const ConvCase& c = kConvs[ci];
+    const int oh = (c.h + 2 * c.pad - c.kernel) / c.stride + 1;
+    for (int n : {1, 3, 8}) {
+      if (n == 8 && c.h >= 224) continue;  // the stem at batch 8 adds a minute of reference time, no coverage
+      for (int variant = 0; variant < 2; ++variant) {
+        const bool residual = variant == 1, relu = variant == 1 || ci % 2 == 0;
+        SCOPED_TRACE(std::string(c.name) + " batch " + std::to_string(n) + (residual ? " +residual" : "") +
+                     (relu ? " +relu" : ""));
+        const size_t in_n = size_t(n) * size_t(c.h) * size_t(c.h) * size_t(c.cin);
+        const size_t out_n = size_t(n) * size_t(oh) * size_t(oh) * size_t(c.cout);
+        const std::vector<float> x = random_floats(in_n, uint32_t(ci * 10 + size_t(n)));
+        const std::vector<float> r = random_floats(out_n, uint32_t(ci * 10 + size_t(n) + 500));
+        Guarded in(*ctx_, in_n), out(*ctx_, out_n), res(*ctx_, out_n);
+        in.upload(x);
+        res.upload(r);
+        ctx_->conv(int(ci), in.data(), {n, c.h, c.h, c.cin}, out.data(), residual ? res.data() : nullptr, relu);
+        const std::vector<float> got = out.download();
+        std::vector<float> want(out_n);
+        const cpu::ConvParams p{c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups};
+        cpu::conv2d_nhwc_reference(p, model_->convs[ci].weight.data(), model_->convs[ci].bias.data(), x.data(), n, c.h,
+                                   c.h, want.data(), residual ? r.data() : nullptr, relu);
+        EXPECT_TRUE(test::all_close(got.data(), want.data(), out_n, 1e-4, 1e-4));
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, PoolsAndClassifier) {
+  for (int n : {1, 3, 8}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    // 3x3/2 max-pool after the ImageNet stem (112x112x64 -> 56x56x64).
+    const int h = 112, c = 64, oh = 56;
+    const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n));
+    Guarded in(*ctx_, x.size()), mp(*ctx_, size_t(n * oh * oh * c)), gap(*ctx_, size_t(n * c));
+    in.upload(x);
+    ctx_->max_pool(in.data(), {n, h, h, c}, 3, 2, 1, mp.data());
+    ctx_->global_avg_pool(in.data(), {n, h, h, c}, gap.data());
+    const std::vector<float> got_mp = mp.download(), got_gap = gap.download();
+    for (int i = 0; i < n; ++i)
+      for (int ch = 0; ch < c; ++ch) {
+        double sum = 0;
+        for (int q = 0; q < h * h; ++q) sum += x[(size_t(i) * h * h + size_t(q)) * c + size_t(ch)];
+        ASSERT_NEAR(got_gap[size_t(i * c + ch)], sum / (h * h), 1e-5 + 1e-5 * std::abs(sum / (h * h)));
+        for (int oy = 0; oy < oh; ++oy)
+          for (int ox = 0; ox < oh; ++ox) {
+            float m = -INFINITY;
+            for (int ky = 0; ky < 3; ++ky)
+              for (int kx = 0; kx < 3; ++kx) {
+                const int iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx;
+                if (iy >= 0 && iy < h && ix >= 0 && ix < h) m = std::max(m, x[((size_t(i) * h + size_t(iy)) * h + size_t(ix)) * c + size_t(ch)]);
+              }
+            ASSERT_EQ(got_mp[((size_t(i) * oh + size_t(oy)) * oh + size_t(ox)) * c + size_t(ch)], m);
+          }
+      }
+    // Classifier: [n, 96] -> [n, 10] with the model's fc.
+    const std::vector<float> f = random_floats(size_t(n * 96), uint32_t(n + 40));
+    Guarded feat(*ctx_, f.size()), logits(*ctx_, size_t(n * 10));
+    feat.upload(f);
+    ctx_->classifier(feat.data(), n, logits.data());
+    const std::vector<float> got = logits.download();
+    for (int i = 0; i < n; ++i)
+      for (int k = 0; k < 10; ++k) {
+        double s = model_->fc_bias[size_t(k)];
+        for (int d = 0; d < 96; ++d) s += double(model_->fc_weight[size_t(k * 96 + d)]) * f[size_t(i * 96 + d)];
+        EXPECT_NEAR(got[size_t(i * 10 + k)], s, 1e-4 + 1e-4 * std::abs(s));
+      }
+  }
+}
+
+// Exit state in host-visible memory for `batch` samples and `classes`.
+struct HostState {
+  std::unique_ptr<Buffer> buf;
+  ExitState st;
+  HostState(BackendContext& ctx, int batch, int classes) {
+    const size_t b = size_t(batch);
+    buf = ctx.allocate_host_visible((6 * b + 1) * 4 + b * size_t(classes) * 4);
+    auto* p = static_cast<int32_t*>(buf->data());
+    st.position[0] = p;
+    st.position[1] = p + b;
+    st.hit = p + 2 * b;
+    st.exit = p + 3 * b;
+    st.label = p + 4 * b;
+    st.confidence = reinterpret_cast<float*>(p + 5 * b);
+    st.alive = p + 6 * b;
+    st.logits = reinterpret_cast<float*>(p + 6 * b + 1);
+  }
+};
+
+TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
+  const int classes = 10;
+  for (int n : {1, 3, 8}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    // The exit after a ResNet-18 layer2 block: 28x28x128.
+    const int h = 28, c = 128, total = n + 2;  // two samples already left before this exit
+    ExitHeadSpec spec;
+    spec.block = 0;
+    spec.dim = c;
+    spec.classes = classes;
+    spec.mean = random_floats(size_t(c), 5, 0.3f);
+    spec.inv_std = random_floats(size_t(c), 6, 0.3f);
+    for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
+    spec.weight = random_floats(size_t(c * classes), 7, 0.8f);
+    spec.bias = random_floats(size_t(classes), 8, 0.2f);
+    const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n + 60), 2.0f);
+    // The reference: pooled -> standardised -> linear -> softmax in double.
+    std::vector<double> conf(static_cast<size_t>(n));
+    std::vector<int> label(static_cast<size_t>(n));
+    std::vector<double> pooled(size_t(n * c));
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> z(classes);
+      for (int ch = 0; ch < c; ++ch) {
+        double s = 0;
+        for (int q = 0; q < h * h; ++q) s += x[(size_t(i) * h * h + size_t(q)) * c + size_t(ch)];
+        pooled[size_t(i * c + ch)] = s / (h * h);
+      }
+      for (int k = 0; k < classes; ++k) {
+        double s = spec.bias[size_t(k)];
+        for (int ch = 0; ch < c; ++ch)
+          s += double(spec.weight[size_t(k * c + ch)]) * (pooled[size_t(i * c + ch)] - spec.mean[size_t(ch)]) * spec.inv_std[size_t(ch)];
+        z[size_t(k)] = s;
+      }
+      const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
+      double sum = 0;
+      for (double v : z) sum += std::exp(v - z[size_t(best)]);
+      conf[size_t(i)] = 1 / sum;
+      label[size_t(i)] = best;
+    }
+    std::vector<double> sorted = conf;
+    std::sort(sorted.begin(), sorted.end());
+    spec.threshold = n == 1 ? float(sorted[0]) - 1e-3f : float(0.5 * (sorted[size_t(n / 2) - 1] + sorted[size_t(n / 2)]));
+    const auto heads = device_->upload_exit_heads({spec});
+
+    HostState hs(*ctx_, total, classes);
+    ctx_->begin_exits(hs.st, total, classes);
+    ctx_->synchronize();
+    // Rows map to samples in a scrambled order; samples 0 and total-1 already left.
+    std::vector<int> samples(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) samples[size_t(i)] = 1 + (i * 5) % n;
+    for (int i = 0; i < n; ++i) hs.st.position[1][i] = samples[size_t(i)];
+    Guarded act(*ctx_, x.size()), out(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * c));
+    act.upload(x);
+    ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 4, hs.st, 1, pooled_buf.data());
+    ctx_->compact(act.data(), {n, h, h, c}, hs.st, 1, 0, out.data());
+    const int alive = ctx_->alive(hs.st);
+    const std::vector<float> got_pooled = pooled_buf.download();
+    const std::vector<float> got_out = out.download();
+    int want_alive = 0;
+    for (int i = 0; i < n; ++i) {
+      EXPECT_NEAR(got_pooled[size_t(i * c)], pooled[size_t(i * c)], 1e-5);
+      const bool hit = conf[size_t(i)] >= spec.threshold;
+      EXPECT_EQ(hs.st.hit[i], hit ? 1 : 0) << "row " << i;
+      const int s = samples[size_t(i)];
+      if (hit) {
+        EXPECT_EQ(hs.st.exit[s], 4);
+        EXPECT_EQ(hs.st.label[s], label[size_t(i)]);
+        EXPECT_NEAR(hs.st.confidence[s], conf[size_t(i)], 1e-5);
+      } else {
+        EXPECT_EQ(hs.st.exit[s], kStillRunning);
+        EXPECT_EQ(hs.st.position[0][want_alive], s);
+        EXPECT_EQ(0, std::memcmp(got_out.data() + size_t(want_alive) * h * h * c, x.data() + size_t(i) * h * h * c,
+                                 size_t(h * h * c) * sizeof(float)));
+        ++want_alive;
+      }
+    }
+    EXPECT_EQ(alive, want_alive);
+    if (n > 1) EXPECT_GT(want_alive, 0);
+    // The survivors reach the classifier.
+    const std::vector<float> z = random_floats(size_t(alive * classes), 99);
+    Guarded lz(*ctx_, z.size() + 1);
+    lz.upload(z);
+    ctx_->finish_full_model(lz.data(), alive, classes, hs.st, 0);
+    ctx_->synchronize();
+    for (int r = 0; r < alive; ++r) {
+      const int s = hs.st.position[0][r];
+      EXPECT_EQ(hs.st.exit[s], kFullModel);
+      EXPECT_EQ(0, std::memcmp(hs.st.logits + size_t(s) * classes, z.data() + size_t(r) * classes, classes * sizeof(float)));
+      EXPECT_EQ(hs.st.label[s], int(std::max_element(z.begin() + r * classes, z.begin() + (r + 1) * classes) - z.begin()) - r * classes);
+    }
+    for (int s : {0, total - 1}) {  // never reached this exit: untouched
+      EXPECT_EQ(hs.st.exit[s], kStillRunning);
+      EXPECT_TRUE(std::isnan(hs.st.logits[size_t(s) * classes]));
+    }
+  }
+}
+
+TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
+  const int dim = 64, classes = 10;
+  for (int n : {1, 3, 8}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    const std::vector<float> mean = random_floats(dim, 1, 0.2f), w0 = random_floats(size_t(dim * classes), 2, 0.3f),
+                             b0 = random_floats(classes, 3, 0.1f), v0 = random_floats(size_t(dim * classes + classes), 4, 0.05f),
+                             x = random_floats(size_t(n * dim), uint32_t(5 + n));
+    std::vector<float> inv(dim, 1.3f);
+    std::vector<int32_t> y(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) y[size_t(i)] = (i * 7 + 3) % classes;
+    Guarded gm(*ctx_, dim), gi(*ctx_, dim), gw(*ctx_, w0.size()), gb(*ctx_, b0.size()), gv(*ctx_, v0.size()),
+        gx(*ctx_, x.size()), gy(*ctx_, size_t(n));
+    gm.upload(mean);
+    gi.upload(inv);
+    gw.upload(w0);
+    gb.upload(b0);
+    gv.upload(v0);
+    gx.upload(x);
+    ctx_->from_host(y.data(), y.size() * 4, gy.data());
+    const LinearHeadMut h{dim, classes, gm.data(), gi.data(), gw.data(), gb.data(), gv.data()};
+    const SgdHyper hp{0.05f, 0.9f, 5e-4f};
+    double loss = 0;
+    ASSERT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss), OpStatus::kOk);
+    // Reference in double.
+    std::vector<double> grad(w0.size() + b0.size(), 0.0);
+    double want_loss = 0;
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> xs(dim), z(classes);
+      for (int d = 0; d < dim; ++d) xs[size_t(d)] = (x[size_t(i * dim + d)] - mean[size_t(d)]) * inv[size_t(d)];
+      for (int k = 0; k < classes; ++k) {
+        z[size_t(k)] = b0[size_t(k)];
+        for (int d = 0; d < dim; ++d) z[size_t(k)] += w0[size_t(k * dim + d)] * xs[size_t(d)];
+      }
+      const double m = *std::max_element(z.begin(), z.end());
+      double sum = 0;
+      for (double v : z) sum += std::exp(v - m);
+      for (int k = 0; k < classes; ++k) {
+        const double p = std::exp(z[size_t(k)] - m) / sum, g = p - (k == y[size_t(i)] ? 1 : 0);
+        if (k == y[size_t(i)]) want_loss -= std::log(p);
+        for (int d = 0; d < dim; ++d) grad[size_t(k * dim + d)] += g * xs[size_t(d)];
+        grad[w0.size() + size_t(k)] += g;
+      }
+    }
+    EXPECT_NEAR(loss, want_loss / n, 1e-5);
+    const std::vector<float> w1 = gw.download(), b1 = gb.download(), v1 = gv.download();
+    for (size_t j = 0; j < grad.size(); ++j) {
+      const double w = j < w0.size() ? w0[j] : b0[j - w0.size()];
+      const double v = 0.9 * v0[j] + grad[j] / n + (j < w0.size() ? 5e-4 * w : 0.0);
+      EXPECT_NEAR(v1[j], v, 1e-5 + 1e-5 * std::abs(v)) << j;
+      EXPECT_NEAR(j < w0.size() ? w1[j] : b1[j - w0.size()], w - 0.05 * v, 1e-5 + 1e-5 * std::abs(w)) << j;
+    }
+    // A step that would blow up is refused and changes nothing; so is a bad label.
+    const SgdHyper huge{1e30f, 0.9f, 0.f};
+    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, huge, &loss), OpStatus::kNonFinite);
+    EXPECT_EQ(gw.download(), w1);
+    std::vector<int32_t> bad = y;
+    bad[0] = classes;
+    ctx_->from_host(bad.data(), bad.size() * 4, gy.data());
+    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss), OpStatus::kBadLabel);
+    EXPECT_EQ(gw.download(), w1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace gati
