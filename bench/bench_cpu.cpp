@@ -1,7 +1,11 @@
 // Google Benchmark suite for the CPU backend.
 //
-//   bench_cpu --models=a.safetensors,b.safetensors [--batches=1,8] [benchmark flags]
+//   bench_cpu --models=a.safetensors,b.safetensors [--batches=1,8] [--exits] [benchmark flags]
 //
+// With --exits, each model also runs through a Session with caches off and
+// with a linear exit head attached after every block whose threshold never
+// fires ("caches:never"): the cost of consulting caches that never hit, i.e.
+// the exit head, compaction and survivor check at every block.
 // Whole-model latency per model file and batch (the models come from
 // tools/convert.py --random, or the demo model), plus the kernels on their
 // own at ResNet shapes.  Counters: images/s and achieved GFLOP/s (2 x MACs),
@@ -48,6 +52,41 @@ void BM_Model(benchmark::State& state, std::shared_ptr<gati::Engine> engine, int
       benchmark::Counter(2.0 * double(p.macs_per_sample) * batch / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// A random linear head after every block; threshold > 1 never fires.
+std::vector<gati::ExitHeadSpec> never_firing_heads(const gati::Model& m) {
+  std::vector<gati::ExitHeadSpec> heads;
+  for (size_t b = 0; b < m.net.blocks.size(); ++b) {
+    gati::ExitHeadSpec h;
+    h.block = int(b);
+    h.dim = m.net.blocks[b].out_channels;
+    h.classes = m.arch().num_classes;
+    h.mean = random_floats(size_t(h.dim), 1);
+    h.inv_std.assign(size_t(h.dim), 1.0f);
+    h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
+    h.bias = random_floats(size_t(h.classes), 3);
+    h.threshold = 2.0f;
+    heads.push_back(std::move(h));
+  }
+  return heads;
+}
+
+void BM_ModelExits(benchmark::State& state, std::shared_ptr<gati::Engine> engine, int batch, bool attached) {
+  const gati::Arch& a = engine->arch();
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  const auto heads = engine->make_exit_heads(never_firing_heads(engine->model()));
+  gati::Session session = engine->session();
+  gati::RunOptions opts;
+  if (attached) opts.heads = heads.get();
+  std::vector<gati::SampleResult> results(static_cast<size_t>(batch));
+  session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
+  for (auto _ : state) {
+    session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
+    benchmark::DoNotOptimize(results.data());
+  }
+  state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // One convolution at a ResNet shape: {cin, cout, kernel, stride, hw, batch}.
 void BM_Conv(benchmark::State& state) {
   const int cin = int(state.range(0)), cout = int(state.range(1)), k = int(state.range(2)),
@@ -83,6 +122,7 @@ BENCHMARK(BM_Conv)
 int main(int argc, char** argv) {
   std::vector<std::string> models;
   std::vector<int> batches = {1};
+  bool exits = false;
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     if (std::strncmp(argv[i], "--models=", 9) == 0) {
@@ -90,6 +130,8 @@ int main(int argc, char** argv) {
     } else if (std::strncmp(argv[i], "--batches=", 10) == 0) {
       batches.clear();
       for (const auto& b : split(argv[i] + 10)) batches.push_back(std::stoi(b));
+    } else if (std::strcmp(argv[i], "--exits") == 0) {
+      exits = true;
     } else {
       rest.push_back(argv[i]);
     }
@@ -102,6 +144,15 @@ int main(int argc, char** argv) {
                                      engine, b)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
+      if (exits)
+        for (int b : batches)
+          for (bool attached : {false, true})
+            benchmark::RegisterBenchmark(("exits/" + engine->arch().name + "/batch:" + std::to_string(b) +
+                                          (attached ? "/caches:never" : "/caches:off"))
+                                             .c_str(),
+                                         BM_ModelExits, engine, b, attached)
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
     }
   } catch (const gati::Error& e) {
     std::fprintf(stderr, "bench_cpu: %s\n", e.what());

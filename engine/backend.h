@@ -101,8 +101,8 @@ class BackendContext {
   virtual void begin_exits(const ExitState& st, int n, int classes) = 0;
   virtual void exit_head(const ExitHeads& heads, int head, const float* act, const Act& shape, int exit_id,
                          const ExitState& st, int pos, float* pooled) = 0;
-  virtual void compact(const float* in, const Act& shape, const ExitState& st, int pos_in, int pos_out,
-                       float* out) = 0;
+  // In place: the surviving rows of act move to the front.
+  virtual void compact(float* act, const Act& shape, const ExitState& st, int pos_in, int pos_out) = 0;
   // Rows still running after the last compaction (waits for it).
   virtual int alive(const ExitState& st) = 0;
   virtual void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) = 0;

@@ -2,7 +2,6 @@
 #include "engine/executor.h"
 
 #include <cstring>
-#include <numeric>
 
 #include "weights/common/error.h"
 
@@ -22,13 +21,11 @@ Executor::Executor(const Model& model, BackendContext& ctx, int max_batch, int h
   st_.label = reinterpret_cast<int32_t*>(base + L.label);
   st_.confidence = reinterpret_cast<float*>(base + L.confidence);
   st_.logits = reinterpret_cast<float*>(base + L.logits);
-  phys_.resize(size_t(plan_.num_slots));
 }
 
 void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
-  std::iota(phys_.begin(), phys_.end(), 0);
   const int classes = plan_.classes;
   ctx_.begin_exits(st_, n, classes);
 
@@ -83,8 +80,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     const Act shape = e.shape.with_batch(alive);
     ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, region(plan_.exit_pooled_offset));
     mark(e.name + ".exit", "exit", e.block, int64_t(alive) * e.shape.c * (opts.heads->specs()[size_t(head)].classes + 1));
-    ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos, slot(e.spare_slot));
-    std::swap(phys_[size_t(e.slot)], phys_[size_t(e.spare_slot)]);
+    ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos);
     pos = 1 - pos;
     alive = ctx_.alive(st_);
     mark(e.name + ".compact", "compact", e.block, 0);

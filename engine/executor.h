@@ -61,7 +61,7 @@ class Executor {
   void run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts = {});
 
  private:
-  float* slot(int s) { return arena_->floats() + size_t(phys_[size_t(s)]) * plan_.slot_floats; }
+  float* slot(int s) { return arena_->floats() + size_t(s) * plan_.slot_floats; }
   float* region(size_t offset) { return arena_->floats() + offset; }
 
   const Model& model_;
@@ -69,7 +69,6 @@ class Executor {
   Plan plan_;
   std::unique_ptr<Buffer> arena_, state_;
   ExitState st_;
-  std::vector<int> phys_;  // logical slot -> physical slot (compaction swaps them)
 };
 
 }  // namespace gati

@@ -104,8 +104,7 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
       out_slot = t1;
     }
     cur_slot = out_slot;
-    const int spare = cur_slot == t1 ? t2 : t1;
-    plan.exits.push_back({int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot, spare});
+    plan.exits.push_back({int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot});
   }
 
   Step pool;

@@ -5,9 +5,9 @@
 // input, two intermediates and the shortcut alive at once); the pooled
 // features, the exit heads' pooled features and the logits have their own
 // regions.  Each residual block's output is an exit point; when an exit head
-// is attached there, the executor runs it and compacts the batch into the
-// exit's `spare_slot` (free until the next block), so the plan does not
-// depend on which caches are attached.  The exit state (per-sample results)
+// is attached there, the executor runs it and compacts the batch in place
+// (survivors to the front), so the plan does not depend on which caches are
+// attached.  The exit state (per-sample results)
 // is laid out here too; it lives in host-visible memory.
 #pragma once
 
@@ -40,7 +40,6 @@ struct ExitPoint {
   int after_step = 0;  // index of the block's last step
   Act shape;           // per-sample
   int slot = 0;
-  int spare_slot = 0;  // a slot unused until the next block: compaction's target
 };
 
 // Byte offsets of the exit state (kernels/exit_state.h) in its buffer.

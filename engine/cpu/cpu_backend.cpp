@@ -125,8 +125,8 @@ class CpuContext final : public BackendContext {
     cpu::exit_head_linear(act, s.n, s.h * s.w, v, exit_id, st, pos, pooled);
   }
 
-  void compact(const float* in, const Act& s, const ExitState& st, int pos_in, int pos_out, float* out) override {
-    cpu::compact_rows(in, s.n, s.per_sample(), st, pos_in, pos_out, out);
+  void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {
+    cpu::compact_rows(act, s.n, s.per_sample(), st, pos_in, pos_out);
   }
 
   int alive(const ExitState& st) override { return *st.alive; }

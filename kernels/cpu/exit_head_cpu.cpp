@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/pool_cpu.h"
+#include "kernels/cpu/threads.h"
 
 namespace gati::cpu {
 
@@ -47,25 +48,54 @@ void begin_exits(const ExitState& st, int n, int classes) {
 }
 
 void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) {
+  constexpr int kLanes = 16;
   thread_local std::vector<float> xs;
-  xs.resize(size_t(h.dim));
+  const int padded = (h.dim + kLanes - 1) / kLanes * kLanes;
+  xs.assign(size_t(padded), 0.f);
   for (int d = 0; d < h.dim; ++d) xs[size_t(d)] = (pooled[d] - h.mean[d]) * h.inv_std[d];
+  const int full = h.dim / kLanes * kLanes;
   for (int k = 0; k < h.classes; ++k) {
     const float* w = h.weight + size_t(k) * size_t(h.dim);
-    float s = h.bias[k];
-    for (int d = 0; d < h.dim; ++d) s += w[d] * xs[size_t(d)];
-    z[k] = s;
+    float lane[kLanes] = {};
+    for (int d = 0; d < full; d += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] += w[d + l] * xs[size_t(d + l)];
+    for (int d = full; d < h.dim; ++d) lane[d - full] += w[d] * xs[size_t(d)];
+    float s = 0;
+    for (int l = 0; l < kLanes; ++l) s += lane[l];
+    z[k] = s + h.bias[k];
   }
 }
 
 void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
                       int pos, float* pooled) {
   global_avg_pool_nhwc(act, n, hw, h.dim, pooled);
-  std::vector<float> z(size_t(h.classes));
+  // Scores for all rows at once, class-major: each class's weights (one row
+  // of W) are read once per batch, not once per sample, and classes split
+  // across threads.  Per row the arithmetic is linear_head_scores', lane for
+  // lane, so the result does not depend on the batch.
+  constexpr int kLanes = 16;
+  const int padded = (h.dim + kLanes - 1) / kLanes * kLanes, full = h.dim / kLanes * kLanes;
+  std::vector<float> xs(size_t(n) * size_t(padded), 0.f), z(size_t(n) * size_t(h.classes));
+  for (int row = 0; row < n; ++row)
+    for (int d = 0; d < h.dim; ++d)
+      xs[size_t(row) * size_t(padded) + size_t(d)] = (pooled[size_t(row) * size_t(h.dim) + size_t(d)] - h.mean[d]) * h.inv_std[d];
+#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144)
+  for (int k = 0; k < h.classes; ++k) {
+    const float* w = h.weight + size_t(k) * size_t(h.dim);
+    for (int row = 0; row < n; ++row) {
+      const float* x = xs.data() + size_t(row) * size_t(padded);
+      float lane[kLanes] = {};
+      for (int d = 0; d < full; d += kLanes)
+        for (int l = 0; l < kLanes; ++l) lane[l] += w[d + l] * x[d + l];
+      for (int d = full; d < h.dim; ++d) lane[d - full] += w[d] * x[d];
+      float s = 0;
+      for (int l = 0; l < kLanes; ++l) s += lane[l];
+      z[size_t(row) * size_t(h.classes) + size_t(k)] = s + h.bias[k];
+    }
+  }
   for (int row = 0; row < n; ++row) {
-    linear_head_scores(h, pooled + size_t(row) * size_t(h.dim), z.data());
     float conf;
-    const int label = top_softmax(z.data(), h.classes, &conf);
+    const int label = top_softmax(z.data() + size_t(row) * size_t(h.classes), h.classes, &conf);
     const bool hit = conf >= h.threshold;
     st.hit[row] = hit ? 1 : 0;
     if (hit) {
@@ -77,12 +107,12 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
   }
 }
 
-void compact_rows(const float* in, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out,
-                  float* out) {
+void compact_rows(float* act, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out) {
   int alive = 0;
   for (int row = 0; row < n; ++row) {
     if (st.hit[row]) continue;
-    std::memcpy(out + size_t(alive) * row_floats, in + size_t(row) * row_floats, row_floats * sizeof(float));
+    if (alive != row)  // alive < row: the destination is free, the ranges may not overlap
+      std::memcpy(act + size_t(alive) * row_floats, act + size_t(row) * row_floats, row_floats * sizeof(float));
     st.position[pos_out][alive] = st.position[pos_in][row];
     ++alive;
   }

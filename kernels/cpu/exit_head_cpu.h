@@ -23,7 +23,9 @@ int softmax(const float* z, int classes, float* probs);
 // Every sample running, rows in caller order, count = n.
 void begin_exits(const ExitState& st, int n, int classes);
 
-// Linear head scores for one pooled feature vector: z[classes].
+// Linear head scores for one pooled feature vector: z[classes].  The dot
+// products run in 16 lanes summed in a fixed order, so a sample's scores are
+// the same whatever batch it is in.
 void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z);
 
 // For each of the n rows of act (NHWC [n, hw, c], c == h.dim): global average
@@ -33,10 +35,11 @@ void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z);
 void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
                       int pos, float* pooled);
 
-// Gathers the rows with hit == 0 of in [n, row_floats] densely into out, and
-// position[pos_in] into position[pos_out]; writes the survivors' count to
-// *alive.  in and out must not overlap.
-void compact_rows(const float* in, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out, float* out);
+// Moves the rows with hit == 0 of act [n, row_floats] to the front, in
+// order, in place, and position[pos_in] into position[pos_out]; writes the
+// survivors' count to *alive.  Rows already in place are not touched, so a
+// batch where nobody exited costs no copy.
+void compact_rows(float* act, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out);
 
 // The n rows still running reached the classifier: logits [n, classes] in row
 // order become the answers of samples position[pos][row] (exit kFullModel).
