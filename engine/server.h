@@ -1,7 +1,8 @@
 // A serving front end: many client threads submit single images, worker
 // threads form batches dynamically and run them with per-sample exits.
 //
-//   gati::Server server(engine, {.workers = 2, .max_batch = 8, .max_wait_us = 200}, heads);
+//   gati::ServerOptions so;                                  // workers, max_batch, max_wait_us, ...
+//   gati::Server server(engine, so, heads);
 //   std::future<gati::ServeResult> f = server.submit(image);   // from any thread
 //   gati::ServeResult r = f.get();                              // exit, label, confidence, logits
 //

@@ -14,22 +14,53 @@
 
 namespace gati::cpu {
 
-int top_softmax(const float* z, int classes, float* confidence) {
+namespace {
+
+// argmax (first on ties) and sum_k exp(z_k - z_max), in double.
+int argmax_and_sum(const float* z, int classes, double* sum) {
   int best = 0;
   for (int k = 1; k < classes; ++k)
     if (z[k] > z[best]) best = k;
-  double sum = 0;
-  for (int k = 0; k < classes; ++k) sum += std::exp(double(z[k]) - double(z[best]));
+  *sum = 0;
+  for (int k = 0; k < classes; ++k) *sum += std::exp(double(z[k]) - double(z[best]));
+  return best;
+}
+
+constexpr int kLanes = 16;
+
+// sum_d w[d] * x[d] in kLanes partial sums added in a fixed order; x is
+// zero-padded to a multiple of kLanes.
+inline float lane_dot(const float* w, const float* x, int dim) {
+  const int full = dim / kLanes * kLanes;
+  float lane[kLanes] = {};
+  for (int d = 0; d < full; d += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += w[d + l] * x[d + l];
+  for (int d = full; d < dim; ++d) lane[d - full] += w[d] * x[d];
+  float s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
+void standardise(const LinearHeadView& h, const float* pooled, int padded, float* out) {
+  for (int d = 0; d < h.dim; ++d) out[d] = (pooled[d] - h.mean[d]) * h.inv_std[d];
+  for (int d = h.dim; d < padded; ++d) out[d] = 0.f;
+}
+
+int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
+
+}  // namespace
+
+int top_softmax(const float* z, int classes, float* confidence) {
+  double sum;
+  const int best = argmax_and_sum(z, classes, &sum);
   *confidence = float(1.0 / sum);
   return best;
 }
 
 int softmax(const float* z, int classes, float* probs) {
-  int best = 0;
-  for (int k = 1; k < classes; ++k)
-    if (z[k] > z[best]) best = k;
-  double sum = 0;
-  for (int k = 0; k < classes; ++k) sum += std::exp(double(z[k]) - double(z[best]));
+  double sum;
+  const int best = argmax_and_sum(z, classes, &sum);
   for (int k = 0; k < classes; ++k) probs[k] = float(std::exp(double(z[k]) - double(z[best])) / sum);
   return best;
 }
@@ -48,22 +79,11 @@ void begin_exits(const ExitState& st, int n, int classes) {
 }
 
 void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) {
-  constexpr int kLanes = 16;
   thread_local std::vector<float> xs;
-  const int padded = (h.dim + kLanes - 1) / kLanes * kLanes;
-  xs.assign(size_t(padded), 0.f);
-  for (int d = 0; d < h.dim; ++d) xs[size_t(d)] = (pooled[d] - h.mean[d]) * h.inv_std[d];
-  const int full = h.dim / kLanes * kLanes;
-  for (int k = 0; k < h.classes; ++k) {
-    const float* w = h.weight + size_t(k) * size_t(h.dim);
-    float lane[kLanes] = {};
-    for (int d = 0; d < full; d += kLanes)
-      for (int l = 0; l < kLanes; ++l) lane[l] += w[d + l] * xs[size_t(d + l)];
-    for (int d = full; d < h.dim; ++d) lane[d - full] += w[d] * xs[size_t(d)];
-    float s = 0;
-    for (int l = 0; l < kLanes; ++l) s += lane[l];
-    z[k] = s + h.bias[k];
-  }
+  const int padded = padded_dim(h.dim);
+  xs.resize(size_t(padded));
+  standardise(h, pooled, padded, xs.data());
+  for (int k = 0; k < h.classes; ++k) z[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), xs.data(), h.dim) + h.bias[k];
 }
 
 void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
@@ -73,25 +93,15 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
   // of W) are read once per batch, not once per sample, and classes split
   // across threads.  Per row the arithmetic is linear_head_scores', lane for
   // lane, so the result does not depend on the batch.
-  constexpr int kLanes = 16;
-  const int padded = (h.dim + kLanes - 1) / kLanes * kLanes, full = h.dim / kLanes * kLanes;
-  std::vector<float> xs(size_t(n) * size_t(padded), 0.f), z(size_t(n) * size_t(h.classes));
+  const int padded = padded_dim(h.dim);
+  std::vector<float> xs(size_t(n) * size_t(padded)), z(size_t(n) * size_t(h.classes));
   for (int row = 0; row < n; ++row)
-    for (int d = 0; d < h.dim; ++d)
-      xs[size_t(row) * size_t(padded) + size_t(d)] = (pooled[size_t(row) * size_t(h.dim) + size_t(d)] - h.mean[d]) * h.inv_std[d];
+    standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs.data() + size_t(row) * size_t(padded));
 #pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144)
   for (int k = 0; k < h.classes; ++k) {
     const float* w = h.weight + size_t(k) * size_t(h.dim);
-    for (int row = 0; row < n; ++row) {
-      const float* x = xs.data() + size_t(row) * size_t(padded);
-      float lane[kLanes] = {};
-      for (int d = 0; d < full; d += kLanes)
-        for (int l = 0; l < kLanes; ++l) lane[l] += w[d + l] * x[d + l];
-      for (int d = full; d < h.dim; ++d) lane[d - full] += w[d] * x[d];
-      float s = 0;
-      for (int l = 0; l < kLanes; ++l) s += lane[l];
-      z[size_t(row) * size_t(h.classes) + size_t(k)] = s + h.bias[k];
-    }
+    for (int row = 0; row < n; ++row)
+      z[size_t(row) * size_t(h.classes) + size_t(k)] = lane_dot(w, xs.data() + size_t(row) * size_t(padded), h.dim) + h.bias[k];
   }
   for (int row = 0; row < n; ++row) {
     float conf;
