@@ -97,22 +97,16 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
 Session Engine::session(const SessionOptions& options) const { return Session(*this, options); }
 
 std::vector<float> Engine::infer(const float* input, int n, int c, int h, int w) const {
-  std::unique_ptr<Session> s = pool_->take(*this);
-  std::vector<float> logits = s->infer(input, n, c, h, w);
-  pool_->give_back(std::move(s));
-  return logits;
+  return profile(input, n, c, h, w, nullptr);
 }
 
 std::vector<float> Engine::profile(const float* input, int n, int c, int h, int w,
                                    std::vector<LayerTiming>* timings) const {
   std::unique_ptr<Session> s = pool_->take(*this);
-  check_input_shape(arch(), input, n, c, h, w);
-  std::vector<float> logits(size_t(n) * size_t(arch().num_classes));
-  std::vector<SampleResult> results(static_cast<size_t>(n));
   RunOptions opts;
   opts.timings = timings;
-  s->run(input, n, c, h, w, results.data(), logits.data(), opts);
-  pool_->give_back(std::move(s));
+  std::vector<float> logits = s->infer(input, n, c, h, w, opts);
+  pool_->give_back(std::move(s));  // a session whose run threw is dropped, not reused
   return logits;
 }
 
@@ -163,13 +157,13 @@ Executor& Session::executor_for(int n, int h, int w) {
   int cap = it != plans_.end() ? it->executor->plan().max_batch : 1;
   while (cap < n) cap = cap > (1 << 29) ? n : cap * 2;
   if (it != plans_.end()) plans_.erase(it);  // free the old arena first
-  const Plan probe = make_plan(model_->net, cap, h, w);
-  const size_t bytes = probe.arena_floats * sizeof(float) + probe.exit_state.bytes;
+  Plan plan = make_plan(model_->net, cap, h, w);
+  const size_t bytes = plan.arena_floats * sizeof(float) + plan.exit_state.bytes;
   if (bytes > options_.max_arena_bytes)
     fail("run: batch ", n, " at ", h, "x", w, " needs ", bytes >> 20, " MiB of activations, over the session's limit of ",
          options_.max_arena_bytes >> 20, " MiB (SessionOptions::max_arena_bytes)");
   while (int(plans_.size()) >= options_.max_plans) plans_.pop_back();
-  plans_.push_front({h, w, std::make_unique<Executor>(*model_, *ctx_, cap, h, w)});
+  plans_.push_front({h, w, std::make_unique<Executor>(*ctx_, std::move(plan))});
   return *plans_.front().executor;
 }
 
@@ -188,11 +182,11 @@ void Session::run(const float* input, int n, int c, int h, int w, SampleResult* 
   ex.run(input, n, results, logits, opts);
 }
 
-std::vector<float> Session::infer(const float* input, int n, int c, int h, int w) {
-  check_input_shape(model_->arch(), input, n, c, h, w);
+std::vector<float> Session::infer(const float* input, int n, int c, int h, int w, const RunOptions& opts) {
+  check_input_shape(model_->arch(), input, n, c, h, w);  // before sizing the vectors by n
   std::vector<float> logits(size_t(n) * size_t(model_->arch().num_classes));
   std::vector<SampleResult> results(static_cast<size_t>(n));
-  run(input, n, c, h, w, results.data(), logits.data());
+  run(input, n, c, h, w, results.data(), logits.data(), opts);
   return logits;
 }
 

@@ -107,7 +107,9 @@ class Session {
   // its own observer throws (use another session).
   void run(const float* input_nchw, int n, int c, int h, int w, SampleResult* results, float* logits,
            const RunOptions& opts = {});
-  std::vector<float> infer(const float* input_nchw, int n, int c, int h, int w);
+  // Logits of every sample (NaN rows for samples that exited, when
+  // opts.heads is set).
+  std::vector<float> infer(const float* input_nchw, int n, int c, int h, int w, const RunOptions& opts = {});
 
   // Bytes held by prepared plans (arenas and exit state).
   size_t arena_bytes() const;

@@ -7,8 +7,7 @@
 
 namespace gati {
 
-Executor::Executor(const Model& model, BackendContext& ctx, int max_batch, int h, int w)
-    : model_(model), ctx_(ctx), plan_(make_plan(model.net, max_batch, h, w)) {
+Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(plan)) {
   arena_ = ctx_.allocate(plan_.arena_floats * sizeof(float));
   state_ = ctx_.allocate_host_visible(plan_.exit_state.bytes);
   auto* base = static_cast<unsigned char*>(state_->data());

@@ -17,7 +17,6 @@
 
 #include "engine/backend.h"
 #include "engine/plan.h"
-#include "weights/model.h"
 
 namespace gati {
 
@@ -51,7 +50,8 @@ struct RunOptions {
 
 class Executor {
  public:
-  Executor(const Model& model, BackendContext& ctx, int max_batch, int h, int w);
+  // Allocates the plan's arena and exit state from `ctx`.
+  Executor(BackendContext& ctx, Plan plan);
 
   const Plan& plan() const { return plan_; }
   size_t arena_bytes() const { return arena_->bytes() + state_->bytes(); }
@@ -64,7 +64,6 @@ class Executor {
   float* slot(int s) { return arena_->floats() + size_t(s) * plan_.slot_floats; }
   float* region(size_t offset) { return arena_->floats() + offset; }
 
-  const Model& model_;
   BackendContext& ctx_;
   Plan plan_;
   std::unique_ptr<Buffer> arena_, state_;

@@ -381,8 +381,7 @@ int cmd_devices() {
 // CLI11's messages, in our one-line form.
 std::string parse_error_text(const CLI::ParseError& e) {
   std::string msg = e.what();
-  if (const auto* extras = dynamic_cast<const CLI::ExtrasError*>(&e)) {
-    (void)extras;
+  if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
     const std::string prefix = "The following argument was not expected: ";
     const std::string prefix2 = "The following arguments were not expected: ";
     if (msg.rfind(prefix, 0) == 0) return "unknown option or argument " + msg.substr(prefix.size());
