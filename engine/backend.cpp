@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "engine/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_device.h"
 #include "weights/common/error.h"
 
 namespace gati {
@@ -18,8 +20,14 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
 }
 
 std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model) {
-  if (device == "cpu" || device == "auto") return make_cpu_device(model);
-  if (device == "cuda") fail("device 'cuda': this build has no CUDA backend yet (valid: cpu, auto)");
+  if (device == "cpu") return make_cpu_device(model);
+  if (device == "cuda") return make_cuda_device(model);
+  if (device == "auto") {
+    // The first CUDA device when this build can run on it, else the CPU.
+    const std::vector<cuda::DeviceInfo> devs = cuda::devices();
+    if (!devs.empty() && devs.front().has_code) return make_cuda_device(model);
+    return make_cpu_device(model);
+  }
   fail("unknown device '", device, "' (valid: cpu, cuda, auto)");
 }
 

@@ -36,7 +36,7 @@
 namespace gati {
 
 struct EngineOptions {
-  std::string device = "cpu";  // "cpu" (the CUDA backend arrives with its own issue)
+  std::string device = "cpu";  // "cpu", "cuda" or "auto" (CUDA when a usable GPU is present)
   int threads = 0;             // CPU threads per session unless the session says otherwise; 0 = all cores
 };
 

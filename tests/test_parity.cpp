@@ -7,13 +7,14 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
+#include "kernels/cuda/cuda_device.h"
 #include "test_util.h"
 #include "weights/safetensors.h"
 
 namespace gati {
 namespace {
 
-TEST(Parity, EveryArchitectureMatchesPyTorch) {
+void check_every_architecture(const std::string& device) {
   const char* dir = std::getenv("GATI_REFS");
   ASSERT_TRUE(dir && *dir) << "GATI_REFS is not set; run through ctest, which makes the references first";
   std::ifstream f(std::string(dir) + "/manifest.json");
@@ -22,7 +23,9 @@ TEST(Parity, EveryArchitectureMatchesPyTorch) {
   ASSERT_GE(manifest.size(), 13u) << "expected every architecture in the manifest";
   for (const auto& entry : manifest) {
     const std::string arch = entry["arch"];
-    Engine engine(entry["model"].get<std::string>());
+    EngineOptions opts;
+    opts.device = device;
+    Engine engine(entry["model"].get<std::string>(), opts);
     for (const auto& b : entry["batches"]) {
       const SafeTensorsFile in = SafeTensorsFile::open(b["input"]);
       const SafeTensorsFile ref = SafeTensorsFile::open(b["logits"]);
@@ -40,10 +43,21 @@ TEST(Parity, EveryArchitectureMatchesPyTorch) {
       ASSERT_GT(max_ref, 0) << arch << ": reference logits are all zero";
       EXPECT_LE(max_err / max_ref, 1e-4) << arch << " batch " << b["n"] << ": max error " << max_err
                                          << " against max |ref| " << max_ref;
-      std::printf("[parity] %-16s batch %d: max error / max |ref| = %.2e\n", arch.c_str(), b["n"].get<int>(),
+      std::printf("[parity %s] %-16s batch %d: max error / max |ref| = %.2e\n", device.c_str(), arch.c_str(), b["n"].get<int>(),
                   max_err / max_ref);
     }
   }
+}
+
+TEST(Parity, EveryArchitectureMatchesPyTorch) { check_every_architecture("cpu"); }
+
+// The same references through the CUDA backend (FP32, TF32 off).
+TEST(Parity, EveryArchitectureMatchesPyTorchOnCuda) {
+  std::string why;
+  const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
+  if (devs.empty()) GTEST_SKIP() << "no usable CUDA device: " << why;
+  if (!devs.front().has_code) GTEST_SKIP() << "this build has no code for " << devs.front().name;
+  check_every_architecture("cuda");
 }
 
 }  // namespace

@@ -1,0 +1,328 @@
+// The CUDA backend: kernels/cuda behind the backend interface.
+//
+// The device uploads the folded weights once (convolution filters repacked
+// from PyTorch's OIHW to cuDNN's NHWC filter order, KRSC) and is shared,
+// read-only, by every context.  A context is one worker's stream, cuDNN
+// handle, workspace, scratch and timing events; every op only enqueues on
+// its stream.  The host waits in exactly three places: alive() (batch > 1,
+// after a compaction), synchronize(), and the copies out (to_host, the SGD
+// status).  Exit state and results are mapped pinned memory, written by the
+// kernels and read by the host without a copy.
+#include "engine/cuda/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/conv_cudnn.h"
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/cuda_device.h"
+#include "kernels/cuda/cuda_memory.h"
+#include "kernels/cuda/exit_head.cuh"
+#include "kernels/cuda/layout.cuh"
+#include "kernels/cuda/linear.cuh"
+#include "kernels/cuda/linear_sgd.cuh"
+#include "kernels/cuda/pool.cuh"
+#include "weights/common/checked.h"
+#include "weights/common/error.h"
+#include "weights/model.h"
+
+namespace gati {
+
+namespace {
+
+using cuda::DeviceBuffer;
+
+class CudaBuffer final : public Buffer {
+ public:
+  CudaBuffer(size_t bytes, const std::string& what) : b_(bytes, what), bytes_(bytes) {}
+  void* data() override { return b_.data(); }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  DeviceBuffer b_;
+  size_t bytes_;
+};
+
+class MappedHostBuffer final : public Buffer {
+ public:
+  MappedHostBuffer(size_t bytes, const std::string& what) : b_(bytes, what), bytes_(bytes) {}
+  void* data() override { return b_.data(); }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  cuda::MappedBuffer b_;
+  size_t bytes_;
+};
+
+struct DeviceHead {
+  DeviceBuffer mean, inv_std, weight, bias;
+};
+
+class CudaExitHeads final : public ExitHeads {
+ public:
+  CudaExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {
+    for (const ExitHeadSpec& s : specs_) {
+      const size_t dim = size_t(s.dim), classes = size_t(s.classes);
+      if (s.dim < 1 || s.classes < 1 || s.mean.size() != dim || s.inv_std.size() != dim ||
+          s.weight.size() != dim * classes || s.bias.size() != classes)
+        fail("exit head '", s.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+      const std::string what = "exit head '" + s.name + "'";
+      heads_.push_back({cuda::upload(s.mean.data(), dim * sizeof(float), what),
+                        cuda::upload(s.inv_std.data(), dim * sizeof(float), what),
+                        cuda::upload(s.weight.data(), dim * classes * sizeof(float), what),
+                        cuda::upload(s.bias.data(), classes * sizeof(float), what)});
+    }
+  }
+  LinearHeadView view(int head) const override {
+    const ExitHeadSpec& s = specs_.at(size_t(head));
+    const DeviceHead& d = heads_.at(size_t(head));
+    return {s.dim, s.classes, d.mean.floats(), d.inv_std.floats(), d.weight.floats(), d.bias.floats(), s.threshold};
+  }
+
+ private:
+  std::vector<DeviceHead> heads_;
+};
+
+struct DeviceConv {
+  std::string name;
+  cuda::ConvGeometry g;
+  DeviceBuffer weight, bias;  // KRSC, [cout]
+};
+
+// OIHW [cout, cin/groups, k, k] -> KRSC [cout, k, k, cin/groups].
+std::vector<float> oihw_to_krsc(const std::vector<float>& w, int cout, int cin_g, int k) {
+  std::vector<float> out(w.size());
+  for (int o = 0; o < cout; ++o)
+    for (int c = 0; c < cin_g; ++c)
+      for (int y = 0; y < k; ++y)
+        for (int x = 0; x < k; ++x)
+          out[((size_t(o) * size_t(k) + size_t(y)) * size_t(k) + size_t(x)) * size_t(cin_g) + size_t(c)] =
+              w[((size_t(o) * size_t(cin_g) + size_t(c)) * size_t(k) + size_t(y)) * size_t(k) + size_t(x)];
+  return out;
+}
+
+class CudaDevice final : public BackendDevice {
+ public:
+  CudaDevice(const Model& model, const CudaOptions& opt) : opt_(opt), blocks_(int(model.net.blocks.size())) {
+    std::string why;
+    const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
+    if (devs.empty()) fail("device 'cuda': ", why, "; use --device cpu");
+    if (opt.device < 0 || size_t(opt.device) >= devs.size())
+      fail("device 'cuda': device index ", opt.device, " is out of range (", devs.size(), " device(s))");
+    const cuda::DeviceInfo& d = devs[size_t(opt.device)];
+    if (!d.has_code)
+      fail("device 'cuda': ", d.name, " (sm_", d.major, d.minor, ") has no code in this build; rebuild with ",
+           "-DCMAKE_CUDA_ARCHITECTURES=", d.major, d.minor, ", or use --device cpu");
+    name_ = str_cat("cuda:", d.index, " (", d.name, ")");
+    CUDA_CHECK(cudaSetDevice(opt.device));
+    for (size_t i = 0; i < model.net.convs.size(); ++i) {
+      const ConvSpec& s = model.net.convs[i];
+      const ConvWeights& w = model.convs[i];
+      const int cin_g = s.cin / s.groups;
+      const size_t want = size_t(s.cout) * size_t(cin_g) * size_t(s.kernel) * size_t(s.kernel);
+      if (w.weight.size() != want || w.bias.size() != size_t(s.cout))
+        fail(s.name, ": weight has ", w.weight.size(), " values and bias ", w.bias.size(), ", expected ", want, " and ",
+             s.cout);
+      const std::vector<float> krsc = oihw_to_krsc(w.weight, s.cout, cin_g, s.kernel);
+      convs_.push_back({s.name, {s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups},
+                        cuda::upload(krsc.data(), krsc.size() * sizeof(float), s.name + ".weight"),
+                        cuda::upload(w.bias.data(), w.bias.size() * sizeof(float), s.name + ".bias")});
+    }
+    classes_ = model.arch().num_classes;
+    features_ = model.net.features;
+    if (model.fc_weight.size() != size_t(classes_) * size_t(features_) || model.fc_bias.size() != size_t(classes_))
+      fail("fc: weight has ", model.fc_weight.size(), " values, expected ", classes_, " x ", features_);
+    fc_weight_ = cuda::upload(model.fc_weight.data(), model.fc_weight.size() * sizeof(float), "fc.weight");
+    fc_bias_ = cuda::upload(model.fc_bias.data(), model.fc_bias.size() * sizeof(float), "fc.bias");
+  }
+
+  std::string name() const override { return name_; }
+  std::unique_ptr<BackendContext> make_context(int threads) const override;
+  std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const override {
+    CUDA_CHECK(cudaSetDevice(opt_.device));
+    return std::make_shared<CudaExitHeads>(std::move(specs), blocks_);
+  }
+
+  const CudaOptions& options() const { return opt_; }
+  const DeviceConv& conv(int i) const {
+    if (i < 0 || size_t(i) >= convs_.size()) fail("conv: index ", i, " is not in the model (", convs_.size(), " convs)");
+    return convs_[size_t(i)];
+  }
+  int classes() const { return classes_; }
+  int features() const { return features_; }
+  const float* fc_weight() const { return fc_weight_.floats(); }
+  const float* fc_bias() const { return fc_bias_.floats(); }
+
+ private:
+  CudaOptions opt_;
+  int blocks_;
+  std::string name_;
+  std::vector<DeviceConv> convs_;
+  int classes_ = 0, features_ = 0;
+  DeviceBuffer fc_weight_, fc_bias_;
+};
+
+class CudaContext final : public BackendContext {
+ public:
+  explicit CudaContext(std::shared_ptr<const CudaDevice> device)
+      : index_(select(device->options().device)), device_(std::move(device)),
+        conv_(stream_.get(), device_->options().tf32) {}
+
+  ~CudaContext() override { cudaStreamSynchronize(stream_.get()); }  // nothing in flight touches freed scratch
+
+  std::unique_ptr<Buffer> allocate(size_t bytes) override { return std::make_unique<CudaBuffer>(bytes, "activations"); }
+  std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override {
+    return std::make_unique<MappedHostBuffer>(bytes, "exit state");
+  }
+
+  void from_host(const void* host, size_t bytes, void* dst) override {
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyDefault, stream_.get()));
+  }
+
+  void input_from_host_nchw(const float* host, const Act& s, float* dst) override {
+    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
+    staging_.reserve(bytes, "the input staging buffer");
+    CUDA_CHECK(cudaMemcpyAsync(staging_.data(), host, bytes, cudaMemcpyHostToDevice, stream_.get()));
+    cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
+  }
+
+  void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
+    const DeviceConv& c = device_->conv(conv);
+    if (s.c != c.g.cin) fail(c.name, ": input has ", s.c, " channels, expected ", c.g.cin);
+    conv_.run(c.g, s.n, s.h, s.w, in, c.weight.floats(), c.bias.floats(), out, residual, relu, c.name);
+  }
+
+  void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
+    cuda::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out, stream_.get());
+  }
+
+  void global_avg_pool(const float* in, const Act& s, float* out) override {
+    cuda::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out, stream_.get());
+  }
+
+  void classifier(const float* pooled, int n, float* logits) override {
+    cuda::linear(pooled, n, device_->features(), device_->fc_weight(), device_->fc_bias(), device_->classes(), logits,
+                 stream_.get());
+  }
+
+  void begin_exits(const ExitState& st, int n, int classes) override {
+    cuda::begin_exits(st, n, classes, stream_.get());
+  }
+
+  void exit_head(const ExitHeads& heads, int head, const float* act, const Act& s, int exit_id, const ExitState& st,
+                 int pos, float* pooled) override {
+    const LinearHeadView v = heads.view(head);
+    if (v.dim != s.c)
+      fail("exit head '", heads.specs()[size_t(head)].name, "': dim ", v.dim, ", activations have ", s.c, " channels");
+    cuda::exit_head_linear(act, s.n, s.h * s.w, v, exit_id, st, pos, pooled, stream_.get());
+  }
+
+  void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {
+    const size_t row_floats = s.per_sample();
+    compact_rows_.reserve(mul_size(s.elems(), sizeof(float), "compaction scratch"), "the compaction scratch");
+    compact_index_.reserve((size_t(s.n) + 1) * sizeof(int32_t), "the compaction index");
+    cuda::compact_rows(act, s.n, row_floats, st, pos_in, pos_out,
+                       {static_cast<int32_t*>(compact_index_.data()), compact_rows_.floats()}, stream_.get());
+  }
+
+  int alive(const ExitState& st) override {
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return *st.alive;
+  }
+
+  void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
+    cuda::finish_full_model(logits, n, classes, st, pos, stream_.get());
+  }
+
+  OpStatus linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,
+                           const SgdHyper& hp, double* loss) override {
+    if (n < 1) {
+      if (loss) *loss = 0;
+      return OpStatus::kOk;
+    }
+    const size_t total = add_size(mul_size(size_t(h.classes), size_t(h.dim), "SGD step"), size_t(h.classes), "SGD step");
+    sgd_xs_.reserve(mul_size(size_t(n) * size_t(h.dim), sizeof(float), "SGD step"), "SGD scratch");
+    sgd_g_.reserve(mul_size(size_t(n) * size_t(h.classes), sizeof(float), "SGD step"), "SGD scratch");
+    sgd_next_.reserve(mul_size(2 * total, sizeof(float), "SGD step"), "SGD scratch");
+    sgd_flags_.reserve(2 * sizeof(int32_t), "SGD flags");
+    const size_t report_bytes = 16 + size_t(n) * sizeof(double);  // status words, then the losses
+    if (!sgd_report_ || sgd_report_->bytes() < report_bytes)
+      sgd_report_ = std::make_unique<cuda::MappedBuffer>(report_bytes, "the SGD report");
+    auto* status = static_cast<int32_t*>(sgd_report_->data());
+    auto* losses = reinterpret_cast<double*>(static_cast<unsigned char*>(sgd_report_->data()) + 16);
+    status[0] = -1;
+    cuda::linear_sgd_step(h, features, labels, n, hp,
+                          {sgd_xs_.floats(), sgd_g_.floats(), sgd_next_.floats(), static_cast<int32_t*>(sgd_flags_.data())},
+                          {status, losses}, stream_.get());
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    const auto result = static_cast<OpStatus>(status[0]);
+    if (loss) {
+      double sum = 0;
+      if (result != OpStatus::kBadLabel)
+        for (int i = 0; i < n; ++i) sum += losses[i];
+      *loss = result == OpStatus::kBadLabel ? 0 : sum / n;
+    }
+    return result;
+  }
+
+  void timing_begin() override {
+    used_ = 0;
+    record();
+  }
+  void timing_mark() override { record(); }
+  std::vector<double> timing_read() override {
+    std::vector<double> ms;
+    if (used_ == 0) return ms;
+    CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1].get()));
+    for (size_t i = 1; i < used_; ++i) {
+      float t = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&t, events_[0].get(), events_[i].get()));
+      ms.push_back(double(t));
+    }
+    return ms;
+  }
+
+  void to_host(const void* src, size_t bytes, void* host) override {
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDefault, stream_.get()));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+
+ private:
+  void record() {
+    if (used_ == events_.size()) events_.emplace_back();
+    CUDA_CHECK(cudaEventRecord(events_[used_].get(), stream_.get()));
+    ++used_;
+  }
+
+  static int select(int index) {
+    CUDA_CHECK(cudaSetDevice(index));
+    return index;
+  }
+
+  int index_;            // first: selects the device the members below are created on
+  cuda::Stream stream_;  // every member below enqueues on it
+  std::shared_ptr<const CudaDevice> device_;
+  cuda::CudnnConv conv_;
+  DeviceBuffer staging_, compact_rows_, compact_index_;
+  DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;
+  std::unique_ptr<cuda::MappedBuffer> sgd_report_;
+  std::vector<cuda::Event> events_;
+  size_t used_ = 0;
+};
+
+std::unique_ptr<BackendContext> CudaDevice::make_context(int) const {
+  return std::make_unique<CudaContext>(std::static_pointer_cast<const CudaDevice>(shared_from_this()));
+}
+
+}  // namespace
+
+std::shared_ptr<const BackendDevice> make_cuda_device(const Model& model, const CudaOptions& options) {
+  return std::make_shared<CudaDevice>(model, options);
+}
+
+}  // namespace gati

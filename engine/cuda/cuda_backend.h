@@ -1,0 +1,21 @@
+// The CUDA backend's entry point: plain C++, so the runtime and the CLI
+// include it without CUDA headers.  Builds without CUDA compile a stub that
+// says so (cuda_backend_stub.cpp).
+#pragma once
+
+#include <memory>
+
+#include "engine/backend.h"
+
+namespace gati {
+
+struct CudaOptions {
+  int device = 0;     // CUDA device index
+  bool tf32 = false;  // allow TF32 tensor cores in FP32 convolutions (off: FP32 within 1e-4 of the CPU)
+};
+
+// Uploads the model's folded weights to the device; throws gati::Error when
+// there is no usable device or this binary has no code for it.
+std::shared_ptr<const BackendDevice> make_cuda_device(const Model& model, const CudaOptions& options = {});
+
+}  // namespace gati

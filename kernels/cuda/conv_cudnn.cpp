@@ -1,0 +1,163 @@
+// cuDNN convolutions; see conv_cudnn.h.
+//
+// The legacy descriptor API (cudnn_cnn, still shipped with cuDNN 9) covers
+// NHWC float convolutions with groups and the fused bias/residual/ReLU call;
+// the graph API with pointwise ops is the alternative the GPU speed issue
+// measures against it.  Every cuDNN call is checked, and its error names the
+// layer and the shape.
+#include "kernels/cuda/conv_cudnn.h"
+
+#include <cudnn.h>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/epilogue.cuh"
+#include "weights/common/error.h"
+
+namespace gati::cuda {
+
+namespace {
+
+// Largest workspace an algorithm may ask for.
+constexpr size_t kMaxWorkspace = size_t(256) << 20;
+
+std::string shape_text(const ConvGeometry& g, int n, int h, int w) {
+  return str_cat("[", n, ",", h, ",", w, ",", g.cin, "] -> ", g.cout, " channels, ", g.kernel, "x", g.kernel, "/",
+                 g.stride, " pad ", g.pad, g.groups > 1 ? str_cat(" groups ", g.groups) : std::string());
+}
+
+}  // namespace
+
+#define CUDNN_CHECK_AT(expr, where)                                                                             \
+  do {                                                                                                          \
+    const cudnnStatus_t gati_st_ = (expr);                                                                      \
+    if (gati_st_ != CUDNN_STATUS_SUCCESS)                                                                       \
+      ::gati::fail(#expr, " failed: ", cudnnGetErrorString(gati_st_), " (", where, ") at ", __FILE__, ":", __LINE__); \
+  } while (0)
+
+struct CudnnConv::Plan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t f = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnActivationDescriptor_t act = nullptr;
+  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+  int oh = 0, ow = 0;
+  ConvChoice choice;
+
+  ~Plan() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (bias) cudnnDestroyTensorDescriptor(bias);
+    if (f) cudnnDestroyFilterDescriptor(f);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+    if (act) cudnnDestroyActivationDescriptor(act);
+  }
+};
+
+CudnnConv::CudnnConv(cudaStream_t stream, bool tf32) : stream_(stream), tf32_(tf32) {
+  cudnnHandle_t h = nullptr;
+  CUDNN_CHECK_AT(cudnnCreate(&h), "creating the cuDNN handle");
+  handle_ = h;
+  const cudnnStatus_t st = cudnnSetStream(h, stream);
+  if (st != CUDNN_STATUS_SUCCESS) {
+    cudnnDestroy(h);
+    fail("cudnnSetStream failed: ", cudnnGetErrorString(st));
+  }
+}
+
+CudnnConv::~CudnnConv() {
+  plans_.clear();
+  if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
+}
+
+CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name) {
+  const Key key{g.cin, g.cout, g.kernel, g.stride, g.pad, g.groups, n, h, w, relu};
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+
+  if (n < 1 || h < 1 || w < 1 || g.cin < 1 || g.cout < 1 || g.groups < 1 || g.cin % g.groups || g.cout % g.groups)
+    fail(name, ": bad convolution shape ", shape_text(g, n, h, w));
+  const std::string where = str_cat(name, " ", shape_text(g, n, h, w));
+  auto p = std::make_unique<Plan>();
+  const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->x), where);
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->y), where);
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->bias), where);
+  CUDNN_CHECK_AT(cudnnCreateFilterDescriptor(&p->f), where);
+  CUDNN_CHECK_AT(cudnnCreateConvolutionDescriptor(&p->conv), where);
+  CUDNN_CHECK_AT(cudnnCreateActivationDescriptor(&p->act), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
+  CUDNN_CHECK_AT(cudnnSetFilter4dDescriptor(p->f, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.cout, g.cin / g.groups,
+                                            g.kernel, g.kernel),
+                 where);
+  CUDNN_CHECK_AT(cudnnSetConvolution2dDescriptor(p->conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
+                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                 where);
+  CUDNN_CHECK_AT(cudnnSetConvolutionGroupCount(p->conv, g.groups), where);
+  CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, tf32_ ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), where);
+  int on = 0, oc = 0, ohh = 0, oww = 0;
+  CUDNN_CHECK_AT(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &ohh, &oww), where);
+  p->oh = ohh;
+  p->ow = oww;
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->bias, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
+  CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p->act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
+
+  // cuDNN's heuristics rank the algorithms; take the first that works within
+  // the workspace limit and, with TF32 off, uses no tensor-op math.
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  int returned = 0;
+  CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->f, p->conv, p->y,
+                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+                 where);
+  bool found = false;
+  for (int i = 0; i < returned && !found; ++i) {
+    if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kMaxWorkspace) continue;
+    // DEFAULT_MATH lets cuDNN pick TF32 on Ampere and later, so with TF32 off
+    // only FMA-math algorithms qualify.
+    const bool tensor_ops = perf[i].mathType != CUDNN_FMA_MATH;
+    if (!tf32_ && tensor_ops) continue;
+    p->algo = perf[i].algo;
+    p->choice.tensor_ops = tensor_ops;
+    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, perf[i].mathType), where);
+    found = true;
+  }
+  if (!found) {  // implicit GEMM runs every shape without a workspace
+    p->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    p->choice.tensor_ops = false;
+    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, CUDNN_FMA_MATH), where);
+  }
+  size_t ws = 0;
+  CUDNN_CHECK_AT(cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, p->algo, &ws), where);
+  workspace_.reserve(ws, str_cat("the cuDNN workspace of ", name));
+  p->choice.algo = int(p->algo);
+  p->choice.workspace_bytes = ws;
+  p->choice.fused = relu;
+  return *plans_.emplace(key, std::move(p)).first->second;
+}
+
+const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name) {
+  return plan_for(g, n, h, w, relu, name).choice;
+}
+
+void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight,
+                    const float* bias, float* out, const float* residual, bool relu, const std::string& name) {
+  Plan& p = plan_for(g, n, h, w, relu, name);
+  const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
+  const float one = 1.f, zero = 0.f;
+  if (p.choice.fused) {
+    const cudnnStatus_t st = cudnnConvolutionBiasActivationForward(
+        handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(), workspace_.bytes(),
+        residual ? &one : &zero, p.y, residual ? residual : out, p.bias, bias, p.act, p.y, out);
+    if (st == CUDNN_STATUS_SUCCESS) return;
+    if (st != CUDNN_STATUS_NOT_SUPPORTED)
+      fail("cudnnConvolutionBiasActivationForward failed: ", cudnnGetErrorString(st), " (", name, " ",
+           shape_text(g, n, h, w), ")");
+    p.choice.fused = false;  // this shape runs unfused from now on
+  }
+  CUDNN_CHECK_AT(cudnnConvolutionForward(handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(),
+                                         workspace_.bytes(), &zero, p.y, out),
+                 str_cat(name, " ", shape_text(g, n, h, w)));
+  bias_residual_relu(out, long(n) * p.oh * p.ow, g.cout, bias, residual, relu, stream_);
+}
+
+}  // namespace gati::cuda

@@ -1,0 +1,65 @@
+// Convolutions through cuDNN, NHWC, with the folded batch-norm bias, the
+// residual add and ReLU.
+//
+// Design decision: one CudnnConv per backend context (a cuDNN handle is bound
+// to one stream).  Each (convolution, batch, input size) gets its
+// descriptors and algorithm once, in prepare() or on first use, and keeps
+// them; the workspace grows to the largest one chosen.  With ReLU the whole
+// epilogue is cuDNN's fused call, y = relu(conv(x) + bias + z) with the
+// residual as z; without ReLU (the projection shortcuts) the convolution runs
+// alone and our epilogue kernel adds bias and residual (cuDNN's fused call
+// supports an identity activation only with one algorithm).  FP32 with
+// cuDNN's FMA math, so TF32 tensor cores are used only when asked for.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+
+#include "kernels/cuda/cuda_memory.h"
+
+namespace gati::cuda {
+
+struct ConvGeometry {
+  int cin = 0, cout = 0, kernel = 1, stride = 1, pad = 0, groups = 1;
+};
+
+// What prepare() chose for one shape, for logs and the profile.
+struct ConvChoice {
+  int algo = -1;
+  size_t workspace_bytes = 0;
+  bool fused = false;  // cuDNN's conv+bias+activation call (else conv + our epilogue)
+  bool tensor_ops = false;
+};
+
+class CudnnConv {
+ public:
+  CudnnConv(cudaStream_t stream, bool tf32);
+  ~CudnnConv();
+  CudnnConv(const CudnnConv&) = delete;
+  CudnnConv& operator=(const CudnnConv&) = delete;
+
+  // Descriptors and algorithm for this shape; `name` appears in errors.
+  const ConvChoice& prepare(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name);
+
+  // out [n, oh, ow, cout] = act(conv(in [n, h, w, cin], weight) + bias + residual);
+  // weight is KRSC ([cout, k, k, cin/groups]), all device memory.
+  void run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
+           float* out, const float* residual, bool relu, const std::string& name);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, bool>;
+  Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name);
+
+  cudaStream_t stream_;
+  bool tf32_;
+  void* handle_ = nullptr;  // cudnnHandle_t, kept out of this header
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+  DeviceBuffer workspace_;
+};
+
+}  // namespace gati::cuda

@@ -1,0 +1,106 @@
+// Device-side building blocks shared by the exit-head and SGD kernels, each
+// the mirror of a CPU routine in kernels/cpu/exit_head_cpu.cpp.
+//
+// Design decision: a sample's exit decision must not depend on the backend,
+// so the scores are computed with the CPU's arithmetic: 16 lane partial sums
+// over the standardised features, each a chain of separately rounded
+// multiplies and adds (__fmul_rn/__fadd_rn are never contracted into FMAs;
+// the CPU files are compiled with -ffp-contract=off), summed lane 0..15 in
+// order.  A half-warp computes one class, one thread per lane.  The softmax
+// sum runs in double, in a fixed tree order; it can differ from the CPU's
+// sequential double sum only in the last bits of a double, far below a
+// float's resolution.  Only for device compilation units.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace gati::cuda::dev {
+
+constexpr int kLanes = 16;
+
+__device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
+
+// Lane `l`'s partial sum of the CPU's lane_dot(w, x, dim).
+__device__ inline float lane_partial(const float* __restrict__ w, const float* __restrict__ x, int dim, int l) {
+  const int full = dim / kLanes * kLanes;
+  float acc = 0.f;
+  for (int d = 0; d < full; d += kLanes) acc = __fadd_rn(acc, __fmul_rn(w[d + l], x[d + l]));
+  if (full + l < dim) acc = __fadd_rn(acc, __fmul_rn(w[full + l], x[full + l]));
+  return acc;
+}
+
+// z[k] = lane_dot(W[k], xs) + b[k] for every class, half-warps over classes.
+// xs and z may be shared memory; every thread of the block must call it.
+__device__ inline void linear_scores(const float* __restrict__ weight, const float* __restrict__ bias,
+                                     const float* xs, int dim, int classes, float* z) {
+  const int half = threadIdx.x / kLanes, l = threadIdx.x % kLanes, halves = blockDim.x / kLanes;
+  for (int k0 = 0; k0 < classes; k0 += halves) {
+    const int k = k0 + half;
+    const float part = k < classes ? lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
+    float s = 0.f;
+    for (int j = 0; j < kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, kLanes));
+    if (k < classes && l == 0) z[k] = __fadd_rn(s, bias[k]);
+  }
+}
+
+// Block-wide argmax (first on ties) of z[classes] and sum_k exp(z_k - z_max)
+// in double.  Every thread of the block must call it (blockDim.x <= 1024,
+// a multiple of 32); all of them get the results.
+__device__ inline void block_argmax_sum(const float* z, int classes, int* best_out, double* sum_out) {
+  __shared__ float s_val[32];
+  __shared__ int s_idx[32];
+  __shared__ double s_sum[32];
+  __shared__ int s_best;
+  __shared__ double s_total;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
+  // argmax: each thread over its strided classes, then warps, then the block.
+  float bv = 0.f;
+  int bi = -1;
+  for (int k = tid; k < classes; k += blockDim.x)
+    if (bi < 0 || z[k] > bv) {
+      bv = z[k];
+      bi = k;
+    }
+  for (int off = 16; off > 0; off /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, bv, off);
+    const int oi = __shfl_down_sync(0xffffffffu, bi, off);
+    if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  if (lane == 0) {
+    s_val[warp] = bv;
+    s_idx[warp] = bi;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float v = s_val[0];
+    int i = s_idx[0];
+    for (int wi = 1; wi < warps; ++wi)
+      if (s_idx[wi] >= 0 && (i < 0 || s_val[wi] > v || (s_val[wi] == v && s_idx[wi] < i))) {
+        v = s_val[wi];
+        i = s_idx[wi];
+      }
+    s_best = i;
+  }
+  __syncthreads();
+  const int best = s_best;
+  const double zb = double(z[best]);
+  double part = 0.0;
+  for (int k = tid; k < classes; k += blockDim.x) part += exp(double(z[k]) - zb);
+  for (int off = 16; off > 0; off /= 2) part += __shfl_down_sync(0xffffffffu, part, off);
+  if (lane == 0) s_sum[warp] = part;
+  __syncthreads();
+  if (tid == 0) {
+    double total = 0.0;
+    for (int wi = 0; wi < warps; ++wi) total += s_sum[wi];
+    s_total = total;
+  }
+  __syncthreads();
+  *best_out = best;
+  *sum_out = s_total;
+  __syncthreads();  // the shared slots may be reused by the next call
+}
+
+}  // namespace gati::cuda::dev

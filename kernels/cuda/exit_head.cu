@@ -1,0 +1,204 @@
+// Exit-point kernels; see exit_head.cuh and, for the arithmetic they mirror,
+// device_math.cuh.
+//
+// The exit head is one block per row: its threads pool the row's channels
+// (consecutive threads, consecutive channels: coalesced), standardise into
+// shared memory, score the classes in half-warps and take the block-wide top
+// softmax; thread 0 writes the decision.  Compaction is three small launches
+// with no host involvement: a one-block flag scan, a gather of the rows that
+// move into scratch, and a copy back (moving rows in place in parallel would
+// let one block overwrite a row another has not read yet).
+#include <cmath>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/grid.cuh"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/exit_head.cuh"
+#include "weights/common/error.h"
+
+namespace gati::cuda {
+namespace {
+
+constexpr int kHeadThreads = 256;
+constexpr int kScanThreads = 1024;
+
+__global__ void begin_exits_kernel(ExitState st, int n, long logits) {
+  const long total = logits > n ? logits : n;
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < total; i += long(gridDim.x) * blockDim.x) {
+    if (i < n) {
+      st.position[0][i] = int32_t(i);
+      st.hit[i] = 0;
+      st.exit[i] = kStillRunning;
+      st.label[i] = -1;
+      st.confidence[i] = 0.f;
+    }
+    if (i < logits) st.logits[i] = __int_as_float(0x7fc00000);  // quiet NaN
+    if (i == 0) *st.alive = n;
+  }
+}
+
+__global__ void exit_head_kernel(const float* __restrict__ act, int hw, float inv_hw, LinearHeadView h, int exit_id,
+                                 ExitState st, int pos, float* __restrict__ pooled) {
+  extern __shared__ float smem[];
+  const int dim = h.dim, padded = dev::padded_dim(dim);
+  float* xs = smem;           // [padded] standardised features
+  float* z = smem + padded;   // [classes] scores
+  const int row = blockIdx.x;
+  const float* src = act + long(row) * hw * dim;
+  for (int ch = threadIdx.x; ch < padded; ch += blockDim.x) {
+    if (ch < dim) {
+      float acc = 0.f;
+      for (int p = 0; p < hw; ++p) acc = __fadd_rn(acc, src[long(p) * dim + ch]);
+      const float m = __fmul_rn(acc, inv_hw);
+      pooled[long(row) * dim + ch] = m;
+      xs[ch] = __fmul_rn(__fsub_rn(m, h.mean[ch]), h.inv_std[ch]);
+    } else {
+      xs[ch] = 0.f;
+    }
+  }
+  __syncthreads();
+  dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
+  __syncthreads();
+  int best;
+  double sum;
+  dev::block_argmax_sum(z, h.classes, &best, &sum);
+  if (threadIdx.x == 0) {
+    const float conf = float(1.0 / sum);
+    const bool hit = conf >= h.threshold;
+    st.hit[row] = hit ? 1 : 0;
+    if (hit) {
+      const int sample = st.position[pos][row];
+      st.exit[sample] = exit_id;
+      st.label[sample] = best;
+      st.confidence[sample] = conf;
+    }
+  }
+}
+
+// One block: the exclusive scan of the survivor flags, chunk by chunk.
+__global__ void compact_scan_kernel(ExitState st, int n, int pos_in, int pos_out, int32_t* __restrict__ src_of) {
+  __shared__ int scan[kScanThreads];
+  __shared__ int base;
+  const int tid = threadIdx.x;
+  if (tid == 0) base = 0;
+  __syncthreads();
+  for (int start = 0; start < n; start += blockDim.x) {
+    const int row = start + tid;
+    const int keep = row < n && st.hit[row] == 0 ? 1 : 0;
+    scan[tid] = keep;
+    __syncthreads();
+    for (int off = 1; off < blockDim.x; off *= 2) {  // Hillis-Steele inclusive scan
+      const int add = tid >= off ? scan[tid - off] : 0;
+      __syncthreads();
+      scan[tid] += add;
+      __syncthreads();
+    }
+    if (keep) {
+      const int d = base + scan[tid] - 1;
+      st.position[pos_out][d] = st.position[pos_in][row];
+      src_of[d] = row;
+    }
+    __syncthreads();
+    if (tid == blockDim.x - 1) base += scan[tid];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    *st.alive = base;
+    src_of[n] = base;
+  }
+}
+
+// Grid y = destination row d.  Rows already in place (src == d) stay.
+template <bool kToScratch>
+__global__ void compact_move_kernel(float* __restrict__ act, long row_floats, const int32_t* __restrict__ src_of,
+                                    int n, float* __restrict__ scratch) {
+  const int d = blockIdx.y;
+  if (d >= src_of[n]) return;
+  const int src = src_of[d];
+  if (src == d) return;
+  const float* from = kToScratch ? act + long(src) * row_floats : scratch + long(d) * row_floats;
+  float* to = kToScratch ? scratch + long(d) * row_floats : act + long(d) * row_floats;
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < row_floats; i += long(gridDim.x) * blockDim.x)
+    to[i] = from[i];
+}
+
+__global__ void finish_kernel(const float* __restrict__ logits, int classes, ExitState st, int pos) {
+  const int row = blockIdx.x;
+  const float* z = logits + long(row) * classes;
+  const int sample = st.position[pos][row];
+  for (int k = threadIdx.x; k < classes; k += blockDim.x) st.logits[long(sample) * classes + k] = z[k];
+  int best;
+  double sum;
+  dev::block_argmax_sum(z, classes, &best, &sum);
+  if (threadIdx.x == 0) {
+    st.label[sample] = best;
+    st.confidence[sample] = float(1.0 / sum);
+    st.exit[sample] = kFullModel;
+  }
+}
+
+void launch_begin_exits(const ExitState& st, int n, long logits, cudaStream_t stream) {
+  begin_exits_kernel<<<grid_for(logits > n ? logits : n, 256), 256, 0, stream>>>(st, n, logits);
+}
+
+size_t head_smem(const LinearHeadView& h) { return (size_t((h.dim + 15) / 16 * 16) + size_t(h.classes)) * sizeof(float); }
+
+void launch_exit_head(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
+                      int pos, float* pooled, cudaStream_t stream) {
+  exit_head_kernel<<<unsigned(n), kHeadThreads, head_smem(h), stream>>>(act, hw, 1.0f / float(hw), h, exit_id, st, pos,
+                                                                        pooled);
+}
+
+void launch_compact(float* act, int n, long row_floats, const ExitState& st, int pos_in, int pos_out,
+                    const CompactScratch& s, cudaStream_t stream) {
+  compact_scan_kernel<<<1, kScanThreads, 0, stream>>>(st, n, pos_in, pos_out, s.src_of);
+  const int threads = 256;
+  const long per_row = (row_floats + threads - 1) / threads;
+  const dim3 grid(unsigned(per_row < 1024 ? per_row : 1024), unsigned(n));
+  compact_move_kernel<true><<<grid, threads, 0, stream>>>(act, row_floats, s.src_of, n, s.rows);
+  compact_move_kernel<false><<<grid, threads, 0, stream>>>(act, row_floats, s.src_of, n, s.rows);
+}
+
+void launch_finish(const float* logits, int n, int classes, const ExitState& st, int pos, cudaStream_t stream) {
+  finish_kernel<<<unsigned(n), 128, 0, stream>>>(logits, classes, st, pos);
+}
+
+}  // namespace
+
+void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream) {
+  if (n < 1 || classes < 1) fail("begin_exits: bad shape (n ", n, ", classes ", classes, ")");
+  launch_begin_exits(st, n, long(n) * classes, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
+                      int pos, float* pooled, cudaStream_t stream) {
+  if (n < 1 || hw < 1 || h.dim < 1 || h.classes < 1)
+    fail("exit head: bad shape (n ", n, ", hw ", hw, ", dim ", h.dim, ", classes ", h.classes, ")");
+  if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
+  const size_t smem = head_smem(h);
+  if (smem > 48 * 1024)
+    fail("exit head: ", h.dim, " features and ", h.classes, " classes need ", smem,
+         " bytes of shared memory, more than 48 KiB");
+  launch_exit_head(act, n, hw, h, exit_id, st, pos, pooled, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+void compact_rows(float* act, int n, size_t row_floats, const ExitState& st, int pos_in, int pos_out,
+                  const CompactScratch& scratch, cudaStream_t stream) {
+  if (n < 1 || row_floats < 1) fail("compact: bad shape (n ", n, ", row of ", row_floats, " floats)");
+  if (n > 65535) fail("compact: batch ", n, " exceeds 65535");
+  if (pos_in == pos_out || pos_in < 0 || pos_in > 1 || pos_out < 0 || pos_out > 1)
+    fail("compact: position arrays ", pos_in, " -> ", pos_out, " must be 0 -> 1 or 1 -> 0");
+  launch_compact(act, n, long(row_floats), st, pos_in, pos_out, scratch, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos, cudaStream_t stream) {
+  if (n < 0 || classes < 1) fail("finish: bad shape (n ", n, ", classes ", classes, ")");
+  if (n == 0) return;
+  launch_finish(logits, n, classes, st, pos, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gati::cuda

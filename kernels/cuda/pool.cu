@@ -1,0 +1,88 @@
+// Pooling kernels; see pool.cuh.
+//
+// Both kernels put consecutive threads on consecutive channels, so every
+// warp reads and writes contiguous NHWC memory.  The average pool sums each
+// channel in the CPU twin's order with explicitly rounded adds (__fadd_rn
+// cannot be contracted into an FMA), so the exit heads, which pool the same
+// way, see the same features as the CPU backend.
+#include <cfloat>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/grid.cuh"
+#include "kernels/cuda/pool.cuh"
+#include "weights/common/error.h"
+
+namespace gati::cuda {
+namespace {
+
+__global__ void max_pool_kernel(const float* __restrict__ in, int n, int h, int w, int c, int kernel, int stride,
+                                int pad, int oh, int ow, float* __restrict__ out) {
+  const long total = long(n) * oh * ow * c;
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < total; i += long(gridDim.x) * blockDim.x) {
+    const int ch = int(i % c);
+    long rest = i / c;
+    const int ox = int(rest % ow);
+    rest /= ow;
+    const int oy = int(rest % oh);
+    const long img = rest / oh;
+    float m = -FLT_MAX;
+    bool any = false;
+    for (int ky = 0; ky < kernel; ++ky) {
+      const int iy = oy * stride - pad + ky;
+      if (iy < 0 || iy >= h) continue;
+      for (int kx = 0; kx < kernel; ++kx) {
+        const int ix = ox * stride - pad + kx;
+        if (ix < 0 || ix >= w) continue;
+        const float v = in[((img * h + iy) * w + ix) * c + ch];
+        m = any ? fmaxf(m, v) : v;
+        any = true;
+      }
+    }
+    out[i] = any ? m : -INFINITY;
+  }
+}
+
+__global__ void global_avg_pool_kernel(const float* __restrict__ in, int hw, int c, float inv,
+                                       float* __restrict__ out) {
+  const int img = blockIdx.y;
+  const float* src = in + long(img) * hw * c;
+  for (int ch = blockIdx.x * blockDim.x + threadIdx.x; ch < c; ch += gridDim.x * blockDim.x) {
+    float acc = 0.f;
+    for (int p = 0; p < hw; ++p) acc = __fadd_rn(acc, src[long(p) * c + ch]);
+    out[long(img) * c + ch] = __fmul_rn(acc, inv);
+  }
+}
+
+void launch_max_pool(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
+                     float* out, cudaStream_t stream) {
+  max_pool_kernel<<<grid_for(long(n) * oh * ow * c, 256), 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow,
+                                                                         out);
+}
+
+void launch_global_avg_pool(const float* in, int n, int hw, int c, float* out, cudaStream_t stream) {
+  const int threads = c >= 256 ? 256 : ((c + 31) / 32) * 32;
+  const dim3 grid(unsigned((c + threads - 1) / threads), unsigned(n));
+  global_avg_pool_kernel<<<grid, threads, 0, stream>>>(in, hw, c, 1.0f / float(hw), out);
+}
+
+}  // namespace
+
+void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, float* out,
+                   cudaStream_t stream) {
+  if (n < 1 || h < 1 || w < 1 || c < 1 || kernel < 1 || stride < 1 || pad < 0 || pad >= kernel)
+    fail("max_pool: bad shape or window (n ", n, ", ", h, "x", w, "x", c, ", kernel ", kernel, ", stride ", stride,
+         ", pad ", pad, ")");
+  const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
+  if (oh < 1 || ow < 1) fail("max_pool: ", h, "x", w, " is smaller than the window");
+  launch_max_pool(in, n, h, w, c, kernel, stride, pad, oh, ow, out, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out, cudaStream_t stream) {
+  if (n < 1 || hw < 1 || c < 1) fail("global_avg_pool: bad shape (n ", n, ", hw ", hw, ", c ", c, ")");
+  if (n > 65535) fail("global_avg_pool: batch ", n, " exceeds 65535");
+  launch_global_avg_pool(in, n, hw, c, out, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gati::cuda

@@ -1,0 +1,182 @@
+// The CUDA backend as a whole against the CPU backend, its oracle: logits of
+// random-weight models of every block kind and stem (FP32, TF32 off: within
+// 1e-4 of the largest logit), exit decisions with the same cache models
+// (identical exits and labels, confidences within 1e-5), batches 1, 3 and 8,
+// several threads sharing one engine, the server, and per-layer timing from
+// CUDA events.  Without a GPU every test here skips with the reason, except
+// the one that checks what a user without a GPU is told.
+#include <cmath>
+#include <thread>
+
+#include "engine/engine.h"
+#include "engine/server.h"
+#include "kernels/cuda/cuda_device.h"
+#include "random_model.h"
+#include "weights/common/error.h"
+
+namespace gati {
+namespace {
+
+using test::random_floats;
+
+// An ImageNet stem and grouped bottlenecks (ResNeXt-style), small enough for
+// a quick test but with every step kind: 7x7/2 stem, max-pool, 1x1/3x3/1x1
+// with projections and strides, 10 classes.
+const char* kBottleneckArch =
+    R"({"name":"resnext_tiny","block":"bottleneck","layers":[1,2,1],"widths":[16,32,64],"stem":"imagenet",
+        "stem_width":16,"groups":4,"width_per_group":8,"in_channels":3,"input_size":[48,48],"num_classes":10,
+        "mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]})";
+
+std::string cuda_unavailable() {
+  std::string why;
+  const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
+  if (!cuda::built_with_cuda()) return why;
+  if (devs.empty()) return why;
+  if (!devs.front().has_code) return "this build has no code for " + devs.front().name;
+  return {};
+}
+
+#define SKIP_WITHOUT_GPU()                                                   \
+  do {                                                                       \
+    const std::string why = cuda_unavailable();                              \
+    if (!why.empty()) GTEST_SKIP() << "CUDA backend not runnable here: " << why;     \
+  } while (0)
+
+struct Pair {
+  Engine cpu, gpu;
+  Pair(const Model& m) : cpu(m, {"cpu", 0}), gpu(m, {"cuda", 0}) {}
+};
+
+double max_rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double max_ref = 0, max_err = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(want[i]) || std::isnan(got[i])) {
+      if (std::isnan(want[i]) != std::isnan(got[i])) return INFINITY;
+      continue;
+    }
+    max_ref = std::max(max_ref, std::abs(double(want[i])));
+    max_err = std::max(max_err, std::abs(double(got[i]) - double(want[i])));
+  }
+  return max_ref > 0 ? max_err / max_ref : max_err;
+}
+
+TEST(CudaBackend, WithoutAGpuTheErrorSaysWhyAndAutoFallsBackToTheCpu) {
+  if (cuda_unavailable().empty()) GTEST_SKIP() << "a CUDA device is present; this test is for machines without one";
+  const Model m = test::random_model(test::kTinyArch, 3);
+  try {
+    Engine e(m, {"cuda", 0});
+    FAIL() << "device 'cuda' constructed without a usable GPU";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("device 'cuda'"), std::string::npos) << what;
+    EXPECT_NE(what.find("cpu"), std::string::npos) << "the error should point at the CPU backend: " << what;
+  }
+  Engine automatic(m, {"auto", 0});
+  EXPECT_EQ(automatic.device_name(), "cpu");
+}
+
+TEST(CudaBackend, WholeModelLogitsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 100;
+  for (const char* arch : {test::kTinyArch, test::kSmallArch, kBottleneckArch}) {
+    const Model m = test::random_model(arch, seed++);
+    Pair p(m);
+    const Arch& a = m.arch();
+    for (int n : {1, 3, 8}) {
+      SCOPED_TRACE(a.name + " batch " + std::to_string(n));
+      const std::vector<float> x =
+          random_floats(size_t(n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++);
+      const std::vector<float> want = p.cpu.infer(x.data(), n), got = p.gpu.infer(x.data(), n);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_LE(max_rel_error(got, want), 1e-4);
+    }
+  }
+}
+
+TEST(CudaBackend, ExitDecisionsMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 200;
+  for (const char* arch : {test::kSmallArch, kBottleneckArch}) {
+    const Model m = test::random_model(arch, seed++);
+    Pair p(m);
+    const Arch& a = m.arch();
+    // A threshold that some samples reach at some exits and others never do.
+    const float threshold = 1.5f / float(a.num_classes);
+    const auto specs = test::random_heads(m, seed++, threshold);
+    const auto cpu_heads = p.cpu.make_exit_heads(specs), gpu_heads = p.gpu.make_exit_heads(specs);
+    Session cs = p.cpu.session(), gs = p.gpu.session();
+    int exited = 0, full = 0;
+    for (int n : {1, 3, 8}) {
+      SCOPED_TRACE(a.name + " batch " + std::to_string(n));
+      const std::vector<float> x =
+          random_floats(size_t(n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
+      std::vector<SampleResult> rc(static_cast<size_t>(n)), rg(static_cast<size_t>(n));
+      std::vector<float> lc(size_t(n) * size_t(a.num_classes)), lg(lc.size());
+      RunOptions oc, og;
+      oc.heads = cpu_heads.get();
+      og.heads = gpu_heads.get();
+      cs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rc.data(), lc.data(), oc);
+      gs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rg.data(), lg.data(), og);
+      for (int i = 0; i < n; ++i) {
+        EXPECT_EQ(rg[size_t(i)].exit, rc[size_t(i)].exit) << "sample " << i;
+        EXPECT_EQ(rg[size_t(i)].label, rc[size_t(i)].label) << "sample " << i;
+        EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-5) << "sample " << i;
+        (rc[size_t(i)].exit == kFullModel ? full : exited)++;
+      }
+      EXPECT_LE(max_rel_error(lg, lc), 1e-4);
+    }
+    std::printf("[cuda exits] %s: %d samples exited early, %d ran the full model\n", a.name.c_str(), exited, full);
+  }
+}
+
+TEST(CudaBackend, ThreadsSharingOneEngineAndTheServerAgree) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(test::kSmallArch, 300);
+  Engine e(m, {"cuda", 0});
+  const Arch& a = m.arch();
+  const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
+  const int n = 16;
+  const std::vector<float> x = random_floats(per * n, 301);
+  const std::vector<float> want = e.infer(x.data(), n);
+  std::vector<std::thread> threads;
+  std::vector<double> errors(4, 0);
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int r = 0; r < 5; ++r) errors[size_t(t)] = std::max(errors[size_t(t)], max_rel_error(e.infer(x.data(), n), want));
+    });
+  for (auto& t : threads) t.join();
+  for (double err : errors) EXPECT_LE(err, 1e-6);
+
+  ServerOptions so;
+  so.workers = 2;
+  so.max_batch = 4;
+  Server server(e, so);
+  std::vector<std::future<ServeResult>> futures;
+  for (int i = 0; i < n; ++i) futures.push_back(server.submit({x.begin() + long(per) * i, x.begin() + long(per) * (i + 1)}));
+  for (int i = 0; i < n; ++i) {
+    const ServeResult r = futures[size_t(i)].get();
+    const std::vector<float> row(want.begin() + long(a.num_classes) * i, want.begin() + long(a.num_classes) * (i + 1));
+    EXPECT_LE(max_rel_error(r.logits, row), 1e-4) << "request " << i;
+  }
+}
+
+TEST(CudaBackend, ProfileTimesEveryLayerWithEvents) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(kBottleneckArch, 400);
+  Engine e(m, {"cuda", 0});
+  const Arch& a = m.arch();
+  const std::vector<float> x = random_floats(size_t(2 * a.in_channels * a.input_h * a.input_w), 401);
+  std::vector<LayerTiming> t;
+  const std::vector<float> logits = e.profile(x.data(), 2, a.in_channels, a.input_h, a.input_w, &t);
+  ASSERT_FALSE(t.empty());
+  double total = 0;
+  for (const LayerTiming& l : t) {
+    EXPECT_GE(l.ms, 0) << l.name;
+    total += l.ms;
+  }
+  EXPECT_GT(total, 0);
+  EXPECT_LE(max_rel_error(logits, Engine(m, {"cpu", 0}).infer(x.data(), 2)), 1e-4);
+}
+
+}  // namespace
+}  // namespace gati
