@@ -1,0 +1,136 @@
+// What the CPU and GPU benchmark suites share: random inputs, whole-model
+// latency through an Engine, the never-firing exit heads that measure what
+// consulting caches costs, and the --models/--batches/--exits command line.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "engine/engine.h"
+
+namespace gati::bench {
+
+inline std::vector<float> random_floats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+inline std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+inline void BM_Model(benchmark::State& state, std::shared_ptr<Engine> engine, int batch) {
+  const Arch& a = engine->arch();
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  engine->infer(x.data(), batch);  // plan + warm caches
+  for (auto _ : state) benchmark::DoNotOptimize(engine->infer(x.data(), batch));
+  const Plan p = make_plan(engine->model().net, batch, a.input_h, a.input_w);
+  state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * double(p.macs_per_sample) * batch / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// A random linear head after every block; threshold > 1 never fires.
+inline std::vector<ExitHeadSpec> never_firing_heads(const Model& m) {
+  std::vector<ExitHeadSpec> heads;
+  for (size_t b = 0; b < m.net.blocks.size(); ++b) {
+    ExitHeadSpec h;
+    h.block = int(b);
+    h.dim = m.net.blocks[b].out_channels;
+    h.classes = m.arch().num_classes;
+    h.mean = random_floats(size_t(h.dim), 1);
+    h.inv_std.assign(size_t(h.dim), 1.0f);
+    h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
+    h.bias = random_floats(size_t(h.classes), 3);
+    h.threshold = 2.0f;
+    heads.push_back(std::move(h));
+  }
+  return heads;
+}
+
+inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engine, int batch, bool attached) {
+  const Arch& a = engine->arch();
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  const auto heads = engine->make_exit_heads(never_firing_heads(engine->model()));
+  Session session = engine->session();
+  RunOptions opts;
+  if (attached) opts.heads = heads.get();
+  std::vector<SampleResult> results(static_cast<size_t>(batch));
+  session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
+  for (auto _ : state) {
+    session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
+    benchmark::DoNotOptimize(results.data());
+  }
+  state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+struct Args {
+  std::vector<std::string> models;
+  std::vector<int> batches = {1};
+  bool exits = false;
+  std::vector<char*> rest;  // for Google Benchmark
+};
+
+inline Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--models=", 9) == 0) {
+      a.models = split(argv[i] + 9);
+    } else if (std::strncmp(argv[i], "--batches=", 10) == 0) {
+      a.batches.clear();
+      for (const auto& b : split(argv[i] + 10)) a.batches.push_back(std::stoi(b));
+    } else if (std::strcmp(argv[i], "--exits") == 0) {
+      a.exits = true;
+    } else {
+      a.rest.push_back(argv[i]);
+    }
+  }
+  return a;
+}
+
+// model/<arch>/batch:<b> and, with --exits, exits/<arch>/batch:<b>/caches:{off,never}.
+inline void register_models(const Args& a, const std::string& device) {
+  for (const std::string& path : a.models) {
+    EngineOptions eo;
+    eo.device = device;
+    auto engine = std::make_shared<Engine>(path, eo);
+    for (int b : a.batches)
+      benchmark::RegisterBenchmark(("model/" + engine->arch().name + "/batch:" + std::to_string(b)).c_str(), BM_Model,
+                                   engine, b)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    if (a.exits)
+      for (int b : a.batches)
+        for (bool attached : {false, true})
+          benchmark::RegisterBenchmark(("exits/" + engine->arch().name + "/batch:" + std::to_string(b) +
+                                        (attached ? "/caches:never" : "/caches:off"))
+                                           .c_str(),
+                                       BM_ModelExits, engine, b, attached)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+  }
+}
+
+inline int run_benchmarks(Args& a) {
+  int rest_argc = int(a.rest.size());
+  benchmark::Initialize(&rest_argc, a.rest.data());
+  if (benchmark::ReportUnrecognizedArguments(rest_argc, a.rest.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace gati::bench
