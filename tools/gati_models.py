@@ -157,8 +157,15 @@ class GatiResNet(nn.Module):
 
 
 def build_reference(arch):
-    """A PyTorch model for arch: torchvision's own where it exists, else GatiResNet."""
-    import torchvision
+    """A PyTorch model for arch: torchvision's own where it exists, else GatiResNet.
+
+    Where torchvision is not installed (some GPU machines have PyTorch alone),
+    GatiResNet builds every architecture with the same parameter names.
+    """
+    try:
+        import torchvision
+    except ImportError:
+        return GatiResNet(arch)
     name = arch["name"]
     if arch["stem"] == "imagenet" and hasattr(torchvision.models, name) and arch["in_channels"] == 3:
         return getattr(torchvision.models, name)(num_classes=arch["num_classes"])

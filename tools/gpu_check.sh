@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command, on a bare GPU machine:
+#
+#   tools/gpu_check.sh OUT [stage ...]
+#
+# stages (default: all, in this order)
+#   machine   GPU, driver, nvcc, PyTorch, cuDNN, commit -> OUT/machine.json
+#   build     Release build with the CUDA backend into build-gpu/
+#   test      the GPU suites (backend ops, CUDA backend, parity on CUDA), then all of ctest
+#   sanitize  compute-sanitizer memcheck and racecheck over the GPU test binaries
+#   run       the demo model on Fashion-MNIST (CPU and CUDA, with and without caches)
+#             and a converted random-weight resnet50 through infer/profile on the GPU
+#   bench     bench_gpu (models, exits, exit-point ops) as JSON
+#   compare   bench/compare_pytorch_gpu.py: PyTorch's configurations and gati, one run
+#
+# The machine needs the CUDA toolkit, CMake and PyTorch with CUDA (the
+# `python3` on PATH, or GATI_PYTHON); cuDNN is taken from PyTorch's
+# nvidia.cudnn package unless GATI_CUDNN_ROOT says otherwise.  Our Debian
+# packages come as .deb files in .gpu-deps/ (see the README), unpacked once
+# into GATI_DEPS_PREFIX (default /opt/deps).  Logs and JSON go to OUT; each
+# stage's status is in OUT/summary.json; the exit status is non-zero when a
+# stage failed.  Stages can run in separate calls (the device tool limits a
+# command to 10 minutes): build once, then test, sanitize, ... in turn.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench compare]}
+shift
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(machine build test sanitize run bench compare)
+py=${GATI_PYTHON:-python3}
+deps=${GATI_DEPS_PREFIX:-/opt/deps}
+build=${GATI_GPU_BUILD:-build-gpu}
+jobs=${GATI_JOBS:-$(nproc)}
+
+# ---- environment ----------------------------------------------------------------
+if [ -d .gpu-deps ] && [ ! -f "$deps/.unpacked" ]; then
+  echo "== unpacking .gpu-deps/*.deb into $deps"
+  mkdir -p "$deps"
+  for f in .gpu-deps/*.deb; do dpkg -x "$f" "$deps"; done
+  touch "$deps/.unpacked"
+fi
+cudnn=${GATI_CUDNN_ROOT:-$("$py" -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null)}
+export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${cudnn:+$cudnn/lib:}${LD_LIBRARY_PATH:-}"
+export GATI_FASHION_MNIST=${GATI_FASHION_MNIST:-$deps/usr/share/datasets/fashion-mnist}
+[ -d "$GATI_FASHION_MNIST" ] || GATI_FASHION_MNIST=/usr/share/datasets/fashion-mnist
+commit=${GATI_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export GATI_COMMIT=$commit
+gati=$build/gati
+demo=weights/demo/fmnist_resnet20.safetensors
+
+summary="$out/summary.json"
+[ -f "$summary" ] || echo '{}' >"$summary"
+failed=0
+# step NAME CMD...: runs CMD with its output in OUT/NAME.log, records the status.
+step() {
+  local name=$1 start st
+  shift
+  echo "== $name"
+  start=$(date +%s)
+  if "$@" >"$out/$name.log" 2>&1; then st=ok; else st="failed (exit $?)"; failed=1; fi
+  echo "   $st in $(($(date +%s) - start)) s; log $out/$name.log"
+  tail -n 4 "$out/$name.log" | sed 's/^/   | /'
+  "$py" - "$summary" "$name" "$st" <<'EOF'
+import json, sys
+path, name, status = sys.argv[1:]
+d = json.load(open(path))
+d[name] = status
+json.dump(d, open(path, "w"), indent=2)
+EOF
+}
+
+machine() {
+  nvidia-smi && nvcc --version && "$py" - "$out/machine.json" "$commit" "$cudnn" <<'EOF' &&
+import json, subprocess, sys
+out, commit, cudnn_root = sys.argv[1:]
+smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                      "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+rec = {"nvidia_smi": smi, "nvcc": nvcc, "commit": commit, "cudnn_root": cudnn_root}
+try:
+    import torch
+    rec.update(torch=torch.__version__, torch_cuda=torch.version.cuda, torch_cudnn=torch.backends.cudnn.version(),
+               gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+except Exception as e:
+    rec["torch"] = f"unavailable: {e}"
+try:
+    import torchvision
+    rec["torchvision"] = torchvision.__version__
+except Exception:
+    rec["torchvision"] = None
+hdr = f"{cudnn_root}/include/cudnn_version.h"
+try:
+    v = {l.split()[1]: l.split()[2] for l in open(hdr) if l.startswith("#define CUDNN_") and len(l.split()) == 3}
+    rec["cudnn_headers"] = f"{v.get('CUDNN_MAJOR')}.{v.get('CUDNN_MINOR')}.{v.get('CUDNN_PATCHLEVEL')}"
+except OSError:
+    rec["cudnn_headers"] = None
+json.dump(rec, open(out, "w"), indent=2)
+print(json.dumps(rec, indent=2))
+EOF
+    { test -f "$deps/usr/include/zlib.h" || test -f /usr/include/zlib.h || { echo "zlib.h not found"; false; }; }
+}
+
+configure_and_build() {
+  local gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGATI_CUDA=ON -DGATI_CUDNN_ROOT="$cudnn" \
+    -DCMAKE_CUDA_ARCHITECTURES="${GATI_CUDA_ARCHS:-90}" -DCMAKE_PREFIX_PATH="$deps/usr" \
+    -DGATI_PYTHON="$(command -v "$py")" &&
+    cmake --build "$build" -j "$jobs"
+}
+
+gpu_tests() {
+  "$build/tests/test_backend_ops" --gtest_filter='*cuda*' &&
+    "$build/tests/test_cuda_backend"
+}
+
+all_tests() { (cd "$build" && ctest --output-on-failure -j 4 --timeout 900); }
+
+sanitize() {
+  local tool rc=0
+  for tool in memcheck racecheck synccheck; do
+    echo "---- $tool: test_backend_ops (cuda)"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/tests/test_backend_ops" --gtest_filter='*cuda*' || rc=1
+  done
+  echo "---- memcheck: test_cuda_backend"
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_backend" || rc=1
+  return $rc
+}
+
+run_models() {
+  local r50="$out/resnet50_random.safetensors" input="$out/resnet50_input.safetensors"
+  "$gati" devices &&
+    "$gati" run --model "$demo" --data fashion-mnist --limit 2000 --device cpu --json "$out/demo_run_cpu.json" &&
+    "$gati" run --model "$demo" --data fashion-mnist --limit 2000 --device cuda --json "$out/demo_run_cuda.json" &&
+    "$gati" cache build --model "$demo" --data fashion-mnist --train 5000 --holdout 2000 --epochs 3 \
+      --out "$out/demo_caches.safetensors" --device cuda &&
+    "$gati" run --model "$demo" --data fashion-mnist --limit 2000 --caches "$out/demo_caches.safetensors" --device cpu \
+      --batch 8 --json "$out/demo_caches_cpu.json" &&
+    "$gati" run --model "$demo" --data fashion-mnist --limit 2000 --caches "$out/demo_caches.safetensors" --device cuda \
+      --batch 8 --json "$out/demo_caches_cuda.json" &&
+    "$py" tools/convert.py --arch resnet50 --random --seed 1 --out "$r50" &&
+    "$py" - "$input" <<'EOF' &&
+import sys, torch
+sys.path.insert(0, "tools")
+import safetensors_io
+safetensors_io.save(sys.argv[1], {"input": torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(5))})
+EOF
+    "$gati" infer --model "$r50" --input "$input" --output "$out/resnet50_logits_cuda.safetensors" --device cuda &&
+    "$gati" infer --model "$r50" --input "$input" --output "$out/resnet50_logits_cpu.safetensors" --device cpu &&
+    "$py" - "$r50" "$input" "$out" <<'EOF' &&
+import json, sys, torch
+sys.path.insert(0, "tools")
+import gati_models, safetensors_io
+model_path, input_path, out = sys.argv[1:]
+tensors, meta = safetensors_io.load(model_path)
+model = gati_models.build_reference(json.loads(meta["gati.arch"]))
+model.load_state_dict(tensors, strict=False)
+x = safetensors_io.load(input_path)[0]["input"]
+rec = {}
+with torch.no_grad():
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    want = model.cuda().eval()(x.cuda()).cpu()
+for dev in ("cuda", "cpu"):
+    got = safetensors_io.load(f"{out}/resnet50_logits_{dev}.safetensors")[0]["logits"]
+    rec[dev] = float((got - want).abs().max() / want.abs().max())
+    print(f"resnet50 gati {dev} vs PyTorch on the GPU: max error / max |ref| = {rec[dev]:.2e}")
+json.dump(rec, open(f"{out}/resnet50_parity.json", "w"), indent=2)
+assert max(rec.values()) <= 1e-4, rec
+EOF
+    for b in 1 8; do
+      "$gati" profile --model "$r50" --batch $b --repeats 50 --device cuda --json "$out/profile_resnet50_b$b.json" \
+        --trace "$out/profile_resnet50_b$b.trace.json" || return 1
+    done &&
+    "$gati" profile --model "$demo" --batch 1 --repeats 100 --device cuda --json "$out/profile_demo_b1.json" \
+      --trace "$out/profile_demo_b1.trace.json"
+}
+
+bench() {
+  local r50="$out/resnet50_random.safetensors"
+  [ -f "$r50" ] || "$py" tools/convert.py --arch resnet50 --random --seed 1 --out "$r50" || return 1
+  "$build/bench/bench_gpu" --models="$demo,$r50" --batches=1,8,64 --exits --benchmark_repetitions=5 \
+    --benchmark_report_aggregates_only=true --benchmark_out="$out/bench_gpu.json" --benchmark_out_format=json
+}
+
+compare() {
+  "$py" bench/compare_pytorch_gpu.py --bench "$build/bench/bench_gpu" --models resnet18 resnet50 demo \
+    --batches 1 8 64 --precisions fp32 fp16 --repeats 30 ${GATI_COMPARE_ARGS:---no-compile} \
+    --out "$out/gpu_compare.json"
+}
+
+for s in "${stages[@]}"; do
+  case $s in
+    machine) step machine machine ;;
+    build) step build configure_and_build ;;
+    test) step gpu_tests gpu_tests; step ctest all_tests ;;
+    sanitize) step sanitize sanitize ;;
+    run) step run run_models ;;
+    bench) step bench bench ;;
+    compare) step compare compare ;;
+    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench compare)"; exit 2 ;;
+  esac
+done
+echo "== summary ($summary)"
+cat "$summary"
+exit $failed
