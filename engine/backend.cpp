@@ -19,13 +19,15 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
   }
 }
 
-std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model) {
+std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model, bool tf32) {
+  CudaOptions cuda_options;
+  cuda_options.tf32 = tf32;
   if (device == "cpu") return make_cpu_device(model);
-  if (device == "cuda") return make_cuda_device(model);
+  if (device == "cuda") return make_cuda_device(model, cuda_options);
   if (device == "auto") {
     // The first CUDA device when this build can run on it, else the CPU.
     const std::vector<cuda::DeviceInfo> devs = cuda::devices();
-    if (!devs.empty() && devs.front().has_code) return make_cuda_device(model);
+    if (!devs.empty() && devs.front().has_code) return make_cuda_device(model, cuda_options);
     return make_cpu_device(model);
   }
   fail("unknown device '", device, "' (valid: cpu, cuda, auto)");

@@ -117,6 +117,10 @@ class BackendContext {
   virtual void timing_begin() = 0;
   virtual void timing_mark() = 0;
   virtual std::vector<double> timing_read() = 0;
+  // Profiling annotations around a step (NVTX ranges on CUDA, shown by
+  // Nsight Systems; nothing on the CPU).  Only called when timing.
+  virtual void range_push(const char* name) { (void)name; }
+  virtual void range_pop() {}
 
   virtual void to_host(const void* src, size_t bytes, void* host) = 0;
   virtual void synchronize() = 0;
@@ -134,7 +138,9 @@ class BackendDevice : public std::enable_shared_from_this<BackendDevice> {
 // The CPU device: packs the model's folded weights once.
 std::shared_ptr<const BackendDevice> make_cpu_device(const Model& model);
 // "cpu", "cuda" or "auto" (CUDA when this build has a CUDA backend and a
-// device, else the CPU); errors list the valid choices.
-std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model);
+// device, else the CPU); errors list the valid choices.  tf32 lets CUDA FP32
+// convolutions use TF32 tensor cores (off: FP32 within 1e-4 of the CPU).
+std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model,
+                                                         bool tf32 = false);
 
 }  // namespace gati

@@ -48,6 +48,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
   bool finished_early = false;
   for (size_t i = 0; i < plan_.steps.size() && !finished_early; ++i) {
     const Step& s = plan_.steps[i];
+    if (opts.timings) ctx_.range_push(s.name.c_str());
     switch (s.kind) {
       case StepKind::Input:
         ctx_.input_from_host_nchw(input_nchw, {n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
@@ -66,6 +67,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
         ctx_.classifier(region(plan_.pooled_offset), alive, region(plan_.logits_offset));
         break;
     }
+    if (opts.timings) ctx_.range_pop();
     mark(s.name, step_kind_name(s.kind), s.block, s.macs_per_sample * alive);
     if (next_exit >= plan_.exits.size() || plan_.exits[next_exit].after_step != int(i)) continue;
 
@@ -77,7 +79,9 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     const int head = opts.heads ? opts.heads->for_block(e.block) : -1;
     if (head < 0) continue;
     const Act shape = e.shape.with_batch(alive);
+    if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
     ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, region(plan_.exit_pooled_offset));
+    if (opts.timings) ctx_.range_pop();
     mark(e.name + ".exit", "exit", e.block, int64_t(alive) * e.shape.c * (opts.heads->specs()[size_t(head)].classes + 1));
     ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos);
     pos = 1 - pos;

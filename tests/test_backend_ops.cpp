@@ -269,7 +269,9 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
       }
     }
     EXPECT_EQ(alive, want_alive);
-    if (n > 1) EXPECT_GT(want_alive, 0);
+    if (n > 1) {
+      EXPECT_GT(want_alive, 0);
+    }
     // The survivors reach the classifier.
     const std::vector<float> z = random_floats(size_t(alive * classes), 99);
     Guarded lz(*ctx_, z.size() + 1);
@@ -353,7 +355,7 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda"),
-                         [](const auto& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace
 }  // namespace gati

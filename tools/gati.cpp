@@ -33,10 +33,12 @@ using clock_type = std::chrono::steady_clock;
 struct Common {
   std::string device = "cpu";
   int threads = 0;
+  bool tf32 = false;
   EngineOptions engine() const {
     EngineOptions o;
     o.device = device;
     o.threads = threads;
+    o.tf32 = tf32;
     return o;
   }
 };
@@ -44,6 +46,7 @@ struct Common {
 void add_common(CLI::App* app, Common& c) {
   app->add_option("--device", c.device, "backend")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   app->add_option("--threads", c.threads, "CPU threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  app->add_flag("--tf32", c.tf32, "CUDA: allow TF32 tensor cores in FP32 convolutions");
 }
 
 void data_option(CLI::App* app, std::string& data, std::string& dir) {

@@ -11,6 +11,7 @@
 #include "engine/cuda/cuda_backend.h"
 
 #include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
 #include <cstring>
@@ -273,6 +274,8 @@ class CudaContext final : public BackendContext {
     record();
   }
   void timing_mark() override { record(); }
+  void range_push(const char* name) override { nvtxRangePushA(name); }
+  void range_pop() override { nvtxRangePop(); }
   std::vector<double> timing_read() override {
     std::vector<double> ms;
     if (used_ == 0) return ms;
