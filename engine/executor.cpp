@@ -20,6 +20,14 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
   st_.label = reinterpret_cast<int32_t*>(base + L.label);
   st_.confidence = reinterpret_cast<float*>(base + L.confidence);
   st_.logits = reinterpret_cast<float*>(base + L.logits);
+  // Every convolution at the plan's batch, and at batch 1 where the plan is
+  // larger (where compaction leaves a single survivor), before the first run.
+  for (const Step& s : plan_.steps)
+    if (s.kind == StepKind::Conv)
+      for (int b : {plan_.max_batch, 1}) {
+        ctx_.prepare_conv(s.conv, s.in.with_batch(b), s.relu);
+        if (plan_.max_batch == 1) break;
+      }
 }
 
 void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {

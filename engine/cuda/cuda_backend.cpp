@@ -118,7 +118,7 @@ class CudaDevice final : public BackendDevice {
       fail("device 'cuda': ", d.name, " (sm_", d.major, d.minor, ") has no code in this build; rebuild with ",
            "-DCMAKE_CUDA_ARCHITECTURES=", d.major, d.minor, ", or use --device cpu");
     name_ = str_cat("cuda:", d.index, " (", d.name, ")");
-    CUDA_CHECK(cudaSetDevice(opt.device));
+    cuda::DeviceScope scope(opt.device);
     for (size_t i = 0; i < model.net.convs.size(); ++i) {
       const ConvSpec& s = model.net.convs[i];
       const ConvWeights& w = model.convs[i];
@@ -143,7 +143,7 @@ class CudaDevice final : public BackendDevice {
   std::string name() const override { return name_; }
   std::unique_ptr<BackendContext> make_context(int threads) const override;
   std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const override {
-    CUDA_CHECK(cudaSetDevice(opt_.device));
+    cuda::DeviceScope scope(opt_.device);
     return std::make_shared<CudaExitHeads>(std::move(specs), blocks_);
   }
 
@@ -174,16 +174,22 @@ class CudaContext final : public BackendContext {
 
   ~CudaContext() override { cudaStreamSynchronize(stream_.get()); }  // nothing in flight touches freed scratch
 
-  std::unique_ptr<Buffer> allocate(size_t bytes) override { return std::make_unique<CudaBuffer>(bytes, "activations"); }
+  std::unique_ptr<Buffer> allocate(size_t bytes) override {
+    cuda::DeviceScope scope(index_);
+    return std::make_unique<CudaBuffer>(bytes, "activations");
+  }
   std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override {
+    cuda::DeviceScope scope(index_);
     return std::make_unique<MappedHostBuffer>(bytes, "exit state");
   }
 
   void from_host(const void* host, size_t bytes, void* dst) override {
+    cuda::DeviceScope scope(index_);
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyDefault, stream_.get()));
   }
 
   void input_from_host_nchw(const float* host, const Act& s, float* dst) override {
+    cuda::DeviceScope scope(index_);
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
     staging_.reserve(bytes, "the input staging buffer");
     CUDA_CHECK(cudaMemcpyAsync(staging_.data(), host, bytes, cudaMemcpyHostToDevice, stream_.get()));
@@ -191,30 +197,44 @@ class CudaContext final : public BackendContext {
   }
 
   void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
+    cuda::DeviceScope scope(index_);
     const DeviceConv& c = device_->conv(conv);
     if (s.c != c.g.cin) fail(c.name, ": input has ", s.c, " channels, expected ", c.g.cin);
     conv_.run(c.g, s.n, s.h, s.w, in, c.weight.floats(), c.bias.floats(), out, residual, relu, c.name);
   }
 
+  void prepare_conv(int conv, const Act& s, bool relu) override {
+    cuda::DeviceScope scope(index_);
+    const DeviceConv& c = device_->conv(conv);
+    conv_.prepare(c.g, s.n, s.h, s.w, relu, c.name);
+  }
+
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
+    cuda::DeviceScope scope(index_);
     cuda::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out, stream_.get());
   }
 
   void global_avg_pool(const float* in, const Act& s, float* out) override {
+    cuda::DeviceScope scope(index_);
     cuda::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out, stream_.get());
   }
 
   void classifier(const float* pooled, int n, float* logits) override {
+    cuda::DeviceScope scope(index_);
     cuda::linear(pooled, n, device_->features(), device_->fc_weight(), device_->fc_bias(), device_->classes(), logits,
                  stream_.get());
   }
 
   void begin_exits(const ExitState& st, int n, int classes) override {
+    cuda::DeviceScope scope(index_);
     cuda::begin_exits(st, n, classes, stream_.get());
   }
 
   void exit_head(const ExitHeads& heads, int head, const float* act, const Act& s, int exit_id, const ExitState& st,
                  int pos, float* pooled) override {
+    cuda::DeviceScope scope(index_);
+    if (!dynamic_cast<const CudaExitHeads*>(&heads))
+      fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     const LinearHeadView v = heads.view(head);
     if (v.dim != s.c)
       fail("exit head '", heads.specs()[size_t(head)].name, "': dim ", v.dim, ", activations have ", s.c, " channels");
@@ -222,6 +242,7 @@ class CudaContext final : public BackendContext {
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {
+    cuda::DeviceScope scope(index_);
     const size_t row_floats = s.per_sample();
     compact_rows_.reserve(mul_size(s.elems(), sizeof(float), "compaction scratch"), "the compaction scratch");
     compact_index_.reserve((size_t(s.n) + 1) * sizeof(int32_t), "the compaction index");
@@ -230,16 +251,19 @@ class CudaContext final : public BackendContext {
   }
 
   int alive(const ExitState& st) override {
+    cuda::DeviceScope scope(index_);
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     return *st.alive;
   }
 
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
+    cuda::DeviceScope scope(index_);
     cuda::finish_full_model(logits, n, classes, st, pos, stream_.get());
   }
 
   OpStatus linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,
                            const SgdHyper& hp, double* loss) override {
+    cuda::DeviceScope scope(index_);
     if (n < 1) {
       if (loss) *loss = 0;
       return OpStatus::kOk;
@@ -270,13 +294,18 @@ class CudaContext final : public BackendContext {
   }
 
   void timing_begin() override {
+    cuda::DeviceScope scope(index_);
     used_ = 0;
     record();
   }
-  void timing_mark() override { record(); }
+  void timing_mark() override {
+    cuda::DeviceScope scope(index_);
+    record();
+  }
   void range_push(const char* name) override { nvtxRangePushA(name); }
   void range_pop() override { nvtxRangePop(); }
   std::vector<double> timing_read() override {
+    cuda::DeviceScope scope(index_);
     std::vector<double> ms;
     if (used_ == 0) return ms;
     CUDA_CHECK(cudaEventSynchronize(events_[used_ - 1].get()));
@@ -289,11 +318,15 @@ class CudaContext final : public BackendContext {
   }
 
   void to_host(const void* src, size_t bytes, void* host) override {
+    cuda::DeviceScope scope(index_);
     if (!bytes) return;
     CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDefault, stream_.get()));
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
   }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+  void synchronize() override {
+    cuda::DeviceScope scope(index_);
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
 
  private:
   void record() {
@@ -302,6 +335,8 @@ class CudaContext final : public BackendContext {
     ++used_;
   }
 
+  // The constructing thread keeps the device current (like cudaSetDevice);
+  // every method below makes it current for its own duration.
   static int select(int index) {
     CUDA_CHECK(cudaSetDevice(index));
     return index;

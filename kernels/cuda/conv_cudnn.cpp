@@ -9,6 +9,8 @@
 
 #include <cudnn.h>
 
+#include <vector>
+
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/epilogue.cuh"
 #include "weights/common/error.h"
@@ -102,32 +104,46 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->bias, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
   CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p->act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
 
-  // cuDNN's heuristics rank the algorithms; take the first that works within
-  // the workspace limit and, with TF32 off, uses no tensor-op math.
+  // cuDNN's heuristics rank the algorithms.  Candidates, in order: each
+  // ranked one that succeeded within the workspace limit and, with TF32 off,
+  // uses FMA math and is neither FFT nor Winograd (whose FP32 rounding can
+  // approach the 1e-4 parity bound); then the two implicit GEMMs, which run
+  // every shape.  The first whose workspace query succeeds is kept.
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
   CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->f, p->conv, p->y,
                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                  where);
-  bool found = false;
-  for (int i = 0; i < returned && !found; ++i) {
-    if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > kMaxWorkspace) continue;
-    // DEFAULT_MATH lets cuDNN pick TF32 on Ampere and later, so with TF32 off
-    // only FMA-math algorithms qualify.
-    const bool tensor_ops = perf[i].mathType != CUDNN_FMA_MATH;
-    if (!tf32_ && tensor_ops) continue;
-    p->algo = perf[i].algo;
-    p->choice.tensor_ops = tensor_ops;
-    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, perf[i].mathType), where);
-    found = true;
+  struct Candidate {
+    cudnnConvolutionFwdAlgo_t algo;
+    cudnnMathType_t math;
+  };
+  std::vector<Candidate> candidates;
+  for (int i = 0; i < returned; ++i) {
+    const cudnnConvolutionFwdAlgoPerf_t& q = perf[i];
+    if (q.status != CUDNN_STATUS_SUCCESS || q.memory > kMaxWorkspace) continue;
+    if (q.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;  // would round FP32 data to FP16
+    if (!tf32_ && (q.mathType != CUDNN_FMA_MATH || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT ||
+                   q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+                   q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED))
+      continue;
+    candidates.push_back({q.algo, q.mathType});
   }
-  if (!found) {  // implicit GEMM runs every shape without a workspace
-    p->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    p->choice.tensor_ops = false;
-    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, CUDNN_FMA_MATH), where);
-  }
+  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH});
+  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH});
   size_t ws = 0;
-  CUDNN_CHECK_AT(cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, p->algo, &ws), where);
+  bool found = false;
+  for (const Candidate& c : candidates) {
+    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, c.math), where);
+    if (cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, c.algo, &ws) != CUDNN_STATUS_SUCCESS ||
+        ws > kMaxWorkspace)
+      continue;
+    p->algo = c.algo;
+    p->choice.tensor_ops = c.math != CUDNN_FMA_MATH;
+    found = true;
+    break;
+  }
+  if (!found) fail(name, ": cuDNN has no forward algorithm for ", shape_text(g, n, h, w));
   workspace_.reserve(ws, str_cat("the cuDNN workspace of ", name));
   p->choice.algo = int(p->algo);
   p->choice.workspace_bytes = ws;
@@ -149,7 +165,7 @@ void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in,
         handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(), workspace_.bytes(),
         residual ? &one : &zero, p.y, residual ? residual : out, p.bias, bias, p.act, p.y, out);
     if (st == CUDNN_STATUS_SUCCESS) return;
-    if (st != CUDNN_STATUS_NOT_SUPPORTED)
+    if (CUDNN_STATUS_CATEGORY(st) != CUDNN_STATUS_NOT_SUPPORTED)  // cuDNN 9 details it: 3001, 3002, ...
       fail("cudnnConvolutionBiasActivationForward failed: ", cudnnGetErrorString(st), " (", name, " ",
            shape_text(g, n, h, w), ")");
     p.choice.fused = false;  // this shape runs unfused from now on

@@ -58,7 +58,7 @@ void DeviceBuffer::reserve(size_t bytes, const std::string& what) {
 
 MappedBuffer::MappedBuffer(size_t bytes, const std::string& what) {
   const size_t ask = bytes ? bytes : 256;
-  const cudaError_t err = cudaHostAlloc(&data_, ask, cudaHostAllocMapped);
+  const cudaError_t err = cudaHostAlloc(&data_, ask, cudaHostAllocMapped | cudaHostAllocPortable);
   if (err != cudaSuccess) {
     data_ = nullptr;
     allocation_failed(err, "cudaHostAlloc(mapped)", ask, what);
@@ -68,6 +68,16 @@ MappedBuffer::MappedBuffer(size_t bytes, const std::string& what) {
 
 MappedBuffer::~MappedBuffer() {
   if (data_) cudaFreeHost(data_);
+}
+
+DeviceScope::DeviceScope(int device) {
+  CUDA_CHECK(cudaGetDevice(&previous_));
+  if (previous_ != device) CUDA_CHECK(cudaSetDevice(device));
+  else previous_ = -1;
+}
+
+DeviceScope::~DeviceScope() {
+  if (previous_ >= 0) cudaSetDevice(previous_);
 }
 
 Stream::Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
@@ -82,7 +92,13 @@ Event::~Event() {
 
 DeviceBuffer upload(const void* host, size_t bytes, const std::string& what) {
   DeviceBuffer b(bytes, what);
-  if (bytes) CUDA_CHECK(cudaMemcpy(b.data(), host, bytes, cudaMemcpyHostToDevice));
+  if (bytes) {
+    CUDA_CHECK(cudaMemcpy(b.data(), host, bytes, cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return once the data is staged;
+    // the contexts' non-blocking streams do not wait for the legacy stream,
+    // so wait here: weights and exit heads are complete before any use.
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  }
   return b;
 }
 

@@ -56,6 +56,20 @@ class MappedBuffer {
   size_t bytes_ = 0;
 };
 
+// Makes `device` current for the calling thread and restores the previous
+// one on exit: backend objects move between threads (session pools, server
+// workers), and CUDA's current device is per thread.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device);
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 class Stream {
  public:
   Stream();  // non-blocking with respect to the legacy default stream

@@ -17,6 +17,9 @@
 namespace gati::cuda::dev {
 
 constexpr int kLanes = 16;
+// Static shared memory block_argmax_sum uses, with room to spare: kernels
+// that also take dynamic shared memory keep the sum under 48 KiB.
+constexpr size_t kStaticSmem = 1024;
 
 __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
 

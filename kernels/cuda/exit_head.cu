@@ -177,7 +177,7 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
     fail("exit head: bad shape (n ", n, ", hw ", hw, ", dim ", h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
   const size_t smem = head_smem(h);
-  if (smem > 48 * 1024)
+  if (smem + dev::kStaticSmem > 48 * 1024)
     fail("exit head: ", h.dim, " features and ", h.classes, " classes need ", smem,
          " bytes of shared memory, more than 48 KiB");
   launch_exit_head(act, n, hw, h, exit_id, st, pos, pooled, stream);

@@ -114,9 +114,8 @@ void linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_
                      const SgdScratch& scratch, const SgdReport& report, cudaStream_t stream) {
   if (n < 1 || h.dim < 1 || h.classes < 1)
     fail("SGD step: bad shape (n ", n, ", dim ", h.dim, ", classes ", h.classes, ")");
-  if (n > 65535) fail("SGD step: batch ", n, " exceeds 65535");
   const size_t smem = (size_t((h.dim + 15) / 16 * 16) + size_t(h.classes)) * sizeof(float);
-  if (smem > 48 * 1024) fail("SGD step: ", h.dim, " features and ", h.classes, " classes exceed 48 KiB of shared memory");
+  if (smem + dev::kStaticSmem > 48 * 1024) fail("SGD step: ", h.dim, " features and ", h.classes, " classes exceed 48 KiB of shared memory");
   launch_sgd(h, features, labels, n, hp, scratch, report, stream);
   CUDA_CHECK_LAUNCH();
 }
