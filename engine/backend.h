@@ -120,6 +120,9 @@ class BackendContext {
   virtual void timing_begin() = 0;
   virtual void timing_mark() = 0;
   virtual std::vector<double> timing_read() = 0;
+  // The practical peak of this context's compute (GFLOP/s), measured once
+  // by a short benchmark of the backend's own GEMM; 0 when not measured.
+  virtual double peak_gflops() { return 0; }
   // Profiling annotations around a step (NVTX ranges on CUDA, shown by
   // Nsight Systems; nothing on the CPU).  Only called when timing.
   virtual void range_push(const char* name) { (void)name; }

@@ -58,21 +58,32 @@ std::string format_table(const ProfileReport& r) {
   std::snprintf(line, sizeof line, "%s on %s, batch %d, %dx%d, median of %d runs: %.3f ms\n", r.model.c_str(),
                 r.device.c_str(), r.batch, r.input_h, r.input_w, r.repeats, r.total_ms);
   out += line;
-  std::snprintf(line, sizeof line, "%-26s %-8s %10s %12s %10s %7s\n", "layer", "kind", "time_ms", "MMACs", "GFLOP/s",
-                "share");
+  const bool peak = r.peak_gflops > 0;
+  if (peak) {
+    std::snprintf(line, sizeof line, "peak: %.1f GFLOP/s (this backend's GEMM, 768^3, measured now)\n", r.peak_gflops);
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "%-26s %-8s %10s %12s %10s %7s%s\n", "layer", "kind", "time_ms", "MMACs", "GFLOP/s",
+                "share", peak ? "   %peak" : "");
   out += line;
+  auto of_peak = [&](double gflops) {
+    char cell[16];
+    std::snprintf(cell, sizeof cell, " %7.1f%%", 100.0 * gflops / r.peak_gflops);
+    return peak ? std::string(cell) : std::string();
+  };
   int64_t macs = 0;
   double sum = 0;
   for (const auto& l : r.layers) sum += l.median_ms;
   for (const auto& l : r.layers) {
-    std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%\n", l.name.c_str(), l.kind.c_str(),
+    std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%", l.name.c_str(), l.kind.c_str(),
                   l.median_ms, double(l.macs) / 1e6, l.gflops(), sum > 0 ? 100.0 * l.median_ms / sum : 0.0);
-    out += line;
+    out += line + (l.macs > 0 ? of_peak(l.gflops()) : std::string()) + "\n";
     macs += l.macs;
   }
-  std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%\n", "total", "", sum, double(macs) / 1e6,
-                sum > 0 ? 2.0 * double(macs) / (sum * 1e6) : 0.0, 100.0);
-  out += line;
+  const double total_gflops = sum > 0 ? 2.0 * double(macs) / (sum * 1e6) : 0.0;
+  std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%", "total", "", sum, double(macs) / 1e6,
+                total_gflops, 100.0);
+  out += line + of_peak(total_gflops) + "\n";
   return out;
 }
 
@@ -84,6 +95,7 @@ std::string to_json(const ProfileReport& r) {
   j["input_size"] = {r.input_h, r.input_w};
   j["repeats"] = r.repeats;
   j["total_ms_median"] = r.total_ms;
+  if (r.peak_gflops > 0) j["peak_gflops"] = r.peak_gflops;
   j["layers"] = nlohmann::json::array();
   for (const auto& l : r.layers)
     j["layers"].push_back({{"name", l.name},
@@ -91,7 +103,8 @@ std::string to_json(const ProfileReport& r) {
                            {"block", l.block},
                            {"time_ms_median", l.median_ms},
                            {"macs", l.macs},
-                           {"gflops", l.gflops()}});
+                           {"gflops", l.gflops()},
+                           {"fraction_of_peak", r.peak_gflops > 0 ? l.gflops() / r.peak_gflops : 0.0}});
   return j.dump(2) + "\n";
 }
 

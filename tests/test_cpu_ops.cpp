@@ -115,6 +115,9 @@ INSTANTIATE_TEST_SUITE_P(
                                          ConvCase{"1x1/1 expand", 64, 256, 1, 1, 0, 1, 14, 14},
                                          ConvCase{"1x1/2 projection", 256, 512, 1, 2, 0, 1, 14, 14},
                                          ConvCase{"grouped 3x3/2 (resnext)", 128, 128, 3, 2, 1, 32, 14, 14},
+                                         ConvCase{"grouped 3x3/1 8 per group", 256, 256, 3, 1, 1, 32, 14, 14},
+                                         ConvCase{"grouped 3x3/1 2 per group", 32, 32, 3, 1, 1, 16, 9, 9},
+                                         ConvCase{"grouped 3x3/1 16 per group (GEMM)", 512, 512, 3, 1, 1, 32, 7, 7},
                                          ConvCase{"3x3/1 layer4", 512, 512, 3, 1, 1, 1, 7, 7}),
                        ::testing::Values(1, 3)),
     [](const auto& param_info) {

@@ -261,7 +261,8 @@ int cmd_profile(const ProfileOpts& o) {
     progress.update(size_t(r + 1));
   }
   progress.finish();
-  const ProfileReport rep = summarize(runs, arch.name, engine.device_name(), o.batch, h, w);
+  ProfileReport rep = summarize(runs, arch.name, engine.device_name(), o.batch, h, w);
+  rep.peak_gflops = engine.session().context().peak_gflops();
   std::fputs(format_table(rep).c_str(), stdout);
   cli::write_text(json_path, to_json(rep));
   // The trace shows the run closest to the median, not an outlier.

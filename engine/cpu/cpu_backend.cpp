@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "kernels/cpu/conv2d_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/gemm_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
@@ -140,6 +141,11 @@ class CpuContext final : public BackendContext {
 
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
     cpu::finish_full_model(logits, n, classes, st, pos);
+  }
+
+  double peak_gflops() override {
+    cpu::ThreadScope t(threads_);
+    return cpu::measure_gemm_peak_gflops();
   }
 
   void timing_begin() override {

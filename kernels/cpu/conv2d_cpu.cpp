@@ -53,7 +53,119 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
   }
 }
 
+typedef float v16 __attribute__((vector_size(64)));
+typedef int i16 __attribute__((vector_size(64)));
+
+constexpr int kMaxGroupWidth = 1024;
+const float kZeros[kMaxGroupWidth] = {};
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The direct grouped convolution (cin_g == cout_g == cg, which divides 16
+// or is a multiple of it): per output pixel and 16 output channels,
+// acc[o] += x[group(o) * cg + ci] * w[tap][ci][o].  With cg < 16 the 16
+// lanes span 16 / cg whole groups whose inputs are one load, and a lane
+// permutation (lane l takes element (l / cg) * cg + ci) lines them up with
+// their outputs; with cg >= 16 all lanes share a group and each input is a
+// broadcast.  No FLOP goes to the zeros a GEMM panel per group would pad.
+void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, int w, float* out,
+                        const float* residual, bool relu) {
+  const ConvParams& p = conv.p;
+  const int cg = p.cin / p.groups, oh = p.out_size(h), ow = p.out_size(w);
+  i16 perm[8] = {};
+  for (int ci = 0; ci < cg && cg < 16; ++ci)
+    for (int l = 0; l < 16; ++l) perm[ci][l] = l / cg * cg + ci;
+  if (cg < 16) {
+    // Few weights (taps x cg x cout floats, 18 KiB at ResNeXt's 4 per group):
+    // pixels outside, channel blocks inside, whose independent chains the
+    // core overlaps.
+#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
+    for (int img = 0; img < n; ++img)
+      for (int oy = 0; oy < oh; ++oy)
+        for (int ox = 0; ox < ow; ++ox) {
+          const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox);
+          for (int o0 = 0; o0 < p.cout; o0 += 16) {
+            v16 acc = load16(conv.bias.data() + o0);
+            for (int ky = 0; ky < p.kernel; ++ky) {
+              const int iy = oy * p.stride - p.pad + ky;
+              if (iy < 0 || iy >= h) continue;
+              for (int kx = 0; kx < p.kernel; ++kx) {
+                const int ix = ox * p.stride - p.pad + kx;
+                if (ix < 0 || ix >= w) continue;
+                const v16 x = load16(in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) *
+                                              size_t(p.cin) + size_t(o0));
+                const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
+                for (int ci = 0; ci < cg; ++ci)
+                  acc += __builtin_shuffle(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
+              }
+            }
+            if (residual) acc += load16(residual + opix * size_t(p.cout) + size_t(o0));
+            if (relu) {
+              const v16 zero{};
+              acc = acc > zero ? acc : zero;
+            }
+            std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &acc, sizeof acc);
+          }
+        }
+    return;
+  }
+  // Wide groups (16 or more per group): channel blocks outside, pixels
+  // inside, so one block's weights (taps x cg x 16 floats, 18 KiB at 32 per
+  // group) stay in L1 while every pixel uses them.  Four pixels of a row at
+  // a time: four independent accumulator chains hide the FMA latency, and
+  // each weight vector is loaded once for the four.
+  constexpr int kPix = 4;
+  const int blocks = p.cout / 16;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
+  for (int img = 0; img < n; ++img)
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int o0 = blk * 16;
+      const v16 bias = load16(conv.bias.data() + o0);
+      const v16 zero{};
+      for (int oy = 0; oy < oh; ++oy)
+        for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
+          const int npix = std::min(kPix, ow - ox0);
+          v16 acc[kPix] = {bias, bias, bias, bias};
+          for (int ky = 0; ky < p.kernel; ++ky) {
+            const int iy = oy * p.stride - p.pad + ky;
+            if (iy < 0 || iy >= h) continue;
+            const float* row = in + (size_t(img) * size_t(h) + size_t(iy)) * size_t(w) * size_t(p.cin);
+            for (int kx = 0; kx < p.kernel; ++kx) {
+              const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
+              // The group's inputs at each of the four pixels (zeros in the padding).
+              const float* x[kPix];
+              for (int q = 0; q < kPix; ++q) {
+                const int ix = (ox0 + q) * p.stride - p.pad + kx;
+                x[q] = q < npix && ix >= 0 && ix < w ? row + size_t(ix) * size_t(p.cin) + size_t(o0 / cg * cg) : kZeros;
+              }
+              for (int ci = 0; ci < cg; ++ci) {
+                const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
+                for (int q = 0; q < kPix; ++q) acc[q] += x[q][ci] * wv;
+              }
+            }
+          }
+          for (int q = 0; q < npix; ++q) {
+            const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
+            v16 v = acc[q];
+            if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
+            if (relu) v = v > zero ? v : zero;
+            std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
+          }
+        }
+    }
+}
+
 }  // namespace
+
+bool uses_grouped_direct(const ConvParams& p) {
+  if (p.groups <= 1 || p.cin != p.cout || p.cin % p.groups) return false;
+  const int cg = p.cin / p.groups;
+  return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0;
+}
 
 float* Workspace::get(size_t n) {
   if (n > capacity) {
@@ -84,6 +196,14 @@ PackedConv pack_conv(const ConvParams& p, const float* weight, const float* bias
     pc.groups.push_back(pack_b(b.data(), k, cout_g, cout_g));
   }
   pc.bias.assign(bias, bias + p.cout);
+  if (uses_grouped_direct(p)) {
+    pc.grouped.assign(size_t(p.kernel * p.kernel) * size_t(cin_g) * size_t(p.cout), 0.f);
+    for (int o = 0; o < p.cout; ++o)
+      for (int c = 0; c < cin_g; ++c)
+        for (int t = 0; t < p.kernel * p.kernel; ++t)
+          pc.grouped[(size_t(t) * size_t(cin_g) + size_t(c)) * size_t(p.cout) + size_t(o)] =
+              weight[(size_t(o) * size_t(cin_g) + size_t(c)) * size_t(p.kernel * p.kernel) + size_t(t)];
+  }
   return pc;
 }
 
@@ -95,7 +215,37 @@ void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
   const int m = n * oh * ow;
   const int cin_g = p.cin / p.groups, cout_g = p.cout / p.groups;
   const int kcols = p.kernel * p.kernel * cin_g;
+  if (!conv.grouped.empty()) {
+    conv_grouped_direct(conv, in, n, h, w, out, residual, relu);
+    return;
+  }
   const bool direct = p.kernel == 1 && p.stride == 1 && p.pad == 0;
+  // With rows for every thread, each thread im2cols one block of rows into
+  // its own buffer of about 256 KiB (L2) and multiplies it at once: the
+  // im2col matrix never travels to memory and back, which at batch 8 costs
+  // more than the arithmetic on ResNet's early layers.
+  const int threads = thread_count();
+  const int block_rows = std::clamp(65536 / kcols / 12 * 12, 24, 384);
+  const int blocks = (m + block_rows - 1) / block_rows;
+  if (!direct && blocks >= 2 * threads) {
+    float* base = ws.get(size_t(threads) * size_t(block_rows) * size_t(kcols));
+    for (int g = 0; g < p.groups; ++g) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+      for (int b = 0; b < blocks; ++b) {
+        float* col = base + size_t(thread_index()) * size_t(block_rows) * size_t(kcols);
+        const int r0 = b * block_rows, rows = std::min(block_rows, m - r0);
+        im2col(p, in, h, w, oh, ow, g, r0, rows, col);
+        Epilogue ep;
+        ep.bias = conv.bias.data() + g * cout_g;
+        ep.relu = relu;
+        ep.ldr = p.cout;
+        ep.residual = residual ? residual + size_t(r0) * size_t(p.cout) + size_t(g * cout_g) : nullptr;
+        gemm(rows, col, kcols, conv.groups[size_t(g)], out + size_t(r0) * size_t(p.cout) + size_t(g * cout_g), p.cout,
+             ep);
+      }
+    }
+    return;
+  }
   for (int g = 0; g < p.groups; ++g) {
     Epilogue ep;
     ep.bias = conv.bias.data() + g * cout_g;

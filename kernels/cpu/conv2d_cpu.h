@@ -21,7 +21,15 @@ struct PackedConv {
   ConvParams p;
   std::vector<PackedB> groups;  // B_g: [kernel*kernel*cin_g, cout_g]
   std::vector<float> bias;      // [cout]
+  // Grouped convs with cin_g == cout_g dividing 16 or a multiple of it
+  // (ResNeXt's 3x3s): weights as
+  // [kernel*kernel][cin_g][cout] for the direct grouped kernel, which does
+  // not run one narrow GEMM per group.
+  std::vector<float> grouped;
 };
+
+// Whether conv2d_nhwc runs `p` with the direct grouped kernel.
+bool uses_grouped_direct(const ConvParams& p);
 
 // Packs PyTorch-ordered weights [cout, cin/groups, k, k] and a bias [cout].
 PackedConv pack_conv(const ConvParams& p, const float* weight_oihw, const float* bias);

@@ -11,9 +11,11 @@
 #include "kernels/cpu/gemm_cpu.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "kernels/cpu/threads.h"
 
@@ -165,6 +167,24 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
       }
     }
   }
+}
+
+double measure_gemm_peak_gflops() {
+  constexpr int n = 768;
+  std::vector<float> a(size_t(n) * n), b(size_t(n) * n), c(size_t(n) * n);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = float(int(i % 97) - 48) * 0.01f;
+    b[i] = float(int(i % 89) - 44) * 0.01f;
+  }
+  const PackedB pb = pack_b(b.data(), n, n, n);
+  double best = 0;
+  for (int r = 0; r < 8; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gemm(n, a.data(), n, pb, c.data(), n, Epilogue{});
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) best = std::max(best, 2.0 * double(n) * n * n / s / 1e9);  // the first run warms up
+  }
+  return best;
 }
 
 void gemm_reference(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc,

@@ -23,6 +23,14 @@ thread_local int scoped_threads = 0;
 
 }  // namespace
 
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 int thread_count() { return scoped_threads > 0 ? scoped_threads : all_cores(); }
 
 ThreadScope::ThreadScope(int threads) : saved_(scoped_threads) { scoped_threads = threads > 0 ? threads : 0; }

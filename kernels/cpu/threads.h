@@ -14,6 +14,9 @@ namespace gati::cpu {
 // ThreadScope's count, or every core when none is open.
 int thread_count();
 
+// This thread's index in the innermost parallel region (0 outside one).
+int thread_index();
+
 class ThreadScope {
  public:
   explicit ThreadScope(int threads);  // threads <= 0: every core
