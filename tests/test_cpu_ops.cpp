@@ -111,6 +111,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(ConvCase{"stem 7x7/2", 3, 64, 7, 2, 3, 1, 64, 64},
                                          ConvCase{"cifar stem 3x3/1", 1, 16, 3, 1, 1, 1, 28, 28},
                                          ConvCase{"3x3/1", 64, 64, 3, 1, 1, 1, 28, 28},
+                                         ConvCase{"3x3/1 16 channels (direct)", 16, 16, 3, 1, 1, 1, 28, 27},
                                          ConvCase{"3x3/2", 128, 128, 3, 2, 1, 1, 28, 28},
                                          ConvCase{"1x1/1 expand", 64, 256, 1, 1, 0, 1, 14, 14},
                                          ConvCase{"1x1/2 projection", 256, 512, 1, 2, 0, 1, 14, 14},

@@ -36,17 +36,19 @@ inline v16 load_u(const float* p) {
 }
 inline void store_u(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
-// acc[r] += A[r, k0:k0+kc] * Bpanel[k0:k0+kc, 0:32]
-template <int MR>
+// acc[r] += A[r, k0:k0+kc] * Bpanel[k0:k0+kc, 0:16*NV].  NV = 1 serves
+// panels with at most 16 live columns (layers with 16 output channels, the
+// last panel of others) without multiplying the padding.
+template <int MR, int NV>
 inline void micro_kernel(int kc, const float* a, int lda, const float* bp, v16 (&acc)[kMR][2]) {
   for (int k = 0; k < kc; ++k) {
     const v16 b0 = *reinterpret_cast<const v16*>(bp + k * kPanel);
-    const v16 b1 = *reinterpret_cast<const v16*>(bp + k * kPanel + 16);
+    const v16 b1 = NV == 2 ? *reinterpret_cast<const v16*>(bp + k * kPanel + 16) : v16{};
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       const float av = a[r * lda + k];
       acc[r][0] += av * b0;
-      acc[r][1] += av * b1;
+      if (NV == 2) acc[r][1] += av * b1;
     }
   }
 }
@@ -70,7 +72,8 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       acc[r][1] = load_u(tmp + 16);
     }
   }
-  micro_kernel<MR>(kc, a, lda, bp, acc);
+  if (cols <= 16) micro_kernel<MR, 1>(kc, a, lda, bp, acc);
+  else micro_kernel<MR, 2>(kc, a, lda, bp, acc);
   v16 bias0{}, bias1{};
   if (last && ep.bias) {
     for (int j = 0; j < kPanel; ++j) tmp[j] = j < cols ? ep.bias[col0 + j] : 0.f;
