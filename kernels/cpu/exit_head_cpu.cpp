@@ -94,7 +94,11 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
   // across threads.  Per row the arithmetic is linear_head_scores', lane for
   // lane, so the result does not depend on the batch.
   const int padded = padded_dim(h.dim);
-  std::vector<float> xs(size_t(n) * size_t(padded)), z(size_t(n) * size_t(h.classes));
+  // Scratch kept per calling thread: an exit head runs after every block of
+  // every request, and allocating here showed up in the never-hit overhead.
+  thread_local std::vector<float> xs, z;
+  xs.resize(size_t(n) * size_t(padded));
+  z.resize(size_t(n) * size_t(h.classes));
   for (int row = 0; row < n; ++row)
     standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs.data() + size_t(row) * size_t(padded));
 #pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144)
