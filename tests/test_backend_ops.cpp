@@ -291,6 +291,50 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
   }
 }
 
+// ResNet-50's last exit with an ImageNet-sized head (2048 features, 1000
+// classes): large enough for the CPU kernel's parallel path.
+TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
+  const int n = 3, hw = 7 * 7, c = 2048, classes = 1000;
+  ExitHeadSpec spec;
+  spec.block = 0;
+  spec.name = "layer4.2";
+  spec.dim = c;
+  spec.classes = classes;
+  spec.mean = random_floats(size_t(c), 71, 0.3f);
+  spec.inv_std.assign(size_t(c), 1.0f);
+  spec.weight = random_floats(size_t(c) * size_t(classes), 72, 0.05f);
+  spec.bias = random_floats(size_t(classes), 73, 0.2f);
+  spec.threshold = 0.0f;  // every row hits, so every label and confidence is written
+  const std::vector<float> x = random_floats(size_t(n * hw * c), 74, 2.0f);
+  const auto heads = device_->upload_exit_heads({spec});
+  HostState hs(*ctx_, n, classes);
+  ctx_->begin_exits(hs.st, n, classes);
+  Guarded act(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * c));
+  act.upload(x);
+  ctx_->exit_head(*heads, 0, act.data(), {n, 7, 7, c}, 3, hs.st, 0, pooled_buf.data());
+  ctx_->synchronize();
+  const std::vector<float> pooled = pooled_buf.download();
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> z(static_cast<size_t>(classes));
+    for (int k = 0; k < classes; ++k) {
+      double s = spec.bias[size_t(k)];
+      for (int ch = 0; ch < c; ++ch) {
+        double p = 0;
+        for (int q = 0; q < hw; ++q) p += x[(size_t(i) * hw + size_t(q)) * c + size_t(ch)];
+        s += double(spec.weight[size_t(k) * c + size_t(ch)]) * (p / hw - spec.mean[size_t(ch)]);
+      }
+      z[size_t(k)] = s;
+    }
+    const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
+    double sum = 0;
+    for (double v : z) sum += std::exp(v - z[size_t(best)]);
+    EXPECT_EQ(hs.st.hit[i], 1) << "row " << i;
+    EXPECT_EQ(hs.st.exit[i], 3) << "row " << i;
+    EXPECT_EQ(hs.st.label[i], best) << "row " << i;
+    EXPECT_NEAR(hs.st.confidence[i], 1 / sum, 1e-4) << "row " << i;
+  }
+}
+
 TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
   const int dim = 64, classes = 10;
   for (int n : {1, 3, 8}) {

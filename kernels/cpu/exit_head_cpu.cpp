@@ -96,20 +96,24 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
   const int padded = padded_dim(h.dim);
   // Scratch kept per calling thread: an exit head runs after every block of
   // every request, and allocating here showed up in the never-hit overhead.
-  thread_local std::vector<float> xs, z;
-  xs.resize(size_t(n) * size_t(padded));
-  z.resize(size_t(n) * size_t(h.classes));
+  // (Raw pointers below: inside the parallel region a thread_local name
+  // would mean each worker thread's own, empty, vector.)
+  thread_local std::vector<float> xs_buf, z_buf;
+  xs_buf.resize(size_t(n) * size_t(padded));
+  z_buf.resize(size_t(n) * size_t(h.classes));
+  float* const xs = xs_buf.data();
+  float* const z = z_buf.data();
   for (int row = 0; row < n; ++row)
-    standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs.data() + size_t(row) * size_t(padded));
+    standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs + size_t(row) * size_t(padded));
 #pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144)
   for (int k = 0; k < h.classes; ++k) {
     const float* w = h.weight + size_t(k) * size_t(h.dim);
     for (int row = 0; row < n; ++row)
-      z[size_t(row) * size_t(h.classes) + size_t(k)] = lane_dot(w, xs.data() + size_t(row) * size_t(padded), h.dim) + h.bias[k];
+      z[size_t(row) * size_t(h.classes) + size_t(k)] = lane_dot(w, xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
   }
   for (int row = 0; row < n; ++row) {
     float conf;
-    const int label = top_softmax(z.data() + size_t(row) * size_t(h.classes), h.classes, &conf);
+    const int label = top_softmax(z + size_t(row) * size_t(h.classes), h.classes, &conf);
     const bool hit = conf >= h.threshold;
     st.hit[row] = hit ? 1 : 0;
     if (hit) {
