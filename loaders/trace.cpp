@@ -101,6 +101,24 @@ void save_trace(const std::string& path, const Trace& t) {
   if (!f) fail(path, ": write failed");
 }
 
+namespace {
+
+// A JSON integer in [lo, hi]: no floats (3.7 is not 3), no booleans, no
+// values that would wrap (2^32 + 5 is not 5).
+int64_t strict_int(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi) {
+  if (!v.is_number_integer()) fail(where, " must be an integer, got ", v.dump());
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(hi)) fail(where, " = ", u, " is outside [", lo, ", ", hi, "]");
+    return int64_t(u);
+  }
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) fail(where, " = ", x, " is outside [", lo, ", ", hi, "]");
+  return x;
+}
+
+}  // namespace
+
 Trace load_trace(const std::string& path, const Dataset& data) {
   std::ifstream f(path);
   if (!f) fail(path, ": cannot open trace");
@@ -114,19 +132,30 @@ Trace load_trace(const std::string& path, const Dataset& data) {
   try {
     if (j.at("format").get<std::string>() != "gati-trace/1") fail(path, ": unknown trace format");
     t.kind = j.at("kind").get<std::string>();
-    t.seed = j.at("seed").get<uint64_t>();
+    const auto& seed = j.at("seed");
+    if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))
+      fail(path, ": 'seed' must be a non-negative integer, got ", seed.dump());
+    t.seed = seed.get<uint64_t>();
     t.source = j.at("source").get<std::string>();
-    t.source_size = j.at("source_size").get<int>();
+    t.source_size = int(strict_int(j.at("source_size"), path + ": 'source_size'", 0, INT32_MAX));
     const auto& reqs = j.at("requests");
     if (!reqs.is_array() || reqs.empty()) fail(path, ": 'requests' must be a non-empty array");
+    if (reqs.size() > kMaxTraceRequests)
+      fail(path, ": ", reqs.size(), " requests, more than the limit of ", kMaxTraceRequests, " per trace (split it)");
     for (size_t i = 0; i < reqs.size(); ++i) {
       const auto& r = reqs[i];
       if (!r.is_array() || r.size() != 5) fail(path, ": request ", i, " must be [index, dx, dy, noise, noise_seed]");
-      Request q{r[0].get<int>(), r[1].get<int>(), r[2].get<int>(), r[3].get<float>(), r[4].get<uint32_t>()};
-      if (q.index < 0 || q.index >= data.n)
-        fail(path, ": request ", i, " names item ", q.index, ", but ", data.name, " has ", data.n);
-      if (std::abs(q.dx) > 8 || std::abs(q.dy) > 8 || !(q.noise >= 0 && q.noise <= 1))
-        fail(path, ": request ", i, " has an out-of-range shift or noise");
+      const std::string at = str_cat(path, ": request ", i);
+      const int64_t index = strict_int(r[0], at + " index", 0, INT32_MAX);
+      if (index >= data.n) fail(path, ": request ", i, " names item ", index, ", but ", data.name, " has ", data.n);
+      Request q;
+      q.index = int(index);
+      q.dx = int(strict_int(r[1], at + " dx", -8, 8));
+      q.dy = int(strict_int(r[2], at + " dy", -8, 8));
+      if (!r[3].is_number() || !(r[3].get<double>() >= 0 && r[3].get<double>() <= 1))
+        fail(at, " noise must be a number in [0, 1], got ", r[3].dump());
+      q.noise = r[3].get<float>();
+      q.noise_seed = uint32_t(strict_int(r[4], at + " noise_seed", 0, UINT32_MAX));
       t.requests.push_back(q);
     }
   } catch (const nlohmann::json::exception& e) {

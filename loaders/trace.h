@@ -19,6 +19,9 @@
 
 namespace gati {
 
+// The most requests one trace file may hold (about 40 bytes each in memory).
+constexpr size_t kMaxTraceRequests = 10'000'000;
+
 struct Request {
   int index = 0;       // item in the data set
   int dx = 0, dy = 0;  // shift in pixels

@@ -163,6 +163,20 @@ TEST(Trace, MalformedFilesGiveClearErrors) {
       "source_size":50})"),
                                d),
                     "malformed trace");
+  // Integers must be integers, in range: nothing truncated, wrapped or coerced.
+  auto with_request = [&](const std::string& req) {
+    return write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny","source_size":50,"requests":[)" +
+                 req + "]}");
+  };
+  EXPECT_GATI_ERROR(load_trace(with_request("[3.7,0,0,0,0]"), d), "index must be an integer, got 3.7");
+  EXPECT_GATI_ERROR(load_trace(with_request("[4294967301,0,0,0,0]"), d), "index = 4294967301 is outside");
+  EXPECT_GATI_ERROR(load_trace(with_request("[true,0,0,0,0]"), d), "index must be an integer, got true");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,-2147483648,0,0,0]"), d), "dx = -2147483648 is outside [-8, 8]");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,9,0,0]"), d), "dy = 9 is outside [-8, 8]");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,\"x\",0]"), d), "noise must be a number in [0, 1]");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,-1]"), d), "noise_seed = -1 is outside");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,4294967296]"), d), "noise_seed = 4294967296 is outside");
+  EXPECT_NO_THROW(load_trace(with_request("[1,-8,8,0.5,4294967295]"), d));
   EXPECT_GATI_ERROR(load_trace((dir / "none.json").string(), d), "cannot open trace");
   EXPECT_GATI_ERROR(make_trace("bursty", d, 10, 1), "(valid: uniform, zipf, locality, drift)");
   std::filesystem::remove_all(dir);

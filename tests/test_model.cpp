@@ -71,6 +71,12 @@ TEST(Arch, ErrorsNameTheFieldAndValidChoices) {
   EXPECT_GATI_ERROR(Arch::from_json(with("num_classes", 0)), "'num_classes' = 0 is outside");
   EXPECT_GATI_ERROR(Arch::from_json(with("mean", {0.1, 0.2})), "one value per input channel");
   EXPECT_GATI_ERROR(Arch::from_json("{not json"), "not valid JSON");
+  {  // planes * width_per_group / 64 rounds to 0: zero-channel convolutions
+    nlohmann::json j = nlohmann::json::parse(kSmallArch);
+    j["block"] = "bottleneck";
+    j["width_per_group"] = 4;
+    EXPECT_GATI_ERROR(Arch::from_json(j.dump()), "0 channels");
+  }
 }
 
 Arch imagenet(const char* block, std::vector<int> layers, int groups = 1, int wpg = 64) {

@@ -99,6 +99,11 @@ Arch Arch::from_json(const std::string& text) {
   }
   if (a.block == BlockKind::Basic && (a.groups != 1 || a.width_per_group != 64))
     fail("architecture: basic blocks support only groups=1 and width_per_group=64");
+  if (a.block == BlockKind::Bottleneck)
+    for (size_t s = 0; s < a.widths.size(); ++s)  // describe()'s width, checked before any layer has it
+      if (int(a.widths[s] * (a.width_per_group / 64.0)) < 1)
+        fail("architecture: stage ", s + 1, " has width ", a.widths[s], " and width_per_group ", a.width_per_group,
+             ", which gives bottleneck convolutions with 0 channels");
   return a;
 }
 
