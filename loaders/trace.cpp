@@ -9,6 +9,7 @@
 #include <random>
 
 #include "weights/common/error.h"
+#include "weights/common/file_write.h"
 
 namespace gati {
 
@@ -95,10 +96,8 @@ void save_trace(const std::string& path, const Trace& t) {
   nlohmann::json reqs = nlohmann::json::array();
   for (const Request& r : t.requests) reqs.push_back({r.index, r.dx, r.dy, r.noise, r.noise_seed});
   j["requests"] = reqs;
-  std::ofstream f(path);
-  if (!f) fail(path, ": cannot open for writing");
-  f << j.dump() << "\n";
-  if (!f) fail(path, ": write failed");
+  const std::string text = j.dump() + "\n";
+  write_file_atomically(path, [&](std::ostream& out) { out << text; });
 }
 
 namespace {

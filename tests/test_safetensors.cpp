@@ -1,6 +1,7 @@
 // The safetensors reader against well-formed and damaged files: every damage
 // gives a gati::Error naming the problem, never a crash (this suite also runs
 // under AddressSanitizer and UBSan in CI).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -64,6 +65,40 @@ TEST(SafeTensors, RoundTripThroughWriter) {
   EXPECT_EQ(br[1], -2.25f);
   EXPECT_EQ(f.read_float("empty", {0, 3}).size(), 0u);
   std::filesystem::remove_all(dir);
+}
+
+// Every writer goes through write_file_atomically: it replaces regular
+// files only (a named pipe or a directory is refused and left as it was),
+// follows a symbolic link to replace its target, and leaves no temporary
+// file behind when it fails.
+TEST(SafeTensors, WriterReplacesOnlyRegularFiles) {
+  namespace fs = std::filesystem;
+  const auto dir = test::scratch_dir("st_dest");
+  SafeTensorsWriter w;
+  w.add_float("a", {2}, test::random_floats(2, 3));
+  auto leftovers = [&] {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir)) n += e.path().string().find(".tmp") != std::string::npos;
+    return n;
+  };
+  const fs::path pipe = dir / "pipe";
+  ASSERT_EQ(::mkfifo(pipe.c_str(), 0600), 0);
+  EXPECT_GATI_ERROR(w.write(pipe.string()), "not a regular file");
+  EXPECT_TRUE(fs::is_fifo(fs::symlink_status(pipe)));
+  fs::create_directory(dir / "folder");
+  EXPECT_GATI_ERROR(w.write((dir / "folder").string()), "not a regular file");
+  EXPECT_TRUE(fs::is_directory(dir / "folder"));
+  EXPECT_GATI_ERROR(w.write((dir / "missing" / "x.safetensors").string()), "cannot open");
+  // A link to a model file: the target is replaced, the link stays a link.
+  w.write((dir / "target.safetensors").string());
+  fs::create_symlink(dir / "target.safetensors", dir / "link.safetensors");
+  SafeTensorsWriter w2;
+  w2.add_float("b", {3}, test::random_floats(3, 4));
+  w2.write((dir / "link.safetensors").string());
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(dir / "link.safetensors")));
+  EXPECT_EQ(SafeTensorsFile::open((dir / "target.safetensors").string()).names(), std::vector<std::string>{"b"});
+  EXPECT_EQ(leftovers(), 0);
+  fs::remove_all(dir);
 }
 
 TEST(SafeTensors, HalfConversionCoversSubnormalsAndSpecials) {

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "weights/common/error.h"
+#include "weights/common/file_write.h"
 
 namespace gati::cli {
 
@@ -59,24 +60,7 @@ void refuse_overwrite(const std::string& option, const std::string& out, const s
 }
 
 void write_text(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) fail(path, ": cannot open for writing");
-    f << text;
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail(path, ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail(path, ": cannot replace (", ec.message(), ")");
-  }
+  write_file_atomically(path, [&](std::ostream& out) { out << text; });
 }
 
 }  // namespace gati::cli

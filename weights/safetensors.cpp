@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "weights/common/error.h"
+#include "weights/common/file_write.h"
 
 namespace gati {
 namespace {
@@ -304,21 +305,14 @@ void SafeTensorsWriter::write(const std::string& path) const {
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail(path, ": cannot open for writing (", std::strerror(errno), ")");
+  write_file_atomically(path, [&](std::ostream& out) {
     uint8_t len[8];
     for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(text.data(), std::streamsize(text.size()));
     for (const auto& e : entries_)
       out.write(reinterpret_cast<const char*>(e.bytes.data()), std::streamsize(e.bytes.size()));
-    out.flush();
-    if (!out) fail(path, ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    fail(path, ": cannot rename from ", tmp, " (", std::strerror(errno), ")");
+  });
 }
 
 }  // namespace gati

@@ -1,0 +1,45 @@
+// Safe output files; see file_write.h.
+#include "weights/common/file_write.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "weights/common/error.h"
+
+namespace gati {
+
+namespace fs = std::filesystem;
+
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& fill) {
+  if (path.empty()) fail("output path is empty");
+  std::error_code ec;
+  fs::path dest = path;
+  if (fs::is_symlink(fs::symlink_status(dest, ec))) {
+    dest = fs::canonical(dest, ec);  // replace the link's target, keep the link
+    if (ec) fail(path, ": is a symbolic link whose target cannot be resolved (", ec.message(), ")");
+  }
+  const fs::file_status st = fs::status(dest, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st))
+    fail(path, ": exists and is not a regular file (a directory, device or pipe); refusing to replace it");
+  const fs::path tmp = dest.string() + ".tmp." + std::to_string(::getpid());
+  try {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(path, ": cannot open ", tmp.string(), " for writing (", std::strerror(errno), ")");
+    fill(out);
+    out.flush();
+    if (!out) fail(path, ": write failed (disk full?)");
+    out.close();
+    if (out.fail()) fail(path, ": closing the file failed (disk full?)");
+    fs::rename(tmp, dest, ec);
+    if (ec) fail(path, ": cannot replace it (", ec.message(), ")");
+  } catch (...) {
+    fs::remove(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace gati
