@@ -134,6 +134,10 @@ TEST(FoldBatchNorm, MatchesFormula) {
   EXPECT_FLOAT_EQ(f.bias[0], 1 - 0.5f * 1.0f);
   EXPECT_FLOAT_EQ(f.bias[1], -1 - 2 * 1.0f);
   EXPECT_GATI_ERROR(fold_batch_norm(w, 2, gamma, beta, mean, {-1, 1}, 1e-5), "negative");
+  // Finite inputs whose folded values are not: a huge gamma over a tiny variance.
+  EXPECT_GATI_ERROR(fold_batch_norm({3e38f, 1, 1, 1}, 2, {1e30f, 1}, beta, mean, {1e-30f, 1}, 1e-30),
+                    "overflows weight 0");
+  EXPECT_GATI_ERROR(fold_batch_norm(w, 2, {1e30f, 1}, beta, {3e38f, 1}, {1e-30f, 1}, 1e-30), "overflows");
 }
 
 class ModelFiles : public ::testing::Test {

@@ -27,9 +27,17 @@ ConvWeights fold_batch_norm(const std::vector<float>& weight, int cout, const st
   for (int o = 0; o < cout; ++o) {
     if (var[size_t(o)] < 0) fail("batch norm: running_var[", o, "] = ", var[size_t(o)], " is negative");
     const double scale = double(gamma[size_t(o)]) / std::sqrt(double(var[size_t(o)]) + eps);
-    for (size_t i = 0; i < per_out; ++i)
-      out.weight[size_t(o) * per_out + i] = float(double(weight[size_t(o) * per_out + i]) * scale);
+    for (size_t i = 0; i < per_out; ++i) {
+      const float v = float(double(weight[size_t(o) * per_out + i]) * scale);
+      if (!std::isfinite(v))
+        fail("batch norm: folding channel ", o, " (gamma ", gamma[size_t(o)], ", running_var ", var[size_t(o)],
+             ") overflows weight ", i, " to ", v);
+      out.weight[size_t(o) * per_out + i] = v;
+    }
     out.bias[size_t(o)] = float(double(beta[size_t(o)]) - double(mean[size_t(o)]) * scale);
+    if (!std::isfinite(out.bias[size_t(o)]))
+      fail("batch norm: folding channel ", o, " (running_mean ", mean[size_t(o)], ", running_var ", var[size_t(o)],
+           ") overflows the bias to ", out.bias[size_t(o)]);
   }
   return out;
 }
