@@ -28,6 +28,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   BuildResult out;
   CacheSet& set = out.caches;
   set.model_arch = engine.arch().name;
+  set.model_fingerprint = fingerprint(engine.model());
   set.target_agreement = o.target_agreement;
   std::vector<std::vector<float>> hold_features;
   const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + o.train);

@@ -193,7 +193,11 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
 
 void CacheSet::save(const std::string& path) const {
   SafeTensorsWriter w;
-  nlohmann::json meta = {{"format", kFormat}, {"model_arch", model_arch}, {"target_agreement", target_agreement}};
+  if (model_fingerprint.empty()) fail(path, ": caches have no model fingerprint (set CacheSet::model_fingerprint)");
+  nlohmann::json meta = {{"format", kFormat},
+                         {"model_arch", model_arch},
+                         {"model_fingerprint", model_fingerprint},
+                         {"target_agreement", target_agreement}};
   nlohmann::json exit_meta = nlohmann::json::array();
   for (const ExitCache& c : exits) {
     const std::string p = "exit." + c.exit_name + ".";
@@ -233,6 +237,13 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     s.target_agreement = meta.at("target_agreement").get<double>();
     if (s.model_arch != model.arch().name)
       fail(path, ": caches were built for '", s.model_arch, "', the model is '", model.arch().name, "'");
+    if (!meta.contains("model_fingerprint"))
+      fail(path, ": has no model fingerprint (made by an older gati); rebuild it with 'gati cache build'");
+    s.model_fingerprint = meta.at("model_fingerprint").get<std::string>();
+    const std::string mine = fingerprint(model);
+    if (s.model_fingerprint != mine)
+      fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ",
+           s.model_fingerprint, "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
     for (const auto& e : meta.at("exits")) {
       ExitCache c;
       c.exit_name = e.at("name").get<std::string>();

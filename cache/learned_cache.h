@@ -71,7 +71,8 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
                           const std::vector<int>& labels, double target, bool zero_error = false, int min_hits = 20);
 
 struct CacheSet {
-  std::string model_arch;  // the architecture name the caches were built for
+  std::string model_arch;         // the architecture name the caches were built for
+  std::string model_fingerprint;  // fingerprint() of the exact weights they were built for
   double target_agreement = 0.99;
   std::vector<ExitCache> exits;
 

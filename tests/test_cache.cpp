@@ -6,6 +6,7 @@
 #include "cache/learned_cache.h"
 #include "weights/common/error.h"
 #include "loaders/trace.h"
+#include "random_model.h"
 #include "test_util.h"
 
 namespace gati {
@@ -179,6 +180,42 @@ TEST(Trace, MalformedFilesGiveClearErrors) {
   EXPECT_NO_THROW(load_trace(with_request("[1,-8,8,0.5,4294967295]"), d));
   EXPECT_GATI_ERROR(load_trace((dir / "none.json").string(), d), "cannot open trace");
   EXPECT_GATI_ERROR(make_trace("bursty", d, 10, 1), "(valid: uniform, zipf, locality, drift)");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace gati
+
+namespace gati {
+namespace {
+
+// Caches carry the fingerprint of the exact weights they were built for:
+// the same architecture with other weights is refused, the same weights load.
+TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
+  const Model a = test::random_model(test::kTinyArch, 1), b = test::random_model(test::kTinyArch, 2);
+  EXPECT_EQ(fingerprint(a), fingerprint(test::random_model(test::kTinyArch, 1)));
+  EXPECT_NE(fingerprint(a), fingerprint(b));
+  CacheSet set;
+  set.model_arch = a.arch().name;
+  set.model_fingerprint = fingerprint(a);
+  for (const ExitHeadSpec& h : test::random_heads(a, 5, 0.9f)) {
+    ExitCache c;
+    c.exit_name = h.name;
+    c.block = h.block;
+    c.dim = h.dim;
+    c.classes = h.classes;
+    c.mean = h.mean;
+    c.inv_std = h.inv_std;
+    c.weight = h.weight;
+    c.bias = h.bias;
+    c.threshold = h.threshold;
+    set.exits.push_back(c);
+  }
+  const auto dir = test::scratch_dir("cache_fp");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  EXPECT_EQ(CacheSet::load(path, a).exits.size(), a.net.blocks.size());
+  EXPECT_GATI_ERROR(CacheSet::load(path, b), "built for other weights of resnet8");
   std::filesystem::remove_all(dir);
 }
 

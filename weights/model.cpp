@@ -1,6 +1,9 @@
 // Model loading: metadata -> architecture -> expected tensors -> folded weights.
 #include "weights/model.h"
 
+#include <cstdio>
+#include <cstring>
+
 #include <cmath>
 #include <set>
 
@@ -40,6 +43,44 @@ ConvWeights fold_batch_norm(const std::vector<float>& weight, int cout, const st
            ") overflows the bias to ", out.bias[size_t(o)]);
   }
   return out;
+}
+
+namespace {
+
+// Mixes 32-bit words into a 64-bit state (a multiply-xorshift in the style
+// of splitmix64): order-sensitive, every bit of every word matters.
+struct Fingerprint {
+  uint64_t h = 0x9e3779b97f4a7c15ull;
+  void add(uint64_t w) {
+    h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+  }
+  void add(const std::vector<float>& v) {
+    add(v.size());
+    for (float x : v) {
+      uint32_t bits;
+      std::memcpy(&bits, &x, sizeof bits);
+      add(bits);
+    }
+  }
+};
+
+}  // namespace
+
+std::string fingerprint(const Model& m) {
+  Fingerprint f;
+  for (char ch : m.arch().to_json()) f.add(uint64_t(static_cast<unsigned char>(ch)));
+  for (const ConvWeights& c : m.convs) {
+    f.add(c.weight);
+    f.add(c.bias);
+  }
+  f.add(m.fc_weight);
+  f.add(m.fc_bias);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(f.h));
+  return hex;
 }
 
 Model load_model(const std::string& path) {

@@ -30,6 +30,12 @@ struct Model {
   const Arch& arch() const { return net.arch; }
 };
 
+// A 64-bit fingerprint (16 hex digits) of the architecture and every folded
+// weight: caches record the one of the model they were built for, so caches
+// are never applied to other weights of the same architecture.  Not a
+// cryptographic hash; it tells models apart, it does not authenticate them.
+std::string fingerprint(const Model& model);
+
 // Loads and validates a gati .safetensors model; every error names the file
 // and the tensor.
 Model load_model(const std::string& path);
