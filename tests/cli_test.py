@@ -175,6 +175,9 @@ def main():
         r32 = next(e["model"] for e in manifest if e["arch"] == "resnet32")
         expect_error(gati, "cache file for another model", ["serve-sim", "--model", r32, "--caches", caches,
                                                             "--trace", "uniform"], "caches were built for 'resnet20', the model is 'resnet32'")
+        r20 = next(e["model"] for e in manifest if e["arch"] == "resnet20")  # random weights, the demo's architecture
+        expect_error(gati, "cache file for other weights", ["serve-sim", "--model", r20, "--caches", caches,
+                                                            "--trace", "uniform"], "caches were built for other weights")
         expect_error(gati, "model file used as a cache file", ["serve-sim", "--model", args.demo, "--caches", args.demo,
                                                                "--trace", "uniform"], "metadata key 'gati.caches' is missing")
         ctensors, cmeta = safetensors_io.load(caches)
