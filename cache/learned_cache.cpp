@@ -49,6 +49,20 @@ ExitHeadSpec ExitCache::head_spec() const {
   return h;
 }
 
+ExitCache ExitCache::from_head_spec(const ExitHeadSpec& h) {
+  ExitCache c;
+  c.exit_name = h.name;
+  c.block = h.block;
+  c.dim = h.dim;
+  c.classes = h.classes;
+  c.mean = h.mean;
+  c.inv_std = h.inv_std;
+  c.weight = h.weight;
+  c.bias = h.bias;
+  c.threshold = h.threshold;
+  return c;
+}
+
 std::vector<ExitHeadSpec> CacheSet::head_specs() const {
   std::vector<ExitHeadSpec> out;
   for (const ExitCache& c : exits)

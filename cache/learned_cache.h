@@ -38,6 +38,8 @@ struct ExitCache {
   int predict(const float* features, float* probs) const;
   LinearHeadView view() const;
   ExitHeadSpec head_spec() const;
+  // The inverse of head_spec (no training record).
+  static ExitCache from_head_spec(const ExitHeadSpec& h);
 };
 
 // The argmax of `logits` [classes] and its softmax probability: the one

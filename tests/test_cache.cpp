@@ -198,19 +198,7 @@ TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
   CacheSet set;
   set.model_arch = a.arch().name;
   set.model_fingerprint = fingerprint(a);
-  for (const ExitHeadSpec& h : test::random_heads(a, 5, 0.9f)) {
-    ExitCache c;
-    c.exit_name = h.name;
-    c.block = h.block;
-    c.dim = h.dim;
-    c.classes = h.classes;
-    c.mean = h.mean;
-    c.inv_std = h.inv_std;
-    c.weight = h.weight;
-    c.bias = h.bias;
-    c.threshold = h.threshold;
-    set.exits.push_back(c);
-  }
+  for (const ExitHeadSpec& h : test::random_heads(a, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
   const auto dir = test::scratch_dir("cache_fp");
   const std::string path = (dir / "c.safetensors").string();
   set.save(path);

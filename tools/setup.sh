@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 echo "== installing packages"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  cmake make g++ pkg-config nlohmann-json3-dev libgtest-dev libbenchmark-dev libcli11-dev zlib1g-dev \
+  cmake make g++ clang libclang-rt-14-dev pkg-config nlohmann-json3-dev libgtest-dev libbenchmark-dev libcli11-dev zlib1g-dev \
   dataset-fashion-mnist python3-torch python3-torchvision python3-matplotlib >/dev/null
 echo "== configuring and building (build/)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${GATI_CMAKE_ARGS:-} >/dev/null

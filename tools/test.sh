@@ -22,6 +22,26 @@ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATI_TSAN=ON -DGATI
 cmake --build build-tsan -j "${GATI_JOBS:-2}" --target test_runtime test_server
 (cd build-tsan && TSAN_OPTIONS="halt_on_error=1" ctest --output-on-failure -R "Runtime|Session|Server")
 
+if command -v clang++ >/dev/null && [ -f "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]; then
+  echo "== each reader fuzzed for ${GATI_FUZZ_SECONDS:-10} s (build-fuzz/, clang + libFuzzer + ASan/UBSan)"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATI_FUZZ=ON -DGATI_CUDA=OFF \
+    -DGATI_OPENMP=OFF -DGATI_BUILD_TESTS=OFF -DGATI_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-fuzz -j "${GATI_JOBS:-2}" --target fuzz_safetensors fuzz_model fuzz_cache fuzz_trace fuzz_idx \
+    fuzz_seeds
+  corpus=build-fuzz/corpus
+  rm -rf "$corpus"
+  ./build-fuzz/tests/fuzz/fuzz_seeds "$corpus"
+  mkdir -p "$corpus/model"
+  /usr/bin/python3 tests/fuzz/make_model_seed.py "$corpus/model/tiny.safetensors"
+  cp "$corpus/model/tiny.safetensors" "$corpus/safetensors/"
+  for t in safetensors model cache trace idx; do
+    ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${GATI_FUZZ_SECONDS:-10}" -artifact_prefix=build-fuzz/ \
+      "$corpus/$t" 2>&1 | tail -n 1 | sed "s/^/fuzz_$t: /"
+  done
+else
+  echo "== clang++ or its libFuzzer runtime not found: the fuzz targets are not built (apt-get install clang libclang-rt-14-dev)"
+fi
+
 echo "== find_package(gati) from an installed copy"
 prefix=$(mktemp -d)
 cmake --install build --prefix "$prefix" >/dev/null

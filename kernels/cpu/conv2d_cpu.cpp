@@ -56,6 +56,19 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int i16 __attribute__((vector_size(64)));
 
+// out[l] = x[idx[l]] (a vpermps with AVX-512).  GCC's __builtin_shuffle
+// takes a runtime index vector; clang (the fuzz build) has no equivalent
+// builtin, so it gets the lane loop.
+inline v16 permute(v16 x, i16 idx) {
+#if defined(__clang__)
+  v16 r;
+  for (int l = 0; l < 16; ++l) r[l] = x[idx[l] & 15];
+  return r;
+#else
+  return __builtin_shuffle(x, idx);
+#endif
+}
+
 constexpr int kMaxGroupWidth = 1024;
 const float kZeros[kMaxGroupWidth] = {};
 
@@ -100,7 +113,7 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
                                               size_t(p.cin) + size_t(o0));
                 const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
                 for (int ci = 0; ci < cg; ++ci)
-                  acc += __builtin_shuffle(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
+                  acc += permute(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
               }
             }
             if (residual) acc += load16(residual + opix * size_t(p.cout) + size_t(o0));
