@@ -17,6 +17,7 @@ gati_ms null.  The interpreter comes from GATI_PYTHON on the command line
 that calls this script; it needs PyTorch with CUDA.
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -63,7 +64,7 @@ def torch_timings(model, x, repeats, compile_ok):
     out = {}
     with torch.inference_mode():
         out["eager"] = time_cuda(lambda: model(x), repeats, 5)
-        mcl = model.to(memory_format=torch.channels_last)
+        mcl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # .to() on a module is in place
         xcl = x.contiguous(memory_format=torch.channels_last)
         out["channels_last"] = time_cuda(lambda: mcl(xcl), repeats, 5)
         static_x = xcl.clone()
@@ -148,7 +149,7 @@ def main():
         model, arch = torch_model(p)
         for precision in args.precisions:
             dtype = torch.float32 if precision == "fp32" else torch.float16
-            m = model.to("cuda", dtype=dtype)
+            m = copy.deepcopy(model).to("cuda", dtype=dtype)
             for batch in args.batches:
                 x = torch.randn(batch, arch["in_channels"], *arch["input_size"], device="cuda", dtype=dtype)
                 t = torch_timings(m, x, args.repeats, not args.no_compile)
