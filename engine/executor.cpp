@@ -1,6 +1,8 @@
 // The executor loop; see executor.h.
 #include "engine/executor.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "weights/common/error.h"
@@ -102,6 +104,15 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
 
   for (int i = 0; i < n; ++i) {
     if (st_.exit[i] == kStillRunning) fail("run: sample ", i, " got no answer (internal error)");
+    if (!std::isfinite(st_.confidence[i])) {
+      // Finite inputs can still overflow float inside the network (values
+      // near 3e38, or weights that amplify): say so instead of answering NaN.
+      const size_t per = plan_.input.per_sample();
+      float largest = 0;
+      for (size_t k = 0; k < per; ++k) largest = std::max(largest, std::abs(input_nchw[size_t(i) * per + k]));
+      fail("run: sample ", i, ": the ", st_.exit[i] == kFullModel ? "model's" : "exit head's",
+           " output is not finite: activations overflowed float (the input's largest |value| is ", largest, ")");
+    }
     results[i] = {st_.exit[i], st_.label[i], st_.confidence[i]};
   }
   if (logits) std::memcpy(logits, st_.logits, size_t(n) * size_t(classes) * sizeof(float));

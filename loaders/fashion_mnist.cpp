@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "weights/common/error.h"
+#include "weights/common/file_write.h"
 
 namespace gati {
 namespace {
@@ -49,6 +50,7 @@ std::vector<unsigned char> read_gzip_file(const std::string& path) {
     fail(path, ": cannot open (", std::strerror(errno),
          "); Fashion-MNIST comes with `apt-get install dataset-fashion-mnist`",
          " or set GATI_FASHION_MNIST to its folder");
+  require_regular_file(path, "IDX");
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) fail(path, ": cannot open");
   std::vector<unsigned char> out;

@@ -119,6 +119,7 @@ int64_t strict_int(const nlohmann::json& v, const std::string& where, int64_t lo
 }  // namespace
 
 Trace load_trace(const std::string& path, const Dataset& data) {
+  require_regular_file(path, "trace");
   std::ifstream f(path);
   if (!f) fail(path, ": cannot open trace");
   nlohmann::json j;

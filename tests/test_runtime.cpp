@@ -3,6 +3,8 @@
 // oracle of the cascade and against each sample run alone, the observer,
 // sessions (re-entrancy, bounded plans, arena limit) and sessions running in
 // parallel threads.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -247,6 +249,28 @@ TEST(Runtime, ExitHeadsAreCheckedAgainstTheModel) {
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "3 classes");
   bad = {specs[1], specs[1]};
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "two heads");
+}
+
+// Finite but huge inputs overflow float inside the network: a clear error
+// naming the sample, not NaN logits; the engine stays usable.
+TEST(Runtime, ActivationsThatOverflowAreAnErrorNotNaN) {
+  Fixture f(test::kTinyArch);
+  std::vector<float> x = test::random_floats(2 * f.per, 9);
+  for (size_t i = f.per; i < 2 * f.per; ++i) x[i] = x[i] > 0 ? 3e38f : -3e38f;  // sample 1: finite, absurd
+  EXPECT_GATI_ERROR(f.engine.infer(x.data(), 2), "sample 1: the model's output is not finite");
+  const std::vector<float> ok = f.engine.infer(x.data(), 1);
+  for (float v : ok) EXPECT_TRUE(std::isfinite(v));
+}
+
+// Inputs that are not regular files are refused before they are opened
+// (a named pipe would block the reader forever).
+TEST(Runtime, InputFilesMustBeRegularFiles) {
+  const auto dir = test::scratch_dir("not_regular");
+  const std::string fifo = (dir / "model.safetensors").string(), folder = dir.string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_GATI_ERROR(Engine{fifo}, "is not a regular file");
+  EXPECT_GATI_ERROR(Engine{folder}, "is a folder");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Session, IsNotReentrantButTheEngineIs) {

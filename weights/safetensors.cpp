@@ -118,6 +118,7 @@ uint16_t float_to_half(float f) {
 }
 
 SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
+  require_regular_file(path, "safetensors");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) fail(path, ": cannot open (", std::strerror(errno), ")");
   const std::streamsize size = in.tellg();

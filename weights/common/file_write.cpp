@@ -14,6 +14,14 @@ namespace gati {
 
 namespace fs = std::filesystem;
 
+void require_regular_file(const std::string& path, const char* what) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) return;  // the caller's open reports it, with its own hint
+  if (fs::is_directory(st)) fail(path, ": is a folder, not a ", what, " file");
+  if (!fs::is_regular_file(st)) fail(path, ": is not a regular file (a device or pipe?); a ", what, " file is expected");
+}
+
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& fill) {
   if (path.empty()) fail("output path is empty");
   std::error_code ec;

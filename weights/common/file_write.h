@@ -20,4 +20,10 @@ namespace gati {
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& fill);
 
+// For inputs: throws when `path` exists (after symbolic links) and is not a
+// regular file, naming `what` ("trace"): a folder, a device or a named pipe
+// is refused before it is opened (reading a pipe would block forever, and a
+// folder's size reads as 2^63).
+void require_regular_file(const std::string& path, const char* what);
+
 }  // namespace gati
