@@ -2,6 +2,9 @@
 #include "cache/build.h"
 
 #include <chrono>
+#include <random>
+
+#include "loaders/trace.h"
 
 namespace gati {
 
@@ -45,7 +48,29 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
     set.exits.push_back(std::move(c));
   }
-  calibrate_thresholds(set.exits, hold_features, hold_labels, o.target_agreement, o.zero_error);
+  std::vector<int> calib_labels = hold_labels;
+  if (o.perturbed_holdout) {
+    // The held-out images again, perturbed as the locality trace perturbs
+    // requests; their labels are the full model's on the perturbed image.
+    std::vector<float> shifted(size_t(o.holdout) * data.image_floats());
+    std::mt19937 rng(12345);
+    std::uniform_int_distribution<int> shift(-2, 2);
+    for (int i = 0; i < o.holdout; ++i) {
+      Request r;
+      r.index = o.train + i;
+      r.dx = shift(rng);
+      r.dy = shift(rng);
+      r.noise = 0.02f;
+      r.noise_seed = uint32_t(rng());
+      render(data, r, shifted.data() + size_t(i) * data.image_floats());
+    }
+    engine.normalize(shifted.data(), o.holdout);
+    const CollectedFeatures more = collect_features(engine, shifted.data(), o.holdout, o.batch, {});
+    for (size_t e = 0; e < hold_features.size(); ++e)
+      hold_features[e].insert(hold_features[e].end(), more.per_exit[e].begin(), more.per_exit[e].end());
+    calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
+  }
+  calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

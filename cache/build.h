@@ -15,7 +15,11 @@ namespace gati {
 
 struct BuildOptions {
   double target_agreement = 0.99;
-  bool zero_error = false;  // Freeze's rule instead of the target
+  ThresholdRule rule = ThresholdRule::kBound;
+  // Calibrate on the held-out images as they are and, with this on, once
+  // more shifted by up to 2 pixels with noise 0.02 (as the locality trace
+  // perturbs requests), so the thresholds hold on both kinds of traffic.
+  bool perturbed_holdout = true;
   int train = 50000;        // training images (the first ones of the data set)
   int holdout = 10000;      // calibration images after them
   int batch = 256;          // feature-collection batch

@@ -147,8 +147,26 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
   return history;
 }
 
+ThresholdRule threshold_rule(const std::string& name) {
+  if (name == "bound") return ThresholdRule::kBound;
+  if (name == "target") return ThresholdRule::kTarget;
+  if (name == "zero-error") return ThresholdRule::kZeroError;
+  fail("threshold rule '", name, "' (valid: bound, target, zero-error)");
+}
+
+namespace {
+
+// One-sided 95% Wilson score lower bound of a proportion agree / n.
+double wilson_lower(int agree, int n) {
+  if (n == 0) return 0;
+  const double z = 1.6448536269514722, p = double(agree) / n, z2n = z * z / n;
+  return (p + z2n / 2 - z * std::sqrt(p * (1 - p) / n + z2n / (4.0 * n))) / (1 + z2n);
+}
+
+}  // namespace
+
 void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
-                          const std::vector<int>& labels, double target, bool zero_error, int min_hits) {
+                          const std::vector<int>& labels, double target, ThresholdRule rule, int min_hits) {
   if (!(target > 0 && target <= 1)) fail("calibration: target agreement ", target, " must be in (0, 1]");
   if (features.size() != caches.size())
     fail("calibration: features for ", features.size(), " exits, ", caches.size(), " caches");
@@ -172,7 +190,7 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
     c.holdout_agreement = n ? double(agree_all) / n : 0;
     std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.conf > b.conf; });
     float threshold = 2.0f;  // disabled unless a threshold qualifies
-    if (zero_error) {
+    if (rule == ThresholdRule::kZeroError) {
       float worst = -1.f;
       for (const Item& it : items)
         if (!it.agree) worst = std::max(worst, it.conf);
@@ -188,7 +206,8 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
         ++hits;
         agree += items[k].agree;
         const bool boundary = k + 1 == items.size() || items[k + 1].conf < items[k].conf;
-        if (boundary && hits >= min_hits && double(agree) / hits >= target) threshold = items[k].conf;
+        const double agreement = rule == ThresholdRule::kBound ? wilson_lower(agree, hits) : double(agree) / hits;
+        if (boundary && hits >= min_hits && agreement >= target) threshold = items[k].conf;
       }
     }
     c.threshold = threshold;

@@ -60,7 +60,7 @@ TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {
   blobs(3000, 16, 5, 4, xt, yt);
   std::vector<ExitCache> caches = {fresh(16, 5)};
   train_exit_cache(caches[0], x, y, SgdOptions{});
-  calibrate_thresholds(caches, {xh}, yh, 0.98);
+  calibrate_thresholds(caches, {xh}, yh, 0.98, ThresholdRule::kTarget);
   ASSERT_TRUE(caches[0].enabled());
   EXPECT_GE(caches[0].holdout_hit_agreement, 0.98);
   EXPECT_GT(caches[0].holdout_hit_rate, 0.2);
@@ -77,11 +77,22 @@ TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {
   EXPECT_GE(double(agree) / hits, 0.97);
   // Freeze's zero-error rule is stricter: no wrong hit on the calibration set.
   std::vector<ExitCache> strict = caches;
-  calibrate_thresholds(strict, {xh}, yh, 0.98, true);
+  calibrate_thresholds(strict, {xh}, yh, 0.98, ThresholdRule::kZeroError);
   if (strict[0].enabled()) {
     EXPECT_EQ(strict[0].holdout_hit_agreement, 1.0);
   }
   EXPECT_LE(strict[0].holdout_hit_rate, caches[0].holdout_hit_rate);
+  // The confidence bound keeps a margin: its hits agree at least as well as
+  // the point estimate's, and their agreement's lower bound meets the target.
+  std::vector<ExitCache> bounded = caches;
+  calibrate_thresholds(bounded, {xh}, yh, 0.98, ThresholdRule::kBound);
+  ASSERT_TRUE(bounded[0].enabled());
+  EXPECT_GE(bounded[0].threshold, caches[0].threshold);
+  EXPECT_GE(bounded[0].holdout_hit_agreement, caches[0].holdout_hit_agreement);
+  const double hits_b = bounded[0].holdout_hit_rate * 3000, agree_b = bounded[0].holdout_hit_agreement * hits_b;
+  const double ph = agree_b / hits_b, z = 1.6448536269514722, z2n = z * z / hits_b;
+  EXPECT_GE((ph + z2n / 2 - z * std::sqrt(ph * (1 - ph) / hits_b + z2n / (4 * hits_b))) / (1 + z2n), 0.98 - 1e-9);
+  EXPECT_GATI_ERROR(threshold_rule("median"), "(valid: bound, target, zero-error)");
   EXPECT_GATI_ERROR(calibrate_thresholds(caches, {xh}, yh, 1.5), "must be in (0, 1]");
 }
 

@@ -286,7 +286,7 @@ int cmd_profile(const ProfileOpts& o) {
 
 struct CacheBuildOpts {
   Common common;
-  std::string model, data, data_dir, out, rule = "target";
+  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted";
   double target = 0.99;
   int train = 50000, holdout = 10000, epochs = 10;
 };
@@ -297,7 +297,8 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "train");
   BuildOptions b;
   b.target_agreement = o.target;
-  b.zero_error = o.rule == "zero-error";
+  b.rule = threshold_rule(o.rule);
+  b.perturbed_holdout = o.holdout_kind == "clean+shifted";
   b.train = o.train;
   b.holdout = o.holdout;
   b.sgd.epochs = o.epochs;
@@ -450,8 +451,15 @@ int dispatch(int argc, char** argv) {
   c_build->add_option("--target-agreement", cb.target, "agreement of hits with the full model")
       ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
-  c_build->add_option("--rule", cb.rule, "threshold rule (zero-error: Freeze's)")
-      ->check(CLI::IsMember({"target", "zero-error"}))
+  c_build->add_option("--rule", cb.rule,
+                      "threshold rule: bound (95% lower bound of each exit's agreement >= target), target (the "
+                      "point estimate), zero-error (Freeze's)")
+      ->check(CLI::IsMember({"bound", "target", "zero-error"}))
+      ->capture_default_str();
+  c_build->add_option("--calibrate-on", cb.holdout_kind,
+                      "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
+                      "noise, like locality traffic)")
+      ->check(CLI::IsMember({"clean", "clean+shifted"}))
       ->capture_default_str();
   c_build->add_option("--train", cb.train, "training images")->check(CLI::Range(1, 60000))->capture_default_str();
   c_build->add_option("--holdout", cb.holdout, "calibration images after them")->check(CLI::Range(1, 60000))->capture_default_str();
