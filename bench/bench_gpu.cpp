@@ -38,17 +38,8 @@ struct OpRig {
   OpRig(int dim, int batch, int classes) {
     device = gati::make_backend_device("cuda", op_model(dim));
     ctx = device->make_context(0);
-    const size_t b = size_t(batch);
-    exit_buf = ctx->allocate_host_visible((6 * b + 1) * 4 + b * size_t(classes) * 4);
-    auto* p = static_cast<int32_t*>(exit_buf->data());
-    st.position[0] = p;
-    st.position[1] = p + b;
-    st.hit = p + 2 * b;
-    st.exit = p + 3 * b;
-    st.label = p + 4 * b;
-    st.confidence = reinterpret_cast<float*>(p + 5 * b);
-    st.alive = p + 6 * b;
-    st.logits = reinterpret_cast<float*>(p + 6 * b + 1);
+    exit_buf = ctx->allocate_host_visible(gati::exit_state_bytes(batch, classes));
+    st = gati::exit_state_at(exit_buf->data(), batch);
   }
   // Runs `op` between two events; the elapsed time is the iteration's.
   template <class F>

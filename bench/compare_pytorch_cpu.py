@@ -31,17 +31,8 @@ import torch  # noqa: E402
 
 import convert  # noqa: E402
 import gati_models  # noqa: E402
-import safetensors_io  # noqa: E402
 
 CONFIGS = ["eager", "channels_last", "torchscript"]
-
-
-def torch_model(path):
-    tensors, meta = safetensors_io.load(path)
-    arch = json.loads(meta["gati.arch"])
-    model = gati_models.build_reference(arch)
-    model.load_state_dict(tensors, strict=False)
-    return model.eval(), arch
 
 
 def torchscript(model, x):
@@ -106,22 +97,14 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="gati_bench_")
-    paths = []
-    for name in args.models:
-        if name == "demo":
-            paths.append(os.path.join(HERE, "..", "weights", "demo", "fmnist_resnet20.safetensors"))
-            continue
-        arch = gati_models.arch_for(name)
-        model = gati_models.randomize_(gati_models.build_reference(arch), seed=1)
-        p = os.path.join(tmp, f"{name}.safetensors")
-        convert.write_model(arch, model.state_dict(), p)
-        paths.append(p)
+    paths = convert.benchmark_model_files(args.models, tmp, os.path.join(HERE, "..", "weights", "demo",
+                                                                          "fmnist_resnet20.safetensors"))
 
     half = max(3, args.repeats // 2)
     gati_before = gati_times(args.bench, paths, args.batches, half, args.threads)
     rows = []
     for p in paths:
-        model, arch = torch_model(p)
+        model, arch = convert.read_model(p)
         for batch in args.batches:
             x = torch.randn(batch, arch["in_channels"], *arch["input_size"])
             mcl = gati_models.build_reference(arch)

@@ -30,18 +30,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 import torch  # noqa: E402
 
 import convert  # noqa: E402
-import gati_models  # noqa: E402
-import safetensors_io  # noqa: E402
 
 GATI_PRECISIONS = {"fp32"}  # what the CUDA backend runs today
-
-
-def torch_model(path):
-    tensors, meta = safetensors_io.load(path)
-    arch = json.loads(meta["gati.arch"])
-    model = gati_models.build_reference(arch)
-    model.load_state_dict(tensors, strict=False)
-    return model.eval(), arch
 
 
 def time_cuda(fn, repeats, warmup):
@@ -133,20 +123,12 @@ def main():
     torch.backends.cudnn.allow_tf32 = False  # FP32 means FP32 on both sides
 
     tmp = tempfile.mkdtemp(prefix="gati_gpu_bench_")
-    paths = []
-    for name in args.models:
-        if name == "demo":
-            paths.append(os.path.join(HERE, "..", "weights", "demo", "fmnist_resnet20.safetensors"))
-            continue
-        arch = gati_models.arch_for(name)
-        model = gati_models.randomize_(gati_models.build_reference(arch), seed=1)
-        p = os.path.join(tmp, f"{name}.safetensors")
-        convert.write_model(arch, model.state_dict(), p)
-        paths.append(p)
+    paths = convert.benchmark_model_files(args.models, tmp, os.path.join(HERE, "..", "weights", "demo",
+                                                                          "fmnist_resnet20.safetensors"))
 
     rows = []
     for p in paths:
-        model, arch = torch_model(p)
+        model, arch = convert.read_model(p)
         for precision in args.precisions:
             dtype = torch.float32 if precision == "fp32" else torch.float16
             m = copy.deepcopy(model).to("cuda", dtype=dtype)

@@ -8,6 +8,7 @@
 // batch of samples still running); samples are the caller's order.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace gati {
@@ -26,6 +27,27 @@ struct ExitState {
   float* confidence = nullptr;                // [max_batch] per sample: top softmax probability
   float* logits = nullptr;                    // [max_batch, classes] per sample; NaN rows for samples that exited
 };
+
+// A packed layout of the exit state for `batch` samples of `classes` in one
+// host-visible buffer of exit_state_bytes() bytes (tests and benchmarks; the
+// executor's plan lays out its own).
+inline size_t exit_state_bytes(int batch, int classes) {
+  return (6 * size_t(batch) + 1) * 4 + size_t(batch) * size_t(classes) * 4;
+}
+inline ExitState exit_state_at(void* buffer, int batch) {
+  auto* p = static_cast<int32_t*>(buffer);
+  const size_t b = size_t(batch);
+  ExitState st;
+  st.position[0] = p;
+  st.position[1] = p + b;
+  st.hit = p + 2 * b;
+  st.exit = p + 3 * b;
+  st.label = p + 4 * b;
+  st.confidence = reinterpret_cast<float*>(p + 5 * b);
+  st.alive = p + 6 * b;
+  st.logits = reinterpret_cast<float*>(p + 6 * b + 1);
+  return st;
+}
 
 // A learned linear cache model at one exit (GATI's predictor on pooled
 // features): z = W * ((pooled - mean) * inv_std) + b, hit when the top softmax

@@ -178,17 +178,8 @@ struct HostState {
   std::unique_ptr<Buffer> buf;
   ExitState st;
   HostState(BackendContext& ctx, int batch, int classes) {
-    const size_t b = size_t(batch);
-    buf = ctx.allocate_host_visible((6 * b + 1) * 4 + b * size_t(classes) * 4);
-    auto* p = static_cast<int32_t*>(buf->data());
-    st.position[0] = p;
-    st.position[1] = p + b;
-    st.hit = p + 2 * b;
-    st.exit = p + 3 * b;
-    st.label = p + 4 * b;
-    st.confidence = reinterpret_cast<float*>(p + 5 * b);
-    st.alive = p + 6 * b;
-    st.logits = reinterpret_cast<float*>(p + 6 * b + 1);
+    buf = ctx.allocate_host_visible(exit_state_bytes(batch, classes));
+    st = exit_state_at(buf->data(), batch);
   }
 };
 

@@ -9,6 +9,7 @@ folds them at load), and stores the architecture as JSON under the metadata
 key "gati.arch".
 """
 import argparse
+import json
 import os
 import sys
 
@@ -40,6 +41,32 @@ def write_model(arch, state, out, dtype=torch.float32, extra_meta=None):
     if extra_meta:
         meta.update(extra_meta)
     safetensors_io.save(out, tensors, meta)
+
+
+def read_model(path):
+    """A gati model file as (PyTorch reference model in eval mode, architecture dict)."""
+    tensors, meta = safetensors_io.load(path)
+    arch = json.loads(meta["gati.arch"])
+    model = gati_models.build_reference(arch)
+    model.load_state_dict(tensors, strict=False)
+    return model.eval(), arch
+
+
+def benchmark_model_files(names, folder, demo_path):
+    """Paths of model files for the side-by-side benchmarks: "demo" is the
+    committed demo model, any other name a seeded random-weight model written
+    into `folder`."""
+    paths = []
+    for name in names:
+        if name == "demo":
+            paths.append(demo_path)
+            continue
+        arch = gati_models.arch_for(name)
+        model = gati_models.randomize_(gati_models.build_reference(arch), seed=1)
+        path = os.path.join(folder, f"{name}.safetensors")
+        write_model(arch, model.state_dict(), path)
+        paths.append(path)
+    return paths
 
 
 def main():

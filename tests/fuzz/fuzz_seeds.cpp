@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "cache/learned_cache.h"
+#include "fuzz_common.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "weights/common/error.h"
@@ -33,14 +34,7 @@ int main(int argc, char** argv) {
       set.exits.push_back(gati::ExitCache::from_head_spec(h));
     set.save((out / "cache" / "tiny.safetensors").string());
 
-    gati::Dataset d;
-    d.name = "tiny";
-    d.n = 50;
-    d.c = 1;
-    d.h = d.w = 4;
-    d.classes = 5;
-    d.images.assign(50 * 16, 0.5f);
-    for (int i = 0; i < 50; ++i) d.labels.push_back(i % 5);
+    const gati::Dataset d = gati::fuzz::tiny_dataset();
     gati::save_trace((out / "trace" / "locality.json").string(), gati::make_trace("locality", d, 20, 1));
 
     // Two 28x28 images, plain IDX3: magic 0x00000803, dims 2, 28, 28.
