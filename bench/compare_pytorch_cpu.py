@@ -16,6 +16,7 @@ median over both halves.  ratio = gati / the fastest PyTorch configuration
 (below 1.0: gati is faster).
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,7 +31,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 import torch  # noqa: E402
 
 import convert  # noqa: E402
-import gati_models  # noqa: E402
 
 CONFIGS = ["eager", "channels_last", "torchscript"]
 
@@ -107,9 +107,7 @@ def main():
         model, arch = convert.read_model(p)
         for batch in args.batches:
             x = torch.randn(batch, arch["in_channels"], *arch["input_size"])
-            mcl = gati_models.build_reference(arch)
-            mcl.load_state_dict(model.state_dict())
-            mcl = mcl.eval().to(memory_format=torch.channels_last)
+            mcl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # .to() on a module is in place
             xcl = x.contiguous(memory_format=torch.channels_last)
             ts = torchscript(model, x)
             t = time_interleaved({"eager": lambda: model(x), "channels_last": lambda: mcl(xcl),

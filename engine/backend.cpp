@@ -15,6 +15,11 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
     const ExitHeadSpec& s = specs_[i];
     if (s.block < 0 || s.block >= blocks) fail("exit head '", s.name, "': block ", s.block, " is not in the model");
     if (by_block_[size_t(s.block)] >= 0) fail("exit head '", s.name, "': two heads after block ", s.block);
+    // Every backend's kernels read dim and classes worth of each vector.
+    const size_t d = size_t(std::max(s.dim, 0)), k = size_t(std::max(s.classes, 0));
+    if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k ||
+        s.bias.size() != k)
+      fail("exit head '", s.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
     by_block_[size_t(s.block)] = int(i);
   }
 }

@@ -82,9 +82,6 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
       fail("exit head '", b.name, "': dim ", s.dim, ", the block has ", b.out_channels, " channels");
     if (s.classes != arch().num_classes)
       fail("exit head '", b.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
-    const size_t d = size_t(s.dim), k = size_t(s.classes);
-    if (s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k || s.bias.size() != k)
-      fail("exit head '", b.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
     for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})
       for (float x : *v)
         if (!std::isfinite(x)) fail("exit head '", b.name, "': non-finite parameter");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "loaders/fashion_mnist.h"
 #include "test_util.h"
 #include "weights/model.h"
 
@@ -37,6 +38,19 @@ inline Model random_model(const std::string& arch_json, uint32_t seed) {
   m.fc_bias = random_floats(size_t(classes), seed++, 0.1f);
   m.path = "random:" + m.arch().name;
   return m;
+}
+
+// A data set for traces: 50 random 1x4x4 images of 5 classes, named "tiny".
+inline Dataset tiny_dataset() {
+  Dataset d;
+  d.name = "tiny";
+  d.n = 50;
+  d.c = 1;
+  d.h = d.w = 4;
+  d.classes = 5;
+  d.images = random_floats(50 * 16, 3);
+  for (int i = 0; i < 50; ++i) d.labels.push_back(i % 5);
+  return d;
 }
 
 // A random linear head for every block of `model`, all with `threshold`.

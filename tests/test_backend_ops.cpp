@@ -282,6 +282,25 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
   }
 }
 
+// Every backend's upload refuses parameters whose sizes do not match the
+// head's dim and classes (its kernels would read past them).
+TEST_P(BackendOps, ExitHeadsWithWrongSizesAreRefused) {
+  ExitHeadSpec spec;
+  spec.name = "layer2.0";
+  spec.dim = 8;
+  spec.classes = 3;
+  spec.mean.assign(8, 0.f);
+  spec.inv_std.assign(8, 1.f);
+  spec.weight = random_floats(24, 81);
+  spec.bias = random_floats(2, 82);  // one short
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "parameter sizes do not match dim 8 and 3 classes");
+  spec.bias = random_floats(3, 82);
+  spec.weight.pop_back();
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "parameter sizes do not match");
+  spec.weight.push_back(0.5f);
+  EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
+}
+
 // ResNet-50's last exit with an ImageNet-sized head (2048 features, 1000
 // classes): large enough for the CPU kernel's parallel path.
 TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
@@ -306,14 +325,13 @@ TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
   ctx_->synchronize();
   const std::vector<float> pooled = pooled_buf.download();
   for (int i = 0; i < n; ++i) {
-    std::vector<double> z(static_cast<size_t>(classes));
+    std::vector<double> avg(static_cast<size_t>(c), 0.0), z(static_cast<size_t>(classes));
+    for (int q = 0; q < hw; ++q)
+      for (int ch = 0; ch < c; ++ch) avg[size_t(ch)] += x[(size_t(i) * hw + size_t(q)) * c + size_t(ch)];
     for (int k = 0; k < classes; ++k) {
       double s = spec.bias[size_t(k)];
-      for (int ch = 0; ch < c; ++ch) {
-        double p = 0;
-        for (int q = 0; q < hw; ++q) p += x[(size_t(i) * hw + size_t(q)) * c + size_t(ch)];
-        s += double(spec.weight[size_t(k) * c + size_t(ch)]) * (p / hw - spec.mean[size_t(ch)]);
-      }
+      for (int ch = 0; ch < c; ++ch)
+        s += double(spec.weight[size_t(k) * c + size_t(ch)]) * (avg[size_t(ch)] / hw - spec.mean[size_t(ch)]);
       z[size_t(k)] = s;
     }
     const int best = int(std::max_element(z.begin(), z.end()) - z.begin());

@@ -113,17 +113,7 @@ TEST(LearnedCache, SgdGuardRefusesNonFiniteSteps) {
   EXPECT_GATI_ERROR(sgd_step(c, x.data(), &wrong, 1, SgdOptions{}, velocity), "label 7 of sample 0 is out of range");
 }
 
-Dataset tiny_dataset() {
-  Dataset d;
-  d.name = "tiny";
-  d.n = 50;
-  d.c = 1;
-  d.h = d.w = 4;
-  d.classes = 5;
-  d.images = test::random_floats(50 * 16, 3);
-  for (int i = 0; i < 50; ++i) d.labels.push_back(i % 5);
-  return d;
-}
+using test::tiny_dataset;
 
 TEST(Trace, ReproducibleBySeedAndRoundTrips) {
   const Dataset d = tiny_dataset();

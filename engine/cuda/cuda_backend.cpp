@@ -36,25 +36,17 @@ namespace {
 
 using cuda::DeviceBuffer;
 
-class CudaBuffer final : public Buffer {
+// A context's Buffer over device memory (DeviceBuffer) or mapped host
+// memory (MappedBuffer); bytes() is what was asked, not the rounded size.
+template <class Memory>
+class OwnedBuffer final : public Buffer {
  public:
-  CudaBuffer(size_t bytes, const std::string& what) : b_(bytes, what), bytes_(bytes) {}
+  OwnedBuffer(size_t bytes, const std::string& what) : b_(bytes, what), bytes_(bytes) {}
   void* data() override { return b_.data(); }
   size_t bytes() const override { return bytes_; }
 
  private:
-  DeviceBuffer b_;
-  size_t bytes_;
-};
-
-class MappedHostBuffer final : public Buffer {
- public:
-  MappedHostBuffer(size_t bytes, const std::string& what) : b_(bytes, what), bytes_(bytes) {}
-  void* data() override { return b_.data(); }
-  size_t bytes() const override { return bytes_; }
-
- private:
-  cuda::MappedBuffer b_;
+  Memory b_;
   size_t bytes_;
 };
 
@@ -65,11 +57,8 @@ struct DeviceHead {
 class CudaExitHeads final : public ExitHeads {
  public:
   CudaExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {
-    for (const ExitHeadSpec& s : specs_) {
+    for (const ExitHeadSpec& s : specs_) {  // sizes checked by ExitHeads
       const size_t dim = size_t(s.dim), classes = size_t(s.classes);
-      if (s.dim < 1 || s.classes < 1 || s.mean.size() != dim || s.inv_std.size() != dim ||
-          s.weight.size() != dim * classes || s.bias.size() != classes)
-        fail("exit head '", s.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
       const std::string what = "exit head '" + s.name + "'";
       heads_.push_back({cuda::upload(s.mean.data(), dim * sizeof(float), what),
                         cuda::upload(s.inv_std.data(), dim * sizeof(float), what),
@@ -176,11 +165,11 @@ class CudaContext final : public BackendContext {
 
   std::unique_ptr<Buffer> allocate(size_t bytes) override {
     cuda::DeviceScope scope(index_);
-    return std::make_unique<CudaBuffer>(bytes, "activations");
+    return std::make_unique<OwnedBuffer<DeviceBuffer>>(bytes, "activations");
   }
   std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override {
     cuda::DeviceScope scope(index_);
-    return std::make_unique<MappedHostBuffer>(bytes, "exit state");
+    return std::make_unique<OwnedBuffer<cuda::MappedBuffer>>(bytes, "exit state");
   }
 
   void from_host(const void* host, size_t bytes, void* dst) override {

@@ -172,8 +172,7 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
     }
 }
 
-}  // namespace
-
+// Whether conv2d_nhwc runs `p` with conv_grouped_direct (pack_conv decides).
 bool uses_grouped_direct(const ConvParams& p) {
   // Also ungrouped convolutions with 16 channels in and out (the CIFAR
   // ResNets' first stage), where im2col costs as much as the arithmetic.
@@ -181,6 +180,8 @@ bool uses_grouped_direct(const ConvParams& p) {
   const int cg = p.cin / p.groups;
   return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0;
 }
+
+}  // namespace
 
 float* Workspace::get(size_t n) {
   if (n > capacity) {

@@ -28,8 +28,6 @@ struct PackedConv {
   std::vector<float> grouped;
 };
 
-// Whether conv2d_nhwc runs `p` with the direct grouped kernel.
-bool uses_grouped_direct(const ConvParams& p);
 
 // Packs PyTorch-ordered weights [cout, cin/groups, k, k] and a bias [cout].
 PackedConv pack_conv(const ConvParams& p, const float* weight_oihw, const float* bias);

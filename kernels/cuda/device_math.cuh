@@ -14,12 +14,30 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+
+#include "weights/common/error.h"
+
 namespace gati::cuda::dev {
 
 constexpr int kLanes = 16;
 // Static shared memory block_argmax_sum uses, with room to spare: kernels
 // that also take dynamic shared memory keep the sum under 48 KiB.
 constexpr size_t kStaticSmem = 1024;
+
+// Dynamic shared memory of a kernel that scores one sample: its standardised
+// features (padded to the lanes) and its class scores.
+inline size_t scores_smem_bytes(int dim, int classes) {
+  return (size_t((dim + kLanes - 1) / kLanes * kLanes) + size_t(classes)) * sizeof(float);
+}
+// Host side, before a launch: that memory plus the static part must fit the
+// 48 KiB a block gets without opting in; `what` names the op in the error.
+inline void check_scores_smem(const char* what, int dim, int classes) {
+  const size_t bytes = scores_smem_bytes(dim, classes);
+  if (bytes + kStaticSmem > 48 * 1024)
+    fail(what, ": ", dim, " features and ", classes, " classes need ", bytes,
+         " bytes of shared memory, more than 48 KiB");
+}
 
 __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
 

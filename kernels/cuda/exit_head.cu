@@ -141,11 +141,9 @@ void launch_begin_exits(const ExitState& st, int n, long logits, cudaStream_t st
   begin_exits_kernel<<<grid_for(logits > n ? logits : n, 256), 256, 0, stream>>>(st, n, logits);
 }
 
-size_t head_smem(const LinearHeadView& h) { return (size_t((h.dim + 15) / 16 * 16) + size_t(h.classes)) * sizeof(float); }
-
 void launch_exit_head(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
                       int pos, float* pooled, cudaStream_t stream) {
-  exit_head_kernel<<<unsigned(n), kHeadThreads, head_smem(h), stream>>>(act, hw, 1.0f / float(hw), h, exit_id, st, pos,
+  exit_head_kernel<<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(act, hw, 1.0f / float(hw), h, exit_id, st, pos,
                                                                         pooled);
 }
 
@@ -176,10 +174,7 @@ void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, 
   if (n < 1 || hw < 1 || h.dim < 1 || h.classes < 1)
     fail("exit head: bad shape (n ", n, ", hw ", hw, ", dim ", h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
-  const size_t smem = head_smem(h);
-  if (smem + dev::kStaticSmem > 48 * 1024)
-    fail("exit head: ", h.dim, " features and ", h.classes, " classes need ", smem,
-         " bytes of shared memory, more than 48 KiB");
+  dev::check_scores_smem("exit head", h.dim, h.classes);
   launch_exit_head(act, n, hw, h, exit_id, st, pos, pooled, stream);
   CUDA_CHECK_LAUNCH();
 }

@@ -101,8 +101,7 @@ __global__ void sgd_commit_kernel(LinearHeadMut h, SgdScratch s, int32_t* status
 void launch_sgd(const LinearHeadMut& h, const float* x, const int32_t* labels, int n, const SgdHyper& hp,
                 const SgdScratch& s, const SgdReport& r, cudaStream_t stream) {
   sgd_reset_kernel<<<1, 1, 0, stream>>>(s.flags);
-  const size_t smem = (size_t((h.dim + 15) / 16 * 16) + size_t(h.classes)) * sizeof(float);
-  sgd_sample_kernel<<<unsigned(n), kSampleThreads, smem, stream>>>(h, x, labels, s, r.loss);
+  sgd_sample_kernel<<<unsigned(n), kSampleThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(h, x, labels, s, r.loss);
   const long total = long(h.classes) * h.dim + h.classes;
   sgd_param_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, n, hp, s);
   sgd_commit_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, s, r.status);
@@ -114,8 +113,7 @@ void linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_
                      const SgdScratch& scratch, const SgdReport& report, cudaStream_t stream) {
   if (n < 1 || h.dim < 1 || h.classes < 1)
     fail("SGD step: bad shape (n ", n, ", dim ", h.dim, ", classes ", h.classes, ")");
-  const size_t smem = (size_t((h.dim + 15) / 16 * 16) + size_t(h.classes)) * sizeof(float);
-  if (smem + dev::kStaticSmem > 48 * 1024) fail("SGD step: ", h.dim, " features and ", h.classes, " classes exceed 48 KiB of shared memory");
+  dev::check_scores_smem("SGD step", h.dim, h.classes);
   launch_sgd(h, features, labels, n, hp, scratch, report, stream);
   CUDA_CHECK_LAUNCH();
 }

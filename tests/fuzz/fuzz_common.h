@@ -14,7 +14,6 @@
 #include <fstream>
 #include <string>
 
-#include "loaders/fashion_mnist.h"
 #include "weights/common/error.h"
 
 namespace gati::fuzz {
@@ -34,20 +33,6 @@ inline void write_bytes(const std::string& path, const uint8_t* data, size_t siz
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(reinterpret_cast<const char*>(data), std::streamsize(size));
   if (!f) std::abort();
-}
-
-// The data set traces refer to in the trace fuzzer and its seed: 50 4x4
-// grey images of 5 classes, named "tiny".
-inline Dataset tiny_dataset() {
-  Dataset s;
-  s.name = "tiny";
-  s.n = 50;
-  s.c = 1;
-  s.h = s.w = 4;
-  s.classes = 5;
-  s.images.assign(50 * 16, 0.5f);
-  for (int i = 0; i < 50; ++i) s.labels.push_back(i % 5);
-  return s;
 }
 
 template <class F>

@@ -6,7 +6,6 @@
 #include <fstream>
 
 #include "cache/learned_cache.h"
-#include "fuzz_common.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "weights/common/error.h"
@@ -34,7 +33,7 @@ int main(int argc, char** argv) {
       set.exits.push_back(gati::ExitCache::from_head_spec(h));
     set.save((out / "cache" / "tiny.safetensors").string());
 
-    const gati::Dataset d = gati::fuzz::tiny_dataset();
+    const gati::Dataset d = gati::test::tiny_dataset();
     gati::save_trace((out / "trace" / "locality.json").string(), gati::make_trace("locality", d, 20, 1));
 
     // Two 28x28 images, plain IDX3: magic 0x00000803, dims 2, 28, 28.
