@@ -16,6 +16,28 @@ void check_data_fits(const Engine& engine, const Dataset& ds, const std::string&
   if (a.num_classes != ds.classes) fail(what, ": model has ", a.num_classes, " classes, ", ds.name, " has ", ds.classes);
 }
 
+std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget) {
+  const Network& net = engine.model().net;
+  if (pool != "auto") return std::vector<PoolSpec>(net.blocks.size(), parse_pool(pool));
+  if (!(auto_budget > 0)) fail("cache build: the automatic pooling's budget ", auto_budget, " must be > 0");
+  const Plan plan = make_plan(net, 1, engine.arch().input_h, engine.arch().input_w);
+  const double budget = auto_budget * double(plan.macs_per_sample);
+  std::vector<PoolSpec> out;
+  for (const BlockSpec& b : net.blocks) {
+    PoolSpec chosen;  // global average when nothing richer fits
+    for (const char* name : {"mix4x4", "avg4x4", "mix2x2", "avg2x2"}) {
+      const PoolSpec p = parse_pool(name);
+      const int dim = p.features(b.out_channels);
+      if (dim <= kMaxAutoPoolDim && double(dim) * engine.arch().num_classes <= budget) {
+        chosen = p;
+        break;
+      }
+    }
+    out.push_back(chosen);
+  }
+  return out;
+}
+
 BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildOptions& o) {
   check_data_fits(engine, data, engine.model().path.empty() ? engine.arch().name : engine.model().path);
   if (o.train < 1 || o.holdout < 1) fail("cache build: --train and --holdout must be at least 1");
@@ -26,7 +48,8 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   const int n = o.train + o.holdout;
   std::vector<float> images(data.images.begin(), data.images.begin() + long(size_t(n) * data.image_floats()));
   engine.normalize(images.data(), n);
-  CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, o.progress);
+  const std::vector<PoolSpec> pools = choose_pooling(engine, o.pool, o.auto_pool_budget);
+  CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, pools, o.progress);
 
   BuildResult out;
   CacheSet& set = out.caches;
@@ -40,6 +63,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     ExitCache c;
     c.exit_name = engine.model().net.blocks[e].name;
     c.block = int(e);
+    c.pool = pools[e];
     c.dim = all.dims[e];
     c.classes = engine.arch().num_classes;
     const auto split = all.per_exit[e].begin() + long(size_t(o.train) * size_t(c.dim));
@@ -65,7 +89,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
       render(data, r, shifted.data() + size_t(i) * data.image_floats());
     }
     engine.normalize(shifted.data(), o.holdout);
-    const CollectedFeatures more = collect_features(engine, shifted.data(), o.holdout, o.batch, {});
+    const CollectedFeatures more = collect_features(engine, shifted.data(), o.holdout, o.batch, pools);
     for (size_t e = 0; e < hold_features.size(); ++e)
       hold_features[e].insert(hold_features[e].end(), more.per_exit[e].begin(), more.per_exit[e].end());
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());

@@ -20,6 +20,12 @@ struct BuildOptions {
   // more shifted by up to 2 pixels with noise 0.02 (as the locality trace
   // perturbs requests), so the thresholds hold on both kinds of traffic.
   bool perturbed_holdout = true;
+  // Pooling at every exit: a name parse_pool knows, or "auto" (per exit the
+  // richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose head costs at most
+  // auto_pool_budget of the model's MACs and has at most kMaxAutoPoolDim
+  // features).
+  std::string pool = "auto";
+  double auto_pool_budget = 0.005;
   int train = 50000;        // training images (the first ones of the data set)
   int holdout = 10000;      // calibration images after them
   int batch = 256;          // feature-collection batch
@@ -32,6 +38,11 @@ struct BuildResult {
   std::vector<std::vector<double>> loss;  // per exit, per epoch
   double seconds = 0;
 };
+
+constexpr int kMaxAutoPoolDim = 4096;
+
+// Each exit's pooling for `pool` ("auto" or a name parse_pool knows).
+std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget);
 
 // `data` is raw [0, 1] images; they are normalised here.  Throws when the
 // data set's images or classes do not fit the model, or it has fewer than

@@ -6,13 +6,16 @@
 namespace gati {
 
 CollectedFeatures collect_features(const Engine& engine, const float* images, int n, int batch,
-                                   const ProgressFn& progress) {
+                                   const std::vector<PoolSpec>& pools_in, const ProgressFn& progress) {
   if (batch < 1) fail("collect: batch must be at least 1, got ", batch);
   const Arch& a = engine.arch();
   const Network& net = engine.model().net;
+  const std::vector<PoolSpec> pools = pools_in.empty() ? std::vector<PoolSpec>(net.blocks.size()) : pools_in;
+  if (pools.size() != net.blocks.size())
+    fail("collect: ", pools.size(), " poolings for the model's ", net.blocks.size(), " exits");
   CollectedFeatures out;
   out.per_exit.resize(net.blocks.size());
-  for (const BlockSpec& b : net.blocks) out.dims.push_back(b.out_channels);
+  for (size_t b = 0; b < net.blocks.size(); ++b) out.dims.push_back(pools[b].features(net.blocks[b].out_channels));
   Session session = engine.session();
   std::unique_ptr<Buffer> pooled;
   std::vector<float> host;
@@ -20,9 +23,9 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
   std::vector<SampleResult> results;
   RunOptions opts;
   opts.observer = [&](const ExitPoint& e, BackendContext& ctx, const float* act, int rows, const int32_t*) {
-    const size_t need = size_t(rows) * size_t(e.shape.c);
+    const size_t need = size_t(rows) * size_t(out.dims[size_t(e.block)]);
     if (!pooled || pooled->bytes() < need * sizeof(float)) pooled = ctx.allocate(need * sizeof(float));
-    ctx.global_avg_pool(act, e.shape.with_batch(rows), pooled->floats());
+    ctx.pool_features(act, e.shape.with_batch(rows), pools[size_t(e.block)], pooled->floats());
     host.resize(need);
     ctx.to_host(pooled->floats(), need * sizeof(float), host.data());
     ctx.synchronize();

@@ -1,7 +1,7 @@
 // Collecting every exit's pooled features and the full model's answers over
 // a set of images: the training data of the cache models.
 //
-// The pooling runs on the backend (its global-average-pool op) inside the
+// The pooling runs on the backend (its pool_features op) inside the
 // executor's observer, so the same code collects on CPU and CUDA; only the
 // [n, channels] features cross to the host.
 #pragma once
@@ -15,7 +15,7 @@ namespace gati {
 
 struct CollectedFeatures {
   std::vector<std::vector<float>> per_exit;  // [exit] -> [n, channels]
-  std::vector<int> dims;                     // channels per exit
+  std::vector<int> dims;                     // features per exit
   std::vector<int> full_labels;              // the full model's argmax
 };
 
@@ -23,8 +23,9 @@ struct CollectedFeatures {
 using ProgressFn = std::function<void(size_t done, size_t total)>;
 
 // Runs `n` NCHW samples (normalised) in batches and collects every exit's
-// pooled features and the full model's labels.
+// pooled features (pooled as pools[exit] says; empty: global average
+// everywhere) and the full model's labels.
 CollectedFeatures collect_features(const Engine& engine, const float* images, int n, int batch,
-                                   const ProgressFn& progress = {});
+                                   const std::vector<PoolSpec>& pools = {}, const ProgressFn& progress = {});
 
 }  // namespace gati

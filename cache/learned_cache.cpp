@@ -25,7 +25,7 @@ int top_class(const float* logits, int classes, float* confidence) {
 }
 
 LinearHeadView ExitCache::view() const {
-  return {dim, classes, mean.data(), inv_std.data(), weight.data(), bias.data(), threshold};
+  return {dim, classes, mean.data(), inv_std.data(), weight.data(), bias.data(), threshold, pool};
 }
 
 int ExitCache::predict(const float* features, float* probs) const {
@@ -39,6 +39,7 @@ ExitHeadSpec ExitCache::head_spec() const {
   ExitHeadSpec h;
   h.block = block;
   h.name = exit_name;
+  h.pool = pool;
   h.dim = dim;
   h.classes = classes;
   h.mean = mean;
@@ -53,6 +54,7 @@ ExitCache ExitCache::from_head_spec(const ExitHeadSpec& h) {
   ExitCache c;
   c.exit_name = h.name;
   c.block = h.block;
+  c.pool = h.pool;
   c.dim = h.dim;
   c.classes = h.classes;
   c.mean = h.mean;
@@ -241,6 +243,7 @@ void CacheSet::save(const std::string& path) const {
     exit_meta.push_back({{"name", c.exit_name},
                          {"block", c.block},
                          {"kind", "learned-linear"},
+                         {"pool", pool_name(c.pool)},
                          {"dim", c.dim},
                          {"classes", c.classes},
                          {"threshold", c.threshold},
@@ -282,6 +285,14 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
       c.exit_name = e.at("name").get<std::string>();
       c.block = e.at("block").get<int>();
       c.dim = e.at("dim").get<int>();
+      // Files from before per-exit pooling have no "pool": global average.
+      if (e.contains("pool")) {
+        try {
+          c.pool = parse_pool(e.at("pool").get<std::string>());
+        } catch (const Error& err) {
+          fail(path, ": exit '", c.exit_name, "': ", err.what());
+        }
+      }
       c.classes = e.at("classes").get<int>();
       c.threshold = e.at("threshold").get<float>();
       c.train_agreement = e.value("train_agreement", 0.0);
@@ -291,9 +302,10 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
       if (c.block < 0 || c.block >= int(model.net.blocks.size()) ||
           model.net.blocks[size_t(c.block)].name != c.exit_name)
         fail(path, ": exit '", c.exit_name, "' (block ", c.block, ") is not a block of the model");
-      if (c.dim != model.net.blocks[size_t(c.block)].out_channels)
-        fail(path, ": exit '", c.exit_name, "' has dim ", c.dim, ", the block has ",
-             model.net.blocks[size_t(c.block)].out_channels, " channels");
+      const int channels = model.net.blocks[size_t(c.block)].out_channels;
+      if (c.dim != c.pool.features(channels))
+        fail(path, ": exit '", c.exit_name, "' has dim ", c.dim, ", but the block's ", channels, " channels pooled ",
+             pool_name(c.pool), " give ", c.pool.features(channels));
       if (c.classes != model.arch().num_classes)
         fail(path, ": exit '", c.exit_name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
       if (!(c.threshold >= 0)) fail(path, ": exit '", c.exit_name, "' has threshold ", c.threshold);

@@ -3,8 +3,9 @@
 // confidence threshold decides hit or miss.
 //
 // Design decision: the predictor is a linear softmax layer over standardised
-// global-average-pooled features.  It costs channels x classes MACs per
-// sample, far below one block's cost, so a miss costs almost nothing; its
+// pooled features (global average, or a grid of average and max cells: see
+// PoolSpec).  It costs features x classes MACs per sample, far below one
+// block's cost, so a miss costs almost nothing; its
 // labels are the full model's own predictions (never ground truth), so a hit
 // means "agrees with the full model".  The same SGD routine serves offline
 // building and online updates, and refuses any step that would put a
@@ -24,6 +25,7 @@ struct Model;
 struct ExitCache {
   std::string exit_name;  // "layer2.1"
   int block = 0;
+  PoolSpec pool;  // how the block's output is pooled; dim = pool.features(channels)
   int dim = 0, classes = 0;
   std::vector<float> mean, inv_std;  // feature standardisation, [dim]
   std::vector<float> weight;         // [classes, dim]

@@ -20,8 +20,41 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
     if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k ||
         s.bias.size() != k)
       fail("exit head '", s.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+    if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid || s.dim % s.pool.features(1) != 0)
+      fail("exit head '", s.name, "': pool grid ", s.pool.grid, (s.pool.with_max ? " with max" : ""),
+           " does not fit dim ", s.dim, " (grid 1 to ", kMaxPoolGrid, ", dim a multiple of the features per channel)");
     by_block_[size_t(s.block)] = int(i);
+    max_dim_ = std::max(max_dim_, s.dim);
   }
+}
+
+std::string pool_name(const PoolSpec& pool) {
+  const std::string kind = pool.with_max ? "mix" : "avg";
+  if (pool.grid == 1) return kind;
+  return kind + std::to_string(pool.grid) + "x" + std::to_string(pool.grid);
+}
+
+PoolSpec parse_pool(const std::string& name) {
+  PoolSpec p;
+  const std::string kind = name.substr(0, 3), rest = name.size() > 3 ? name.substr(3) : "";
+  bool ok = kind == "avg" || kind == "mix";
+  p.with_max = kind == "mix";
+  if (ok && !rest.empty()) {
+    // "GxG" with one digit each side, both the same, 1..kMaxPoolGrid
+    ok = rest.size() == 3 && rest[1] == 'x' && rest[0] == rest[2] && rest[0] >= '1' && rest[0] <= '0' + kMaxPoolGrid;
+    if (ok) p.grid = rest[0] - '0';
+  }
+  if (!ok)
+    fail("pooling '", name, "' (valid: avg, mix, avgGxG or mixGxG with G from 1 to ", kMaxPoolGrid,
+         ", e.g. avg2x2, mix4x4)");
+  return p;
+}
+
+void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape) {
+  const ExitHeadSpec& s = heads.specs().at(size_t(head));
+  if (s.dim != s.pool.features(shape.c))
+    fail("exit head '", s.name, "': dim ", s.dim, ", but activations of ", shape.c, " channels pooled ",
+         pool_name(s.pool), " give ", s.pool.features(shape.c), " features");
 }
 
 std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model, bool tf32) {

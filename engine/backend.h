@@ -49,12 +49,19 @@ class Buffer {
 struct ExitHeadSpec {
   int block = 0;
   std::string name;  // the block's name, "layer2.1"
-  int dim = 0, classes = 0;
+  PoolSpec pool;     // how the block's output becomes the features
+  int dim = 0, classes = 0;  // dim = pool.features(the block's channels)
   std::vector<float> mean, inv_std;  // [dim]
   std::vector<float> weight;         // [classes, dim]
   std::vector<float> bias;           // [classes]
   float threshold = 2.0f;            // top softmax probability needed to hit; > 1 never hits
 };
+
+// A pooling's name: "avg" (global average), "mix" (global average and max),
+// "avg4x4", "mix2x2" (a grid of cells); parse_pool is its inverse and its
+// errors list the valid names.
+std::string pool_name(const PoolSpec& pool);
+PoolSpec parse_pool(const std::string& name);
 
 // A backend's own copy of a set of exit heads; immutable.
 class ExitHeads {
@@ -67,12 +74,19 @@ class ExitHeads {
   }
   // The head's parameters in backend memory.
   virtual LinearHeadView view(int head) const = 0;
+  // The widest head's features (sizes the pooled-features scratch).
+  int max_dim() const { return max_dim_; }
 
  protected:
   ExitHeads(std::vector<ExitHeadSpec> specs, int blocks);
   std::vector<ExitHeadSpec> specs_;
   std::vector<int> by_block_;
+  int max_dim_ = 0;
 };
+
+// Throws unless head `head` takes the features of activations of `shape`
+// (dim == pool.features(channels)); backends call it before an exit head.
+void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape);
 
 class BackendContext {
  public:
@@ -97,6 +111,9 @@ class BackendContext {
   virtual void max_pool(const float* in, const Act& in_shape, int kernel, int stride, int pad, float* out) = 0;
   // [n, h, w, c] -> [n, c]
   virtual void global_avg_pool(const float* in, const Act& shape, float* out) = 0;
+  // An exit's features, [n, h, w, c] -> [n, pool.features(c)], pooled as
+  // the exit head pools them (feature collection for cache building).
+  virtual void pool_features(const float* in, const Act& shape, const PoolSpec& pool, float* out) = 0;
   // The model's fully connected layer: [n, features] -> [n, classes]
   virtual void classifier(const float* pooled, int n, float* logits) = 0;
 

@@ -78,8 +78,11 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
     const BlockSpec& b = net.blocks[size_t(s.block)];
     if (!s.name.empty() && s.name != b.name)
       fail("exit head '", s.name, "': block ", s.block, " of the model is '", b.name, "'");
-    if (s.dim != b.out_channels)
-      fail("exit head '", b.name, "': dim ", s.dim, ", the block has ", b.out_channels, " channels");
+    if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid)
+      fail("exit head '", b.name, "': pool grid ", s.pool.grid, " is not in [1, ", kMaxPoolGrid, "]");
+    if (s.dim != s.pool.features(b.out_channels))
+      fail("exit head '", b.name, "': dim ", s.dim, ", but the block's ", b.out_channels, " channels pooled ",
+           pool_name(s.pool), " give ", s.pool.features(b.out_channels), " features");
     if (s.classes != arch().num_classes)
       fail("exit head '", b.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
     for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})

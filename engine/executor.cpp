@@ -32,6 +32,12 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
       }
 }
 
+float* Executor::exit_pooled(const ExitHeads& heads) {
+  const size_t bytes = size_t(plan_.max_batch) * size_t(heads.max_dim()) * sizeof(float);
+  if (!exit_pooled_ || exit_pooled_->bytes() < bytes) exit_pooled_ = ctx_.allocate(bytes);
+  return exit_pooled_->floats();
+}
+
 void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
@@ -90,9 +96,11 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     if (head < 0) continue;
     const Act shape = e.shape.with_batch(alive);
     if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
-    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, region(plan_.exit_pooled_offset));
+    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, exit_pooled(*opts.heads));
     if (opts.timings) ctx_.range_pop();
-    mark(e.name + ".exit", "exit", e.block, int64_t(alive) * e.shape.c * (opts.heads->specs()[size_t(head)].classes + 1));
+    const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
+    mark(e.name + ".exit", "exit", e.block,
+         int64_t(alive) * (int64_t(e.shape.per_sample()) * (spec.pool.with_max ? 2 : 1) + int64_t(spec.dim) * spec.classes));
     ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos);
     pos = 1 - pos;
     alive = ctx_.alive(st_);

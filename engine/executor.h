@@ -54,7 +54,9 @@ class Executor {
   Executor(BackendContext& ctx, Plan plan);
 
   const Plan& plan() const { return plan_; }
-  size_t arena_bytes() const { return arena_->bytes() + state_->bytes(); }
+  size_t arena_bytes() const {
+    return arena_->bytes() + state_->bytes() + (exit_pooled_ ? exit_pooled_->bytes() : 0);
+  }
 
   // input: host NCHW [n, C, H, W], normalised.  results[n] in caller order;
   // logits (may be null): host [n, classes], NaN rows for samples that exited.
@@ -66,7 +68,11 @@ class Executor {
 
   BackendContext& ctx_;
   Plan plan_;
-  std::unique_ptr<Buffer> arena_, state_;
+  // The exit heads' pooled features, [max_batch, widest head]; grown on the
+  // first run with heads wider than any before (a one-time allocation).
+  float* exit_pooled(const ExitHeads& heads);
+
+  std::unique_ptr<Buffer> arena_, state_, exit_pooled_;
   ExitState st_;
 };
 

@@ -123,21 +123,19 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
   fc.macs_per_sample = int64_t(plan.features) * plan.classes;
   plan.steps.push_back(fc);
 
-  size_t largest = 0, widest_exit = 0;
+  size_t largest = 0;
   for (const Step& s : plan.steps) {
     if (s.kind == StepKind::GlobalAvgPool || s.kind == StepKind::Classifier) continue;
     largest = std::max({largest, s.in.per_sample(), s.out.per_sample()});
     plan.macs_per_sample += s.macs_per_sample;
   }
-  for (const ExitPoint& e : plan.exits) widest_exit = std::max(widest_exit, size_t(e.shape.c));
   plan.macs_per_sample += fc.macs_per_sample;
   // Round every region to 16 floats so each starts 64-byte aligned.
   const size_t batch = size_t(max_batch);
   auto round16 = [](size_t n) { return add_size(n, 15, "plan") / 16 * 16; };
   plan.slot_floats = round16(mul_size(largest, batch, "plan: activation slot"));
   plan.pooled_offset = mul_size(plan.slot_floats, size_t(plan.num_slots), "plan: arena");
-  plan.exit_pooled_offset = add_size(plan.pooled_offset, round16(batch * size_t(plan.features)), "plan: arena");
-  plan.logits_offset = add_size(plan.exit_pooled_offset, round16(batch * widest_exit), "plan: arena");
+  plan.logits_offset = add_size(plan.pooled_offset, round16(batch * size_t(plan.features)), "plan: arena");
   plan.arena_floats = add_size(plan.logits_offset, round16(batch * size_t(plan.classes)), "plan: arena");
   mul_size(plan.arena_floats, sizeof(float), "plan: arena bytes");
 

@@ -3,12 +3,13 @@
 //
 // Activations rotate through four arena slots (a residual block needs its
 // input, two intermediates and the shortcut alive at once); the pooled
-// features, the exit heads' pooled features and the logits have their own
-// regions.  Each residual block's output is an exit point; when an exit head
-// is attached there, the executor runs it and compacts the batch in place
-// (survivors to the front), so the plan does not depend on which caches are
-// attached.  The exit state (per-sample results)
-// is laid out here too; it lives in host-visible memory.
+// features and the logits have their own regions (the exit heads' pooled
+// features, whose size depends on the heads, live in the executor).  Each
+// residual block's output is an exit point; when an exit head is attached
+// there, the executor runs it and compacts the batch in place (survivors to
+// the front), so the plan does not depend on which caches are attached.  The
+// exit state (per-sample results) is laid out here too; it lives in
+// host-visible memory.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +55,7 @@ struct Plan {
   std::vector<ExitPoint> exits;
   int num_slots = 0;
   size_t slot_floats = 0;  // per slot, for max_batch
-  size_t pooled_offset = 0, exit_pooled_offset = 0, logits_offset = 0, arena_floats = 0;
+  size_t pooled_offset = 0, logits_offset = 0, arena_floats = 0;
   ExitStateLayout exit_state;
   int features = 0, classes = 0;
   int64_t macs_per_sample = 0;

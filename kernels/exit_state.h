@@ -49,9 +49,37 @@ inline ExitState exit_state_at(void* buffer, int batch) {
   return st;
 }
 
+#if defined(__CUDACC__)
+#define GATI_HOST_DEVICE __host__ __device__
+#else
+#define GATI_HOST_DEVICE
+#endif
+
+// How an exit pools a block's output [h, w, c] into the cache model's
+// features: adaptive average pooling over a grid x grid of cells (as
+// PyTorch's adaptive_avg_pool2d: cell i spans rows floor(i*h/grid) to
+// ceil((i+1)*h/grid), so cells may overlap when h is not a multiple), and
+// with `with_max` each cell's maximum too (SDN's mixed pooling; the linear
+// model learns its own mix per feature).  grid 1 without max is global
+// average pooling.  Feature order: averages [cell][c], then maxima [cell][c].
+struct PoolSpec {
+  int grid = 1;
+  bool with_max = false;
+  GATI_HOST_DEVICE int cells() const { return grid * grid; }
+  GATI_HOST_DEVICE int features(int channels) const { return channels * cells() * (with_max ? 2 : 1); }
+};
+constexpr int kMaxPoolGrid = 8;
+
+// First row (or column) of cell i of `grid` over `size`, and one past its last.
+GATI_HOST_DEVICE inline int pool_cell_begin(int i, int size, int grid) { return int((long long)i * size / grid); }
+GATI_HOST_DEVICE inline int pool_cell_end(int i, int size, int grid) {
+  return int(((long long)(i + 1) * size + grid - 1) / grid);
+}
+
 // A learned linear cache model at one exit (GATI's predictor on pooled
 // features): z = W * ((pooled - mean) * inv_std) + b, hit when the top softmax
-// probability of z reaches `threshold`.  Pointers are backend memory.
+// probability of z reaches `threshold`.  dim = pool.features(channels).
+// Pointers are backend memory.
 struct LinearHeadView {
   int dim = 0, classes = 0;
   const float* mean = nullptr;     // [dim]
@@ -59,6 +87,7 @@ struct LinearHeadView {
   const float* weight = nullptr;   // [classes, dim]
   const float* bias = nullptr;     // [classes]
   float threshold = 2.0f;          // > 1 never hits
+  PoolSpec pool;
 };
 
 // The same model with writable parameters and its momentum buffer, for the

@@ -185,7 +185,7 @@ def main():
         safetensors_io.save(os.path.join(tmp, "badcache.safetensors"), ctensors, cmeta)
         expect_error(gati, "cache tensor of the wrong shape", ["serve-sim", "--model", args.demo, "--caches",
                                                                os.path.join(tmp, "badcache.safetensors"), "--trace", "uniform"],
-                     "exit.layer2.0.weight: expected shape [10,32]")
+                     "exit.layer2.0.weight: expected shape [10,")
 
         rc, out, _ = run(gati, "info", args.demo, "--json")
         check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)

@@ -54,13 +54,15 @@ inline Dataset tiny_dataset() {
 }
 
 // A random linear head for every block of `model`, all with `threshold`.
-inline std::vector<ExitHeadSpec> random_heads(const Model& model, uint32_t seed, float threshold) {
+inline std::vector<ExitHeadSpec> random_heads(const Model& model, uint32_t seed, float threshold,
+                                              const std::vector<PoolSpec>& pools = {}) {
   std::vector<ExitHeadSpec> heads;
   for (size_t b = 0; b < model.net.blocks.size(); ++b) {
     ExitHeadSpec h;
     h.block = int(b);
     h.name = model.net.blocks[b].name;
-    h.dim = model.net.blocks[b].out_channels;
+    h.pool = pools.empty() ? PoolSpec{} : pools[b % pools.size()];  // cycled over the blocks
+    h.dim = h.pool.features(model.net.blocks[b].out_channels);
     h.classes = model.arch().num_classes;
     h.mean = random_floats(size_t(h.dim), seed++, 0.2f);
     h.inv_std.assign(size_t(h.dim), 1.0f);

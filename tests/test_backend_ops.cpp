@@ -299,6 +299,106 @@ TEST_P(BackendOps, ExitHeadsWithWrongSizesAreRefused) {
   EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "parameter sizes do not match");
   spec.weight.push_back(0.5f);
   EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
+  spec.pool.grid = kMaxPoolGrid + 1;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "pool grid 9 does not fit dim 8");
+  spec.pool = parse_pool("mix2x2");  // 8 features per channel: dim 8 fits
+  EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
+  spec.pool = parse_pool("avg4x4");  // 16 per channel: dim 8 cannot be
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "pool grid 4 does not fit dim 8");
+}
+
+TEST(Pooling, NamesRoundTripAndBadNamesListTheValidOnes) {
+  for (const char* name : {"avg", "mix", "avg2x2", "mix4x4", "avg8x8"}) EXPECT_EQ(pool_name(parse_pool(name)), name);
+  EXPECT_EQ(parse_pool("avg1x1").grid, 1);
+  EXPECT_EQ(parse_pool("mix4x4").features(64), 64 * 16 * 2);
+  for (const char* bad : {"", "max", "avg9x9", "avg0x0", "avg2x3", "avg2", "mix4x4 ", "AVG"})
+    EXPECT_GATI_ERROR(parse_pool(bad), "valid: avg, mix, avgGxG or mixGxG");
+}
+
+// Pooled features by PyTorch's adaptive pooling formula (cell i spans
+// floor(i*H/g) .. ceil((i+1)*H/g)), in double: averages [cell][c], then
+// maxima [cell][c].
+std::vector<double> reference_pool(const std::vector<float>& x, int n, int h, int w, int c, const PoolSpec& p) {
+  const int g = p.grid, cells = g * g, dim = p.features(c);
+  std::vector<double> out(size_t(n) * size_t(dim));
+  for (int i = 0; i < n; ++i)
+    for (int cell = 0; cell < cells; ++cell) {
+      const int y0 = int(std::floor(double(cell / g) * h / g)), y1 = int(std::ceil(double(cell / g + 1) * h / g));
+      const int x0 = int(std::floor(double(cell % g) * w / g)), x1 = int(std::ceil(double(cell % g + 1) * w / g));
+      for (int ch = 0; ch < c; ++ch) {
+        double sum = 0, mx = -INFINITY;
+        for (int y = y0; y < y1; ++y)
+          for (int xx = x0; xx < x1; ++xx) {
+            const double v = x[((size_t(i) * h + size_t(y)) * w + size_t(xx)) * c + size_t(ch)];
+            sum += v;
+            mx = std::max(mx, v);
+          }
+        double* row = out.data() + size_t(i) * dim;
+        row[cell * c + ch] = sum / ((y1 - y0) * (x1 - x0));
+        if (p.with_max) row[cells * c + cell * c + ch] = mx;
+      }
+    }
+  return out;
+}
+
+// Spatial and mixed pooling (the exit heads' pool_features op and the exit
+// head itself) against the adaptive-pooling reference, on exit shapes whose
+// sides do and do not divide by the grid (7x7 in 4x4 cells overlap).
+TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
+  struct Case {
+    const char* pool;
+    int h, c;
+  };
+  const int n = 3, classes = 10;
+  for (const Case& k : {Case{"avg2x2", 28, 16}, Case{"mix4x4", 7, 64}, Case{"mix", 14, 32}, Case{"avg4x4", 3, 8},
+                        Case{"mix4x4", 56, 16}}) {
+    SCOPED_TRACE(std::string(k.pool) + " on " + std::to_string(k.h) + "x" + std::to_string(k.h) + "x" +
+                 std::to_string(k.c));
+    const PoolSpec pool = parse_pool(k.pool);
+    const int dim = pool.features(k.c);
+    const std::vector<float> x = random_floats(size_t(n * k.h * k.h * k.c), uint32_t(k.h + k.c), 2.0f);
+    const std::vector<double> ref = reference_pool(x, n, k.h, k.h, k.c, pool);
+    Guarded act(*ctx_, x.size()), feats(*ctx_, size_t(n * dim)), head_pooled(*ctx_, size_t(n * dim));
+    act.upload(x);
+    ctx_->pool_features(act.data(), {n, k.h, k.h, k.c}, pool, feats.data());
+    const std::vector<float> got = feats.download();
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-5 + 1e-5 * std::abs(ref[i])) << "feature " << i;
+
+    ExitHeadSpec spec;
+    spec.name = "layer2.0";
+    spec.pool = pool;
+    spec.dim = dim;
+    spec.classes = classes;
+    spec.mean = random_floats(size_t(dim), 91, 0.3f);
+    spec.inv_std.assign(size_t(dim), 0.7f);
+    spec.weight = random_floats(size_t(dim) * classes, 92, 0.3f);
+    spec.bias = random_floats(classes, 93, 0.2f);
+    spec.threshold = 0.0f;  // every row answers, so every label and confidence is written
+    const auto heads = device_->upload_exit_heads({spec});
+    HostState hs(*ctx_, n, classes);
+    ctx_->begin_exits(hs.st, n, classes);
+    ctx_->exit_head(*heads, 0, act.data(), {n, k.h, k.h, k.c}, 0, hs.st, 0, head_pooled.data());
+    ctx_->synchronize();
+    // The head pools exactly as the op does: the same features, bit for bit.
+    EXPECT_EQ(head_pooled.download(), got);
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> z(classes);
+      for (int c = 0; c < classes; ++c) {
+        double s = spec.bias[size_t(c)];
+        for (int d = 0; d < dim; ++d)
+          s += double(spec.weight[size_t(c) * dim + size_t(d)]) * (ref[size_t(i) * dim + size_t(d)] - spec.mean[size_t(d)]) * 0.7;
+        z[size_t(c)] = s;
+      }
+      const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
+      double sum = 0;
+      for (double v : z) sum += std::exp(v - z[size_t(best)]);
+      EXPECT_EQ(hs.st.label[i], best) << "row " << i;
+      EXPECT_NEAR(hs.st.confidence[i], 1 / sum, 1e-4) << "row " << i;
+    }
+    // A head whose dim does not match these activations is refused by the op.
+    EXPECT_GATI_ERROR(ctx_->exit_head(*heads, 0, act.data(), {n, k.h, k.h, k.c * 2}, 0, hs.st, 0, head_pooled.data()),
+                      "pooled " + std::string(k.pool));
+  }
 }
 
 // ResNet-50's last exit with an ImageNet-sized head (2048 features, 1000

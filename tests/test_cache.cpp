@@ -208,5 +208,35 @@ TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
   std::filesystem::remove_all(dir);
 }
 
+// Each exit's pooling is kept in the file; a pooling that is not one, or
+// that does not give the exit's dim, is refused naming the exit.
+TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  const std::vector<PoolSpec> pools = {parse_pool("mix4x4"), parse_pool("avg"), parse_pool("avg2x2")};
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f, pools)) set.exits.push_back(ExitCache::from_head_spec(h));
+  const auto dir = test::scratch_dir("cache_pool");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  const CacheSet back = CacheSet::load(path, m);
+  ASSERT_EQ(back.exits.size(), set.exits.size());
+  for (size_t e = 0; e < back.exits.size(); ++e) {
+    EXPECT_EQ(pool_name(back.exits[e].pool), pool_name(pools[e % pools.size()]));
+    EXPECT_EQ(back.exits[e].dim, set.exits[e].dim);
+    EXPECT_EQ(back.exits[e].weight, set.exits[e].weight);
+  }
+  CacheSet bad = set;
+  bad.exits[1].pool.grid = 12;  // written as "avg12x12"
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].exit_name + "': pooling 'avg12x12'");
+  bad = set;
+  bad.exits[0].pool = parse_pool("avg");  // the file's tensors are mix4x4-sized
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace gati

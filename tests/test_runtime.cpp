@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
 #include "random_model.h"
 #include "test_util.h"
 
@@ -41,8 +42,10 @@ struct Fixture {
         per(size_t(c) * size_t(h) * size_t(w)) {}
 };
 
-// Pooled features [n, dim] at every block, from a plain full-model run.
-std::vector<std::vector<float>> pooled_per_block(const Engine& e, const std::vector<float>& x, int n) {
+// Pooled features [n, dim] at every block (pooled as pools[block % size]
+// says; empty: global average), from a plain full-model run.
+std::vector<std::vector<float>> pooled_per_block(const Engine& e, const std::vector<float>& x, int n,
+                                                 const std::vector<PoolSpec>& pools = {}) {
   std::vector<std::vector<float>> out(e.model().net.blocks.size());
   Session s = e.session();
   std::vector<SampleResult> r(static_cast<size_t>(n));
@@ -50,20 +53,17 @@ std::vector<std::vector<float>> pooled_per_block(const Engine& e, const std::vec
   o.observer = [&](const ExitPoint& ep, BackendContext& ctx, const float* act, int rows, const int32_t*) {
     std::vector<float> all(ep.shape.elems() / size_t(ep.shape.n) * size_t(rows));
     ctx.to_host(act, all.size() * sizeof(float), all.data());
+    const PoolSpec pool = pools.empty() ? PoolSpec{} : pools[size_t(ep.block) % pools.size()];
     std::vector<float>& p = out[size_t(ep.block)];
-    p.assign(size_t(rows) * size_t(ep.shape.c), 0.f);
-    const size_t hw = size_t(ep.shape.h) * size_t(ep.shape.w);
-    for (int i = 0; i < rows; ++i)
-      for (size_t q = 0; q < hw; ++q)
-        for (int ch = 0; ch < ep.shape.c; ++ch)
-          p[size_t(i) * size_t(ep.shape.c) + size_t(ch)] += all[(size_t(i) * hw + q) * size_t(ep.shape.c) + size_t(ch)] / float(hw);
+    p.assign(size_t(rows) * size_t(pool.features(ep.shape.c)), 0.f);
+    cpu::pool_features_nhwc(all.data(), rows, ep.shape.h, ep.shape.w, ep.shape.c, pool, p.data());
   };
   s.run(x.data(), n, e.arch().in_channels, e.arch().input_h, e.arch().input_w, r.data(), nullptr, o);
   return out;
 }
 
 LinearHeadView view_of(const ExitHeadSpec& s) {
-  return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold};
+  return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
 }
 
 TEST(Runtime, ExitsThatNeverFireGiveTheFullModelBitForBit) {
@@ -117,8 +117,9 @@ TEST(Runtime, ExitsThatAlwaysFireAnswerAtTheFirstAttachedExit) {
 
 // Thresholds at a quantile of each head's confidences on these inputs, so
 // that samples leave at different exits and some run to the end.
-std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::vector<float>>& pooled, int n) {
-  std::vector<ExitHeadSpec> specs = test::random_heads(e.model(), 21, 0.f);
+std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::vector<float>>& pooled, int n,
+                                      const std::vector<PoolSpec>& pools = {}) {
+  std::vector<ExitHeadSpec> specs = test::random_heads(e.model(), 21, 0.f, pools);
   std::vector<float> z(size_t(e.arch().num_classes));
   for (ExitHeadSpec& s : specs) {
     std::vector<float> confs;
@@ -135,12 +136,17 @@ std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::ve
   return specs;
 }
 
-TEST(Runtime, PerSampleExitsInABatchMatchTheCascadeAndEachSampleAlone) {
+// Global average pooling, and grid / mixed pooling cycled over the exits.
+class PerSampleExits : public ::testing::TestWithParam<std::vector<std::string>> {};
+
+TEST_P(PerSampleExits, InABatchMatchTheCascadeAndEachSampleAlone) {
   Fixture f(test::kSmallArch);
   const int n = 24;
+  std::vector<PoolSpec> pools;
+  for (const std::string& name : GetParam()) pools.push_back(parse_pool(name));
   const std::vector<float> x = diverse_inputs(size_t(n), f.per, 13);
-  const auto pooled = pooled_per_block(f.engine, x, n);
-  const std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled, n);
+  const auto pooled = pooled_per_block(f.engine, x, n, pools);
+  const std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled, n, pools);
   const auto heads = f.engine.make_exit_heads(specs);
 
   // The oracle: walk the cascade on the full model's pooled features.
@@ -232,12 +238,22 @@ TEST(Runtime, BatchWhereEverySampleExitsEndsEarly) {
   EXPECT_TRUE(std::any_of(timings.begin(), timings.end(), [](const LayerTiming& t) { return t.kind == "exit"; }));
 }
 
+INSTANTIATE_TEST_SUITE_P(Pooling, PerSampleExits,
+                         ::testing::Values(std::vector<std::string>{"avg"},
+                                           std::vector<std::string>{"mix2x2", "avg4x4", "mix", "mix4x4"}),
+                         [](const auto& param) { return param.index == 0 ? std::string("global") : std::string("grid"); });
+
 TEST(Runtime, ExitHeadsAreCheckedAgainstTheModel) {
   Fixture f(test::kSmallArch);
   std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 1, 0.5f);
   auto bad = specs;
   bad[2].dim = 7;
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "dim 7");
+  bad = specs;
+  bad[2].pool = parse_pool("mix2x2");  // the same dim no longer fits the block's channels pooled this way
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "pooled mix2x2 give");
+  bad[2].pool.grid = 12;
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "pool grid 12 is not in [1, 8]");
   bad = specs;
   bad[0].block = 99;
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "block 99");

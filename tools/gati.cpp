@@ -286,7 +286,7 @@ int cmd_profile(const ProfileOpts& o) {
 
 struct CacheBuildOpts {
   Common common;
-  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted";
+  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto";
   double target = 0.99;
   int train = 50000, holdout = 10000, epochs = 10;
 };
@@ -299,6 +299,7 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   b.target_agreement = o.target;
   b.rule = threshold_rule(o.rule);
   b.perturbed_holdout = o.holdout_kind == "clean+shifted";
+  b.pool = o.pool;
   b.train = o.train;
   b.holdout = o.holdout;
   b.sgd.epochs = o.epochs;
@@ -307,12 +308,14 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   const BuildResult r = build_caches(engine, ds, b);
   progress.finish();
   r.caches.save(o.out);
-  std::printf("%-10s %13s %9s %10s %9s %10s\n", "exit", "loss", "threshold", "agreement", "hit rate", "hit agree");
+  std::printf("%-10s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "pool", "dim", "loss", "threshold", "agreement",
+              "hit rate", "hit agree");
   for (size_t e = 0; e < r.caches.exits.size(); ++e) {
     const ExitCache& c = r.caches.exits[e];
     const std::string loss = str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ", std::round(r.loss[e].back() * 1000) / 1000);
-    std::printf("%-10s %13s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), loss.c_str(),
-                c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate, c.holdout_hit_agreement);
+    std::printf("%-10s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), pool_name(c.pool).c_str(),
+                c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
+                c.holdout_hit_agreement);
   }
   std::printf("wrote %s (%zu exits, target %.3f, rule %s, %.1fs)\n", o.out.c_str(), r.caches.exits.size(), o.target,
               o.rule.c_str(), r.seconds);
@@ -460,6 +463,20 @@ int dispatch(int argc, char** argv) {
                       "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
                       "noise, like locality traffic)")
       ->check(CLI::IsMember({"clean", "clean+shifted"}))
+      ->capture_default_str();
+  c_build->add_option("--pool", cb.pool,
+                      "pooling at every exit: auto (per exit the richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose "
+                      "head costs at most 0.5% of the model), or one of avg, mix, avgGxG, mixGxG (G = 1..8; mix adds "
+                      "each cell's max)")
+      ->check([](const std::string& v) {
+        if (v == "auto") return std::string();
+        try {
+          parse_pool(v);
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+        return std::string();
+      })
       ->capture_default_str();
   c_build->add_option("--train", cb.train, "training images")->check(CLI::Range(1, 60000))->capture_default_str();
   c_build->add_option("--holdout", cb.holdout, "calibration images after them")->check(CLI::Range(1, 60000))->capture_default_str();

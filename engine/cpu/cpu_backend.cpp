@@ -42,7 +42,7 @@ class CpuExitHeads final : public ExitHeads {
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {}
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = specs_.at(size_t(head));
-    return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold};
+    return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
   }
 };
 
@@ -109,6 +109,11 @@ class CpuContext final : public BackendContext {
     cpu::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out);
   }
 
+  void pool_features(const float* in, const Act& s, const PoolSpec& pool, float* out) override {
+    cpu::ThreadScope t(threads_);
+    cpu::pool_features_nhwc(in, s.n, s.h, s.w, s.c, pool, out);
+  }
+
   void classifier(const float* pooled, int n, float* logits) override {
     cpu::ThreadScope t(threads_);
     cpu::Epilogue ep;
@@ -122,8 +127,8 @@ class CpuContext final : public BackendContext {
                  int pos, float* pooled) override {
     cpu::ThreadScope t(threads_);
     const LinearHeadView v = heads.view(head);
-    if (v.dim != s.c) fail("exit head '", heads.specs()[size_t(head)].name, "': dim ", v.dim, ", activations have ", s.c, " channels");
-    cpu::exit_head_linear(act, s.n, s.h * s.w, v, exit_id, st, pos, pooled);
+    check_exit_head_fits(heads, head, s);
+    cpu::exit_head_linear(act, s.n, s.h, s.w, s.c, v, exit_id, st, pos, pooled);
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {

@@ -69,7 +69,8 @@ class CudaExitHeads final : public ExitHeads {
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = specs_.at(size_t(head));
     const DeviceHead& d = heads_.at(size_t(head));
-    return {s.dim, s.classes, d.mean.floats(), d.inv_std.floats(), d.weight.floats(), d.bias.floats(), s.threshold};
+    return {s.dim,          s.classes,          d.mean.floats(), d.inv_std.floats(), d.weight.floats(),
+            d.bias.floats(), s.threshold, s.pool};
   }
 
  private:
@@ -208,6 +209,11 @@ class CudaContext final : public BackendContext {
     cuda::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out, stream_.get());
   }
 
+  void pool_features(const float* in, const Act& s, const PoolSpec& pool, float* out) override {
+    cuda::DeviceScope scope(index_);
+    cuda::pool_features_nhwc(in, s.n, s.h, s.w, s.c, pool, out, stream_.get());
+  }
+
   void classifier(const float* pooled, int n, float* logits) override {
     cuda::DeviceScope scope(index_);
     cuda::linear(pooled, n, device_->features(), device_->fc_weight(), device_->fc_bias(), device_->classes(), logits,
@@ -225,9 +231,8 @@ class CudaContext final : public BackendContext {
     if (!dynamic_cast<const CudaExitHeads*>(&heads))
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     const LinearHeadView v = heads.view(head);
-    if (v.dim != s.c)
-      fail("exit head '", heads.specs()[size_t(head)].name, "': dim ", v.dim, ", activations have ", s.c, " channels");
-    cuda::exit_head_linear(act, s.n, s.h * s.w, v, exit_id, st, pos, pooled, stream_.get());
+    check_exit_head_fits(heads, head, s);
+    cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, v, exit_id, st, pos, pooled, stream_.get());
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {

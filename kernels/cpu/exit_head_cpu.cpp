@@ -86,9 +86,9 @@ void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) 
   for (int k = 0; k < h.classes; ++k) z[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), xs.data(), h.dim) + h.bias[k];
 }
 
-void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
-                      int pos, float* pooled) {
-  global_avg_pool_nhwc(act, n, hw, h.dim, pooled);
+void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
+                      const ExitState& st, int pos, float* pooled) {
+  pool_features_nhwc(act, n, height, width, c, h.pool, pooled);
   // Scores for all rows at once, class-major: each class's weights (one row
   // of W) are read once per batch, not once per sample, and classes split
   // across threads.  Per row the arithmetic is linear_head_scores', lane for

@@ -28,12 +28,13 @@ void begin_exits(const ExitState& st, int n, int classes);
 // the same whatever batch it is in.
 void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z);
 
-// For each of the n rows of act (NHWC [n, hw, c], c == h.dim): global average
-// pool into pooled[n, c], score, and when the top probability reaches the
-// threshold record (exit_id, label, confidence) for sample position[pos][row]
-// and set hit[row] = 1 (else 0).
-void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
-                      int pos, float* pooled);
+// For each of the n rows of act (NHWC [n, height, width, c], with
+// h.dim == h.pool.features(c)): pool as h.pool says into pooled[n, h.dim],
+// score, and when the top probability reaches the threshold record (exit_id,
+// label, confidence) for sample position[pos][row] and set hit[row] = 1
+// (else 0).
+void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
+                      const ExitState& st, int pos, float* pooled);
 
 // Moves the rows with hit == 0 of act [n, row_floats] to the front, in
 // order, in place, and position[pos_in] into position[pos_out]; writes the

@@ -20,7 +20,7 @@ SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* lab
       return r;
     }
   std::vector<float> grad(total, 0.f), z(size_t(h.classes)), p(size_t(h.classes)), xs(size_t(h.dim));
-  const LinearHeadView view{h.dim, h.classes, h.mean, h.inv_std, h.weight, h.bias, 2.0f};
+  const LinearHeadView view{h.dim, h.classes, h.mean, h.inv_std, h.weight, h.bias, 2.0f, {}};
   double loss = 0;
   for (int i = 0; i < n; ++i) {
     const float* xi = x + size_t(i) * size_t(h.dim);

@@ -43,6 +43,32 @@ void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out) {
   }
 }
 
+void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out) {
+  if (pool.grid == 1 && !pool.with_max) return global_avg_pool_nhwc(in, n, h * w, c, out);
+  const int g = pool.grid, cells = pool.cells();
+  const size_t dim = size_t(pool.features(c)), cf = size_t(c);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h) * size_t(w) * cf > 65536)
+  for (int img = 0; img < n; ++img)
+    for (int cell = 0; cell < cells; ++cell) {
+      const int cy = cell / g, cx = cell % g;
+      const int y0 = pool_cell_begin(cy, h, g), y1 = pool_cell_end(cy, h, g);
+      const int x0 = pool_cell_begin(cx, w, g), x1 = pool_cell_end(cx, w, g);
+      float* avg = out + size_t(img) * dim + size_t(cell) * cf;
+      float* mx = pool.with_max ? avg + size_t(cells) * cf : nullptr;
+      std::fill(avg, avg + c, 0.f);
+      if (mx) std::fill(mx, mx + c, -std::numeric_limits<float>::infinity());
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) {
+          const float* src = in + ((size_t(img) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)) * cf;
+          for (int ch = 0; ch < c; ++ch) avg[ch] += src[ch];
+          if (mx)
+            for (int ch = 0; ch < c; ++ch) mx[ch] = mx[ch] < src[ch] ? src[ch] : mx[ch];
+        }
+      const float inv = 1.0f / float((y1 - y0) * (x1 - x0));
+      for (int ch = 0; ch < c; ++ch) avg[ch] *= inv;
+    }
+}
+
 void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out) {
 #pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(c) * size_t(h) * size_t(w) > 65536)
   for (int img = 0; img < n; ++img)

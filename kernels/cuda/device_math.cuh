@@ -16,6 +16,7 @@
 
 #include <cstddef>
 
+#include "kernels/exit_state.h"
 #include "weights/common/error.h"
 
 namespace gati::cuda::dev {
@@ -37,6 +38,25 @@ inline void check_scores_smem(const char* what, int dim, int classes) {
   if (bytes + kStaticSmem > 48 * 1024)
     fail(what, ": ", dim, " features and ", classes, " classes need ", bytes,
          " bytes of shared memory, more than 48 KiB");
+}
+
+// Feature f of one sample's pooled features (PoolSpec's order: averages
+// [cell][c], then maxima [cell][c]) from its activation src [h, w, c]: the
+// CPU twin's pool_features_nhwc, cell summed row by row with rounded adds
+// and scaled by the correctly rounded 1/count.
+__device__ inline float pool_feature(const float* __restrict__ src, int h, int w, int c, PoolSpec pool, int f) {
+  const int g = pool.grid, cells = pool.cells();
+  const int ch = f % c, rest = f / c, cell = rest % cells;
+  const bool is_max = rest >= cells;
+  const int y0 = pool_cell_begin(cell / g, h, g), y1 = pool_cell_end(cell / g, h, g);
+  const int x0 = pool_cell_begin(cell % g, w, g), x1 = pool_cell_end(cell % g, w, g);
+  float acc = is_max ? -INFINITY : 0.f;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      const float v = src[(long(y) * w + x) * c + ch];
+      acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
+    }
+  return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
 }
 
 __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }

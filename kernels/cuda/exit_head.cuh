@@ -16,11 +16,12 @@ namespace gati::cuda {
 
 void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream);
 
-// One launch: global average pool of each row of act [n, hw, c] into
-// pooled [n, c] (device), standardise, linear scores, top softmax, and the
-// hit decision (hit[row]; exit, label, confidence of sample position[pos][row]).
-void exit_head_linear(const float* act, int n, int hw, const LinearHeadView& h, int exit_id, const ExitState& st,
-                      int pos, float* pooled, cudaStream_t stream);
+// One launch: pooling of each row of act [n, height, width, channels] as
+// h.pool says into pooled [n, h.dim] (device), standardise, linear scores,
+// top softmax, and the hit decision (hit[row]; exit, label, confidence of
+// sample position[pos][row]).
+void exit_head_linear(const float* act, int n, int height, int width, int channels, const LinearHeadView& h,
+                      int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream);
 
 // Device scratch for compaction: `rows` ints and rows * row_floats floats.
 struct CompactScratch {

@@ -8,6 +8,7 @@
 #include <cfloat>
 
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/pool.cuh"
 #include "weights/common/error.h"
@@ -53,6 +54,14 @@ __global__ void global_avg_pool_kernel(const float* __restrict__ in, int hw, int
   }
 }
 
+__global__ void pool_features_kernel(const float* __restrict__ in, int h, int w, int c, PoolSpec pool, int dim,
+                                     float* __restrict__ out) {
+  const int img = blockIdx.y;
+  const float* src = in + long(img) * h * w * c;
+  for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < dim; f += gridDim.x * blockDim.x)
+    out[long(img) * dim + f] = dev::pool_feature(src, h, w, c, pool, f);
+}
+
 void launch_max_pool(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
                      float* out, cudaStream_t stream) {
   max_pool_kernel<<<grid_for(long(n) * oh * ow * c, 256), 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow,
@@ -63,6 +72,13 @@ void launch_global_avg_pool(const float* in, int n, int hw, int c, float* out, c
   const int threads = c >= 256 ? 256 : ((c + 31) / 32) * 32;
   const dim3 grid(unsigned((c + threads - 1) / threads), unsigned(n));
   global_avg_pool_kernel<<<grid, threads, 0, stream>>>(in, hw, c, 1.0f / float(hw), out);
+}
+
+void launch_pool_features(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out,
+                          cudaStream_t stream) {
+  const int dim = pool.features(c), threads = 256;
+  const dim3 grid(unsigned((dim + threads - 1) / threads), unsigned(n));
+  pool_features_kernel<<<grid, threads, 0, stream>>>(in, h, w, c, pool, dim, out);
 }
 
 }  // namespace
@@ -82,6 +98,15 @@ void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out, cud
   if (n < 1 || hw < 1 || c < 1) fail("global_avg_pool: bad shape (n ", n, ", hw ", hw, ", c ", c, ")");
   if (n > 65535) fail("global_avg_pool: batch ", n, " exceeds 65535");
   launch_global_avg_pool(in, n, hw, c, out, stream);
+  CUDA_CHECK_LAUNCH();
+}
+
+void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out,
+                        cudaStream_t stream) {
+  if (n < 1 || h < 1 || w < 1 || c < 1 || pool.grid < 1 || pool.grid > kMaxPoolGrid)
+    fail("pool_features: bad shape or pool (n ", n, ", ", h, "x", w, "x", c, ", grid ", pool.grid, ")");
+  if (n > 65535) fail("pool_features: batch ", n, " exceeds 65535");
+  launch_pool_features(in, n, h, w, c, pool, out, stream);
   CUDA_CHECK_LAUNCH();
 }
 
