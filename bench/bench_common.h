@@ -42,23 +42,49 @@ inline void BM_Model(benchmark::State& state, std::shared_ptr<Engine> engine, in
       benchmark::Counter(2.0 * double(p.macs_per_sample) * batch / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// A random linear head after every block; threshold > 1 never fires.
+// A random linear head over `channels` pooled as `pool` says; threshold > 1
+// never fires.
+inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool = {}) {
+  ExitHeadSpec h;
+  h.pool = pool;
+  h.dim = pool.features(channels);
+  h.classes = classes;
+  h.mean = random_floats(size_t(h.dim), 1);
+  h.inv_std.assign(size_t(h.dim), 1.0f);
+  h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
+  h.bias = random_floats(size_t(h.classes), 3);
+  h.threshold = 2.0f;
+  return h;
+}
+
+// A random linear head after every block, never firing.
 inline std::vector<ExitHeadSpec> never_firing_heads(const Model& m) {
   std::vector<ExitHeadSpec> heads;
   for (size_t b = 0; b < m.net.blocks.size(); ++b) {
-    ExitHeadSpec h;
-    h.block = int(b);
-    h.dim = m.net.blocks[b].out_channels;
-    h.classes = m.arch().num_classes;
-    h.mean = random_floats(size_t(h.dim), 1);
-    h.inv_std.assign(size_t(h.dim), 1.0f);
-    h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
-    h.bias = random_floats(size_t(h.classes), 3);
-    h.threshold = 2.0f;
-    heads.push_back(std::move(h));
+    heads.push_back(random_head(m.net.blocks[b].out_channels, m.arch().num_classes));
+    heads.back().block = int(b);
   }
   return heads;
 }
+
+// A device model holding no real network, for the ops alone: one exit point
+// ("bench", after block 0) with `channels` channels.
+inline Model op_model(int channels) {
+  Model m;
+  m.net.arch.num_classes = 1;
+  m.net.features = 1;
+  BlockSpec b;
+  b.name = "bench";
+  b.out_channels = channels;
+  m.net.blocks.push_back(b);
+  m.fc_weight = {1.f};
+  m.fc_bias = {0.f};
+  return m;
+}
+
+// {h, c, classes, n, pool}: one exit head on a backend, pool 0 = avg,
+// 1 = mix2x2, 2 = mix4x4 (the demo caches' default).
+inline const char* kBenchPools[] = {"avg", "mix2x2", "mix4x4"};
 
 inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engine, int batch, bool attached) {
   const Arch& a = engine->arch();

@@ -50,6 +50,37 @@ BENCHMARK(BM_Conv)
     ->Args({1024, 2048, 1, 2, 14, 1})
     ->Unit(benchmark::kMicrosecond);
 
+// {h (= w), channels, classes, batch, pool}: one exit head through the CPU
+// backend (pooling, scores, decision), as the executor calls it after a
+// block; the demo's mix4x4 heads and ResNet-50's 1000-class ones.
+void BM_ExitHead(benchmark::State& state) {
+  const int h = int(state.range(0)), c = int(state.range(1)), classes = int(state.range(2)), n = int(state.range(3));
+  gati::ExitHeadSpec spec =
+      gati::bench::random_head(c, classes, gati::parse_pool(gati::bench::kBenchPools[state.range(4)]));
+  spec.name = "bench";
+  const auto device = gati::make_backend_device("cpu", gati::bench::op_model(c));
+  const auto ctx = device->make_context(0);
+  const auto heads = device->upload_exit_heads({spec});
+  auto state_buf = ctx->allocate_host_visible(gati::exit_state_bytes(n, classes));
+  const gati::ExitState st = gati::exit_state_at(state_buf->data(), n);
+  const std::vector<float> x = random_floats(size_t(n) * size_t(h * h) * size_t(c), 4);
+  std::vector<float> pooled(size_t(n) * size_t(spec.dim));
+  ctx->begin_exits(st, n, classes);
+  for (auto _ : state) {
+    ctx->exit_head(*heads, 0, x.data(), {n, h, h, c}, 0, st, 0, pooled.data());
+    benchmark::ClobberMemory();
+  }
+}
+BENCHMARK(BM_ExitHead)
+    ->ArgNames({"h", "c", "classes", "n", "pool"})
+    ->Args({28, 16, 10, 1, 0})
+    ->Args({28, 16, 10, 1, 2})
+    ->Args({14, 32, 10, 1, 2})
+    ->Args({7, 64, 10, 1, 2})
+    ->Args({56, 256, 1000, 1, 0})
+    ->Args({7, 2048, 1000, 1, 0})
+    ->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 int main(int argc, char** argv) {

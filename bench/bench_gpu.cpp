@@ -15,28 +15,13 @@ namespace {
 
 using gati::bench::random_floats;
 
-// A device holding no real model: the ops under test take their parameters
-// as arguments (one exit point after "block 0" with `dim` channels).
-gati::Model op_model(int dim) {
-  gati::Model m;
-  m.net.arch.num_classes = 1;
-  m.net.features = 1;
-  gati::BlockSpec b;
-  b.name = "bench";
-  b.out_channels = dim;
-  m.net.blocks.push_back(b);
-  m.fc_weight = {1.f};
-  m.fc_bias = {0.f};
-  return m;
-}
-
 struct OpRig {
   std::shared_ptr<const gati::BackendDevice> device;
   std::unique_ptr<gati::BackendContext> ctx;
   std::unique_ptr<gati::Buffer> exit_buf;
   gati::ExitState st;
   OpRig(int dim, int batch, int classes) {
-    device = gati::make_backend_device("cuda", op_model(dim));
+    device = gati::make_backend_device("cuda", gati::bench::op_model(dim));
     ctx = device->make_context(0);
     exit_buf = ctx->allocate_host_visible(gati::exit_state_bytes(batch, classes));
     st = gati::exit_state_at(exit_buf->data(), batch);
@@ -53,37 +38,34 @@ struct OpRig {
   }
 };
 
-// {hw, channels, classes, batch}: the fused exit head reads the whole block output once.
+// {h (= w), channels, classes, batch, pool}: the fused exit head reads the whole block output once.
 void BM_ExitHead(benchmark::State& state) {
-  const int hw = int(state.range(0)), c = int(state.range(1)), classes = int(state.range(2)), n = int(state.range(3));
+  const int h = int(state.range(0)), c = int(state.range(1)), classes = int(state.range(2)), n = int(state.range(3));
+  const gati::PoolSpec pool = gati::parse_pool(gati::bench::kBenchPools[state.range(4)]);
   OpRig rig(c, n, classes);
-  gati::ExitHeadSpec h;
-  h.name = "bench";
-  h.dim = c;
-  h.classes = classes;
-  h.mean = random_floats(size_t(c), 1);
-  h.inv_std.assign(size_t(c), 1.f);
-  h.weight = random_floats(size_t(c) * size_t(classes), 2);
-  h.bias = random_floats(size_t(classes), 3);
-  h.threshold = 2.f;
-  const auto heads = rig.device->upload_exit_heads({h});
-  const std::vector<float> x = random_floats(size_t(n) * size_t(hw) * size_t(c), 4);
+  gati::ExitHeadSpec spec = gati::bench::random_head(c, classes, pool);
+  spec.name = "bench";
+  const auto heads = rig.device->upload_exit_heads({spec});
+  const std::vector<float> x = random_floats(size_t(n) * size_t(h * h) * size_t(c), 4);
   auto act = rig.ctx->allocate(x.size() * sizeof(float));
-  auto pooled = rig.ctx->allocate(size_t(n) * size_t(c) * sizeof(float));
+  auto pooled = rig.ctx->allocate(size_t(n) * size_t(spec.dim) * sizeof(float));
   rig.ctx->from_host(x.data(), x.size() * sizeof(float), act->data());
   rig.ctx->begin_exits(rig.st, n, classes);
-  const gati::Act shape{n, hw, 1, c};
+  const gati::Act shape{n, h, h, c};
   rig.time(state, [&] { rig.ctx->exit_head(*heads, 0, act->floats(), shape, 0, rig.st, 0, pooled->floats()); });
-  const double bytes = double(x.size() + size_t(c) * size_t(classes)) * sizeof(float);
+  const double bytes = double(x.size() + size_t(spec.dim) * size_t(classes)) * sizeof(float);
   state.counters["bytes/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ExitHead)
-    ->ArgNames({"hw", "c", "classes", "n"})
-    ->Args({56 * 56, 256, 1000, 1})
-    ->Args({28 * 28, 512, 1000, 1})
-    ->Args({7 * 7, 2048, 1000, 1})
-    ->Args({56 * 56, 256, 1000, 8})
-    ->Args({8 * 8, 64, 10, 1})
+    ->ArgNames({"h", "c", "classes", "n", "pool"})
+    ->Args({56, 256, 1000, 1, 0})
+    ->Args({28, 512, 1000, 1, 0})
+    ->Args({7, 2048, 1000, 1, 0})
+    ->Args({56, 256, 1000, 8, 0})
+    ->Args({8, 64, 10, 1, 0})
+    ->Args({28, 16, 10, 1, 2})
+    ->Args({7, 64, 10, 1, 2})
+    ->Args({28, 512, 1000, 1, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <random>
 
+#include "engine/plan.h"
 #include "loaders/trace.h"
 
 namespace gati {
@@ -36,6 +37,97 @@ std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& po
     out.push_back(chosen);
   }
   return out;
+}
+
+CostModel cost_model(const std::string& name) {
+  if (name == "measured") return CostModel::kMeasured;
+  if (name == "macs") return CostModel::kMacs;
+  fail("cost model '", name, "' (valid: measured, macs)");
+}
+
+namespace {
+
+CascadeCosts macs_costs(const Engine& engine, const std::vector<ExitCache>& caches) {
+  const Plan plan = make_plan(engine.model().net, 1, engine.arch().input_h, engine.arch().input_w);
+  CascadeCosts c;
+  c.full = double(plan.macs_per_sample);
+  for (const ExitCache& cache : caches) {
+    const ExitPoint& e = plan.exits.at(size_t(cache.block));
+    double through = 0;
+    for (int s = 0; s <= e.after_step; ++s) through += double(plan.steps[size_t(s)].macs_per_sample);
+    c.through.push_back(through);
+    c.head.push_back(double(e.shape.per_sample()) * (cache.pool.with_max ? 2 : 1) +
+                     double(cache.dim) * double(cache.classes));
+  }
+  return c;
+}
+
+// Median per-step times of batch-1 runs with every head attached and never
+// firing: the network's steps and each head's exit and compaction.
+CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& caches, const float* sample) {
+  std::vector<ExitHeadSpec> specs;
+  for (const ExitCache& c : caches) {
+    specs.push_back(c.head_spec());
+    specs.back().threshold = 2.0f;
+  }
+  const auto heads = engine.make_exit_heads(specs);
+  Session session = engine.session();
+  RunOptions opts;
+  opts.heads = heads.get();
+  const Arch& a = engine.arch();
+  constexpr int kWarmup = 5, kRuns = 31;
+  std::vector<std::vector<double>> ms;  // [entry][run]
+  std::vector<LayerTiming> layout;
+  for (int r = 0; r < kWarmup + kRuns; ++r) {
+    std::vector<LayerTiming> t;
+    opts.timings = &t;
+    SampleResult res;
+    session.run(sample, 1, a.in_channels, a.input_h, a.input_w, &res, nullptr, opts);
+    if (r < kWarmup) continue;
+    if (ms.empty()) {
+      ms.resize(t.size());
+      layout = t;
+    }
+    for (size_t k = 0; k < t.size() && k < ms.size(); ++k) ms[k].push_back(t[k].ms);
+  }
+  std::vector<double> median(ms.size());
+  for (size_t k = 0; k < ms.size(); ++k) {
+    std::nth_element(ms[k].begin(), ms[k].begin() + long(ms[k].size() / 2), ms[k].end());
+    median[k] = ms[k][ms[k].size() / 2];
+  }
+  CascadeCosts c;
+  c.through.assign(caches.size(), 0);
+  c.head.assign(caches.size(), 0);
+  std::vector<int> exit_of_block(engine.model().net.blocks.size(), -1);
+  for (size_t e = 0; e < caches.size(); ++e) exit_of_block.at(size_t(caches[e].block)) = int(e);
+  double so_far = 0;
+  for (size_t k = 0; k < layout.size(); ++k) {
+    const LayerTiming& t = layout[k];
+    if (t.kind == "exit" || t.kind == "compact") {
+      const int e = t.block >= 0 ? exit_of_block[size_t(t.block)] : -1;
+      if (e >= 0) c.head[size_t(e)] += median[k];
+      continue;
+    }
+    so_far += median[k];
+    // The block's output is complete after its last step (the next entry is its exit).
+    if (k + 1 < layout.size() && layout[k + 1].kind == "exit") {
+      const int e = exit_of_block[size_t(layout[k + 1].block)];
+      if (e >= 0) c.through[size_t(e)] = so_far;
+    }
+  }
+  c.full = so_far;
+  if (getenv("GATI_DEBUG_COSTS")) {
+    for (size_t k = 0; k < layout.size(); ++k) fprintf(stderr, "%s %s %d %.4f\n", layout[k].name.c_str(), layout[k].kind.c_str(), layout[k].block, median[k]);
+    for (size_t e = 0; e < caches.size(); ++e) fprintf(stderr, "exit %zu through %.4f head %.4f full %.4f\n", e, c.through[e], c.head[e], c.full);
+  }
+  return c;
+}
+
+}  // namespace
+
+CascadeCosts cascade_costs(const Engine& engine, const std::vector<ExitCache>& caches, CostModel model,
+                           const float* sample) {
+  return model == CostModel::kMacs ? macs_costs(engine, caches) : measured_costs(engine, caches, sample);
 }
 
 BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildOptions& o) {
@@ -94,7 +186,13 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
       hold_features[e].insert(hold_features[e].end(), more.per_exit[e].begin(), more.per_exit[e].end());
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
   }
-  calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
+  if (o.cascade && o.rule != ThresholdRule::kZeroError)
+    out.cascade = calibrate_cascade(set.exits, hold_features, calib_labels, o.target_agreement, o.rule,
+                                    cascade_costs(engine, set.exits, o.cost, images.data() + size_t(o.train) * data.image_floats()),
+                                    o.perturbed_holdout ? std::vector<size_t>{size_t(o.holdout), 2 * size_t(o.holdout)}
+                                                        : std::vector<size_t>{});
+  else
+    calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

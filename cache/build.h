@@ -13,9 +13,23 @@
 
 namespace gati {
 
+// How the cascade calibration prices an exit.
+enum class CostModel {
+  kMeasured,  // batch-1 time on this machine's backend (median of 31 runs with every head attached, never firing)
+  kMacs,      // multiply-accumulates: deterministic, but blind to how fast each layer runs
+};
+// "measured", "macs"; errors list the valid names.
+CostModel cost_model(const std::string& name);
+
 struct BuildOptions {
   double target_agreement = 0.99;
   ThresholdRule rule = ThresholdRule::kBound;
+  // Thresholds for the whole cascade at once (calibrate_cascade: the overall
+  // agreement meets the target, the error budget goes where it saves the
+  // most, exits that do not pay stay closed), or each exit on its own
+  // (calibrate_thresholds; always so for the zero-error rule).
+  bool cascade = true;
+  CostModel cost = CostModel::kMeasured;
   // Calibrate on the held-out images as they are and, with this on, once
   // more shifted by up to 2 pixels with noise 0.02 (as the locality trace
   // perturbs requests), so the thresholds hold on both kinds of traffic.
@@ -35,6 +49,7 @@ struct BuildOptions {
 
 struct BuildResult {
   CacheSet caches;
+  CascadeResult cascade;  // when calibrated as a cascade
   std::vector<std::vector<double>> loss;  // per exit, per epoch
   double seconds = 0;
 };
@@ -43,6 +58,12 @@ constexpr int kMaxAutoPoolDim = 4096;
 
 // Each exit's pooling for `pool` ("auto" or a name parse_pool knows).
 std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget);
+
+// Per-sample cost of answering at each exit of `caches` (the network up to
+// its block; its head's pooling and scores) and of the whole network.
+// `sample` is one normalised NCHW input (used by kMeasured).
+CascadeCosts cascade_costs(const Engine& engine, const std::vector<ExitCache>& caches, CostModel model,
+                           const float* sample);
 
 // `data` is raw [0, 1] images; they are normalised here.  Throws when the
 // data set's images or classes do not fit the model, or it has fewer than

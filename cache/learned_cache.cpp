@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -224,6 +225,155 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
     c.holdout_hit_rate = n ? double(hits) / n : 0;
     c.holdout_hit_agreement = hits ? double(hit_agree) / hits : 1.0;
   }
+}
+
+namespace {
+
+// Per-exit statistics on the held-out samples for the chosen thresholds, in
+// cascade order: the agreement of each predictor on every sample, and the
+// hit rate and hit agreement of the samples each exit takes.
+void record_holdout_stats(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& conf,
+                          const std::vector<std::vector<uint8_t>>& agree) {
+  const size_t n = conf.empty() ? 0 : conf[0].size();
+  std::vector<bool> taken(n, false);
+  for (size_t e = 0; e < caches.size(); ++e) {
+    int hits = 0, hit_agree = 0, all_agree = 0;
+    for (size_t i = 0; i < n; ++i) {
+      all_agree += agree[e][i];
+      if (taken[i] || conf[e][i] < caches[e].threshold) continue;
+      taken[i] = true;
+      ++hits;
+      hit_agree += agree[e][i];
+    }
+    caches[e].holdout_agreement = n ? double(all_agree) / double(n) : 0;
+    caches[e].holdout_hit_rate = n ? double(hits) / double(n) : 0;
+    caches[e].holdout_hit_agreement = hits ? double(hit_agree) / hits : 1.0;
+  }
+}
+
+}  // namespace
+
+CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
+                                const std::vector<int>& labels, double target, ThresholdRule rule,
+                                const CascadeCosts& costs, const std::vector<size_t>& part_ends_in, int min_hits) {
+  if (!(target > 0 && target <= 1)) fail("calibration: target agreement ", target, " must be in (0, 1]");
+  if (rule == ThresholdRule::kZeroError) fail("calibration: the zero-error rule is per exit, not for a cascade");
+  const size_t exits = caches.size(), n = labels.size();
+  if (features.size() != exits) fail("calibration: features for ", features.size(), " exits, ", exits, " caches");
+  if (costs.through.size() != exits || costs.head.size() != exits || !(costs.full > 0))
+    fail("calibration: costs for ", costs.through.size(), " exits, ", exits, " caches");
+  if (n == 0) fail("calibration: no held-out samples");
+  const std::vector<size_t> part_ends = part_ends_in.empty() ? std::vector<size_t>{n} : part_ends_in;
+  for (size_t p = 0; p < part_ends.size(); ++p)
+    if (part_ends[p] <= (p ? part_ends[p - 1] : 0) || (p + 1 == part_ends.size() && part_ends[p] != n))
+      fail("calibration: parts must be non-empty, in order, and end at the ", n, " samples");
+  // Every predictor's confidence and agreement on every sample, once.
+  std::vector<std::vector<float>> conf(exits, std::vector<float>(n));
+  std::vector<std::vector<uint8_t>> agree(exits, std::vector<uint8_t>(n));
+  for (size_t e = 0; e < exits; ++e) {
+    ExitCache& c = caches[e];
+    if (features[e].size() != n * size_t(c.dim))
+      fail("calibration: exit ", c.exit_name, " has ", features[e].size(), " feature values for ", n, " samples");
+    std::vector<float> p(size_t(c.classes));
+    for (size_t i = 0; i < n; ++i) {
+      const int pred = c.predict(features[e].data() + i * size_t(c.dim), p.data());
+      conf[e][i] = p[size_t(pred)];
+      agree[e][i] = pred == labels[i];
+    }
+  }
+  // Expected cost and disagreements of a set of thresholds.
+  struct Outcome {
+    double cost = 0;
+    int errors = 0, hits = 0;
+    std::vector<int> part_errors;
+  };
+  auto simulate = [&](const std::vector<float>& t) {
+    Outcome o;
+    o.part_errors.assign(part_ends.size(), 0);
+    size_t part = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (i == part_ends[part]) ++part;
+      double heads = 0;
+      size_t e = 0;
+      for (; e < exits; ++e) {
+        if (t[e] > 1.f) continue;
+        heads += costs.head[e];
+        if (conf[e][i] >= t[e]) break;
+      }
+      if (e < exits) {
+        o.cost += costs.through[e] + heads;
+        o.errors += 1 - agree[e][i];
+        o.part_errors[part] += 1 - agree[e][i];
+        ++o.hits;
+      } else {
+        o.cost += costs.full + heads;
+      }
+    }
+    o.cost /= double(n) * costs.full;
+    return o;
+  };
+  // The rule's estimate on the worst part, and that part's point estimate.
+  auto worst = [&](const Outcome& o, double* point) {
+    double low = 2;
+    for (size_t p = 0; p < part_ends.size(); ++p) {
+      const int size = int(part_ends[p] - (p ? part_ends[p - 1] : 0)), ok = size - o.part_errors[p];
+      const double est = rule == ThresholdRule::kBound ? wilson_lower(ok, size) : double(ok) / size;
+      if (est < low) {
+        low = est;
+        if (point) *point = double(ok) / size;
+      }
+    }
+    return low;
+  };
+  auto meets = [&](const Outcome& o) { return worst(o, nullptr) >= target; };
+  std::vector<float> t(exits, 2.0f);  // every exit closed
+  Outcome cur = simulate(t);
+  const size_t step = std::max<size_t>(1, n / 400);
+  CascadeResult r;
+  for (int iter = 0; iter < 100000; ++iter) {
+    int best = -1;
+    float best_t = 0;
+    double best_score = 0;
+    Outcome best_o;
+    for (size_t e = 0; e < exits; ++e) {
+      // The samples reaching exit e and not taken there yet, most confident first.
+      std::vector<float> cand;
+      for (size_t i = 0; i < n; ++i) {
+        bool taken_before = false;
+        for (size_t k = 0; k < e && !taken_before; ++k) taken_before = t[k] <= 1.f && conf[k][i] >= t[k];
+        if (!taken_before && !(t[e] <= 1.f && conf[e][i] >= t[e])) cand.push_back(conf[e][i]);
+      }
+      // Moves of several sizes: opening an exit costs its head for every
+      // sample that reaches it, which only a large enough first move repays.
+      std::sort(cand.begin(), cand.end(), std::greater<float>());
+      for (size_t size = step; size <= 64 * step; size *= 4) {
+        const size_t want = t[e] > 1.f ? std::max(size, size_t(min_hits)) : size;
+        if (cand.size() < want) break;
+        std::vector<float> next = t;
+        next[e] = cand[want - 1];
+        const Outcome o = simulate(next);
+        const double saved = cur.cost - o.cost;
+        if (saved <= 0 || !meets(o)) continue;
+        const double score = saved / (std::max(o.errors - cur.errors, 0) + 0.5);
+        if (best < 0 || score > best_score) {
+          best = int(e);
+          best_t = next[e];
+          best_score = score;
+          best_o = o;
+        }
+      }
+    }
+    if (best < 0) break;
+    t[size_t(best)] = best_t;
+    cur = best_o;
+    ++r.steps;
+  }
+  for (size_t e = 0; e < exits; ++e) caches[e].threshold = t[e];
+  record_holdout_stats(caches, conf, agree);
+  r.bound = worst(cur, &r.agreement);
+  r.hit_rate = double(cur.hits) / double(n);
+  r.cost = cur.cost;
+  return r;
 }
 
 void CacheSet::save(const std::string& path) const {

@@ -85,6 +85,42 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
                           const std::vector<int>& labels, double target, ThresholdRule rule = ThresholdRule::kBound,
                           int min_hits = 20);
 
+// What answering at each exit costs one sample (MACs, or measured time),
+// for choosing the cascade's thresholds.
+struct CascadeCosts {
+  std::vector<double> through;  // [exit] the network up to and including the exit's block
+  std::vector<double> head;     // [exit] the exit's own head (pooling and scores), paid by every sample reaching it
+  double full = 0;              // the whole network
+};
+
+struct CascadeResult {
+  double agreement = 0;  // of the held-out samples with the full model (those that run to the end agree)
+  double bound = 0;      // its one-sided 95% Wilson lower bound (both: the part with the lowest bound)
+  double hit_rate = 0;   // share of samples answered by an exit
+  double cost = 0;       // expected cost per sample as a fraction of costs.full (heads included)
+  int steps = 0;         // greedy moves taken
+};
+
+// Chooses every exit's threshold at once so that the whole cascade agrees
+// with the full model at `target` on the held-out samples (rule kBound: the
+// one-sided 95% Wilson lower bound of the overall agreement >= target;
+// kTarget: the point estimate) at the lowest expected cost.  Samples that
+// run to the end always agree, so the error budget 1 - target is spent where
+// it saves the most: greedily, each step lowers the one exit's threshold
+// (taking about 0.25% more of the samples) with the most cost saved per
+// added disagreement, while the bound holds.  Exits the search never opens
+// stay disabled (threshold > 1): that is exit placement.  An opened exit
+// takes at least min_hits samples.  features[e] is [n, dim_e].
+//
+// part_ends splits the samples into consecutive parts (for example clean
+// and shifted images, ends 10000 and 20000; empty: one part) and the rule
+// must hold on each part alone, so traffic made of only one kind still meets
+// the target.  The result reports the worst part.
+CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
+                                const std::vector<int>& labels, double target, ThresholdRule rule,
+                                const CascadeCosts& costs, const std::vector<size_t>& part_ends = {},
+                                int min_hits = 20);
+
 struct CacheSet {
   std::string model_arch;         // the architecture name the caches were built for
   std::string model_fingerprint;  // fingerprint() of the exact weights they were built for

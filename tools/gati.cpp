@@ -286,7 +286,8 @@ int cmd_profile(const ProfileOpts& o) {
 
 struct CacheBuildOpts {
   Common common;
-  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto";
+  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
+                                            calibrate = "cascade", cost = "measured";
   double target = 0.99;
   int train = 50000, holdout = 10000, epochs = 10;
 };
@@ -300,6 +301,8 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   b.rule = threshold_rule(o.rule);
   b.perturbed_holdout = o.holdout_kind == "clean+shifted";
   b.pool = o.pool;
+  b.cascade = o.calibrate == "cascade";
+  b.cost = cost_model(o.cost);
   b.train = o.train;
   b.holdout = o.holdout;
   b.sgd.epochs = o.epochs;
@@ -317,8 +320,15 @@ int cmd_cache_build(const CacheBuildOpts& o) {
                 c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
                 c.holdout_hit_agreement);
   }
-  std::printf("wrote %s (%zu exits, target %.3f, rule %s, %.1fs)\n", o.out.c_str(), r.caches.exits.size(), o.target,
-              o.rule.c_str(), r.seconds);
+  if (b.cascade && b.rule != ThresholdRule::kZeroError)
+    std::printf("cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f), "
+                "hit rate %.4f, expected cost "
+                "%.3f of the model's (%.2fx lower, %s), %d steps\n",
+                r.cascade.agreement, r.cascade.bound, r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost,
+                o.cost == "macs" ? "MACs" : "measured time", r.cascade.steps);
+  std::printf("wrote %s (%zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
+              r.caches.exits.size(), o.target, o.rule.c_str(),
+              b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
   return 0;
 }
 
@@ -463,6 +473,16 @@ int dispatch(int argc, char** argv) {
                       "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
                       "noise, like locality traffic)")
       ->check(CLI::IsMember({"clean", "clean+shifted"}))
+      ->capture_default_str();
+  c_build->add_option("--calibrate", cb.calibrate,
+                      "cascade: every threshold at once, so the whole cascade meets the target at the lowest "
+                      "expected cost (exits that do not pay stay closed); per-exit: each exit's hits meet it alone")
+      ->check(CLI::IsMember({"cascade", "per-exit"}))
+      ->capture_default_str();
+  c_build->add_option("--cost", cb.cost,
+                      "how the cascade calibration prices each exit: measured (batch-1 time on this machine) or "
+                      "macs (deterministic)")
+      ->check(CLI::IsMember({"measured", "macs"}))
       ->capture_default_str();
   c_build->add_option("--pool", cb.pool,
                       "pooling at every exit: auto (per exit the richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose "

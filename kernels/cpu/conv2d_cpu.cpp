@@ -19,8 +19,7 @@ constexpr size_t kIm2colFloats = size_t(8) << 20;
 void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, int g, int row0, int rows, float* col) {
   const int cin_g = p.cin / p.groups;
   const int kcols = p.kernel * p.kernel * cin_g;
-#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(rows) * size_t(kcols) > 65536)
-  for (int r = 0; r < rows; ++r) {
+  parallel_for(rows, size_t(rows) * size_t(kcols) > 65536, [&](int r) {
     const int row = row0 + r;
     const int img = row / (oh * ow), rem = row % (oh * ow);
     const int oy = rem / ow, ox = rem % ow;
@@ -50,7 +49,7 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
                       sizeof(float) * size_t(cin_g));
       }
     }
-  }
+  });
 }
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -88,11 +87,12 @@ inline v16 load16(const float* p) {
 void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, int w, float* out,
                         const float* residual, bool relu) {
   const ConvParams& p = conv.p;
-  const int cg = p.cin / p.groups, oh = p.out_size(h), ow = p.out_size(w);
+  const int cg = p.cin / p.groups, cout_g = p.cout / p.groups, oh = p.out_size(h), ow = p.out_size(w);
   i16 perm[8] = {};
-  for (int ci = 0; ci < cg && cg < 16; ++ci)
+  const bool permuted = cg < 16 && cg == cout_g;  // narrow groups; else each input is a broadcast
+  for (int ci = 0; ci < cg && permuted; ++ci)
     for (int l = 0; l < 16; ++l) perm[ci][l] = l / cg * cg + ci;
-  if (cg < 16) {
+  if (permuted) {
     // Few weights (taps x cg x cout floats, 18 KiB at ResNeXt's 4 per group):
     // pixels outside, channel blocks inside, whose independent chains the
     // core overlaps.
@@ -126,20 +126,23 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
         }
     return;
   }
-  // Wide groups (16 or more per group): channel blocks outside, pixels
+  // Wide groups (16 or more per group), and the CIFAR stem (1 to 4 inputs,
+  // whose im2col has too few columns for the GEMM): channel blocks outside, pixels
   // inside, so one block's weights (taps x cg x 16 floats, 18 KiB at 32 per
   // group) stay in L1 while every pixel uses them.  Four pixels of a row at
   // a time: four independent accumulator chains hide the FMA latency, and
   // each weight vector is loaded once for the four.
+  // Work items are (image, channel block, output row), so a batch-1 layer
+  // with one channel block still splits over every thread.
   constexpr int kPix = 4;
   const int blocks = p.cout / 16;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
-  for (int img = 0; img < n; ++img)
-    for (int blk = 0; blk < blocks; ++blk) {
+  const double macs = double(n) * oh * ow * p.cout * cg * p.kernel * p.kernel;
+  parallel_for(n * blocks * oh, macs > 5e4, [&](int item) {
+      const int oy = item % oh, blk = item / oh % blocks, img = item / oh / blocks;
       const int o0 = blk * 16;
       const v16 bias = load16(conv.bias.data() + o0);
       const v16 zero{};
-      for (int oy = 0; oy < oh; ++oy)
+      {
         for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
           const int npix = std::min(kPix, ow - ox0);
           v16 acc[kPix] = {bias, bias, bias, bias};
@@ -153,7 +156,8 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
               const float* x[kPix];
               for (int q = 0; q < kPix; ++q) {
                 const int ix = (ox0 + q) * p.stride - p.pad + kx;
-                x[q] = q < npix && ix >= 0 && ix < w ? row + size_t(ix) * size_t(p.cin) + size_t(o0 / cg * cg) : kZeros;
+                x[q] = q < npix && ix >= 0 && ix < w ? row + size_t(ix) * size_t(p.cin) + size_t(o0 / cout_g * cg)
+                                                     : kZeros;
               }
               for (int ci = 0; ci < cg; ++ci) {
                 const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
@@ -169,13 +173,16 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
             std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
           }
         }
-    }
+      }
+  });
 }
 
 // Whether conv2d_nhwc runs `p` with conv_grouped_direct (pack_conv decides).
 bool uses_grouped_direct(const ConvParams& p) {
   // Also ungrouped convolutions with 16 channels in and out (the CIFAR
-  // ResNets' first stage), where im2col costs as much as the arithmetic.
+  // ResNets' first stage), where im2col costs as much as the arithmetic, and
+  // small stems (3x3 over 1 to 4 channels: 9 to 36 GEMM columns).
+  if (p.groups == 1 && p.cin <= 4 && p.kernel <= 3 && p.cout % 16 == 0) return true;
   if (p.cin != p.cout || p.cin % p.groups || (p.groups == 1 && p.cin != 16)) return false;
   const int cg = p.cin / p.groups;
   return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0;

@@ -105,12 +105,11 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   float* const z = z_buf.data();
   for (int row = 0; row < n; ++row)
     standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs + size_t(row) * size_t(padded));
-#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144)
-  for (int k = 0; k < h.classes; ++k) {
+  parallel_for(h.classes, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int k) {
     const float* w = h.weight + size_t(k) * size_t(h.dim);
     for (int row = 0; row < n; ++row)
       z[size_t(row) * size_t(h.classes) + size_t(k)] = lane_dot(w, xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
-  }
+  });
   for (int row = 0; row < n; ++row) {
     float conf;
     const int label = top_softmax(z + size_t(row) * size_t(h.classes), h.classes, &conf);

@@ -150,8 +150,7 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
       }
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count()) if (tiles > 1 && size_t(m) * size_t(b.n) * size_t(k) > 32768)
-  for (int t = 0; t < tiles; ++t) {
+  auto tile = [&](int t) {
     const int rb = t / panel_groups, pg = t % panel_groups;
     const int r0 = rb * kMC, r1 = std::min(m, r0 + kMC);
     const int p0 = pg * kPanelsPerTile, p1 = std::min(b.panels, p0 + kPanelsPerTile);
@@ -169,7 +168,14 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
         }
       }
     }
+  };
+  // Small products stay out of a parallel region (threads.h: parallel_for).
+  if (tiles == 1 || size_t(m) * size_t(b.n) * size_t(k) <= 32768) {
+    for (int t = 0; t < tiles; ++t) tile(t);
+    return;
   }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count())
+  for (int t = 0; t < tiles; ++t) tile(t);
 }
 
 double measure_gemm_peak_gflops() {

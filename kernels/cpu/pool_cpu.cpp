@@ -10,6 +10,50 @@
 
 namespace gati::cpu {
 
+namespace {
+
+// One cell of one image: avg[c] (and mx[c] when not null) over rows y0..y1,
+// columns x0..x1 of img [h, w, c].  Channels in blocks of 16 whose sums stay
+// in a register across the cell (summing into memory would make every add
+// wait for the previous store); the order of the adds is the same either way.
+void pool_cell(const float* __restrict img, int w, int c, int y0, int y1, int x0, int x1, float* __restrict avg,
+               float* __restrict mx) {
+  constexpr int kBlock = 16;
+  const float inv = 1.0f / float((y1 - y0) * (x1 - x0));
+  const float lowest = -std::numeric_limits<float>::infinity();
+  int ch0 = 0;
+  for (; ch0 + kBlock <= c; ch0 += kBlock) {
+    float a[kBlock], m[kBlock];
+    for (int l = 0; l < kBlock; ++l) a[l] = 0.f, m[l] = lowest;
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x) {
+        const float* __restrict src = img + (size_t(y) * size_t(w) + size_t(x)) * size_t(c) + size_t(ch0);
+#pragma omp simd
+        for (int l = 0; l < kBlock; ++l) {
+          a[l] += src[l];
+          m[l] = m[l] < src[l] ? src[l] : m[l];
+        }
+      }
+    for (int l = 0; l < kBlock; ++l) avg[ch0 + l] = a[l] * inv;
+    if (mx)
+      for (int l = 0; l < kBlock; ++l) mx[ch0 + l] = m[l];
+  }
+  if (ch0 == c) return;
+  for (int ch = ch0; ch < c; ++ch) avg[ch] = 0.f;
+  if (mx)
+    for (int ch = ch0; ch < c; ++ch) mx[ch] = lowest;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      const float* __restrict src = img + (size_t(y) * size_t(w) + size_t(x)) * size_t(c);
+      for (int ch = ch0; ch < c; ++ch) avg[ch] += src[ch];
+      if (mx)
+        for (int ch = ch0; ch < c; ++ch) mx[ch] = mx[ch] < src[ch] ? src[ch] : mx[ch];
+    }
+  for (int ch = ch0; ch < c; ++ch) avg[ch] *= inv;
+}
+
+}  // namespace
+
 void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, float* out) {
   const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
@@ -32,51 +76,32 @@ void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int 
 }
 
 void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out) {
-  const float inv = 1.0f / float(hw);
-#pragma omp parallel for schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(hw) * size_t(c) > 65536)
-  for (int img = 0; img < n; ++img) {
-    std::vector<float> acc(size_t(c), 0.f);
-    const float* src = in + size_t(img) * size_t(hw) * size_t(c);
-    for (int p = 0; p < hw; ++p)
-      for (int ch = 0; ch < c; ++ch) acc[size_t(ch)] += src[size_t(p) * size_t(c) + size_t(ch)];
-    for (int ch = 0; ch < c; ++ch) out[size_t(img) * size_t(c) + size_t(ch)] = acc[size_t(ch)] * inv;
-  }
+  parallel_for(n, size_t(n) * size_t(hw) * size_t(c) > 65536, [&](int img) {
+    pool_cell(in + size_t(img) * size_t(hw) * size_t(c), hw, c, 0, 1, 0, hw, out + size_t(img) * size_t(c), nullptr);
+  });
 }
 
 void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out) {
   if (pool.grid == 1 && !pool.with_max) return global_avg_pool_nhwc(in, n, h * w, c, out);
   const int g = pool.grid, cells = pool.cells();
   const size_t dim = size_t(pool.features(c)), cf = size_t(c);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(h) * size_t(w) * cf > 65536)
-  for (int img = 0; img < n; ++img)
-    for (int cell = 0; cell < cells; ++cell) {
-      const int cy = cell / g, cx = cell % g;
-      const int y0 = pool_cell_begin(cy, h, g), y1 = pool_cell_end(cy, h, g);
-      const int x0 = pool_cell_begin(cx, w, g), x1 = pool_cell_end(cx, w, g);
-      float* avg = out + size_t(img) * dim + size_t(cell) * cf;
-      float* mx = pool.with_max ? avg + size_t(cells) * cf : nullptr;
-      std::fill(avg, avg + c, 0.f);
-      if (mx) std::fill(mx, mx + c, -std::numeric_limits<float>::infinity());
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) {
-          const float* src = in + ((size_t(img) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)) * cf;
-          for (int ch = 0; ch < c; ++ch) avg[ch] += src[ch];
-          if (mx)
-            for (int ch = 0; ch < c; ++ch) mx[ch] = mx[ch] < src[ch] ? src[ch] : mx[ch];
-        }
-      const float inv = 1.0f / float((y1 - y0) * (x1 - x0));
-      for (int ch = 0; ch < c; ++ch) avg[ch] *= inv;
-    }
+  parallel_for(n * cells, size_t(n) * size_t(h) * size_t(w) * cf > 65536, [&](int k) {  // k = image * cells + cell
+    const int img = k / cells, cell = k % cells, cy = cell / g, cx = cell % g;
+    float* avg = out + size_t(img) * dim + size_t(cell) * cf;
+    pool_cell(in + size_t(img) * size_t(h) * size_t(w) * cf, w, c, pool_cell_begin(cy, h, g), pool_cell_end(cy, h, g),
+              pool_cell_begin(cx, w, g), pool_cell_end(cx, w, g), avg,
+              pool.with_max ? avg + size_t(cells) * cf : nullptr);
+  });
 }
 
 void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out) {
-#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count()) if (size_t(n) * size_t(c) * size_t(h) * size_t(w) > 65536)
-  for (int img = 0; img < n; ++img)
-    for (int y = 0; y < h; ++y)
-      for (int x = 0; x < w; ++x)
-        for (int ch = 0; ch < c; ++ch)
-          out[((size_t(img) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)) * size_t(c) + size_t(ch)] =
-              in[((size_t(img) * size_t(c) + size_t(ch)) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)];
+  parallel_for(n * h, size_t(n) * size_t(c) * size_t(h) * size_t(w) > 65536, [&](int row) {  // row = image * h + y
+    const int img = row / h, y = row % h;
+    for (int x = 0; x < w; ++x)
+      for (int ch = 0; ch < c; ++ch)
+        out[((size_t(img) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)) * size_t(c) + size_t(ch)] =
+            in[((size_t(img) * size_t(c) + size_t(ch)) * size_t(h) + size_t(y)) * size_t(w) + size_t(x)];
+  });
 }
 
 }  // namespace gati::cpu

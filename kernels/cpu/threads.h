@@ -17,6 +17,21 @@ int thread_count();
 // This thread's index in the innermost parallel region (0 outside one).
 int thread_index();
 
+// body(i) for i in [0, n): split statically over thread_count() threads when
+// `parallel`, else inline on this thread.  Small work must stay out of a
+// parallel region: entering one costs about 2 us even with an OpenMP if()
+// clause that makes it serial (measured: a demo exit head went from 6.6 us
+// to 1.4 us), which at batch 1 is a large share of a small layer.
+template <class F>
+void parallel_for(int n, bool parallel, F&& body) {
+  if (!parallel) {
+    for (int i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(thread_count())
+  for (int i = 0; i < n; ++i) body(i);
+}
+
 class ThreadScope {
  public:
   explicit ThreadScope(int threads);  // threads <= 0: every core
