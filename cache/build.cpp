@@ -116,10 +116,6 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
     }
   }
   c.full = so_far;
-  if (getenv("GATI_DEBUG_COSTS")) {
-    for (size_t k = 0; k < layout.size(); ++k) fprintf(stderr, "%s %s %d %.4f\n", layout[k].name.c_str(), layout[k].kind.c_str(), layout[k].block, median[k]);
-    for (size_t e = 0; e < caches.size(); ++e) fprintf(stderr, "exit %zu through %.4f head %.4f full %.4f\n", e, c.through[e], c.head[e], c.full);
-  }
   return c;
 }
 

@@ -285,11 +285,12 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
   struct Outcome {
     double cost = 0;
     int errors = 0, hits = 0;
-    std::vector<int> part_errors;
+    std::vector<int> part_errors, exit_hits;
   };
   auto simulate = [&](const std::vector<float>& t) {
     Outcome o;
     o.part_errors.assign(part_ends.size(), 0);
+    o.exit_hits.assign(exits, 0);
     size_t part = 0;
     for (size_t i = 0; i < n; ++i) {
       if (i == part_ends[part]) ++part;
@@ -305,6 +306,7 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
         o.errors += 1 - agree[e][i];
         o.part_errors[part] += 1 - agree[e][i];
         ++o.hits;
+        ++o.exit_hits[e];
       } else {
         o.cost += costs.full + heads;
       }
@@ -367,6 +369,73 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
     t[size_t(best)] = best_t;
     cur = best_o;
     ++r.steps;
+  }
+  // Then two refinements.  Coordinate descent: each exit's threshold in turn
+  // set to the cheapest feasible of (up to 256 quantiles of) its
+  // confidences, or closed, the others held, until a pass changes nothing.
+  // And, since a cheaper cascade may need two thresholds to move at once
+  // (one exit looser, another stricter), a Lagrangian search: coordinate
+  // descent on cost + lambda * disagreements without the constraint, lambda
+  // bisected to the smallest that meets it, then polished.  The cheapest
+  // feasible result of both wins.
+  auto opened_enough = [&](const std::vector<float>& th, const Outcome& o) {
+    for (size_t e = 0; e < exits; ++e)
+      if (th[e] <= 1.f && o.exit_hits[e] < min_hits) return false;
+    return true;
+  };
+  auto quantile_levels = [&](size_t most) {
+    std::vector<std::vector<float>> lv(exits);
+    for (size_t e = 0; e < exits; ++e) {
+      std::vector<float> v = conf[e];
+      std::sort(v.begin(), v.end());
+      v.erase(std::unique(v.begin(), v.end()), v.end());
+      const size_t count = std::min(v.size(), most);
+      for (size_t k = 0; k < count; ++k) lv[e].push_back(v[k * v.size() / count]);
+      lv[e].push_back(2.0f);
+    }
+    return lv;
+  };
+  const std::vector<std::vector<float>> fine = quantile_levels(256), coarse = quantile_levels(64);
+  // Coordinate descent on `better` from th; o is simulate(th).
+  auto descend = [&](std::vector<float>& th, Outcome& o, const std::vector<std::vector<float>>& lv, auto better) {
+    for (int pass = 0; pass < 8; ++pass) {
+      bool changed = false;
+      for (size_t e = 0; e < exits; ++e)
+        for (float level : lv[e]) {
+          if (level == th[e]) continue;
+          std::vector<float> next = th;
+          next[e] = level;
+          const Outcome c = simulate(next);
+          if (better(c, o) && opened_enough(next, c)) {
+            th = next;
+            o = c;
+            changed = true;
+          }
+        }
+      if (!changed) break;
+    }
+  };
+  auto cheaper_feasible = [&](const Outcome& c, const Outcome& o) { return c.cost < o.cost - 1e-12 && meets(c); };
+  descend(t, cur, fine, cheaper_feasible);
+  double lo = std::log(1e-3), hi = std::log(1e4);  // lambda, per unit of the mean cost, per disagreement share
+  for (int it = 0; it < 14; ++it) {
+    const double lambda = std::exp(0.5 * (lo + hi));
+    std::vector<float> th(exits, 2.0f);
+    Outcome o = simulate(th);
+    auto penalised = [&](const Outcome& c, const Outcome& d) {
+      return c.cost + lambda * c.errors / double(n) < d.cost + lambda * d.errors / double(n) - 1e-12;
+    };
+    descend(th, o, coarse, penalised);
+    if (!meets(o)) {
+      lo = std::log(lambda);
+      continue;
+    }
+    hi = std::log(lambda);
+    descend(th, o, fine, cheaper_feasible);
+    if (o.cost < cur.cost - 1e-12) {
+      t = th;
+      cur = o;
+    }
   }
   for (size_t e = 0; e < exits; ++e) caches[e].threshold = t[e];
   record_holdout_stats(caches, conf, agree);

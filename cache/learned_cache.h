@@ -98,7 +98,7 @@ struct CascadeResult {
   double bound = 0;      // its one-sided 95% Wilson lower bound (both: the part with the lowest bound)
   double hit_rate = 0;   // share of samples answered by an exit
   double cost = 0;       // expected cost per sample as a fraction of costs.full (heads included)
-  int steps = 0;         // greedy moves taken
+  int steps = 0;         // greedy moves and refinement passes that changed something
 };
 
 // Chooses every exit's threshold at once so that the whole cascade agrees
@@ -109,7 +109,8 @@ struct CascadeResult {
 // it saves the most: greedily, each step lowers the one exit's threshold
 // (taking about 0.25% more of the samples) with the most cost saved per
 // added disagreement, while the bound holds.  Exits the search never opens
-// stay disabled (threshold > 1): that is exit placement.  An opened exit
+// stay disabled (threshold > 1): that is exit placement.  Coordinate descent
+// over each exit's threshold then refines the greedy result.  An opened exit
 // takes at least min_hits samples.  features[e] is [n, dim_e].
 //
 // part_ends splits the samples into consecutive parts (for example clean

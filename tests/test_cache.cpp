@@ -96,6 +96,137 @@ TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {
   EXPECT_GATI_ERROR(calibrate_thresholds(caches, {xh}, yh, 1.5), "must be in (0, 1]");
 }
 
+// A cascade's data: every sample has one label and, at exit e, features of
+// dims[e] dimensions (more dimensions: blobs further apart, a better exit).
+struct CascadeData {
+  std::vector<int> labels;
+  std::vector<std::vector<float>> features;  // [exit][n * dim]
+};
+CascadeData cascade_data(int n, const std::vector<int>& dims, int classes, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, 1.f);
+  CascadeData out;
+  out.features.resize(dims.size());
+  for (int i = 0; i < n; ++i) out.labels.push_back(int(rng() % uint32_t(classes)));
+  for (size_t e = 0; e < dims.size(); ++e) {
+    std::mt19937 crng(99 + uint32_t(e));  // the same centres for every call
+    std::vector<float> centres(size_t(classes * dims[e]));
+    for (float& c : centres) c = 1.2f * d(crng);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < dims[e]; ++j)
+        out.features[e].push_back(centres[size_t(out.labels[size_t(i)] * dims[e] + j)] + d(rng));
+  }
+  return out;
+}
+
+// Answers and cost of a cascade on data: the share of samples whose answer
+// agrees with the label (those that reach the end agree), and the mean cost.
+std::pair<double, double> run_cascade(const std::vector<ExitCache>& caches, const CascadeData& data,
+                                      const CascadeCosts& costs) {
+  const size_t n = data.labels.size();
+  int agree = 0;
+  double cost = 0;
+  std::vector<float> p(size_t(caches[0].classes));
+  for (size_t i = 0; i < n; ++i) {
+    double heads = 0;
+    size_t e = 0;
+    int pred = -1;
+    for (; e < caches.size(); ++e) {
+      if (!caches[e].enabled()) continue;
+      heads += costs.head[e];
+      pred = caches[e].predict(data.features[e].data() + i * size_t(caches[e].dim), p.data());
+      if (p[size_t(pred)] >= caches[e].threshold) break;
+    }
+    const bool exited = e < caches.size();
+    agree += !exited || pred == data.labels[i];
+    cost += (exited ? costs.through[e] : costs.full) + heads;
+  }
+  return {double(agree) / double(n), cost / double(n)};
+}
+
+std::vector<ExitCache> trained_cascade(const std::vector<int>& dims, int classes, uint32_t seed) {
+  const CascadeData train = cascade_data(3000, dims, classes, seed);
+  std::vector<ExitCache> caches;
+  for (size_t e = 0; e < dims.size(); ++e) {
+    caches.push_back(fresh(dims[e], classes));
+    caches.back().exit_name = "exit" + std::to_string(e);
+    caches.back().block = int(e);
+    train_exit_cache(caches.back(), train.features[e], train.labels, SgdOptions{});
+  }
+  return caches;
+}
+
+// The whole cascade meets its overall target on samples it never saw, with
+// the bound rule's margin, and spends less than the full model.
+TEST(LearnedCache, CascadeCalibrationMeetsTheOverallTargetOnUnseenData) {
+  const std::vector<int> dims = {2, 4, 12};
+  std::vector<ExitCache> caches = trained_cascade(dims, 5, 11);
+  const CascadeData hold = cascade_data(4000, dims, 5, 12), unseen = cascade_data(20000, dims, 5, 13);
+  const CascadeCosts costs{{1, 2, 3}, {0.05, 0.05, 0.05}, 4};
+  const CascadeResult r = calibrate_cascade(caches, hold.features, hold.labels, 0.97, ThresholdRule::kBound, costs);
+  EXPECT_GE(r.bound, 0.97);
+  EXPECT_LT(r.cost, 0.9);
+  EXPECT_GT(r.hit_rate, 0.3);
+  const auto [agreement_hold, cost_hold] = run_cascade(caches, hold, costs);
+  EXPECT_NEAR(agreement_hold, r.agreement, 1e-9);
+  EXPECT_NEAR(cost_hold / costs.full, r.cost, 1e-9);
+  const auto [agreement, cost] = run_cascade(caches, unseen, costs);
+  EXPECT_GE(agreement, 0.97) << "unseen samples, cost " << cost;
+  // Parts: the rule must hold on each.  With the second half's labels made
+  // noise (no exit can predict them), calibrating on the halves as parts
+  // holds the noisy half to the target, which pooling them would not.
+  CascadeData mixed = hold, noisy;
+  std::mt19937 rng(5);
+  for (size_t i = 2000; i < 4000; ++i) mixed.labels[i] = int(rng() % 5);
+  noisy.labels.assign(mixed.labels.begin() + 2000, mixed.labels.end());
+  for (size_t e = 0; e < dims.size(); ++e)
+    noisy.features.emplace_back(mixed.features[e].begin() + long(2000 * size_t(dims[e])), mixed.features[e].end());
+  std::vector<ExitCache> pooled = caches, strict = caches;
+  calibrate_cascade(pooled, mixed.features, mixed.labels, 0.97, ThresholdRule::kBound, costs);
+  const CascadeResult rs =
+      calibrate_cascade(strict, mixed.features, mixed.labels, 0.97, ThresholdRule::kBound, costs, {2000, 4000});
+  EXPECT_GE(rs.bound, 0.97);
+  EXPECT_GE(run_cascade(strict, noisy, costs).first, 0.97);
+  EXPECT_LT(run_cascade(pooled, noisy, costs).first, 0.97);
+  EXPECT_GATI_ERROR(calibrate_cascade(strict, mixed.features, mixed.labels, 0.97, ThresholdRule::kBound, costs, {2000}),
+                    "parts must be non-empty, in order, and end at the 4000 samples");
+  EXPECT_GATI_ERROR(calibrate_cascade(strict, hold.features, hold.labels, 0.97, ThresholdRule::kZeroError, costs),
+                    "zero-error rule is per exit");
+}
+
+// On small cases the search lands at the cheapest feasible thresholds found
+// by trying every combination (the greedy moves alone were 1-6% dearer).
+TEST(LearnedCache, CascadeCalibrationEqualsTheBruteForceOptimum) {
+  const std::vector<int> dims = {2, 6};
+  const std::vector<ExitCache> trained = trained_cascade(dims, 4, 21);
+  const CascadeCosts costs{{1, 2}, {0.1, 0.1}, 3};
+  for (uint32_t seed : {31u, 32u, 33u}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    const CascadeData hold = cascade_data(80, dims, 4, seed);
+    std::vector<ExitCache> searched = trained;
+    const CascadeResult r =
+        calibrate_cascade(searched, hold.features, hold.labels, 0.95, ThresholdRule::kTarget, costs, {}, 1);
+    // Every threshold pair: closed, or each confidence the exit sees.
+    std::vector<std::vector<float>> options(dims.size(), std::vector<float>{2.0f});
+    std::vector<float> p(4);
+    for (size_t e = 0; e < dims.size(); ++e)
+      for (size_t i = 0; i < hold.labels.size(); ++i) {
+        const int pred = trained[e].predict(hold.features[e].data() + i * size_t(dims[e]), p.data());
+        options[e].push_back(p[size_t(pred)]);
+      }
+    double best = costs.full;
+    std::vector<ExitCache> trial = trained;
+    for (float t0 : options[0])
+      for (float t1 : options[1]) {
+        trial[0].threshold = t0;
+        trial[1].threshold = t1;
+        const auto [agreement, cost] = run_cascade(trial, hold, costs);
+        if (agreement >= 0.95) best = std::min(best, cost);
+      }
+    EXPECT_NEAR(r.cost * costs.full, best, 1e-9) << "search " << r.cost * costs.full << ", brute force " << best;
+  }
+}
+
 TEST(LearnedCache, SgdGuardRefusesNonFiniteSteps) {
   std::vector<float> x;
   std::vector<int> y;
