@@ -20,7 +20,7 @@ echo "== runtime, session and server tests under ThreadSanitizer (build-tsan/)"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATI_TSAN=ON -DGATI_OPENMP=OFF -DGATI_CUDA=OFF \
   -DGATI_BUILD_BENCH=OFF >/dev/null
 cmake --build build-tsan -j "${GATI_JOBS:-2}" --target test_runtime test_server
-(cd build-tsan && TSAN_OPTIONS="halt_on_error=1" ctest --output-on-failure -R "Runtime|Session|Server")
+(cd build-tsan && TSAN_OPTIONS="halt_on_error=1" ctest --output-on-failure -R "Runtime|Session|Server|PerSampleExits")
 
 if command -v clang++ >/dev/null && [ -f "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]; then
   echo "== each reader fuzzed for ${GATI_FUZZ_SECONDS:-10} s (build-fuzz/, clang + libFuzzer + ASan/UBSan)"
