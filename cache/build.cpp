@@ -5,6 +5,7 @@
 #include <random>
 
 #include "engine/plan.h"
+#include "engine/profile.h"
 #include "loaders/trace.h"
 
 namespace gati {
@@ -14,7 +15,8 @@ void check_data_fits(const Engine& engine, const Dataset& ds, const std::string&
   if (a.in_channels != ds.c || a.input_h != ds.h || a.input_w != ds.w)
     fail(what, ": model takes ", a.in_channels, "x", a.input_h, "x", a.input_w, " input, but ", ds.name, " images are ",
          ds.c, "x", ds.h, "x", ds.w);
-  if (a.num_classes != ds.classes) fail(what, ": model has ", a.num_classes, " classes, ", ds.name, " has ", ds.classes);
+  if (a.num_classes != ds.classes)
+    fail(what, ": model has ", a.num_classes, " classes, ", ds.name, " has ", ds.classes);
 }
 
 std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget) {
@@ -56,8 +58,7 @@ CascadeCosts macs_costs(const Engine& engine, const std::vector<ExitCache>& cach
     double through = 0;
     for (int s = 0; s <= e.after_step; ++s) through += double(plan.steps[size_t(s)].macs_per_sample);
     c.through.push_back(through);
-    c.head.push_back(double(e.shape.per_sample()) * (cache.pool.with_max ? 2 : 1) +
-                     double(cache.dim) * double(cache.classes));
+    c.head.push_back(double(exit_head_macs(e.shape, cache.pool, cache.dim, cache.classes)));
   }
   return c;
 }
@@ -76,25 +77,15 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   opts.heads = heads.get();
   const Arch& a = engine.arch();
   constexpr int kWarmup = 5, kRuns = 31;
-  std::vector<std::vector<double>> ms;  // [entry][run]
-  std::vector<LayerTiming> layout;
+  std::vector<std::vector<LayerTiming>> runs;
   for (int r = 0; r < kWarmup + kRuns; ++r) {
     std::vector<LayerTiming> t;
     opts.timings = &t;
     SampleResult res;
     session.run(sample, 1, a.in_channels, a.input_h, a.input_w, &res, nullptr, opts);
-    if (r < kWarmup) continue;
-    if (ms.empty()) {
-      ms.resize(t.size());
-      layout = t;
-    }
-    for (size_t k = 0; k < t.size() && k < ms.size(); ++k) ms[k].push_back(t[k].ms);
+    if (r >= kWarmup) runs.push_back(std::move(t));
   }
-  std::vector<double> median(ms.size());
-  for (size_t k = 0; k < ms.size(); ++k) {
-    std::nth_element(ms[k].begin(), ms[k].begin() + long(ms[k].size() / 2), ms[k].end());
-    median[k] = ms[k][ms[k].size() / 2];
-  }
+  const std::vector<LayerProfile> layout = summarize(runs, a.name, "", 1, a.input_h, a.input_w).layers;
   CascadeCosts c;
   c.through.assign(caches.size(), 0);
   c.head.assign(caches.size(), 0);
@@ -102,13 +93,13 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   for (size_t e = 0; e < caches.size(); ++e) exit_of_block.at(size_t(caches[e].block)) = int(e);
   double so_far = 0;
   for (size_t k = 0; k < layout.size(); ++k) {
-    const LayerTiming& t = layout[k];
+    const LayerProfile& t = layout[k];
     if (t.kind == "exit" || t.kind == "compact") {
       const int e = t.block >= 0 ? exit_of_block[size_t(t.block)] : -1;
-      if (e >= 0) c.head[size_t(e)] += median[k];
+      if (e >= 0) c.head[size_t(e)] += t.median_ms;
       continue;
     }
-    so_far += median[k];
+    so_far += t.median_ms;
     // The block's output is complete after its last step (the next entry is its exit).
     if (k + 1 < layout.size() && layout[k + 1].kind == "exit") {
       const int e = exit_of_block[size_t(layout[k + 1].block)];
@@ -183,10 +174,10 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
   }
   if (o.cascade && o.rule != ThresholdRule::kZeroError)
-    out.cascade = calibrate_cascade(set.exits, hold_features, calib_labels, o.target_agreement, o.rule,
-                                    cascade_costs(engine, set.exits, o.cost, images.data() + size_t(o.train) * data.image_floats()),
-                                    o.perturbed_holdout ? std::vector<size_t>{size_t(o.holdout), 2 * size_t(o.holdout)}
-                                                        : std::vector<size_t>{});
+    out.cascade = calibrate_cascade(
+        set.exits, hold_features, calib_labels, o.target_agreement, o.rule,
+        cascade_costs(engine, set.exits, o.cost, images.data() + size_t(o.train) * data.image_floats()),
+        o.perturbed_holdout ? std::vector<size_t>{size_t(o.holdout), 2 * size_t(o.holdout)} : std::vector<size_t>{});
   else
     calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -77,8 +77,8 @@ double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const Sg
                 std::vector<float>& velocity) {
   const size_t total = c.weight.size() + c.bias.size();
   if (velocity.size() != total) velocity.assign(total, 0.f);
-  const LinearHeadMut h{c.dim, c.classes, c.mean.data(), c.inv_std.data(), c.weight.data(), c.bias.data(),
-                             velocity.data()};
+  const LinearHeadMut h{c.dim,           c.classes,     c.mean.data(),  c.inv_std.data(),
+                        c.weight.data(), c.bias.data(), velocity.data()};
   const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay});
   switch (r.status) {
     case OpStatus::kOk:
@@ -497,8 +497,8 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     s.model_fingerprint = meta.at("model_fingerprint").get<std::string>();
     const std::string mine = fingerprint(model);
     if (s.model_fingerprint != mine)
-      fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ",
-           s.model_fingerprint, "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
+      fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ", s.model_fingerprint,
+           "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
     for (const auto& e : meta.at("exits")) {
       ExitCache c;
       c.exit_name = e.at("name").get<std::string>();
@@ -521,10 +521,8 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
       if (c.block < 0 || c.block >= int(model.net.blocks.size()) ||
           model.net.blocks[size_t(c.block)].name != c.exit_name)
         fail(path, ": exit '", c.exit_name, "' (block ", c.block, ") is not a block of the model");
-      const int channels = model.net.blocks[size_t(c.block)].out_channels;
-      if (c.dim != c.pool.features(channels))
-        fail(path, ": exit '", c.exit_name, "' has dim ", c.dim, ", but the block's ", channels, " channels pooled ",
-             pool_name(c.pool), " give ", c.pool.features(channels));
+      check_pool_fits(path + ": exit '" + c.exit_name + "'", c.dim, c.pool,
+                      model.net.blocks[size_t(c.block)].out_channels);
       if (c.classes != model.arch().num_classes)
         fail(path, ": exit '", c.exit_name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
       if (!(c.threshold >= 0)) fail(path, ": exit '", c.exit_name, "' has threshold ", c.threshold);

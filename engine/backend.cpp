@@ -50,11 +50,15 @@ PoolSpec parse_pool(const std::string& name) {
   return p;
 }
 
+void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int channels) {
+  if (dim != pool.features(channels))
+    fail(what, ": dim ", dim, ", but ", channels, " channels pooled ", pool_name(pool), " give ",
+         pool.features(channels), " features");
+}
+
 void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape) {
   const ExitHeadSpec& s = heads.specs().at(size_t(head));
-  if (s.dim != s.pool.features(shape.c))
-    fail("exit head '", s.name, "': dim ", s.dim, ", but activations of ", shape.c, " channels pooled ",
-         pool_name(s.pool), " give ", s.pool.features(shape.c), " features");
+  check_pool_fits("exit head '" + s.name + "' on these activations", s.dim, s.pool, shape.c);
 }
 
 std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model, bool tf32) {

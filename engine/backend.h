@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,9 +49,9 @@ class Buffer {
 // memory, as the runtime hands it to a backend.
 struct ExitHeadSpec {
   int block = 0;
-  std::string name;  // the block's name, "layer2.1"
-  PoolSpec pool;     // how the block's output becomes the features
-  int dim = 0, classes = 0;  // dim = pool.features(the block's channels)
+  std::string name;                  // the block's name, "layer2.1"
+  PoolSpec pool;                     // how the block's output becomes the features
+  int dim = 0, classes = 0;          // dim = pool.features(the block's channels)
   std::vector<float> mean, inv_std;  // [dim]
   std::vector<float> weight;         // [classes, dim]
   std::vector<float> bias;           // [classes]
@@ -87,6 +88,15 @@ class ExitHeads {
 // Throws unless head `head` takes the features of activations of `shape`
 // (dim == pool.features(channels)); backends call it before an exit head.
 void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape);
+// The one statement of that rule, for heads and cache files alike: throws
+// "<what>: dim D, but C channels pooled P give F features" unless it holds.
+void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int channels);
+
+// Per-sample work of one exit head on activations of shape (n = 1): every
+// activation read once (twice with max), then dim x classes MACs of scores.
+inline int64_t exit_head_macs(const Act& shape, const PoolSpec& pool, int dim, int classes) {
+  return int64_t(shape.per_sample()) * (pool.with_max ? 2 : 1) + int64_t(dim) * classes;
+}
 
 class BackendContext {
  public:

@@ -18,8 +18,8 @@ void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w
 // Reads every value: call only once the size is known to be sane (a plan
 // for it exists), never on an absurd h x w.
 void check_input_values(const float* x, int n, int c, int h, int w) {
-  const size_t total = mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"),
-                                "input");
+  const size_t total =
+      mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"), "input");
   for (size_t i = 0; i < total; ++i)
     if (!std::isfinite(x[i])) {
       const size_t hw = size_t(h) * size_t(w);
@@ -80,9 +80,7 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
       fail("exit head '", s.name, "': block ", s.block, " of the model is '", b.name, "'");
     if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid)
       fail("exit head '", b.name, "': pool grid ", s.pool.grid, " is not in [1, ", kMaxPoolGrid, "]");
-    if (s.dim != s.pool.features(b.out_channels))
-      fail("exit head '", b.name, "': dim ", s.dim, ", but the block's ", b.out_channels, " channels pooled ",
-           pool_name(s.pool), " give ", s.pool.features(b.out_channels), " features");
+    check_pool_fits("exit head '" + b.name + "'", s.dim, s.pool, b.out_channels);
     if (s.classes != arch().num_classes)
       fail("exit head '", b.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
     for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})
@@ -160,8 +158,9 @@ Executor& Session::executor_for(int n, int h, int w) {
   Plan plan = make_plan(model_->net, cap, h, w);
   const size_t bytes = plan.arena_floats * sizeof(float) + plan.exit_state.bytes;
   if (bytes > options_.max_arena_bytes)
-    fail("run: batch ", n, " at ", h, "x", w, " needs ", bytes >> 20, " MiB of activations, over the session's limit of ",
-         options_.max_arena_bytes >> 20, " MiB (SessionOptions::max_arena_bytes)");
+    fail("run: batch ", n, " at ", h, "x", w, " needs ", bytes >> 20,
+         " MiB of activations, over the session's limit of ", options_.max_arena_bytes >> 20,
+         " MiB (SessionOptions::max_arena_bytes)");
   while (int(plans_.size()) >= options_.max_plans) plans_.pop_back();
   plans_.push_front({h, w, std::make_unique<Executor>(*ctx_, std::move(plan))});
   return *plans_.front().executor;

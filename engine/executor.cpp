@@ -100,7 +100,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     if (opts.timings) ctx_.range_pop();
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
     mark(e.name + ".exit", "exit", e.block,
-         int64_t(alive) * (int64_t(e.shape.per_sample()) * (spec.pool.with_max ? 2 : 1) + int64_t(spec.dim) * spec.classes));
+         int64_t(alive) * exit_head_macs(e.shape, spec.pool, spec.dim, spec.classes));
     ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos);
     pos = 1 - pos;
     alive = ctx_.alive(st_);
@@ -128,7 +128,8 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     const std::vector<double> at = ctx_.timing_read();
     double prev = 0;
     for (size_t k = 0; k < entries.size() && k < at.size(); ++k) {
-      opts.timings->push_back({entries[k].name, entries[k].kind, entries[k].block, prev, at[k] - prev, entries[k].macs});
+      opts.timings->push_back(
+          {entries[k].name, entries[k].kind, entries[k].block, prev, at[k] - prev, entries[k].macs});
       prev = at[k];
     }
   }
