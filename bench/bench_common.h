@@ -57,26 +57,28 @@ inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool 
   return h;
 }
 
-// A random linear head after every block, never firing.
+// A random linear head at every exit point (the stem and every block), never firing.
 inline std::vector<ExitHeadSpec> never_firing_heads(const Model& m) {
   std::vector<ExitHeadSpec> heads;
-  for (size_t b = 0; b < m.net.blocks.size(); ++b) {
-    heads.push_back(random_head(m.net.blocks[b].out_channels, m.arch().num_classes));
-    heads.back().block = int(b);
+  for (const ExitPointInfo& p : exit_points(m.net)) {
+    heads.push_back(random_head(p.channels, m.arch().num_classes));
+    heads.back().exit = int(heads.size()) - 1;
   }
   return heads;
 }
 
 // A device model holding no real network, for the ops alone: one exit point
-// ("bench", after block 0) with `channels` channels.
+// (exit 0, after a 1x1 "stem" convolution) with `channels` channels.
 inline Model op_model(int channels) {
   Model m;
   m.net.arch.num_classes = 1;
   m.net.features = 1;
-  BlockSpec b;
-  b.name = "bench";
-  b.out_channels = channels;
-  m.net.blocks.push_back(b);
+  ConvSpec stem;
+  stem.name = "stem";
+  stem.cin = 1;
+  stem.cout = channels;
+  m.net.convs.push_back(stem);
+  m.convs.push_back({std::vector<float>(size_t(channels), 1.f), std::vector<float>(size_t(channels), 0.f)});
   m.fc_weight = {1.f};
   m.fc_bias = {0.f};
   return m;

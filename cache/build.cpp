@@ -21,16 +21,17 @@ void check_data_fits(const Engine& engine, const Dataset& ds, const std::string&
 
 std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget) {
   const Network& net = engine.model().net;
-  if (pool != "auto") return std::vector<PoolSpec>(net.blocks.size(), parse_pool(pool));
+  const std::vector<ExitPointInfo> points = exit_points(net);
+  if (pool != "auto") return std::vector<PoolSpec>(points.size(), parse_pool(pool));
   if (!(auto_budget > 0)) fail("cache build: the automatic pooling's budget ", auto_budget, " must be > 0");
   const Plan plan = make_plan(net, 1, engine.arch().input_h, engine.arch().input_w);
   const double budget = auto_budget * double(plan.macs_per_sample);
   std::vector<PoolSpec> out;
-  for (const BlockSpec& b : net.blocks) {
+  for (const ExitPointInfo& point : points) {
     PoolSpec chosen;  // global average when nothing richer fits
     for (const char* name : {"mix4x4", "avg4x4", "mix2x2", "avg2x2"}) {
       const PoolSpec p = parse_pool(name);
-      const int dim = p.features(b.out_channels);
+      const int dim = p.features(point.channels);
       if (dim <= kMaxAutoPoolDim && double(dim) * engine.arch().num_classes <= budget) {
         chosen = p;
         break;
@@ -54,7 +55,7 @@ CascadeCosts macs_costs(const Engine& engine, const std::vector<ExitCache>& cach
   CascadeCosts c;
   c.full = double(plan.macs_per_sample);
   for (const ExitCache& cache : caches) {
-    const ExitPoint& e = plan.exits.at(size_t(cache.block));
+    const ExitPoint& e = plan.exits.at(size_t(cache.exit));
     double through = 0;
     for (int s = 0; s <= e.after_step; ++s) through += double(plan.steps[size_t(s)].macs_per_sample);
     c.through.push_back(through);
@@ -89,20 +90,24 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   CascadeCosts c;
   c.through.assign(caches.size(), 0);
   c.head.assign(caches.size(), 0);
-  std::vector<int> exit_of_block(engine.model().net.blocks.size(), -1);
-  for (size_t e = 0; e < caches.size(); ++e) exit_of_block.at(size_t(caches[e].block)) = int(e);
+  // Exit entries are named "<exit>.exit" and "<exit>.compact".
+  auto cache_named = [&](const std::string& entry, const std::string& suffix) {
+    for (size_t e = 0; e < caches.size(); ++e)
+      if (entry == caches[e].exit_name + suffix) return int(e);
+    return -1;
+  };
   double so_far = 0;
   for (size_t k = 0; k < layout.size(); ++k) {
     const LayerProfile& t = layout[k];
     if (t.kind == "exit" || t.kind == "compact") {
-      const int e = t.block >= 0 ? exit_of_block[size_t(t.block)] : -1;
+      const int e = cache_named(t.name, "." + t.kind);
       if (e >= 0) c.head[size_t(e)] += t.median_ms;
       continue;
     }
     so_far += t.median_ms;
-    // The block's output is complete after its last step (the next entry is its exit).
+    // The output is complete after the step before its exit entry.
     if (k + 1 < layout.size() && layout[k + 1].kind == "exit") {
-      const int e = exit_of_block[size_t(layout[k + 1].block)];
+      const int e = cache_named(layout[k + 1].name, ".exit");
       if (e >= 0) c.through[size_t(e)] = so_far;
     }
   }
@@ -138,10 +143,11 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   std::vector<std::vector<float>> hold_features;
   const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + o.train);
   const std::vector<int> hold_labels(all.full_labels.begin() + o.train, all.full_labels.end());
+  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
   for (size_t e = 0; e < all.per_exit.size(); ++e) {
     ExitCache c;
-    c.exit_name = engine.model().net.blocks[e].name;
-    c.block = int(e);
+    c.exit_name = points[e].name;
+    c.exit = int(e);
     c.pool = pools[e];
     c.dim = all.dims[e];
     c.classes = engine.arch().num_classes;

@@ -9,13 +9,13 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
                                    const std::vector<PoolSpec>& pools_in, const ProgressFn& progress) {
   if (batch < 1) fail("collect: batch must be at least 1, got ", batch);
   const Arch& a = engine.arch();
-  const Network& net = engine.model().net;
-  const std::vector<PoolSpec> pools = pools_in.empty() ? std::vector<PoolSpec>(net.blocks.size()) : pools_in;
-  if (pools.size() != net.blocks.size())
-    fail("collect: ", pools.size(), " poolings for the model's ", net.blocks.size(), " exits");
+  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  const std::vector<PoolSpec> pools = pools_in.empty() ? std::vector<PoolSpec>(points.size()) : pools_in;
+  if (pools.size() != points.size())
+    fail("collect: ", pools.size(), " poolings for the model's ", points.size(), " exit points");
   CollectedFeatures out;
-  out.per_exit.resize(net.blocks.size());
-  for (size_t b = 0; b < net.blocks.size(); ++b) out.dims.push_back(pools[b].features(net.blocks[b].out_channels));
+  out.per_exit.resize(points.size());
+  for (size_t e = 0; e < points.size(); ++e) out.dims.push_back(pools[e].features(points[e].channels));
   Session session = engine.session();
   std::unique_ptr<Buffer> pooled;
   std::vector<float> host;
@@ -23,13 +23,13 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
   std::vector<SampleResult> results;
   RunOptions opts;
   opts.observer = [&](const ExitPoint& e, BackendContext& ctx, const float* act, int rows, const int32_t*) {
-    const size_t need = size_t(rows) * size_t(out.dims[size_t(e.block)]);
+    const size_t need = size_t(rows) * size_t(out.dims[size_t(e.id)]);
     if (!pooled || pooled->bytes() < need * sizeof(float)) pooled = ctx.allocate(need * sizeof(float));
-    ctx.pool_features(act, e.shape.with_batch(rows), pools[size_t(e.block)], pooled->floats());
+    ctx.pool_features(act, e.shape.with_batch(rows), pools[size_t(e.id)], pooled->floats());
     host.resize(need);
     ctx.to_host(pooled->floats(), need * sizeof(float), host.data());
     ctx.synchronize();
-    std::vector<float>& dst = out.per_exit[size_t(e.block)];
+    std::vector<float>& dst = out.per_exit[size_t(e.id)];
     dst.insert(dst.end(), host.begin(), host.end());
   };
   for (int s = 0; s < n; s += batch) {

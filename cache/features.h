@@ -14,7 +14,7 @@
 namespace gati {
 
 struct CollectedFeatures {
-  std::vector<std::vector<float>> per_exit;  // [exit] -> [n, channels]
+  std::vector<std::vector<float>> per_exit;  // [exit point] -> [n, dims[exit]]
   std::vector<int> dims;                     // features per exit
   std::vector<int> full_labels;              // the full model's argmax
 };

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 
+#include "engine/plan.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "weights/common/error.h"
@@ -38,7 +39,7 @@ int ExitCache::predict(const float* features, float* probs) const {
 
 ExitHeadSpec ExitCache::head_spec() const {
   ExitHeadSpec h;
-  h.block = block;
+  h.exit = exit;
   h.name = exit_name;
   h.pool = pool;
   h.dim = dim;
@@ -54,7 +55,7 @@ ExitHeadSpec ExitCache::head_spec() const {
 ExitCache ExitCache::from_head_spec(const ExitHeadSpec& h) {
   ExitCache c;
   c.exit_name = h.name;
-  c.block = h.block;
+  c.exit = h.exit;
   c.pool = h.pool;
   c.dim = h.dim;
   c.classes = h.classes;
@@ -460,7 +461,7 @@ void CacheSet::save(const std::string& path) const {
     w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
     w.add_float(p + "bias", {c.classes}, c.bias);
     exit_meta.push_back({{"name", c.exit_name},
-                         {"block", c.block},
+                         {"exit", c.exit},
                          {"kind", "learned-linear"},
                          {"pool", pool_name(c.pool)},
                          {"dim", c.dim},
@@ -499,10 +500,24 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     if (s.model_fingerprint != mine)
       fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ", s.model_fingerprint,
            "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
+    const std::vector<ExitPointInfo> points = exit_points(model.net);
     for (const auto& e : meta.at("exits")) {
       ExitCache c;
       c.exit_name = e.at("name").get<std::string>();
-      c.block = e.at("block").get<int>();
+      // The name says where; "exit" (its id) must agree where present
+      // (files from before the stem exit have "block" instead).
+      c.exit = exit_point_id(model.net, c.exit_name);
+      if (c.exit < 0) {
+        std::string valid;
+        for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
+        fail(path, ": exit '", c.exit_name, "' is not an exit point of the model (valid: ", valid, ")");
+      }
+      if (e.contains("exit") && e.at("exit").get<int>() != c.exit)
+        fail(path, ": exit '", c.exit_name, "' says it is exit ", e.at("exit").get<int>(), ", the model has it at ",
+             c.exit);
+      if (!s.exits.empty() && s.exits.back().exit >= c.exit)
+        fail(path, ": exit '", c.exit_name, "' comes after '", s.exits.back().exit_name,
+             "'; exits must be listed once each, in the model's order");
       c.dim = e.at("dim").get<int>();
       // Files from before per-exit pooling have no "pool": global average.
       if (e.contains("pool")) {
@@ -518,11 +533,7 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
       c.holdout_agreement = e.value("holdout_agreement", 0.0);
       c.holdout_hit_rate = e.value("holdout_hit_rate", 0.0);
       c.holdout_hit_agreement = e.value("holdout_hit_agreement", 0.0);
-      if (c.block < 0 || c.block >= int(model.net.blocks.size()) ||
-          model.net.blocks[size_t(c.block)].name != c.exit_name)
-        fail(path, ": exit '", c.exit_name, "' (block ", c.block, ") is not a block of the model");
-      check_pool_fits(path + ": exit '" + c.exit_name + "'", c.dim, c.pool,
-                      model.net.blocks[size_t(c.block)].out_channels);
+      check_pool_fits(path + ": exit '" + c.exit_name + "'", c.dim, c.pool, points[size_t(c.exit)].channels);
       if (c.classes != model.arch().num_classes)
         fail(path, ": exit '", c.exit_name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
       if (!(c.threshold >= 0)) fail(path, ": exit '", c.exit_name, "' has threshold ", c.threshold);

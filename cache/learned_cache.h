@@ -23,9 +23,9 @@ namespace gati {
 struct Model;
 
 struct ExitCache {
-  std::string exit_name;  // "layer2.1"
-  int block = 0;
-  PoolSpec pool;  // how the block's output is pooled; dim = pool.features(channels)
+  std::string exit_name;  // "stem", "layer2.1"
+  int exit = 0;           // the exit point's id (engine/plan.h exit_points)
+  PoolSpec pool;          // how the output there is pooled; dim = pool.features(channels)
   int dim = 0, classes = 0;
   std::vector<float> mean, inv_std;  // feature standardisation, [dim]
   std::vector<float> weight;         // [classes, dim]

@@ -67,11 +67,12 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   rep.data_name = test.name;
   rep.model_arch = a.name;
   rep.batch = o.batch;
-  std::vector<int> cache_of_block(engine.model().net.blocks.size(), -1);
+  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  std::vector<int> cache_of_exit(points.size(), -1);
   for (size_t e = 0; e < caches.exits.size(); ++e) {
     const ExitCache& c = caches.exits[e];
     rep.exits.push_back({c.exit_name, c.enabled(), c.threshold, 0, 0});
-    cache_of_block[size_t(c.block)] = int(e);
+    cache_of_exit.at(size_t(c.exit)) = int(e);
   }
   const size_t per = test.image_floats();
   const size_t total = trace.requests.size();
@@ -100,7 +101,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.id = int64_t(s) + i;
       r.index = req.index;
       r.exit = with[size_t(i)].exit;
-      r.exit_name = r.exit == kFullModel ? "full" : engine.model().net.blocks[size_t(r.exit)].name;
+      r.exit_name = r.exit == kFullModel ? "full" : points.at(size_t(r.exit)).name;
       r.label = with[size_t(i)].label;
       r.confidence = with[size_t(i)].confidence;
       r.full_label = without[size_t(i)].label;
@@ -108,7 +109,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.latency_us = us_c;
       r.full_latency_us = us_f;
       if (r.exit >= 0) {
-        ExitStats& st = rep.exits[size_t(cache_of_block[size_t(r.exit)])];
+        ExitStats& st = rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
         st.hits++;
         st.hit_agree += r.label == r.full_label;
       }
@@ -156,9 +157,14 @@ std::string replay_json(const ReplayReport& r) {
 std::string replay_per_request_jsonl(const ReplayReport& r) {
   std::string out;
   for (const RequestRecord& q : r.requests) {
-    const nlohmann::json j = {{"id", q.id},           {"index", q.index},       {"exit", q.exit},
-                              {"exit_name", q.exit_name}, {"label", q.label},   {"confidence", q.confidence},
-                              {"full_label", q.full_label}, {"latency_us", q.latency_us}};
+    const nlohmann::json j = {{"id", q.id},
+                              {"index", q.index},
+                              {"exit", q.exit},
+                              {"exit_name", q.exit_name},
+                              {"label", q.label},
+                              {"confidence", q.confidence},
+                              {"full_label", q.full_label},
+                              {"latency_us", q.latency_us}};
     out += j.dump() + "\n";
   }
   return out;

@@ -28,7 +28,7 @@ struct RequestRecord {
   int64_t id = 0;  // position in the trace
   int index = 0;   // item in the data set
   int exit = kFullModel;
-  std::string exit_name;  // "layer1.2" or "full"
+  std::string exit_name;  // "stem", "layer1.2" or "full"
   int label = -1;
   float confidence = 0;
   int full_label = -1, truth = -1;

@@ -1,4 +1,4 @@
-// What every backend shares: the block index of exit heads; see backend.h.
+// What every backend shares: the exit index of exit heads; see backend.h.
 #include "engine/backend.h"
 
 #include <algorithm>
@@ -9,12 +9,12 @@
 
 namespace gati {
 
-ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
-    : specs_(std::move(specs)), by_block_(size_t(std::max(blocks, 0)), -1) {
+ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int exits)
+    : specs_(std::move(specs)), by_exit_(size_t(std::max(exits, 0)), -1) {
   for (size_t i = 0; i < specs_.size(); ++i) {
     const ExitHeadSpec& s = specs_[i];
-    if (s.block < 0 || s.block >= blocks) fail("exit head '", s.name, "': block ", s.block, " is not in the model");
-    if (by_block_[size_t(s.block)] >= 0) fail("exit head '", s.name, "': two heads after block ", s.block);
+    if (s.exit < 0 || s.exit >= exits) fail("exit head '", s.name, "': exit ", s.exit, " is not in the model");
+    if (by_exit_[size_t(s.exit)] >= 0) fail("exit head '", s.name, "': two heads at exit ", s.exit);
     // Every backend's kernels read dim and classes worth of each vector.
     const size_t d = size_t(std::max(s.dim, 0)), k = size_t(std::max(s.classes, 0));
     if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k ||
@@ -23,7 +23,7 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int blocks)
     if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid || s.dim % s.pool.features(1) != 0)
       fail("exit head '", s.name, "': pool grid ", s.pool.grid, (s.pool.with_max ? " with max" : ""),
            " does not fit dim ", s.dim, " (grid 1 to ", kMaxPoolGrid, ", dim a multiple of the features per channel)");
-    by_block_[size_t(s.block)] = int(i);
+    by_exit_[size_t(s.exit)] = int(i);
     max_dim_ = std::max(max_dim_, s.dim);
   }
 }

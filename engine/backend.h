@@ -45,13 +45,14 @@ class Buffer {
   float* floats() { return static_cast<float*>(data()); }
 };
 
-// One learned linear cache model at the exit after block `block`, in host
-// memory, as the runtime hands it to a backend.
+// One learned linear cache model at exit point `exit` (engine/plan.h: 0 is
+// the stem, then one per residual block), in host memory, as the runtime
+// hands it to a backend.
 struct ExitHeadSpec {
-  int block = 0;
-  std::string name;                  // the block's name, "layer2.1"
-  PoolSpec pool;                     // how the block's output becomes the features
-  int dim = 0, classes = 0;          // dim = pool.features(the block's channels)
+  int exit = 0;
+  std::string name;                  // the exit point's name, "stem", "layer2.1"
+  PoolSpec pool;                     // how the output there becomes the features
+  int dim = 0, classes = 0;          // dim = pool.features(the output's channels)
   std::vector<float> mean, inv_std;  // [dim]
   std::vector<float> weight;         // [classes, dim]
   std::vector<float> bias;           // [classes]
@@ -69,19 +70,17 @@ class ExitHeads {
  public:
   virtual ~ExitHeads() = default;
   const std::vector<ExitHeadSpec>& specs() const { return specs_; }
-  // Index into specs() of the head after `block`, or -1.
-  int for_block(int block) const {
-    return block >= 0 && size_t(block) < by_block_.size() ? by_block_[size_t(block)] : -1;
-  }
+  // Index into specs() of the head at exit point `exit`, or -1.
+  int for_exit(int exit) const { return exit >= 0 && size_t(exit) < by_exit_.size() ? by_exit_[size_t(exit)] : -1; }
   // The head's parameters in backend memory.
   virtual LinearHeadView view(int head) const = 0;
   // The widest head's features (sizes the pooled-features scratch).
   int max_dim() const { return max_dim_; }
 
  protected:
-  ExitHeads(std::vector<ExitHeadSpec> specs, int blocks);
+  ExitHeads(std::vector<ExitHeadSpec> specs, int exits);
   std::vector<ExitHeadSpec> specs_;
-  std::vector<int> by_block_;
+  std::vector<int> by_exit_;
   int max_dim_ = 0;
 };
 

@@ -71,24 +71,25 @@ Engine::Engine(Model model, const EngineOptions& options)
 Engine::~Engine() = default;
 
 std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpec> specs) const {
-  const Network& net = model_->net;
-  for (const ExitHeadSpec& s : specs) {
-    if (s.block < 0 || s.block >= int(net.blocks.size()))
-      fail("exit head '", s.name, "': block ", s.block, " is not one of the model's ", net.blocks.size(), " blocks");
-    const BlockSpec& b = net.blocks[size_t(s.block)];
-    if (!s.name.empty() && s.name != b.name)
-      fail("exit head '", s.name, "': block ", s.block, " of the model is '", b.name, "'");
+  const std::vector<ExitPointInfo> points = exit_points(model_->net);
+  for (ExitHeadSpec& s : specs) {
+    if (s.exit < 0 || s.exit >= int(points.size()))
+      fail("exit head '", s.name, "': exit ", s.exit, " is not one of the model's ", points.size(),
+           " exit points (the stem and ", points.size() - 1, " blocks)");
+    const ExitPointInfo& p = points[size_t(s.exit)];
+    if (!s.name.empty() && s.name != p.name)
+      fail("exit head '", s.name, "': exit ", s.exit, " of the model is '", p.name, "'");
+    s.name = p.name;
     if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid)
-      fail("exit head '", b.name, "': pool grid ", s.pool.grid, " is not in [1, ", kMaxPoolGrid, "]");
-    check_pool_fits("exit head '" + b.name + "'", s.dim, s.pool, b.out_channels);
+      fail("exit head '", p.name, "': pool grid ", s.pool.grid, " is not in [1, ", kMaxPoolGrid, "]");
+    check_pool_fits("exit head '" + p.name + "'", s.dim, s.pool, p.channels);
     if (s.classes != arch().num_classes)
-      fail("exit head '", b.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
+      fail("exit head '", p.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
     for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})
       for (float x : *v)
-        if (!std::isfinite(x)) fail("exit head '", b.name, "': non-finite parameter");
-    if (!(s.threshold >= 0)) fail("exit head '", b.name, "': threshold ", s.threshold, " must be >= 0");
+        if (!std::isfinite(x)) fail("exit head '", p.name, "': non-finite parameter");
+    if (!(s.threshold >= 0)) fail("exit head '", p.name, "': threshold ", s.threshold, " must be >= 0");
   }
-  for (ExitHeadSpec& s : specs) s.name = net.blocks[size_t(s.block)].name;
   return device_->upload_exit_heads(std::move(specs));
 }
 

@@ -64,7 +64,7 @@ class Engine {
   const EngineOptions& options() const { return options_; }
 
   // Uploads cache models to the device after checking each against the
-  // model (block, channels, classes, finite values).
+  // model (exit point, channels, classes, finite values).
   std::shared_ptr<const ExitHeads> make_exit_heads(std::vector<ExitHeadSpec> specs) const;
 
   // A worker's session.  It keeps the model and device alive, so it may

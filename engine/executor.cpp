@@ -92,11 +92,11 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       ctx_.synchronize();
       opts.observer(e, ctx_, slot(e.slot), alive, st_.position[pos]);
     }
-    const int head = opts.heads ? opts.heads->for_block(e.block) : -1;
+    const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
     if (head < 0) continue;
     const Act shape = e.shape.with_batch(alive);
     if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
-    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.block, st_, pos, exit_pooled(*opts.heads));
+    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.id, st_, pos, exit_pooled(*opts.heads));
     if (opts.timings) ctx_.range_pop();
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
     mark(e.name + ".exit", "exit", e.block,

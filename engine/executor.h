@@ -1,6 +1,6 @@
 // The layer-by-layer executor: runs a plan on a backend context, with an
-// exit head, a compaction and a check for survivors after every residual
-// block that has a cache model attached, and per-layer timing on request.
+// exit head, a compaction and a check for survivors at every exit point
+// (the stem, every residual block) that has a cache model attached, and per-layer timing on request.
 //
 // It knows nothing about the backend's memory or kernels; the same loop runs
 // on CPU and CUDA.  On the fast path the host never reads activations: the
@@ -30,13 +30,13 @@ struct LayerTiming {
 
 // One sample's answer.
 struct SampleResult {
-  int exit = kFullModel;  // exit point (index of the block after which it left), or kFullModel (-1)
+  int exit = kFullModel;  // the exit point's id (Plan::exits: 0 = stem, b + 1 = after block b), or kFullModel (-1)
   int label = -1;         // the predicted class
   float confidence = 0;   // top softmax probability of the cache model or of the full model's logits
 };
 
-// Called after each residual block with the block's output in backend
-// memory (NHWC, the `n` rows still running; row r is caller sample
+// Called at each exit point (after the stem and after each residual block)
+// with the output there in backend memory (NHWC, the `n` rows still running; row r is caller sample
 // positions[r]).  For feature collection and debugging: it synchronises the
 // backend before it is called, so it costs time on the fast path.
 using ExitObserver = std::function<void(const ExitPoint& exit, BackendContext& ctx, const float* activations, int n,
@@ -54,9 +54,7 @@ class Executor {
   Executor(BackendContext& ctx, Plan plan);
 
   const Plan& plan() const { return plan_; }
-  size_t arena_bytes() const {
-    return arena_->bytes() + state_->bytes() + (exit_pooled_ ? exit_pooled_->bytes() : 0);
-  }
+  size_t arena_bytes() const { return arena_->bytes() + state_->bytes() + (exit_pooled_ ? exit_pooled_->bytes() : 0); }
 
   // input: host NCHW [n, C, H, W], normalised.  results[n] in caller order;
   // logits (may be null): host [n, classes], NaN rows for samples that exited.

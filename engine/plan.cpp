@@ -24,6 +24,21 @@ const char* step_kind_name(StepKind k) {
   return "?";
 }
 
+std::vector<ExitPointInfo> exit_points(const Network& net) {
+  std::vector<ExitPointInfo> out;
+  out.push_back({"stem", -1, net.convs.at(size_t(net.stem)).cout});
+  for (size_t b = 0; b < net.blocks.size(); ++b)
+    out.push_back({net.blocks[b].name, int(b), net.blocks[b].out_channels});
+  return out;
+}
+
+int exit_point_id(const Network& net, const std::string& name) {
+  const std::vector<ExitPointInfo> points = exit_points(net);
+  for (size_t i = 0; i < points.size(); ++i)
+    if (points[i].name == name) return int(i);
+  return -1;
+}
+
 Plan make_plan(const Network& net, int max_batch, int h, int w) {
   if (max_batch < 1) fail("plan: batch size must be at least 1, got ", max_batch);
   if (h < 1 || w < 1) fail("plan: input size ", h, "x", w, " is empty");
@@ -81,6 +96,7 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
     cur = mp.out;
     cur_slot = 2;
   }
+  plan.exits.push_back({0, -1, "stem", int(plan.steps.size()) - 1, cur, cur_slot});
 
   for (size_t b = 0; b < net.blocks.size(); ++b) {
     const BlockSpec& blk = net.blocks[b];
@@ -104,7 +120,7 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
       out_slot = t1;
     }
     cur_slot = out_slot;
-    plan.exits.push_back({int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot});
+    plan.exits.push_back({int(plan.exits.size()), int(b), blk.name, int(plan.steps.size()) - 1, cur, cur_slot});
   }
 
   Step pool;

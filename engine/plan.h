@@ -4,8 +4,9 @@
 // Activations rotate through four arena slots (a residual block needs its
 // input, two intermediates and the shortcut alive at once); the pooled
 // features and the logits have their own regions (the exit heads' pooled
-// features, whose size depends on the heads, live in the executor).  Each
-// residual block's output is an exit point; when an exit head is attached
+// features, whose size depends on the heads, live in the executor).  The
+// stem's output and each residual block's output are exit points; when an
+// exit head is attached
 // there, the executor runs it and compacts the batch in place (survivors to
 // the front), so the plan does not depend on which caches are attached.  The
 // exit state (per-sample results) is laid out here too; it lives in
@@ -35,10 +36,23 @@ struct Step {
   int64_t macs_per_sample = 0;
 };
 
+// Where a sample may leave: "stem" (after the stem convolution and its
+// max-pool), then after every residual block.  An exit's id everywhere
+// (exit heads, cache files, SampleResult::exit) is its index in this order.
+struct ExitPointInfo {
+  std::string name;  // "stem", "layer2.1"
+  int block = -1;    // index into Network::blocks, -1 for the stem
+  int channels = 0;  // of the output there
+};
+std::vector<ExitPointInfo> exit_points(const Network& net);
+// The id of the exit point called `name`, or -1.
+int exit_point_id(const Network& net, const std::string& name);
+
 struct ExitPoint {
-  int block = 0;       // index into Network::blocks
-  std::string name;    // "layer2.1"
-  int after_step = 0;  // index of the block's last step
+  int id = 0;          // index into Plan::exits (and exit_points())
+  int block = -1;      // index into Network::blocks, -1 for the stem
+  std::string name;    // "stem", "layer2.1"
+  int after_step = 0;  // index of the last step before it
   Act shape;           // per-sample
   int slot = 0;
 };

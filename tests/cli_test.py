@@ -164,7 +164,7 @@ def main():
                            "--requests", "60", "--seed", "3", "--json", sim, "--save-trace", tr)
         ok = rc == 0 and os.path.exists(sim)
         rep = json.load(open(sim)) if ok else {}
-        check("serve-sim report", ok and rep["requests"] == 60 and len(rep["exits"]) == 9
+        check("serve-sim report", ok and rep["requests"] == 60 and len(rep["exits"]) == 10
               and 0 <= rep["hit_rate"] <= 1 and rep["latency_ms"]["full"]["mean"] > 0, out + err)
         rc, out2, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", tr, "--json", sim)
         check("serve-sim replays a saved trace identically",

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/plan.h"
 #include "loaders/fashion_mnist.h"
 #include "test_util.h"
 #include "weights/model.h"
@@ -53,16 +54,18 @@ inline Dataset tiny_dataset() {
   return d;
 }
 
-// A random linear head for every block of `model`, all with `threshold`.
+// A random linear head at every exit point of `model` (the stem and every
+// block), all with `threshold`.
 inline std::vector<ExitHeadSpec> random_heads(const Model& model, uint32_t seed, float threshold,
                                               const std::vector<PoolSpec>& pools = {}) {
   std::vector<ExitHeadSpec> heads;
-  for (size_t b = 0; b < model.net.blocks.size(); ++b) {
+  const std::vector<ExitPointInfo> points = exit_points(model.net);
+  for (size_t e = 0; e < points.size(); ++e) {
     ExitHeadSpec h;
-    h.block = int(b);
-    h.name = model.net.blocks[b].name;
-    h.pool = pools.empty() ? PoolSpec{} : pools[b % pools.size()];  // cycled over the blocks
-    h.dim = h.pool.features(model.net.blocks[b].out_channels);
+    h.exit = int(e);
+    h.name = points[e].name;
+    h.pool = pools.empty() ? PoolSpec{} : pools[e % pools.size()];  // cycled over the exits
+    h.dim = h.pool.features(points[e].channels);
     h.classes = model.arch().num_classes;
     h.mean = random_floats(size_t(h.dim), seed++, 0.2f);
     h.inv_std.assign(size_t(h.dim), 1.0f);

@@ -33,9 +33,9 @@ struct ConvCase {
 // Channel counts, kernels and strides as in torchvision's ResNets; the
 // spatial sizes are the ones those layers see at 224x224 (28x28 for the CIFAR stem).
 const ConvCase kConvs[] = {
-    {"stem_7x7_2", 3, 64, 7, 2, 3, 1, 224},     {"layer1_3x3_1", 64, 64, 3, 1, 1, 1, 56},
-    {"layer2_3x3_2", 128, 128, 3, 2, 1, 1, 56}, {"bottleneck_1x1", 256, 64, 1, 1, 0, 1, 56},
-    {"proj_1x1_2", 256, 512, 1, 2, 0, 1, 56},   {"layer4_3x3_1", 512, 512, 3, 1, 1, 1, 7},
+    {"stem_7x7_2", 3, 64, 7, 2, 3, 1, 224},         {"layer1_3x3_1", 64, 64, 3, 1, 1, 1, 56},
+    {"layer2_3x3_2", 128, 128, 3, 2, 1, 1, 56},     {"bottleneck_1x1", 256, 64, 1, 1, 0, 1, 56},
+    {"proj_1x1_2", 256, 512, 1, 2, 0, 1, 56},       {"layer4_3x3_1", 512, 512, 3, 1, 1, 1, 7},
     {"resnext_3x3_g32", 128, 128, 3, 1, 1, 32, 56}, {"cifar_stem", 1, 16, 3, 1, 1, 1, 28},
 };
 
@@ -52,7 +52,7 @@ Model conv_model() {
     m.convs.push_back({random_floats(size_t(c.cout) * fan, seed++, float(std::sqrt(2.0 / double(fan)))),
                        random_floats(size_t(c.cout), seed++, 0.1f)});
   }
-  BlockSpec exit_block;  // one exit point, for exit heads: after a 128-channel block
+  BlockSpec exit_block;  // exit point 1 (0 is the stem), for exit heads: after a 128-channel block
   exit_block.name = "layer2.0";
   exit_block.out_channels = 128;
   m.net.blocks.push_back(exit_block);
@@ -153,7 +153,8 @@ TEST_P(BackendOps, PoolsAndClassifier) {
             for (int ky = 0; ky < 3; ++ky)
               for (int kx = 0; kx < 3; ++kx) {
                 const int iy = oy * 2 - 1 + ky, ix = ox * 2 - 1 + kx;
-                if (iy >= 0 && iy < h && ix >= 0 && ix < h) m = std::max(m, x[((size_t(i) * h + size_t(iy)) * h + size_t(ix)) * c + size_t(ch)]);
+                if (iy >= 0 && iy < h && ix >= 0 && ix < h)
+                  m = std::max(m, x[((size_t(i) * h + size_t(iy)) * h + size_t(ix)) * c + size_t(ch)]);
               }
             ASSERT_EQ(got_mp[((size_t(i) * oh + size_t(oy)) * oh + size_t(ox)) * c + size_t(ch)], m);
           }
@@ -190,7 +191,7 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     // The exit after a ResNet-18 layer2 block: 28x28x128.
     const int h = 28, c = 128, total = n + 2;  // two samples already left before this exit
     ExitHeadSpec spec;
-    spec.block = 0;
+    spec.exit = 1;  // exit 0 is the stem
     spec.dim = c;
     spec.classes = classes;
     spec.mean = random_floats(size_t(c), 5, 0.3f);
@@ -213,7 +214,8 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
       for (int k = 0; k < classes; ++k) {
         double s = spec.bias[size_t(k)];
         for (int ch = 0; ch < c; ++ch)
-          s += double(spec.weight[size_t(k * c + ch)]) * (pooled[size_t(i * c + ch)] - spec.mean[size_t(ch)]) * spec.inv_std[size_t(ch)];
+          s += double(spec.weight[size_t(k * c + ch)]) * (pooled[size_t(i * c + ch)] - spec.mean[size_t(ch)]) *
+               spec.inv_std[size_t(ch)];
         z[size_t(k)] = s;
       }
       const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
@@ -224,7 +226,8 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     }
     std::vector<double> sorted = conf;
     std::sort(sorted.begin(), sorted.end());
-    spec.threshold = n == 1 ? float(sorted[0]) - 1e-3f : float(0.5 * (sorted[size_t(n / 2) - 1] + sorted[size_t(n / 2)]));
+    spec.threshold =
+        n == 1 ? float(sorted[0]) - 1e-3f : float(0.5 * (sorted[size_t(n / 2) - 1] + sorted[size_t(n / 2)]));
     const auto heads = device_->upload_exit_heads({spec});
 
     HostState hs(*ctx_, total, classes);
@@ -272,8 +275,11 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     for (int r = 0; r < alive; ++r) {
       const int s = hs.st.position[0][r];
       EXPECT_EQ(hs.st.exit[s], kFullModel);
-      EXPECT_EQ(0, std::memcmp(hs.st.logits + size_t(s) * classes, z.data() + size_t(r) * classes, classes * sizeof(float)));
-      EXPECT_EQ(hs.st.label[s], int(std::max_element(z.begin() + r * classes, z.begin() + (r + 1) * classes) - z.begin()) - r * classes);
+      EXPECT_EQ(
+          0, std::memcmp(hs.st.logits + size_t(s) * classes, z.data() + size_t(r) * classes, classes * sizeof(float)));
+      EXPECT_EQ(
+          hs.st.label[s],
+          int(std::max_element(z.begin() + r * classes, z.begin() + (r + 1) * classes) - z.begin()) - r * classes);
     }
     for (int s : {0, total - 1}) {  // never reached this exit: untouched
       EXPECT_EQ(hs.st.exit[s], kStillRunning);
@@ -362,7 +368,8 @@ TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
     act.upload(x);
     ctx_->pool_features(act.data(), {n, k.h, k.h, k.c}, pool, feats.data());
     const std::vector<float> got = feats.download();
-    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(got[i], ref[i], 1e-5 + 1e-5 * std::abs(ref[i])) << "feature " << i;
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_NEAR(got[i], ref[i], 1e-5 + 1e-5 * std::abs(ref[i])) << "feature " << i;
 
     ExitHeadSpec spec;
     spec.name = "layer2.0";
@@ -386,7 +393,8 @@ TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
       for (int c = 0; c < classes; ++c) {
         double s = spec.bias[size_t(c)];
         for (int d = 0; d < dim; ++d)
-          s += double(spec.weight[size_t(c) * dim + size_t(d)]) * (ref[size_t(i) * dim + size_t(d)] - spec.mean[size_t(d)]) * 0.7;
+          s += double(spec.weight[size_t(c) * dim + size_t(d)]) *
+               (ref[size_t(i) * dim + size_t(d)] - spec.mean[size_t(d)]) * 0.7;
         z[size_t(c)] = s;
       }
       const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
@@ -406,7 +414,7 @@ TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
 TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
   const int n = 3, hw = 7 * 7, c = 2048, classes = 1000;
   ExitHeadSpec spec;
-  spec.block = 0;
+  spec.exit = 1;
   spec.name = "layer4.2";
   spec.dim = c;
   spec.classes = classes;
@@ -449,7 +457,8 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
   for (int n : {1, 3, 8}) {
     SCOPED_TRACE("batch " + std::to_string(n));
     const std::vector<float> mean = random_floats(dim, 1, 0.2f), w0 = random_floats(size_t(dim * classes), 2, 0.3f),
-                             b0 = random_floats(classes, 3, 0.1f), v0 = random_floats(size_t(dim * classes + classes), 4, 0.05f),
+                             b0 = random_floats(classes, 3, 0.1f),
+                             v0 = random_floats(size_t(dim * classes + classes), 4, 0.05f),
                              x = random_floats(size_t(n * dim), uint32_t(5 + n));
     std::vector<float> inv(dim, 1.3f);
     std::vector<int32_t> y(static_cast<size_t>(n));
@@ -466,7 +475,8 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
     const LinearHeadMut h{dim, classes, gm.data(), gi.data(), gw.data(), gb.data(), gv.data()};
     const SgdHyper hp{0.05f, 0.9f, 5e-4f};
     double loss = 0;
-    ASSERT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss), OpStatus::kOk);
+    ASSERT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss),
+              OpStatus::kOk);
     // Reference in double.
     std::vector<double> grad(w0.size() + b0.size(), 0.0);
     double want_loss = 0;
@@ -497,12 +507,14 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
     }
     // A step that would blow up is refused and changes nothing; so is a bad label.
     const SgdHyper huge{1e30f, 0.9f, 0.f};
-    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, huge, &loss), OpStatus::kNonFinite);
+    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, huge, &loss),
+              OpStatus::kNonFinite);
     EXPECT_EQ(gw.download(), w1);
     std::vector<int32_t> bad = y;
     bad[0] = classes;
     ctx_->from_host(bad.data(), bad.size() * 4, gy.data());
-    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss), OpStatus::kBadLabel);
+    EXPECT_EQ(ctx_->linear_sgd_step(h, gx.data(), reinterpret_cast<const int32_t*>(gy.data()), n, hp, &loss),
+              OpStatus::kBadLabel);
     EXPECT_EQ(gw.download(), w1);
   }
 }

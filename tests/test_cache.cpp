@@ -2,12 +2,14 @@
 // meets its target, the SGD guard refuses non-finite steps, cache files and
 // traces round-trip and reject damage, traces are reproducible by seed.
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "cache/learned_cache.h"
-#include "weights/common/error.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "test_util.h"
+#include "weights/common/error.h"
+#include "weights/safetensors.h"
 
 namespace gati {
 namespace {
@@ -150,7 +152,7 @@ std::vector<ExitCache> trained_cascade(const std::vector<int>& dims, int classes
   for (size_t e = 0; e < dims.size(); ++e) {
     caches.push_back(fresh(dims[e], classes));
     caches.back().exit_name = "exit" + std::to_string(e);
-    caches.back().block = int(e);
+    caches.back().exit = int(e);
     train_exit_cache(caches.back(), train.features[e], train.labels, SgdOptions{});
   }
   return caches;
@@ -334,7 +336,7 @@ TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
   const auto dir = test::scratch_dir("cache_fp");
   const std::string path = (dir / "c.safetensors").string();
   set.save(path);
-  EXPECT_EQ(CacheSet::load(path, a).exits.size(), a.net.blocks.size());
+  EXPECT_EQ(CacheSet::load(path, a).exits.size(), a.net.blocks.size() + 1);  // the stem and every block
   EXPECT_GATI_ERROR(CacheSet::load(path, b), "built for other weights of resnet8");
   std::filesystem::remove_all(dir);
 }
@@ -366,6 +368,59 @@ TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
   bad.exits[0].pool = parse_pool("avg");  // the file's tensors are mix4x4-sized
   bad.save(path);
   EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  std::filesystem::remove_all(dir);
+}
+
+// Exits are named in the file; the name says which exit point, and an "exit"
+// id that disagrees, a name the model lacks or exits out of order are
+// refused.  Files from before the stem exit ("block" instead of "exit")
+// still load.
+TEST(CacheFiles, NameTheirExitPoints) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  ASSERT_EQ(set.exits[0].exit_name, "stem");
+  const auto dir = test::scratch_dir("cache_names");
+  const std::string path = (dir / "c.safetensors").string();
+
+  // An older file: the same tensors, "block" (exit - 1) instead of "exit", no stem.
+  set.save(path);
+  nlohmann::json meta = nlohmann::json::parse(SafeTensorsFile::open(path).metadata_at("gati.caches"));
+  meta["exits"].erase(0);
+  for (auto& e : meta["exits"]) {
+    e["block"] = e["exit"].get<int>() - 1;
+    e.erase("exit");
+  }
+  SafeTensorsWriter w;
+  for (size_t e = 1; e < set.exits.size(); ++e) {
+    const ExitCache& c = set.exits[e];
+    const std::string p = "exit." + c.exit_name + ".";
+    w.add_float(p + "mean", {c.dim}, c.mean);
+    w.add_float(p + "inv_std", {c.dim}, c.inv_std);
+    w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
+    w.add_float(p + "bias", {c.classes}, c.bias);
+  }
+  w.set_metadata("gati.caches", meta.dump());
+  w.write(path);
+  const CacheSet old = CacheSet::load(path, m);
+  ASSERT_EQ(old.exits.size(), set.exits.size() - 1);
+  for (size_t e = 0; e < old.exits.size(); ++e) EXPECT_EQ(old.exits[e].exit, set.exits[e + 1].exit);
+
+  CacheSet bad = set;
+  bad.exits[1].exit = 3;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].exit_name + "' says it is exit 3");
+  bad = set;
+  bad.exits[2].exit_name = "layer9.0";
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m),
+                    "exit 'layer9.0' is not an exit point of the model (valid: stem, layer1.0");
+  bad = set;
+  std::swap(bad.exits[0], bad.exits[1]);
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "in the model's order");
   std::filesystem::remove_all(dir);
 }
 

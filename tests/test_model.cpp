@@ -107,9 +107,23 @@ TEST(Network, TorchvisionLayerCounts) {
 TEST(Plan, ShapesExitsAndArena) {
   const Network r50 = describe(imagenet("bottleneck", {3, 4, 6, 3}));
   const Plan p = make_plan(r50, 4, 224, 224);
-  ASSERT_EQ(p.exits.size(), 16u);
-  EXPECT_EQ(p.exits[0].shape.c, 256);
+  ASSERT_EQ(p.exits.size(), 17u);  // the stem and 16 blocks
+  EXPECT_EQ(p.exits[0].name, "stem");
+  EXPECT_EQ(p.exits[0].block, -1);
+  EXPECT_EQ(p.exits[0].shape.c, 64);  // after the max-pool
   EXPECT_EQ(p.exits[0].shape.h, 56);
+  EXPECT_EQ(p.exits[0].after_step, 2);  // input, conv1, maxpool
+  EXPECT_EQ(p.exits[1].name, "layer1.0");
+  EXPECT_EQ(p.exits[1].block, 0);
+  EXPECT_EQ(p.exits[1].shape.c, 256);
+  EXPECT_EQ(p.exits[1].shape.h, 56);
+  for (size_t e = 0; e < p.exits.size(); ++e) {
+    EXPECT_EQ(p.exits[e].id, int(e));
+    EXPECT_EQ(exit_points(r50)[e].name, p.exits[e].name);
+    EXPECT_EQ(exit_points(r50)[e].channels, p.exits[e].shape.c);
+    EXPECT_EQ(exit_point_id(r50, p.exits[e].name), int(e));
+  }
+  EXPECT_EQ(exit_point_id(r50, "layer9.0"), -1);
   EXPECT_EQ(p.exits.back().shape.h, 7);
   EXPECT_EQ(p.exits.back().shape.c, 2048);
   // resnet50 is ~4.09 GMACs at 224x224.

@@ -44,15 +44,18 @@ struct Common {
 };
 
 void add_common(CLI::App* app, Common& c) {
-  app->add_option("--device", c.device, "backend")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  app->add_option("--device", c.device, "backend")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   app->add_option("--threads", c.threads, "CPU threads (0 = all cores)")->check(CLI::Range(0, 1024));
   app->add_flag("--tf32", c.tf32, "CUDA: allow TF32 tensor cores in FP32 convolutions");
 }
 
 void data_option(CLI::App* app, std::string& data, std::string& dir) {
   app->add_option("--data", data, "data set")->check(CLI::IsMember({"fashion-mnist"}))->required();
-  app->add_option("--data-dir", dir, "folder with the IDX files (default $GATI_FASHION_MNIST or "
-                                     "/usr/share/datasets/fashion-mnist)");
+  app->add_option("--data-dir", dir,
+                  "folder with the IDX files (default $GATI_FASHION_MNIST or "
+                  "/usr/share/datasets/fashion-mnist)");
 }
 
 // ---- info ---------------------------------------------------------------------------
@@ -83,7 +86,7 @@ int cmd_info(const InfoOpts& o) {
     j["convolutions"] = m.net.convs.size();
     nlohmann::json blocks = nlohmann::json::array();
     for (size_t b = 0; b < m.net.blocks.size(); ++b) {
-      const ExitPoint& e = plan.exits[b];
+      const ExitPoint& e = plan.exits[b + 1];  // exit 0 is the stem
       blocks.push_back({{"name", e.name}, {"macs", block_macs[b]}, {"output", {e.shape.c, e.shape.h, e.shape.w}}});
     }
     j["blocks"] = blocks;
@@ -99,18 +102,22 @@ int cmd_info(const InfoOpts& o) {
               arch.block == BlockKind::Basic ? "basic" : "bottleneck", layers.c_str(),
               arch.stem == StemKind::ImageNet ? "imagenet (7x7/2 + maxpool)" : "cifar (3x3/1)", arch.in_channels,
               arch.input_h, arch.input_w, arch.num_classes);
-  std::printf("  %zu convolutions, %zu residual blocks (exit points), %.3fM parameters, %.3f GMACs per image\n\n",
-              m.net.convs.size(), m.net.blocks.size(), double(m.parameters) / 1e6, double(plan.macs_per_sample) / 1e9);
+  std::printf(
+      "  %zu convolutions, %zu residual blocks, %zu exit points (the stem and each block), %.3fM parameters, "
+      "%.3f GMACs per image\n\n",
+      m.net.convs.size(), m.net.blocks.size(), plan.exits.size(), double(m.parameters) / 1e6,
+      double(plan.macs_per_sample) / 1e9);
   std::printf("  %-12s %-16s %12s %8s\n", "block", "output (CxHxW)", "MMACs", "cum %");
   double cum = double(stem);
   const double total = double(plan.macs_per_sample);
-  std::printf("  %-12s %-16s %12.2f %7.1f%%\n", "stem", "", double(stem) / 1e6, 100.0 * cum / total);
+  auto shape_of = [](const Act& a) { return str_cat(a.c, "x", a.h, "x", a.w); };
+  std::printf("  %-12s %-16s %12.2f %7.1f%%\n", "stem", shape_of(plan.exits[0].shape).c_str(), double(stem) / 1e6,
+              100.0 * cum / total);
   for (size_t b = 0; b < m.net.blocks.size(); ++b) {
-    const ExitPoint& e = plan.exits[b];
+    const ExitPoint& e = plan.exits[b + 1];
     cum += double(block_macs[b]);
-    const std::string shape = str_cat(e.shape.c, "x", e.shape.h, "x", e.shape.w);
-    std::printf("  %-12s %-16s %12.2f %7.1f%%\n", e.name.c_str(), shape.c_str(), double(block_macs[b]) / 1e6,
-                100.0 * cum / total);
+    std::printf("  %-12s %-16s %12.2f %7.1f%%\n", e.name.c_str(), shape_of(e.shape).c_str(),
+                double(block_macs[b]) / 1e6, 100.0 * cum / total);
   }
   std::printf("  %-12s %-16s %12.2f %7.1f%%\n", "fc", "", double(head) / 1e6, 100.0);
   std::printf("  %-12s %-16s %12.2f\n", "total", "", total / 1e6);
@@ -179,7 +186,7 @@ int cmd_run(const RunOpts& o) {
   std::vector<float> x;
   std::vector<SampleResult> results(size_t(o.batch));
   std::vector<double> latency_ms;
-  std::vector<int64_t> exit_hits(engine.model().net.blocks.size(), 0);
+  std::vector<int64_t> exit_hits(exit_points(engine.model().net).size(), 0);
   int correct = 0;
   cli::Progress progress(size_t(ds.n), "run");
   const auto t0 = clock_type::now();
@@ -209,14 +216,17 @@ int cmd_run(const RunOpts& o) {
   std::printf("data      %s, %d images, batch %d, device %s\n", ds.name.c_str(), ds.n, o.batch,
               engine.device_name().c_str());
   std::printf("accuracy  %.4f (%d/%d)\n", acc, correct, ds.n);
-  if (heads) std::printf("exits     %.4f of the images left early (caches %s)\n", double(hits) / ds.n, o.caches.c_str());
+  if (heads)
+    std::printf("exits     %.4f of the images left early (caches %s)\n", double(hits) / ds.n, o.caches.c_str());
   std::printf("latency   per batch: mean %.3f ms, p50 %.3f ms, p99 %.3f ms\n", mean, p50, p99);
   std::printf("throughput %.1f images/s\n", double(ds.n) / secs);
   if (!o.json.empty()) {
-    nlohmann::json j = {{"model", o.model},        {"arch", arch.name},     {"data", ds.name},
-                        {"images", ds.n},          {"batch", o.batch},      {"device", engine.device_name()},
-                        {"accuracy", acc},         {"correct", correct},    {"latency_ms_mean", mean},
-                        {"latency_ms_p50", p50},   {"latency_ms_p99", p99}, {"images_per_s", double(ds.n) / secs},
+    nlohmann::json j = {{"model", o.model},        {"arch", arch.name},
+                        {"data", ds.name},         {"images", ds.n},
+                        {"batch", o.batch},        {"device", engine.device_name()},
+                        {"accuracy", acc},         {"correct", correct},
+                        {"latency_ms_mean", mean}, {"latency_ms_p50", p50},
+                        {"latency_ms_p99", p99},   {"images_per_s", double(ds.n) / secs},
                         {"caches", o.caches},      {"exit_rate", double(hits) / ds.n}};
     cli::write_text(o.json, j.dump(2) + "\n");
   }
@@ -287,7 +297,7 @@ int cmd_profile(const ProfileOpts& o) {
 struct CacheBuildOpts {
   Common common;
   std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
-                                            calibrate = "cascade", cost = "measured";
+                                          calibrate = "cascade", cost = "measured";
   double target = 0.99;
   int train = 50000, holdout = 10000, epochs = 10;
 };
@@ -315,17 +325,19 @@ int cmd_cache_build(const CacheBuildOpts& o) {
               "hit rate", "hit agree");
   for (size_t e = 0; e < r.caches.exits.size(); ++e) {
     const ExitCache& c = r.caches.exits[e];
-    const std::string loss = str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ", std::round(r.loss[e].back() * 1000) / 1000);
+    const std::string loss =
+        str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ", std::round(r.loss[e].back() * 1000) / 1000);
     std::printf("%-10s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), pool_name(c.pool).c_str(),
                 c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
                 c.holdout_hit_agreement);
   }
   if (b.cascade && b.rule != ThresholdRule::kZeroError)
-    std::printf("cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f), "
-                "hit rate %.4f, expected cost "
-                "%.3f of the model's (%.2fx lower, %s), %d steps\n",
-                r.cascade.agreement, r.cascade.bound, r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost,
-                o.cost == "macs" ? "MACs" : "measured time", r.cascade.steps);
+    std::printf(
+        "cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f), "
+        "hit rate %.4f, expected cost "
+        "%.3f of the model's (%.2fx lower, %s), %d steps\n",
+        r.cascade.agreement, r.cascade.bound, r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost,
+        o.cost == "macs" ? "MACs" : "measured time", r.cascade.steps);
   std::printf("wrote %s (%zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
               r.caches.exits.size(), o.target, o.rule.c_str(),
               b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
@@ -432,7 +444,9 @@ int dispatch(int argc, char** argv) {
   c_run->add_option("--model", run.model, "model file")->required();
   data_option(c_run, run.data, run.data_dir);
   c_run->add_option("--split", run.split, "data split")->check(CLI::IsMember({"test", "train"}))->capture_default_str();
-  c_run->add_option("--batch", run.batch, "batch size (samples exit one by one)")->check(CLI::Range(1, 65536))->capture_default_str();
+  c_run->add_option("--batch", run.batch, "batch size (samples exit one by one)")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
   c_run->add_option("--limit", run.limit, "only the first N images (0 = all)")->check(CLI::Range(0, 1 << 30));
   c_run->add_option("--caches", run.caches, "cache file from 'gati cache build': samples may leave early");
   c_run->add_option("--json", run.json, "also write the results as JSON");
@@ -444,7 +458,9 @@ int dispatch(int argc, char** argv) {
   c_prof->add_option("--batch", prof.batch, "batch size")->check(CLI::Range(1, 4096))->capture_default_str();
   c_prof->add_option("--size", prof.size, "input size HxW (default: the model's)");
   c_prof->add_option("--repeats", prof.repeats, "timed runs")->check(CLI::Range(1, 100000))->capture_default_str();
-  c_prof->add_option("--warmup", prof.warmup, "untimed runs first")->check(CLI::Range(0, 100000))->capture_default_str();
+  c_prof->add_option("--warmup", prof.warmup, "untimed runs first")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
   c_prof->add_option("--json", prof.json, "per-layer JSON (default profile-<model>-b<B>.json)");
   c_prof->add_option("--trace", prof.trace, "Chrome/Perfetto trace (default profile-<model>-b<B>.trace.json)");
   add_common(c_prof, prof.common);
@@ -464,30 +480,35 @@ int dispatch(int argc, char** argv) {
   c_build->add_option("--target-agreement", cb.target, "agreement of hits with the full model")
       ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
-  c_build->add_option("--rule", cb.rule,
-                      "threshold rule: bound (95% lower bound of each exit's agreement >= target), target (the "
-                      "point estimate), zero-error (Freeze's)")
+  c_build
+      ->add_option("--rule", cb.rule,
+                   "threshold rule: bound (95% lower bound of each exit's agreement >= target), target (the "
+                   "point estimate), zero-error (Freeze's)")
       ->check(CLI::IsMember({"bound", "target", "zero-error"}))
       ->capture_default_str();
-  c_build->add_option("--calibrate-on", cb.holdout_kind,
-                      "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
-                      "noise, like locality traffic)")
+  c_build
+      ->add_option("--calibrate-on", cb.holdout_kind,
+                   "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
+                   "noise, like locality traffic)")
       ->check(CLI::IsMember({"clean", "clean+shifted"}))
       ->capture_default_str();
-  c_build->add_option("--calibrate", cb.calibrate,
-                      "cascade: every threshold at once, so the whole cascade meets the target at the lowest "
-                      "expected cost (exits that do not pay stay closed); per-exit: each exit's hits meet it alone")
+  c_build
+      ->add_option("--calibrate", cb.calibrate,
+                   "cascade: every threshold at once, so the whole cascade meets the target at the lowest "
+                   "expected cost (exits that do not pay stay closed); per-exit: each exit's hits meet it alone")
       ->check(CLI::IsMember({"cascade", "per-exit"}))
       ->capture_default_str();
-  c_build->add_option("--cost", cb.cost,
-                      "how the cascade calibration prices each exit: measured (batch-1 time on this machine) or "
-                      "macs (deterministic)")
+  c_build
+      ->add_option("--cost", cb.cost,
+                   "how the cascade calibration prices each exit: measured (batch-1 time on this machine) or "
+                   "macs (deterministic)")
       ->check(CLI::IsMember({"measured", "macs"}))
       ->capture_default_str();
-  c_build->add_option("--pool", cb.pool,
-                      "pooling at every exit: auto (per exit the richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose "
-                      "head costs at most 0.5% of the model), or one of avg, mix, avgGxG, mixGxG (G = 1..8; mix adds "
-                      "each cell's max)")
+  c_build
+      ->add_option("--pool", cb.pool,
+                   "pooling at every exit: auto (per exit the richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose "
+                   "head costs at most 0.5% of the model), or one of avg, mix, avgGxG, mixGxG (G = 1..8; mix adds "
+                   "each cell's max)")
       ->check([](const std::string& v) {
         if (v == "auto") return std::string();
         try {
@@ -499,7 +520,9 @@ int dispatch(int argc, char** argv) {
       })
       ->capture_default_str();
   c_build->add_option("--train", cb.train, "training images")->check(CLI::Range(1, 60000))->capture_default_str();
-  c_build->add_option("--holdout", cb.holdout, "calibration images after them")->check(CLI::Range(1, 60000))->capture_default_str();
+  c_build->add_option("--holdout", cb.holdout, "calibration images after them")
+      ->check(CLI::Range(1, 60000))
+      ->capture_default_str();
   c_build->add_option("--epochs", cb.epochs, "SGD epochs")->check(CLI::Range(1, 1000))->capture_default_str();
   add_common(c_build, cb.common);
 
@@ -511,13 +534,18 @@ int dispatch(int argc, char** argv) {
   c_sim->add_option("--model", ss.model, "model file")->required();
   c_sim->add_option("--caches", ss.caches, "cache file from 'gati cache build'")->required();
   c_sim->add_option("--trace", ss.trace, "uniform, zipf, locality, drift, or a saved trace file")->required();
-  c_sim->add_option("--requests", ss.requests, "requests to generate")->check(CLI::Range(1, 1000000))->capture_default_str();
+  c_sim->add_option("--requests", ss.requests, "requests to generate")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
   c_sim->add_option("--seed", ss.seed, "trace seed")->check(CLI::Range(0, 1 << 30))->capture_default_str();
-  c_sim->add_option("--batch", ss.batch, "requests per batch (per-sample exits)")->check(CLI::Range(1, 4096))->capture_default_str();
+  c_sim->add_option("--batch", ss.batch, "requests per batch (per-sample exits)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
   c_sim->add_option("--data-dir", ss.data_dir, "folder with the IDX files");
   c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace");
   c_sim->add_option("--json", ss.json, "write the report as JSON");
-  c_sim->add_option("--per-request", ss.per_request, "write one JSON line per request (id, exit, label, confidence, latency_us)");
+  c_sim->add_option("--per-request", ss.per_request,
+                    "write one JSON line per request (id, exit, label, confidence, latency_us)");
   add_common(c_sim, ss.common);
 
   if (argc < 2) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/plan.h"
 #include "kernels/cpu/conv2d_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
@@ -39,7 +40,7 @@ class HostBuffer final : public Buffer {
 
 class CpuExitHeads final : public ExitHeads {
  public:
-  CpuExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {}
+  CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {}
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = specs_.at(size_t(head));
     return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
@@ -48,7 +49,7 @@ class CpuExitHeads final : public ExitHeads {
 
 class CpuDevice final : public BackendDevice {
  public:
-  explicit CpuDevice(const Model& model) : blocks_(int(model.net.blocks.size())) {
+  explicit CpuDevice(const Model& model) : exits_(int(exit_points(model.net).size())) {
     for (size_t i = 0; i < model.net.convs.size(); ++i) {
       const ConvSpec& s = model.net.convs[i];
       cpu::ConvParams p{s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups};
@@ -68,7 +69,7 @@ class CpuDevice final : public BackendDevice {
   std::unique_ptr<BackendContext> make_context(int threads) const override;
 
   std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const override {
-    return std::make_shared<CpuExitHeads>(std::move(specs), blocks_);
+    return std::make_shared<CpuExitHeads>(std::move(specs), exits_);
   }
 
   const cpu::PackedConv& conv(int i) const { return convs_.at(size_t(i)); }
@@ -76,7 +77,7 @@ class CpuDevice final : public BackendDevice {
   const float* fc_bias() const { return fc_bias_.data(); }
 
  private:
-  int blocks_;
+  int exits_;  // exit points
   std::vector<cpu::PackedConv> convs_;
   cpu::PackedB fc_;
   std::vector<float> fc_bias_;

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/plan.h"
 #include "kernels/cuda/conv_cudnn.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cuda_device.h"
@@ -56,7 +57,7 @@ struct DeviceHead {
 
 class CudaExitHeads final : public ExitHeads {
  public:
-  CudaExitHeads(std::vector<ExitHeadSpec> specs, int blocks) : ExitHeads(std::move(specs), blocks) {
+  CudaExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
     for (const ExitHeadSpec& s : specs_) {  // sizes checked by ExitHeads
       const size_t dim = size_t(s.dim), classes = size_t(s.classes);
       const std::string what = "exit head '" + s.name + "'";
@@ -69,7 +70,7 @@ class CudaExitHeads final : public ExitHeads {
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = specs_.at(size_t(head));
     const DeviceHead& d = heads_.at(size_t(head));
-    return {s.dim,          s.classes,          d.mean.floats(), d.inv_std.floats(), d.weight.floats(),
+    return {s.dim,           s.classes,   d.mean.floats(), d.inv_std.floats(), d.weight.floats(),
             d.bias.floats(), s.threshold, s.pool};
   }
 
@@ -97,7 +98,7 @@ std::vector<float> oihw_to_krsc(const std::vector<float>& w, int cout, int cin_g
 
 class CudaDevice final : public BackendDevice {
  public:
-  CudaDevice(const Model& model, const CudaOptions& opt) : opt_(opt), blocks_(int(model.net.blocks.size())) {
+  CudaDevice(const Model& model, const CudaOptions& opt) : opt_(opt), exits_(int(exit_points(model.net).size())) {
     std::string why;
     const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
     if (devs.empty()) fail("device 'cuda': ", why, "; use --device cpu");
@@ -118,7 +119,8 @@ class CudaDevice final : public BackendDevice {
         fail(s.name, ": weight has ", w.weight.size(), " values and bias ", w.bias.size(), ", expected ", want, " and ",
              s.cout);
       const std::vector<float> krsc = oihw_to_krsc(w.weight, s.cout, cin_g, s.kernel);
-      convs_.push_back({s.name, {s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups},
+      convs_.push_back({s.name,
+                        {s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups},
                         cuda::upload(krsc.data(), krsc.size() * sizeof(float), s.name + ".weight"),
                         cuda::upload(w.bias.data(), w.bias.size() * sizeof(float), s.name + ".bias")});
     }
@@ -134,12 +136,13 @@ class CudaDevice final : public BackendDevice {
   std::unique_ptr<BackendContext> make_context(int threads) const override;
   std::shared_ptr<const ExitHeads> upload_exit_heads(std::vector<ExitHeadSpec> specs) const override {
     cuda::DeviceScope scope(opt_.device);
-    return std::make_shared<CudaExitHeads>(std::move(specs), blocks_);
+    return std::make_shared<CudaExitHeads>(std::move(specs), exits_);
   }
 
   const CudaOptions& options() const { return opt_; }
   const DeviceConv& conv(int i) const {
-    if (i < 0 || size_t(i) >= convs_.size()) fail("conv: index ", i, " is not in the model (", convs_.size(), " convs)");
+    if (i < 0 || size_t(i) >= convs_.size())
+      fail("conv: index ", i, " is not in the model (", convs_.size(), " convs)");
     return convs_[size_t(i)];
   }
   int classes() const { return classes_; }
@@ -149,7 +152,7 @@ class CudaDevice final : public BackendDevice {
 
  private:
   CudaOptions opt_;
-  int blocks_;
+  int exits_;  // exit points
   std::string name_;
   std::vector<DeviceConv> convs_;
   int classes_ = 0, features_ = 0;
@@ -159,7 +162,8 @@ class CudaDevice final : public BackendDevice {
 class CudaContext final : public BackendContext {
  public:
   explicit CudaContext(std::shared_ptr<const CudaDevice> device)
-      : index_(select(device->options().device)), device_(std::move(device)),
+      : index_(select(device->options().device)),
+        device_(std::move(device)),
         conv_(stream_.get(), device_->options().tf32) {}
 
   ~CudaContext() override { cudaStreamSynchronize(stream_.get()); }  // nothing in flight touches freed scratch
@@ -262,7 +266,8 @@ class CudaContext final : public BackendContext {
       if (loss) *loss = 0;
       return OpStatus::kOk;
     }
-    const size_t total = add_size(mul_size(size_t(h.classes), size_t(h.dim), "SGD step"), size_t(h.classes), "SGD step");
+    const size_t total =
+        add_size(mul_size(size_t(h.classes), size_t(h.dim), "SGD step"), size_t(h.classes), "SGD step");
     sgd_xs_.reserve(mul_size(size_t(n) * size_t(h.dim), sizeof(float), "SGD step"), "SGD scratch");
     sgd_g_.reserve(mul_size(size_t(n) * size_t(h.classes), sizeof(float), "SGD step"), "SGD scratch");
     sgd_next_.reserve(mul_size(2 * total, sizeof(float), "SGD step"), "SGD scratch");
@@ -273,9 +278,10 @@ class CudaContext final : public BackendContext {
     auto* status = static_cast<int32_t*>(sgd_report_->data());
     auto* losses = reinterpret_cast<double*>(static_cast<unsigned char*>(sgd_report_->data()) + 16);
     status[0] = -1;
-    cuda::linear_sgd_step(h, features, labels, n, hp,
-                          {sgd_xs_.floats(), sgd_g_.floats(), sgd_next_.floats(), static_cast<int32_t*>(sgd_flags_.data())},
-                          {status, losses}, stream_.get());
+    cuda::linear_sgd_step(
+        h, features, labels, n, hp,
+        {sgd_xs_.floats(), sgd_g_.floats(), sgd_next_.floats(), static_cast<int32_t*>(sgd_flags_.data())},
+        {status, losses}, stream_.get());
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     const auto result = static_cast<OpStatus>(status[0]);
     if (loss) {
