@@ -1,6 +1,7 @@
 // Cache building; see build.h.
 #include "cache/build.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -115,6 +116,64 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   return c;
 }
 
+// The memory at the stem, calibrated on a locality trace over the held-out
+// images (raw pixels in `data`, items train .. train + holdout), given the
+// cache models that answer before the full model would store an answer.
+MemoryStats build_memory(const Engine& engine, const Dataset& data, const BuildOptions& o, CacheSet& set) {
+  if (o.memory_requests < 1) fail("cache build: --memory-requests must be at least 1");
+  Dataset hold;
+  hold.name = data.name + " (held out)";
+  hold.n = o.holdout;
+  hold.c = data.c;
+  hold.h = data.h;
+  hold.w = data.w;
+  hold.classes = data.classes;
+  hold.images.assign(data.image(o.train), data.image(o.train) + size_t(o.holdout) * data.image_floats());
+  hold.labels.assign(data.labels.begin() + o.train, data.labels.begin() + o.train + o.holdout);
+  const Trace trace = make_trace("locality", hold, o.memory_requests, 777);
+  const int n = int(trace.requests.size());
+  std::vector<float> images(size_t(n) * data.image_floats());
+  for (int i = 0; i < n; ++i) render(hold, trace.requests[size_t(i)], images.data() + size_t(i) * data.image_floats());
+  engine.normalize(images.data(), n);
+
+  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  MemorySpec spec;
+  spec.exit = 0;
+  spec.name = points[0].name;
+  spec.pool = parse_pool(o.memory_pool);
+  spec.dim = spec.pool.features(points[0].channels);
+  spec.capacity = o.memory_capacity;
+  spec.min_confidence = o.memory_min_confidence;
+  std::vector<PoolSpec> cascade_pools(points.size());
+  for (const ExitCache& c : set.exits) cascade_pools[size_t(c.exit)] = c.pool;
+  const CollectedFeatures cascade = collect_features(engine, images.data(), n, o.batch, cascade_pools);
+  const CollectedFeatures at_memory =
+      collect_features(engine, images.data(), n, o.batch, std::vector<PoolSpec>(points.size(), spec.pool));
+
+  MemoryStream stream;
+  stream.features = at_memory.per_exit[size_t(spec.exit)];
+  stream.full_label = cascade.full_labels;
+  stream.full_conf = cascade.full_conf;
+  stream.reaches.assign(size_t(n), 1);  // the memory comes first, at the stem
+  stream.answered.assign(size_t(n), 0);
+  std::vector<float> probs(size_t(engine.arch().num_classes));
+  for (int i = 0; i < n; ++i)
+    for (const ExitCache& c : set.exits) {
+      if (!c.enabled()) continue;
+      c.predict(cascade.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), probs.data());
+      if (*std::max_element(probs.begin(), probs.end()) >= c.threshold) {
+        stream.answered[size_t(i)] = 1;
+        break;
+      }
+    }
+  const MemoryStats st = calibrate_memory(spec, stream, o.target_agreement);
+  if (spec.threshold < 0) return st;  // it would never answer: not worth a lookup per request
+  set.memory = spec;
+  set.memory_hit_rate = st.hit_rate();
+  set.memory_hit_agreement = st.hit_agreement();
+  return st;
+}
+
 }  // namespace
 
 CascadeCosts cascade_costs(const Engine& engine, const std::vector<ExitCache>& caches, CostModel model,
@@ -186,6 +245,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
         o.perturbed_holdout ? std::vector<size_t>{size_t(o.holdout), 2 * size_t(o.holdout)} : std::vector<size_t>{});
   else
     calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
+  if (o.memory) out.memory = build_memory(engine, data, o, set);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }

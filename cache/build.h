@@ -9,6 +9,7 @@
 
 #include "cache/features.h"
 #include "cache/learned_cache.h"
+#include "cache/memory_cache.h"
 #include "loaders/fashion_mnist.h"
 
 namespace gati {
@@ -40,16 +41,27 @@ struct BuildOptions {
   // features).
   std::string pool = "auto";
   double auto_pool_budget = 0.005;
-  int train = 50000;        // training images (the first ones of the data set)
-  int holdout = 10000;      // calibration images after them
-  int batch = 256;          // feature-collection batch
+  // A memory of recent answers at the stem (engine/memory.h), calibrated on
+  // a locality trace over the held-out images (memory_cache.h); kept only
+  // when a threshold meets the target.  Off by default: behind the demo's
+  // cascade, which answers most requests before the full model could store
+  // them, no threshold meets 0.99 (see the README).
+  bool memory = false;
+  std::string memory_pool = "avg2x2";
+  int memory_capacity = 1024;
+  float memory_min_confidence = 0.99f;
+  int memory_requests = 10000;  // length of the calibration trace
+  int train = 50000;            // training images (the first ones of the data set)
+  int holdout = 10000;          // calibration images after them
+  int batch = 256;              // feature-collection batch
   SgdOptions sgd;
   ProgressFn progress;
 };
 
 struct BuildResult {
   CacheSet caches;
-  CascadeResult cascade;  // when calibrated as a cascade
+  CascadeResult cascade;                  // when calibrated as a cascade
+  MemoryStats memory;                     // the memory on its calibration trace, when built
   std::vector<std::vector<double>> loss;  // per exit, per epoch
   double seconds = 0;
 };

@@ -36,7 +36,10 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
     const int nb = std::min(batch, n - s);
     results.resize(size_t(nb));
     session.run(images + size_t(s) * per, nb, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
-    for (const SampleResult& r : results) out.full_labels.push_back(r.label);
+    for (const SampleResult& r : results) {
+      out.full_labels.push_back(r.label);
+      out.full_conf.push_back(r.confidence);
+    }
     if (progress) progress(size_t(s + nb), size_t(n));
   }
   return out;

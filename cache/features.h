@@ -17,6 +17,7 @@ struct CollectedFeatures {
   std::vector<std::vector<float>> per_exit;  // [exit point] -> [n, dims[exit]]
   std::vector<int> dims;                     // features per exit
   std::vector<int> full_labels;              // the full model's argmax
+  std::vector<float> full_conf;              // its top softmax probability
 };
 
 // Called with (images done, total).

@@ -158,16 +158,11 @@ ThresholdRule threshold_rule(const std::string& name) {
   fail("threshold rule '", name, "' (valid: bound, target, zero-error)");
 }
 
-namespace {
-
-// One-sided 95% Wilson score lower bound of a proportion agree / n.
 double wilson_lower(int agree, int n) {
   if (n == 0) return 0;
   const double z = 1.6448536269514722, p = double(agree) / n, z2n = z * z / n;
   return (p + z2n / 2 - z * std::sqrt(p * (1 - p) / n + z2n / (4.0 * n))) / (1 + z2n);
 }
-
-}  // namespace
 
 void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
                           const std::vector<int>& labels, double target, ThresholdRule rule, int min_hits) {
@@ -473,6 +468,20 @@ void CacheSet::save(const std::string& path) const {
                          {"holdout_hit_agreement", c.holdout_hit_agreement}});
   }
   meta["exits"] = exit_meta;
+  if (memory) {
+    const MemorySpec& m = *memory;
+    w.add_float("memory.mean", {m.dim}, m.mean);
+    w.add_float("memory.inv_std", {m.dim}, m.inv_std);
+    meta["memory"] = {{"name", m.name},
+                      {"exit", m.exit},
+                      {"pool", pool_name(m.pool)},
+                      {"dim", m.dim},
+                      {"capacity", m.capacity},
+                      {"threshold", m.threshold},
+                      {"min_confidence", m.min_confidence},
+                      {"calibration_hit_rate", memory_hit_rate},
+                      {"calibration_hit_agreement", memory_hit_agreement}};
+  }
   w.set_metadata("gati.caches", meta.dump());
   w.write(path);
 }
@@ -546,6 +555,36 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
         for (float x : *v)
           if (!std::isfinite(x)) fail(path, ": exit '", c.exit_name, "' has non-finite parameters");
       s.exits.push_back(std::move(c));
+    }
+    if (meta.contains("memory")) {
+      const auto& j = meta.at("memory");
+      MemorySpec m;
+      m.name = j.at("name").get<std::string>();
+      m.exit = exit_point_id(model.net, m.name);
+      if (m.exit < 0) fail(path, ": memory at '", m.name, "', which is not an exit point of the model");
+      if (j.at("exit").get<int>() != m.exit)
+        fail(path, ": memory at '", m.name, "' says it is exit ", j.at("exit").get<int>(), ", the model has it at ",
+             m.exit);
+      try {
+        m.pool = parse_pool(j.at("pool").get<std::string>());
+      } catch (const Error& err) {
+        fail(path, ": memory: ", err.what());
+      }
+      m.dim = j.at("dim").get<int>();
+      m.capacity = j.at("capacity").get<int>();
+      m.threshold = j.at("threshold").get<float>();
+      m.min_confidence = j.at("min_confidence").get<float>();
+      s.memory_hit_rate = j.value("calibration_hit_rate", 0.0);
+      s.memory_hit_agreement = j.value("calibration_hit_agreement", 0.0);
+      try {
+        check_pool_fits("memory", m.dim, m.pool, points[size_t(m.exit)].channels);
+        m.mean = f.read_float("memory.mean", {m.dim});
+        m.inv_std = f.read_float("memory.inv_std", {m.dim});
+        check_memory_spec(m, model.net);
+      } catch (const Error& err) {
+        fail(path, ": ", err.what());
+      }
+      s.memory = std::move(m);
     }
   } catch (const nlohmann::json::exception& e) {
     fail(path, ": malformed cache metadata (", e.what(), ")");

@@ -13,10 +13,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/memory.h"
 
 namespace gati {
 
@@ -65,6 +67,9 @@ std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>&
 // any weight non-finite.
 double sgd_step(ExitCache& cache, const float* features, const int* labels, int n, const SgdOptions& opt,
                 std::vector<float>& velocity);
+
+// One-sided 95% Wilson score lower bound of a proportion agree / n (0 when n = 0).
+double wilson_lower(int agree, int n);
 
 // How a threshold is chosen from held-out samples.
 enum class ThresholdRule {
@@ -127,6 +132,10 @@ struct CacheSet {
   std::string model_fingerprint;  // fingerprint() of the exact weights they were built for
   double target_agreement = 0.99;
   std::vector<ExitCache> exits;
+  // A memory of recent answers to set up with the caches (engine/memory.h),
+  // and its record on the calibration stream.
+  std::optional<MemorySpec> memory;
+  double memory_hit_rate = 0, memory_hit_agreement = 0;
 
   // The enabled exits as exit heads for Engine::make_exit_heads.
   std::vector<ExitHeadSpec> head_specs() const;

@@ -12,7 +12,7 @@
 namespace gati {
 
 int64_t ReplayReport::hits() const {
-  int64_t h = 0;
+  int64_t h = memory.hits;
   for (const ExitStats& e : exits) h += e.hits;
   return h;
 }
@@ -23,7 +23,7 @@ double ReplayReport::agreement() const {
   return requests.empty() ? 0 : double(a) / double(requests.size());
 }
 double ReplayReport::hit_agreement() const {
-  int64_t a = 0;
+  int64_t a = memory.hit_agree;
   for (const ExitStats& e : exits) a += e.hit_agree;
   return hits() ? double(a) / double(hits()) : 1.0;
 }
@@ -60,6 +60,8 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   const Arch& a = engine.arch();
   const std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
   Session session = engine.session();
+  std::unique_ptr<AnswerMemory> memory;
+  if (o.memory && caches.memory) memory = session.make_memory(*caches.memory);
 
   ReplayReport rep;
   rep.trace_kind = trace.kind;
@@ -74,12 +76,17 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     rep.exits.push_back({c.exit_name, c.enabled(), c.threshold, 0, 0});
     cache_of_exit.at(size_t(c.exit)) = int(e);
   }
+  if (memory) {
+    rep.has_memory = true;
+    rep.memory = {caches.memory->name + ":memory", true, caches.memory->threshold, 0, 0};
+  }
   const size_t per = test.image_floats();
   const size_t total = trace.requests.size();
   std::vector<float> x;
   std::vector<SampleResult> with(size_t(o.batch)), without(size_t(o.batch));
   RunOptions cached;
   cached.heads = heads.get();
+  cached.memory = memory.get();
   using clock = std::chrono::steady_clock;
   for (size_t s = 0; s < total; s += size_t(o.batch)) {
     const int nb = int(std::min(size_t(o.batch), total - s));
@@ -102,6 +109,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.index = req.index;
       r.exit = with[size_t(i)].exit;
       r.exit_name = r.exit == kFullModel ? "full" : points.at(size_t(r.exit)).name;
+      if (with[size_t(i)].from_memory) r.exit_name += ":memory";
       r.label = with[size_t(i)].label;
       r.confidence = with[size_t(i)].confidence;
       r.full_label = without[size_t(i)].label;
@@ -109,7 +117,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.latency_us = us_c;
       r.full_latency_us = us_f;
       if (r.exit >= 0) {
-        ExitStats& st = rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
+        ExitStats& st = with[size_t(i)].from_memory ? rep.memory : rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
         st.hits++;
         st.hit_agree += r.label == r.full_label;
       }
@@ -151,6 +159,11 @@ std::string replay_json(const ReplayReport& r) {
                        {{"caches", r.seconds_caches > 0 ? n / r.seconds_caches : 0.0},
                         {"full", r.seconds_full > 0 ? n / r.seconds_full : 0.0}}},
                       {"speedup_mean", r.speedup_mean()}};
+  if (r.has_memory)
+    j["memory"] = {{"name", r.memory.name},
+                   {"threshold", r.memory.threshold},
+                   {"hit_rate", n ? double(r.memory.hits) / n : 0.0},
+                   {"hit_agreement", r.memory.hits ? double(r.memory.hit_agree) / double(r.memory.hits) : 1.0}};
   return j.dump(2) + "\n";
 }
 

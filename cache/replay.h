@@ -21,6 +21,7 @@ namespace gati {
 
 struct ReplayOptions {
   int batch = 1;
+  bool memory = true;  // use the cache set's memory of recent answers, when it has one
   ProgressFn progress;
 };
 
@@ -28,7 +29,7 @@ struct RequestRecord {
   int64_t id = 0;  // position in the trace
   int index = 0;   // item in the data set
   int exit = kFullModel;
-  std::string exit_name;  // "stem", "layer1.2" or "full"
+  std::string exit_name;  // "stem", "layer1.2", "stem:memory" (the memory at the stem) or "full"
   int label = -1;
   float confidence = 0;
   int full_label = -1, truth = -1;
@@ -48,6 +49,8 @@ struct ReplayReport {
   int batch = 1;
   std::vector<RequestRecord> requests;
   std::vector<ExitStats> exits;  // parallel to the cache set's exits
+  bool has_memory = false;
+  ExitStats memory;  // the memory of recent answers, when used (threshold: its squared distance)
   double seconds_caches = 0, seconds_full = 0;
 
   int64_t hits() const;

@@ -135,6 +135,12 @@ class BackendContext {
   // Rows still running after the last compaction (waits for it).
   virtual int alive(const ExitState& st) = 0;
   virtual void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) = 0;
+  // The memory of recent answers (kernels/cpu/memory_cpu.h documents the
+  // contract): the lookup at its exit point, then after the run the
+  // insertion of the full model's confident answers.
+  virtual void memory_lookup(const MemoryView& m, const float* act, const Act& shape, int exit_id, const ExitState& st,
+                             int pos, float* pooled) = 0;
+  virtual void memory_insert(const MemoryView& m, const ExitState& st, int n) = 0;
   // One SGD step on a linear head in backend memory (features [n, dim],
   // labels [n] in backend memory); waits for and returns the device's status
   // word, and the batch's loss before the step in *loss.

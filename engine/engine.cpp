@@ -139,6 +139,11 @@ Session::Session(const Engine& engine, const SessionOptions& options)
 Session::Session(Session&&) noexcept = default;
 Session::~Session() = default;
 
+std::unique_ptr<AnswerMemory> Session::make_memory(MemorySpec spec) {
+  check_memory_spec(spec, model_->net);
+  return std::make_unique<AnswerMemory>(*ctx_, std::move(spec));
+}
+
 size_t Session::arena_bytes() const {
   size_t total = 0;
   for (const Prepared& p : plans_) total += p.executor->arena_bytes();

@@ -29,6 +29,7 @@
 
 #include "engine/backend.h"
 #include "engine/executor.h"
+#include "engine/memory.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
 #include "weights/resnet.h"
@@ -111,6 +112,10 @@ class Session {
   // Logits of every sample (NaN rows for samples that exited, when
   // opts.heads is set).
   std::vector<float> infer(const float* input_nchw, int n, int c, int h, int w, const RunOptions& opts = {});
+
+  // A memory of recent answers for this session's runs (RunOptions::memory),
+  // checked against the model; it must not outlive the session.
+  std::unique_ptr<AnswerMemory> make_memory(MemorySpec spec);
 
   // Bytes held by prepared plans (arenas and exit state).
   size_t arena_bytes() const;

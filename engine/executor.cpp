@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/memory.h"
 #include "weights/common/error.h"
 
 namespace gati {
@@ -19,6 +20,7 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
   st_.hit = reinterpret_cast<int32_t*>(base + L.hit);
   st_.alive = reinterpret_cast<int32_t*>(base + L.alive);
   st_.exit = reinterpret_cast<int32_t*>(base + L.exit);
+  st_.source = reinterpret_cast<int32_t*>(base + L.source);
   st_.label = reinterpret_cast<int32_t*>(base + L.label);
   st_.confidence = reinterpret_cast<float*>(base + L.confidence);
   st_.logits = reinterpret_cast<float*>(base + L.logits);
@@ -32,8 +34,8 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
       }
 }
 
-float* Executor::exit_pooled(const ExitHeads& heads) {
-  const size_t bytes = size_t(plan_.max_batch) * size_t(heads.max_dim()) * sizeof(float);
+float* Executor::exit_pooled(int dim) {
+  const size_t bytes = size_t(plan_.max_batch) * size_t(dim) * sizeof(float);
   if (!exit_pooled_ || exit_pooled_->bytes() < bytes) exit_pooled_ = ctx_.allocate(bytes);
   return exit_pooled_->floats();
 }
@@ -58,6 +60,12 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     entries.push_back({std::move(name), std::move(kind), block, macs});
   };
 
+  MemoryView memory;
+  if (opts.memory) {
+    if (!opts.memory->belongs_to(ctx_))
+      fail("run: the memory belongs to another session (make it with this one's make_memory)");
+    memory = opts.memory->view(plan_.max_batch);
+  }
   int alive = n;  // rows still running
   int pos = 0;    // which position array maps rows to samples
   size_t next_exit = 0;
@@ -92,11 +100,27 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       ctx_.synchronize();
       opts.observer(e, ctx_, slot(e.slot), alive, st_.position[pos]);
     }
+    if (opts.memory && opts.memory->spec().exit == e.id) {
+      if (opts.timings) ctx_.range_push((e.name + ".memory").c_str());
+      ctx_.memory_lookup(memory, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos, exit_pooled(memory.dim));
+      if (opts.timings) ctx_.range_pop();
+      mark(e.name + ".memory", "memory", e.block,
+           int64_t(alive) * (int64_t(e.shape.per_sample()) * (memory.pool.with_max ? 2 : 1) +
+                             int64_t(memory.capacity) * memory.dim));
+      ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
+      pos = 1 - pos;
+      alive = ctx_.alive(st_);
+      mark(e.name + ".memory.compact", "compact", e.block, 0);
+      if (alive == 0) {
+        finished_early = true;
+        continue;
+      }
+    }
     const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
     if (head < 0) continue;
     const Act shape = e.shape.with_batch(alive);
     if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
-    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.id, st_, pos, exit_pooled(*opts.heads));
+    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.id, st_, pos, exit_pooled(opts.heads->max_dim()));
     if (opts.timings) ctx_.range_pop();
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
     mark(e.name + ".exit", "exit", e.block,
@@ -107,7 +131,10 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     mark(e.name + ".compact", "compact", e.block, 0);
     if (alive == 0) finished_early = true;
   }
-  if (!finished_early) ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);
+  if (!finished_early) {
+    ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);
+    if (opts.memory) ctx_.memory_insert(memory, st_, n);
+  }
   ctx_.synchronize();
 
   for (int i = 0; i < n; ++i) {
@@ -121,7 +148,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       fail("run: sample ", i, ": the ", st_.exit[i] == kFullModel ? "model's" : "exit head's",
            " output is not finite: activations overflowed float (the input's largest |value| is ", largest, ")");
     }
-    results[i] = {st_.exit[i], st_.label[i], st_.confidence[i]};
+    results[i] = {st_.exit[i], st_.label[i], st_.confidence[i], st_.source[i] == kByMemory};
   }
   if (logits) std::memcpy(logits, st_.logits, size_t(n) * size_t(classes) * sizeof(float));
   if (opts.timings) {

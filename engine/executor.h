@@ -30,9 +30,10 @@ struct LayerTiming {
 
 // One sample's answer.
 struct SampleResult {
-  int exit = kFullModel;  // the exit point's id (Plan::exits: 0 = stem, b + 1 = after block b), or kFullModel (-1)
-  int label = -1;         // the predicted class
-  float confidence = 0;   // top softmax probability of the cache model or of the full model's logits
+  int exit = kFullModel;     // the exit point's id (Plan::exits: 0 = stem, b + 1 = after block b), or kFullModel (-1)
+  int label = -1;            // the predicted class
+  float confidence = 0;      // top softmax probability of the cache model or of the full model's logits
+  bool from_memory = false;  // answered by the memory of recent answers at `exit` (confidence: the stored answer's)
 };
 
 // Called at each exit point (after the stem and after each residual block)
@@ -42,8 +43,14 @@ struct SampleResult {
 using ExitObserver = std::function<void(const ExitPoint& exit, BackendContext& ctx, const float* activations, int n,
                                         const int32_t* positions)>;
 
+class AnswerMemory;
+
 struct RunOptions {
   const ExitHeads* heads = nullptr;  // cache models to consult; null runs the full model for every sample
+  // A memory of recent answers (engine/memory.h), consulted at its exit point
+  // before that exit's head, and given this run's confident full-model
+  // answers; it must belong to the session that runs.
+  AnswerMemory* memory = nullptr;
   ExitObserver observer;
   std::vector<LayerTiming>* timings = nullptr;  // non-null: record a timing mark after every step
 };
@@ -66,9 +73,10 @@ class Executor {
 
   BackendContext& ctx_;
   Plan plan_;
-  // The exit heads' pooled features, [max_batch, widest head]; grown on the
-  // first run with heads wider than any before (a one-time allocation).
-  float* exit_pooled(const ExitHeads& heads);
+  // The exit heads' (and the memory's) pooled features, [max_batch, widest];
+  // grown on the first run with heads wider than any before (a one-time
+  // allocation).
+  float* exit_pooled(int dim);
 
   std::unique_ptr<Buffer> arena_, state_, exit_pooled_;
   ExitState st_;

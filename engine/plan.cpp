@@ -163,8 +163,9 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
   L.exit = 3 * ints;
   L.label = 4 * ints;
   L.confidence = 5 * ints;
-  L.alive = 6 * ints;
-  L.logits = 6 * ints + 64;
+  L.source = 6 * ints;
+  L.alive = 7 * ints;
+  L.logits = 7 * ints + 64;
   L.bytes = L.logits + round16(batch * size_t(plan.classes)) * sizeof(float);
   return plan;
 }

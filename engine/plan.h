@@ -59,7 +59,8 @@ struct ExitPoint {
 
 // Byte offsets of the exit state (kernels/exit_state.h) in its buffer.
 struct ExitStateLayout {
-  size_t position[2] = {0, 0}, hit = 0, alive = 0, exit = 0, label = 0, confidence = 0, logits = 0, bytes = 0;
+  size_t position[2] = {0, 0}, hit = 0, alive = 0, exit = 0, source = 0, label = 0, confidence = 0, logits = 0,
+         bytes = 0;
 };
 
 struct Plan {

@@ -17,12 +17,17 @@ namespace gati {
 constexpr int32_t kStillRunning = -2;
 // The exit value of a sample answered by the full model.
 constexpr int32_t kFullModel = -1;
+// Who gave a sample's answer: an exit head or the full model, or the memory
+// of recent answers at its exit.
+constexpr int32_t kByModel = 0;
+constexpr int32_t kByMemory = 1;
 
 struct ExitState {
   int32_t* position[2] = {nullptr, nullptr};  // [max_batch] compacted row -> sample; two, for out-of-place compaction
   int32_t* hit = nullptr;                     // [max_batch] per row: 1 = answered at the current exit
   int32_t* alive = nullptr;                   // [1] rows still running
   int32_t* exit = nullptr;                    // [max_batch] per sample: exit point, kFullModel or kStillRunning
+  int32_t* source = nullptr;                  // [max_batch] per sample: kByModel or kByMemory
   int32_t* label = nullptr;                   // [max_batch] per sample
   float* confidence = nullptr;                // [max_batch] per sample: top softmax probability
   float* logits = nullptr;                    // [max_batch, classes] per sample; NaN rows for samples that exited
@@ -32,7 +37,7 @@ struct ExitState {
 // host-visible buffer of exit_state_bytes() bytes (tests and benchmarks; the
 // executor's plan lays out its own).
 inline size_t exit_state_bytes(int batch, int classes) {
-  return (6 * size_t(batch) + 1) * 4 + size_t(batch) * size_t(classes) * 4;
+  return (7 * size_t(batch) + 1) * 4 + size_t(batch) * size_t(classes) * 4;
 }
 inline ExitState exit_state_at(void* buffer, int batch) {
   auto* p = static_cast<int32_t*>(buffer);
@@ -44,8 +49,9 @@ inline ExitState exit_state_at(void* buffer, int batch) {
   st.exit = p + 3 * b;
   st.label = p + 4 * b;
   st.confidence = reinterpret_cast<float*>(p + 5 * b);
-  st.alive = p + 6 * b;
-  st.logits = reinterpret_cast<float*>(p + 6 * b + 1);
+  st.source = p + 6 * b;
+  st.alive = p + 7 * b;
+  st.logits = reinterpret_cast<float*>(p + 7 * b + 1);
   return st;
 }
 
@@ -99,6 +105,29 @@ struct LinearHeadMut {
   float* weight = nullptr;         // [classes, dim]
   float* bias = nullptr;           // [classes]
   float* velocity = nullptr;       // [classes * dim + classes], weight part first
+};
+
+// A memory of recent full-model answers at one exit point (temporal
+// locality: a request that nearly repeats a recent one gets that one's
+// answer).  Keys are standardised pooled features, (pooled - mean) * inv_std;
+// a row hits when its nearest key lies within squared distance `threshold`,
+// and answers with that entry's label and confidence (nearest: the lowest
+// index on ties).  Entries are only ever the full model's own answers with
+// confidence >= min_confidence, written round-robin.  Pointers are backend
+// memory; `pending` holds each sample's standardised features between the
+// lookup and the insertion that follows the run.
+struct MemoryView {
+  int dim = 0, capacity = 0;
+  PoolSpec pool;
+  const float* mean = nullptr;     // [dim]
+  const float* inv_std = nullptr;  // [dim]
+  float* keys = nullptr;           // [capacity, dim]
+  int32_t* labels = nullptr;       // [capacity]
+  float* confidence = nullptr;     // [capacity]
+  int32_t* fill = nullptr;         // [2]: entries in use, next slot to write
+  float* pending = nullptr;        // [max_batch, dim] per sample
+  float threshold = -1.f;          // < 0 never hits
+  float min_confidence = 1.f;
 };
 
 struct SgdHyper {

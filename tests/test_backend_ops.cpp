@@ -12,6 +12,7 @@
 #include <numeric>
 
 #include "engine/backend.h"
+#include "engine/memory.h"
 #include "kernels/cpu/conv2d_cpu.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -350,6 +351,128 @@ std::vector<double> reference_pool(const std::vector<float>& x, int n, int h, in
 // Spatial and mixed pooling (the exit heads' pool_features op and the exit
 // head itself) against the adaptive-pooling reference, on exit shapes whose
 // sides do and do not divide by the grid (7x7 in 4x4 cells overlap).
+// The memory of recent answers at the stem of ResNet-50 (56x56x64) and of
+// the demo (28x28x16): lookups find the nearest stored answer (brute force
+// in double as the reference), only the full model's confident answers are
+// stored, round-robin.
+TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
+  struct Case {
+    int h, c;
+    const char* pool;
+  };
+  const int n = 3, classes = 10;
+  for (const Case& k : {Case{56, 64, "avg2x2"}, Case{28, 16, "mix2x2"}}) {
+    SCOPED_TRACE(std::to_string(k.h) + "x" + std::to_string(k.h) + "x" + std::to_string(k.c) + " " + k.pool);
+    MemorySpec spec;
+    spec.pool = parse_pool(k.pool);
+    spec.dim = spec.pool.features(k.c);
+    spec.capacity = 4;
+    spec.mean = random_floats(size_t(spec.dim), 31, 0.3f);
+    spec.inv_std = random_floats(size_t(spec.dim), 32, 0.3f);
+    for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
+    spec.min_confidence = 0.9f;
+    const size_t per = size_t(k.h) * size_t(k.h) * size_t(k.c);
+    const std::vector<float> x = random_floats(size_t(n) * per, uint32_t(k.h), 2.0f);
+    const std::vector<double> ref = reference_pool(x, n, k.h, k.h, k.c, spec.pool);
+    std::vector<double> key(ref.size());  // standardised
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const size_t d = i % size_t(spec.dim);
+      key[i] = (ref[i] - spec.mean[d]) * spec.inv_std[d];
+    }
+    AnswerMemory memory(*ctx_, spec);
+    Guarded act(*ctx_, x.size()), pooled(*ctx_, size_t(n * spec.dim));
+    act.upload(x);
+    HostState hs(*ctx_, n, classes);
+
+    // 1. Empty: nobody hits; each sample's standardised features wait in pending.
+    MemoryView v = memory.view(n);
+    ctx_->begin_exits(hs.st, n, classes);
+    ctx_->memory_lookup(v, act.data(), {n, k.h, k.h, k.c}, 0, hs.st, 0, pooled.data());
+    std::vector<float> pending(size_t(n * spec.dim));
+    ctx_->to_host(v.pending, pending.size() * sizeof(float), pending.data());
+    ctx_->synchronize();
+    for (int i = 0; i < n; ++i) {
+      EXPECT_EQ(hs.st.hit[i], 0);
+      EXPECT_EQ(hs.st.exit[i], kStillRunning);
+    }
+    for (size_t i = 0; i < key.size(); ++i) ASSERT_NEAR(pending[i], key[i], 1e-4 + 1e-4 * std::abs(key[i])) << i;
+
+    // 2. The full model answered: samples 0 and 2 confidently, sample 1 not.
+    const int label[3] = {3, 5, 7};
+    const float conf[3] = {0.95f, 0.5f, 0.999f};
+    for (int i = 0; i < n; ++i) {
+      hs.st.exit[i] = kFullModel;
+      hs.st.label[i] = label[i];
+      hs.st.confidence[i] = conf[i];
+    }
+    ctx_->memory_insert(v, hs.st, n);
+    EXPECT_EQ(memory.entries(), 2);
+
+    // 3. The same images again, rows reversed: samples 0 and 2 find
+    // themselves (distance ~0); sample 1 is answered only when the
+    // threshold reaches its nearest stored neighbour.
+    auto sq = [&](int a, int b) {
+      double s = 0;
+      for (int d = 0; d < spec.dim; ++d)
+        s += std::pow(key[size_t(a * spec.dim + d)] - key[size_t(b * spec.dim + d)], 2);
+      return s;
+    };
+    const int nearest_of_1 = sq(1, 0) <= sq(1, 2) ? 0 : 2;
+    const double d1 = std::min(sq(1, 0), sq(1, 2));
+    std::vector<float> reversed(x.size());
+    for (int i = 0; i < n; ++i)
+      std::memcpy(&reversed[size_t(i) * per], &x[size_t(n - 1 - i) * per], per * sizeof(float));
+    act.upload(reversed);
+    for (const double threshold : {0.5 * d1, 2.0 * d1}) {
+      SCOPED_TRACE("threshold " + std::to_string(threshold));
+      AnswerMemory m2(*ctx_, [&] {
+        MemorySpec s2 = spec;
+        s2.threshold = float(threshold);
+        return s2;
+      }());
+      MemoryView v2 = m2.view(n);
+      ctx_->begin_exits(hs.st, n, classes);
+      ctx_->memory_lookup(v2, act.data(), {n, k.h, k.h, k.c}, 0, hs.st, 0, pooled.data());  // fills pending only
+      for (int i = 0; i < n; ++i) {
+        hs.st.exit[i] = kFullModel;
+        hs.st.label[i] = label[n - 1 - i];  // sample i is image n-1-i
+        hs.st.confidence[i] = conf[n - 1 - i];
+      }
+      ctx_->memory_insert(v2, hs.st, n);
+      act.upload(x);
+      ctx_->begin_exits(hs.st, n, classes);
+      ctx_->memory_lookup(v2, act.data(), {n, k.h, k.h, k.c}, 6, hs.st, 0, pooled.data());
+      ctx_->synchronize();
+      for (int i : {0, 2}) {
+        EXPECT_EQ(hs.st.hit[i], 1) << "row " << i;
+        EXPECT_EQ(hs.st.exit[i], 6);
+        EXPECT_EQ(hs.st.source[i], kByMemory);
+        EXPECT_EQ(hs.st.label[i], label[i]);
+        EXPECT_EQ(hs.st.confidence[i], conf[i]);
+      }
+      const bool hit1 = threshold > d1;
+      EXPECT_EQ(hs.st.hit[1], hit1 ? 1 : 0);
+      EXPECT_EQ(hs.st.exit[1], hit1 ? 6 : kStillRunning);
+      if (hit1) {
+        EXPECT_EQ(hs.st.label[1], label[nearest_of_1]);
+      }
+      act.upload(reversed);
+    }
+
+    // 4. Round-robin: more confident answers than capacity keep `capacity`.
+    for (int round = 0; round < 2; ++round) {
+      for (int i = 0; i < n; ++i) {
+        hs.st.exit[i] = kFullModel;
+        hs.st.confidence[i] = 0.99f;
+      }
+      ctx_->memory_insert(v, hs.st, n);
+    }
+    EXPECT_EQ(memory.entries(), spec.capacity);
+    memory.clear();
+    EXPECT_EQ(memory.entries(), 0);
+  }
+}
+
 TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
   struct Case {
     const char* pool;

@@ -3,8 +3,10 @@
 // traces round-trip and reject damage, traces are reproducible by seed.
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "cache/learned_cache.h"
+#include "cache/memory_cache.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -368,6 +370,103 @@ TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
   bad.exits[0].pool = parse_pool("avg");  // the file's tensors are mix4x4-sized
   bad.save(path);
   EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  std::filesystem::remove_all(dir);
+}
+
+// A locality-like stream at the memory: prototypes of 4 classes requested
+// with repeats and feature noise; 1% of the requests get a full-model answer
+// unlike their prototype's (where a memory hit would disagree).
+MemoryStream memory_stream(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> noise(0.f, 0.05f);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  const int dim = 8, protos = 40;
+  const std::vector<float> centre = test::random_floats(size_t(protos * dim), 77, 1.0f);  // the same in every stream
+  MemoryStream s;
+  int p = 0;
+  for (int i = 0; i < n; ++i) {
+    if (u(rng) > 0.8f) p = int(rng() % protos);
+    for (int d = 0; d < dim; ++d) s.features.push_back(centre[size_t(p * dim + d)] + noise(rng));
+    s.full_label.push_back(u(rng) < 0.01f ? int(rng() % 4) : p % 4);
+    s.full_conf.push_back(0.5f + 0.5f * u(rng));
+    s.reaches.push_back(1);
+    s.answered.push_back(u(rng) < 0.2f ? 1 : 0);
+  }
+  return s;
+}
+
+// The memory's threshold holds its hits to the target on a stream it never
+// saw; a target no bound can certify leaves it closed.
+TEST(MemoryCalibration, HoldsTheTargetOnUnseenTraffic) {
+  MemorySpec spec;
+  spec.pool = parse_pool("avg");
+  spec.dim = 8;
+  spec.capacity = 16;  // fewer than the prototypes: entries turn over (a wrong one does not stay forever)
+  spec.min_confidence = 0.6f;
+  const MemoryStream calib = memory_stream(6000, 1), unseen = memory_stream(6000, 2);
+  const MemoryStats on_calib = calibrate_memory(spec, calib, 0.95);
+  ASSERT_GE(spec.threshold, 0.f);
+  EXPECT_GE(wilson_lower(int(on_calib.hit_agree), int(on_calib.hits)), 0.95);
+  EXPECT_GT(on_calib.hit_rate(), 0.3);
+  EXPECT_GT(on_calib.stored, 0);
+  const MemoryStats st = simulate_memory(spec, unseen);
+  EXPECT_GT(st.hit_rate(), 0.3);
+  EXPECT_GE(st.hit_agreement(), 0.94);
+  // Only confident answers that no cache model gave are ever stored.
+  int64_t storable = 0;
+  for (size_t i = 0; i < unseen.size(); ++i) storable += !unseen.answered[i] && unseen.full_conf[i] >= 0.6f;
+  EXPECT_LE(st.stored, storable);
+  MemorySpec never = spec;
+  calibrate_memory(never, calib, 1.0);
+  EXPECT_LT(never.threshold, 0.f);
+  EXPECT_EQ(simulate_memory(never, unseen).hits, 0);
+}
+
+// A memory travels with the caches; a damaged one is refused naming it.
+TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  MemorySpec spec;
+  spec.exit = 0;
+  spec.name = "stem";
+  spec.pool = parse_pool("avg2x2");
+  spec.dim = spec.pool.features(8);  // the tiny model's stem width
+  spec.capacity = 100;
+  spec.mean = test::random_floats(size_t(spec.dim), 3);
+  spec.inv_std.assign(size_t(spec.dim), 2.f);
+  spec.threshold = 0.25f;
+  spec.min_confidence = 0.97f;
+  set.memory = spec;
+  const auto dir = test::scratch_dir("cache_memory");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  const CacheSet back = CacheSet::load(path, m);
+  ASSERT_TRUE(back.memory.has_value());
+  EXPECT_EQ(back.memory->exit, 0);
+  EXPECT_EQ(pool_name(back.memory->pool), "avg2x2");
+  EXPECT_EQ(back.memory->capacity, 100);
+  EXPECT_EQ(back.memory->threshold, 0.25f);
+  EXPECT_EQ(back.memory->min_confidence, 0.97f);
+  EXPECT_EQ(back.memory->mean, spec.mean);
+  CacheSet bad = set;
+  bad.memory->name = "layer7.0";
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory at 'layer7.0', which is not an exit point");
+  bad = set;
+  bad.memory->pool = parse_pool("avg");  // the tensors are avg2x2-sized
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  bad = set;
+  bad.memory->capacity = 0;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "capacity 0");
+  bad = set;
+  bad.memory->min_confidence = 2.f;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "min_confidence 2");
   std::filesystem::remove_all(dir);
 }
 

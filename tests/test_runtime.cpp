@@ -6,10 +6,12 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <random>
 #include <thread>
 
 #include "engine/engine.h"
 #include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/memory_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -257,6 +259,137 @@ INSTANTIATE_TEST_SUITE_P(Pooling, PerSampleExits,
                          [](const auto& param) {
                            return param.index == 0 ? std::string("global") : std::string("grid");
                          });
+
+// The memory of recent answers, against a host mirror of it (brute-force
+// nearest among the last `capacity` stored answers): a sample is answered by
+// the memory exactly when the mirror says so, with the stored answer, and
+// only answers the full model gave with enough confidence are stored; in a
+// batch, lookups see the memory as it was before the batch.
+TEST(Runtime, MemoryOnlyEverAnswersWhatTheFullModelSaid) {
+  Fixture f(test::kSmallArch);
+  const std::vector<ExitPointInfo> points = exit_points(f.engine.model().net);
+  MemorySpec spec;
+  spec.exit = 0;
+  spec.pool = parse_pool("avg2x2");
+  spec.dim = spec.pool.features(points[0].channels);
+  spec.capacity = 2;  // smaller than the confident images: entries are evicted
+  spec.mean.assign(size_t(spec.dim), 0.f);
+  spec.inv_std.assign(size_t(spec.dim), 1.f);
+  spec.threshold = 0.05f;
+  // 6 distinct images, requested 48 times in a random order with a little noise.
+  const int bases = 6, requests = 48;
+  const std::vector<float> base = diverse_inputs(size_t(bases), f.per, 31);
+  {  // stored: the answers of about half the images
+    const std::vector<float> z = f.engine.infer(base.data(), bases);
+    std::vector<float> conf(static_cast<size_t>(bases));
+    for (int i = 0; i < bases; ++i) cpu::top_softmax(z.data() + size_t(i * f.classes), f.classes, &conf[size_t(i)]);
+    std::sort(conf.begin(), conf.end());
+    spec.min_confidence = 0.5f * (conf[2] + conf[3]);
+  }
+  const std::vector<float> noise = random_floats(size_t(requests) * f.per, 32, 1e-4f);
+  std::vector<float> x(size_t(requests) * f.per);
+  std::mt19937 rng(5);
+  for (int r = 0; r < requests; ++r) {
+    const size_t b = rng() % bases;
+    for (size_t k = 0; k < f.per; ++k) x[size_t(r) * f.per + k] = base[b * f.per + k] + noise[size_t(r) * f.per + k];
+  }
+
+  for (int batch : {1, 4}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    Session s = f.engine.session();
+    std::unique_ptr<AnswerMemory> memory = s.make_memory(spec);
+    struct Entry {
+      std::vector<float> key;
+      int label;
+      float conf;
+    };
+    std::vector<Entry> mirror;  // oldest first
+    std::vector<float> feats;   // this batch's stem features, by sample
+    RunOptions o;
+    o.memory = memory.get();
+    o.observer = [&](const ExitPoint& e, BackendContext& ctx, const float* act, int rows, const int32_t*) {
+      if (e.id != 0) return;
+      std::vector<float> a(e.shape.per_sample() * size_t(rows));
+      ctx.to_host(act, a.size() * sizeof(float), a.data());
+      ctx.synchronize();
+      feats.assign(size_t(rows) * size_t(spec.dim), 0.f);
+      cpu::pool_features_nhwc(a.data(), rows, e.shape.h, e.shape.w, e.shape.c, spec.pool, feats.data());
+    };
+    int hits = 0, stored = 0, unsure = 0;
+    for (int r0 = 0; r0 < requests; r0 += batch) {
+      std::vector<SampleResult> res(static_cast<size_t>(batch));
+      s.run(x.data() + size_t(r0) * f.per, batch, f.c, f.h, f.w, res.data(), nullptr, o);
+      std::vector<Entry> added;
+      for (int i = 0; i < batch; ++i) {
+        const float* q = feats.data() + size_t(i) * size_t(spec.dim);
+        int best = -1;
+        float best_d = 0;
+        for (size_t k = 0; k < mirror.size(); ++k) {
+          const float d = cpu::squared_distance(q, mirror[k].key.data(), spec.dim);
+          if (best < 0 || d < best_d) best = int(k), best_d = d;
+        }
+        const bool want_hit = best >= 0 && best_d <= spec.threshold;
+        const SampleResult& got = res[size_t(i)];
+        ASSERT_EQ(got.from_memory, want_hit) << "request " << r0 + i << ", nearest " << best_d;
+        if (want_hit) {
+          ++hits;
+          EXPECT_EQ(got.exit, 0);
+          EXPECT_EQ(got.label, mirror[size_t(best)].label);
+          EXPECT_EQ(got.confidence, mirror[size_t(best)].conf);
+        } else {
+          EXPECT_EQ(got.exit, kFullModel);
+          if (got.confidence >= spec.min_confidence)
+            added.push_back({{q, q + spec.dim}, got.label, got.confidence});
+          else
+            ++unsure;
+        }
+      }
+      for (Entry& e : added) {  // after the batch, in sample order, oldest evicted
+        if (int(mirror.size()) == spec.capacity) mirror.erase(mirror.begin());
+        mirror.push_back(std::move(e));
+        ++stored;
+      }
+    }
+    EXPECT_GT(hits, 0);
+    EXPECT_GT(unsure, 0);              // answers the memory must not store
+    EXPECT_GT(stored, spec.capacity);  // evictions happened
+    EXPECT_EQ(memory->entries(), spec.capacity);
+  }
+}
+
+TEST(Runtime, MemoriesAreCheckedAgainstTheModelAndTheirSession) {
+  Fixture f(test::kSmallArch);
+  MemorySpec spec;
+  spec.exit = 0;
+  spec.pool = parse_pool("avg");
+  spec.dim = 8;  // the stem's channels
+  spec.mean.assign(8, 0.f);
+  spec.inv_std.assign(8, 1.f);
+  Session a = f.engine.session(), b = f.engine.session();
+  EXPECT_NO_THROW(a.make_memory(spec));
+  MemorySpec bad = spec;
+  bad.dim = 9;
+  EXPECT_GATI_ERROR(a.make_memory(bad), "memory at 'stem': dim 9, but 8 channels pooled avg give 8 features");
+  bad = spec;
+  bad.exit = 40;
+  EXPECT_GATI_ERROR(a.make_memory(bad), "exit 40 is not one of the model's 7 exit points");
+  bad = spec;
+  bad.capacity = 0;
+  EXPECT_GATI_ERROR(a.make_memory(bad), "capacity 0");
+  bad = spec;
+  bad.inv_std[3] = std::nanf("");
+  EXPECT_GATI_ERROR(a.make_memory(bad), "non-finite");
+  bad = spec;
+  bad.min_confidence = 1.5f;
+  EXPECT_GATI_ERROR(a.make_memory(bad), "min_confidence 1.5");
+  std::unique_ptr<AnswerMemory> m = a.make_memory(spec);
+  RunOptions o;
+  o.memory = m.get();
+  const std::vector<float> x = random_floats(f.per, 3);
+  SampleResult r;
+  EXPECT_GATI_ERROR(b.run(x.data(), 1, f.c, f.h, f.w, &r, nullptr, o), "the memory belongs to another session");
+  EXPECT_NO_THROW(a.run(x.data(), 1, f.c, f.h, f.w, &r, nullptr, o));
+}
 
 TEST(Runtime, ExitHeadsAreCheckedAgainstTheModel) {
   Fixture f(test::kSmallArch);

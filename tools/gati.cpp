@@ -183,6 +183,9 @@ int cmd_run(const RunOpts& o) {
   RunOptions run_opts;
   run_opts.heads = heads.get();
   Session session = engine.session();
+  std::unique_ptr<AnswerMemory> memory;
+  if (caches.memory) memory = session.make_memory(*caches.memory);
+  run_opts.memory = memory.get();
   std::vector<float> x;
   std::vector<SampleResult> results(size_t(o.batch));
   std::vector<double> latency_ms;
@@ -297,9 +300,11 @@ int cmd_profile(const ProfileOpts& o) {
 struct CacheBuildOpts {
   Common common;
   std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
-                                          calibrate = "cascade", cost = "measured";
+                                          calibrate = "cascade", cost = "measured", memory = "off",
+                                          memory_pool = "avg2x2";
   double target = 0.99;
-  int train = 50000, holdout = 10000, epochs = 10;
+  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
+  float memory_min_confidence = 0.99f;
 };
 
 int cmd_cache_build(const CacheBuildOpts& o) {
@@ -315,6 +320,10 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   b.cost = cost_model(o.cost);
   b.train = o.train;
   b.holdout = o.holdout;
+  b.memory = o.memory == "on";
+  b.memory_pool = o.memory_pool;
+  b.memory_capacity = o.memory_capacity;
+  b.memory_min_confidence = o.memory_min_confidence;
   b.sgd.epochs = o.epochs;
   cli::Progress progress(size_t(o.train + o.holdout), "collect");
   b.progress = [&](size_t done, size_t) { progress.update(done); };
@@ -338,6 +347,19 @@ int cmd_cache_build(const CacheBuildOpts& o) {
         "%.3f of the model's (%.2fx lower, %s), %d steps\n",
         r.cascade.agreement, r.cascade.bound, r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost,
         o.cost == "macs" ? "MACs" : "measured time", r.cascade.steps);
+  if (r.caches.memory) {
+    const MemorySpec& m = *r.caches.memory;
+    std::printf(
+        "memory at %s (%s, %d entries, stores answers with confidence >= %.3f): squared distance <= %.4g; "
+        "on a %d-request locality trace over held-out images, hit rate %.4f, hits agree %.4f\n",
+        m.name.c_str(), pool_name(m.pool).c_str(), m.capacity, m.min_confidence, m.threshold, int(r.memory.lookups),
+        r.memory.hit_rate(), r.memory.hit_agreement());
+  } else if (b.memory) {
+    std::printf(
+        "memory: no threshold met the target on the calibration trace (%lld lookups, %lld answers stored); "
+        "left out\n",
+        (long long)r.memory.lookups, (long long)r.memory.stored);
+  }
   std::printf("wrote %s (%zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
               r.caches.exits.size(), o.target, o.rule.c_str(),
               b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
@@ -348,7 +370,7 @@ int cmd_cache_build(const CacheBuildOpts& o) {
 
 struct ServeSimOpts {
   Common common;
-  std::string model, caches, trace, data_dir, save_trace, json, per_request;
+  std::string model, caches, trace, data_dir, save_trace, json, per_request, memory = "on";
   int requests = 2000, seed = 1, batch = 1;
 };
 
@@ -365,6 +387,7 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   if (!o.save_trace.empty()) save_trace(o.save_trace, trace);
   ReplayOptions ro;
   ro.batch = o.batch;
+  ro.memory = o.memory == "on";
   cli::Progress progress(trace.requests.size(), "serve-sim");
   ro.progress = [&](size_t done, size_t) { progress.update(done); };
   const ReplayReport r = replay_trace(engine, caches, ds, trace, ro);
@@ -377,6 +400,9 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   for (const ExitStats& e : r.exits)
     std::printf("%-10s %9.4f %9.4f %10s\n", e.name.c_str(), e.enabled ? e.threshold : NAN, double(e.hits) / n,
                 e.hits ? str_cat(double(e.hit_agree) / double(e.hits)).c_str() : "-");
+  if (r.has_memory)
+    std::printf("%-10s %9.4g %9.4f %10s\n", r.memory.name.c_str(), r.memory.threshold, double(r.memory.hits) / n,
+                r.memory.hits ? str_cat(double(r.memory.hit_agree) / double(r.memory.hits)).c_str() : "-");
   std::printf("hit rate %.4f, agreement with the full model %.4f (hits alone %.4f)\n", r.hit_rate(), r.agreement(),
               r.hit_agreement());
   std::printf("accuracy: full model %.4f, with caches %.4f\n", r.accuracy_full(), r.accuracy_caches());
@@ -524,6 +550,30 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
   c_build->add_option("--epochs", cb.epochs, "SGD epochs")->check(CLI::Range(1, 1000))->capture_default_str();
+  c_build
+      ->add_option("--memory", cb.memory,
+                   "a memory of recent full-model answers at the stem, calibrated on a locality trace over the "
+                   "held-out images (its hits held to the target on their own)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c_build->add_option("--memory-pool", cb.memory_pool, "the memory's pooling of the stem output (as --pool)")
+      ->check([](const std::string& v) {
+        try {
+          parse_pool(v);
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+        return std::string();
+      })
+      ->capture_default_str();
+  c_build->add_option("--memory-capacity", cb.memory_capacity, "entries (the most recent answers)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  c_build
+      ->add_option("--memory-min-confidence", cb.memory_min_confidence,
+                   "the full model's confidence an answer needs to be stored")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   add_common(c_build, cb.common);
 
   ServeSimOpts ss;
@@ -543,6 +593,9 @@ int dispatch(int argc, char** argv) {
       ->capture_default_str();
   c_sim->add_option("--data-dir", ss.data_dir, "folder with the IDX files");
   c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace");
+  c_sim->add_option("--memory", ss.memory, "use the cache file's memory of recent answers, when it has one")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   c_sim->add_option("--json", ss.json, "write the report as JSON");
   c_sim->add_option("--per-request", ss.per_request,
                     "write one JSON line per request (id, exit, label, confidence, latency_us)");

@@ -17,6 +17,7 @@
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
+#include "kernels/cpu/memory_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/aligned.h"
@@ -148,6 +149,14 @@ class CpuContext final : public BackendContext {
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
     cpu::finish_full_model(logits, n, classes, st, pos);
   }
+
+  void memory_lookup(const MemoryView& m, const float* act, const Act& s, int exit_id, const ExitState& st, int pos,
+                     float* pooled) override {
+    check_pool_fits("memory at exit " + std::to_string(exit_id), m.dim, m.pool, s.c);
+    cpu::ThreadScope t(threads_);
+    cpu::memory_lookup(act, s.n, s.h, s.w, s.c, m, exit_id, st, pos, pooled);
+  }
+  void memory_insert(const MemoryView& m, const ExitState& st, int n) override { cpu::memory_insert(m, st, n); }
 
   double peak_gflops() override {
     cpu::ThreadScope t(threads_);

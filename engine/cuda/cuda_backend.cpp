@@ -26,6 +26,7 @@
 #include "kernels/cuda/layout.cuh"
 #include "kernels/cuda/linear.cuh"
 #include "kernels/cuda/linear_sgd.cuh"
+#include "kernels/cuda/memory.cuh"
 #include "kernels/cuda/pool.cuh"
 #include "weights/common/checked.h"
 #include "weights/common/error.h"
@@ -257,6 +258,17 @@ class CudaContext final : public BackendContext {
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {
     cuda::DeviceScope scope(index_);
     cuda::finish_full_model(logits, n, classes, st, pos, stream_.get());
+  }
+
+  void memory_lookup(const MemoryView& m, const float* act, const Act& s, int exit_id, const ExitState& st, int pos,
+                     float* pooled) override {
+    cuda::DeviceScope scope(index_);
+    check_pool_fits("memory at exit " + std::to_string(exit_id), m.dim, m.pool, s.c);
+    cuda::memory_lookup(act, s.n, s.h, s.w, s.c, m, exit_id, st, pos, pooled, stream_.get());
+  }
+  void memory_insert(const MemoryView& m, const ExitState& st, int n) override {
+    cuda::DeviceScope scope(index_);
+    cuda::memory_insert(m, st, n, stream_.get());
   }
 
   OpStatus linear_sgd_step(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,

@@ -70,6 +70,7 @@ void begin_exits(const ExitState& st, int n, int classes) {
     st.position[0][i] = i;
     st.hit[i] = 0;
     st.exit[i] = kStillRunning;
+    st.source[i] = kByModel;
     st.label[i] = -1;
     st.confidence[i] = 0.f;
   }
@@ -83,7 +84,8 @@ void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) 
   const int padded = padded_dim(h.dim);
   xs.resize(size_t(padded));
   standardise(h, pooled, padded, xs.data());
-  for (int k = 0; k < h.classes; ++k) z[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), xs.data(), h.dim) + h.bias[k];
+  for (int k = 0; k < h.classes; ++k)
+    z[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), xs.data(), h.dim) + h.bias[k];
 }
 
 void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
@@ -108,7 +110,8 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   parallel_for(h.classes, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int k) {
     const float* w = h.weight + size_t(k) * size_t(h.dim);
     for (int row = 0; row < n; ++row)
-      z[size_t(row) * size_t(h.classes) + size_t(k)] = lane_dot(w, xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
+      z[size_t(row) * size_t(h.classes) + size_t(k)] =
+          lane_dot(w, xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
   });
   for (int row = 0; row < n; ++row) {
     float conf;

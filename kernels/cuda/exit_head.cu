@@ -11,9 +11,9 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/exit_head.cuh"
+#include "kernels/cuda/grid.cuh"
 #include "weights/common/error.h"
 
 namespace gati::cuda {
@@ -29,6 +29,7 @@ __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
       st.position[0][i] = int32_t(i);
       st.hit[i] = 0;
       st.exit[i] = kStillRunning;
+      st.source[i] = kByModel;
       st.label[i] = -1;
       st.confidence[i] = 0.f;
     }
@@ -37,12 +38,12 @@ __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
   }
 }
 
-__global__ void exit_head_kernel(const float* __restrict__ act, int height, int width, int channels,
-                                 LinearHeadView h, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
+__global__ void exit_head_kernel(const float* __restrict__ act, int height, int width, int channels, LinearHeadView h,
+                                 int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float smem[];
   const int dim = h.dim, padded = dev::padded_dim(dim);
-  float* xs = smem;           // [padded] standardised features
-  float* z = smem + padded;   // [classes] scores
+  float* xs = smem;          // [padded] standardised features
+  float* z = smem + padded;  // [classes] scores
   const int row = blockIdx.x;
   const float* src = act + long(row) * height * width * channels;
   for (int f = threadIdx.x; f < padded; f += blockDim.x) {
@@ -108,8 +109,8 @@ __global__ void compact_scan_kernel(ExitState st, int n, int pos_in, int pos_out
 
 // Grid y = destination row d.  Rows already in place (src == d) stay.
 template <bool kToScratch>
-__global__ void compact_move_kernel(float* __restrict__ act, long row_floats, const int32_t* __restrict__ src_of,
-                                    int n, float* __restrict__ scratch) {
+__global__ void compact_move_kernel(float* __restrict__ act, long row_floats, const int32_t* __restrict__ src_of, int n,
+                                    float* __restrict__ scratch) {
   const int d = blockIdx.y;
   if (d >= src_of[n]) return;
   const int src = src_of[d];
@@ -171,8 +172,8 @@ void exit_head_linear(const float* act, int n, int height, int width, int channe
                       int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.classes < 1 || h.pool.grid < 1 ||
       h.pool.grid > kMaxPoolGrid || h.dim != h.pool.features(channels))
-    fail("exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", pool grid ", h.pool.grid,
-         ", dim ", h.dim, ", classes ", h.classes, ")");
+    fail("exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", pool grid ", h.pool.grid, ", dim ",
+         h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
   dev::check_scores_smem("exit head", h.dim, h.classes);
   launch_exit_head(act, n, height, width, channels, h, exit_id, st, pos, pooled, stream);
