@@ -366,6 +366,16 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   return 0;
 }
 
+// CLI11 validator: empty when `name` is a pooling parse_pool knows, else why not.
+std::string pool_error(const std::string& name) {
+  try {
+    parse_pool(name);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
 // ---- serve-sim -----------------------------------------------------------------------
 
 struct ServeSimOpts {
@@ -535,15 +545,7 @@ int dispatch(int argc, char** argv) {
                    "pooling at every exit: auto (per exit the richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose "
                    "head costs at most 0.5% of the model), or one of avg, mix, avgGxG, mixGxG (G = 1..8; mix adds "
                    "each cell's max)")
-      ->check([](const std::string& v) {
-        if (v == "auto") return std::string();
-        try {
-          parse_pool(v);
-        } catch (const Error& e) {
-          return std::string(e.what());
-        }
-        return std::string();
-      })
+      ->check([](const std::string& v) { return v == "auto" ? std::string() : pool_error(v); })
       ->capture_default_str();
   c_build->add_option("--train", cb.train, "training images")->check(CLI::Range(1, 60000))->capture_default_str();
   c_build->add_option("--holdout", cb.holdout, "calibration images after them")
@@ -557,14 +559,7 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   c_build->add_option("--memory-pool", cb.memory_pool, "the memory's pooling of the stem output (as --pool)")
-      ->check([](const std::string& v) {
-        try {
-          parse_pool(v);
-        } catch (const Error& e) {
-          return std::string(e.what());
-        }
-        return std::string();
-      })
+      ->check(pool_error)
       ->capture_default_str();
   c_build->add_option("--memory-capacity", cb.memory_capacity, "entries (the most recent answers)")
       ->check(CLI::Range(1, 1 << 20))
