@@ -94,27 +94,41 @@ double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const Sg
        " would become non-finite or exceed 1e6); weights unchanged");
 }
 
+size_t fit_standardisation(const float* x, size_t n, int dim, const uint8_t* keep, std::vector<float>* mean,
+                           std::vector<float>* inv_std) {
+  const size_t D = size_t(dim);
+  std::vector<double> m(D, 0), v(D, 0);
+  size_t count = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (keep && !keep[i]) continue;
+    ++count;
+    for (size_t d = 0; d < D; ++d) m[d] += x[i * D + d];
+  }
+  mean->assign(D, 0.f);
+  inv_std->assign(D, 1.f);
+  if (count == 0) return 0;
+  for (double& s : m) s /= double(count);
+  for (size_t i = 0; i < n; ++i) {
+    if (keep && !keep[i]) continue;
+    for (size_t d = 0; d < D; ++d) {
+      const double t = x[i * D + d] - m[d];
+      v[d] += t * t;
+    }
+  }
+  for (size_t d = 0; d < D; ++d) {
+    (*mean)[d] = float(m[d]);
+    (*inv_std)[d] = float(1.0 / std::sqrt(v[d] / double(count) + 1e-6));
+  }
+  return count;
+}
+
 std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels,
                                      const SgdOptions& opt) {
   const int n = int(labels.size());
   if (n == 0) fail("cache ", c.exit_name, ": no training samples");
   if (features.size() != size_t(n) * size_t(c.dim))
     fail("cache ", c.exit_name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
-  c.mean.assign(size_t(c.dim), 0.f);
-  c.inv_std.assign(size_t(c.dim), 1.f);
-  std::vector<double> m(size_t(c.dim), 0), v(size_t(c.dim), 0);
-  for (int i = 0; i < n; ++i)
-    for (int d = 0; d < c.dim; ++d) m[size_t(d)] += features[size_t(i) * size_t(c.dim) + size_t(d)];
-  for (double& x : m) x /= n;
-  for (int i = 0; i < n; ++i)
-    for (int d = 0; d < c.dim; ++d) {
-      const double t = features[size_t(i) * size_t(c.dim) + size_t(d)] - m[size_t(d)];
-      v[size_t(d)] += t * t;
-    }
-  for (int d = 0; d < c.dim; ++d) {
-    c.mean[size_t(d)] = float(m[size_t(d)]);
-    c.inv_std[size_t(d)] = float(1.0 / std::sqrt(v[size_t(d)] / n + 1e-6));
-  }
+  fit_standardisation(features.data(), size_t(n), c.dim, nullptr, &c.mean, &c.inv_std);
   c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
   c.bias.assign(size_t(c.classes), 0.f);
   std::vector<int> order(static_cast<size_t>(n));

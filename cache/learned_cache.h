@@ -68,6 +68,12 @@ std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>&
 double sgd_step(ExitCache& cache, const float* features, const int* labels, int n, const SgdOptions& opt,
                 std::vector<float>& velocity);
 
+// Per-feature mean and 1 / sqrt(variance + 1e-6) of the rows of features
+// [n, dim] with keep[i] != 0 (keep null: every row), in double; returns how
+// many rows that was.  The standardisation of cache models and memories.
+size_t fit_standardisation(const float* features, size_t n, int dim, const uint8_t* keep, std::vector<float>* mean,
+                           std::vector<float>* inv_std);
+
 // One-sided 95% Wilson score lower bound of a proportion agree / n (0 when n = 0).
 double wilson_lower(int agree, int n);
 

@@ -45,18 +45,11 @@ MemoryStats replay(const MemorySpec& spec, const MemoryStream& s, const std::vec
     const float* q = x.data() + i * dim;
     ++st.lookups;
     if (part) ++part->lookups;
-    size_t best = cap;
     float best_d = 0;
-    for (size_t k = 0; k < entries; ++k) {
-      const float d = cpu::squared_distance(q, keys.data() + k * dim, spec.dim);
-      if (best == cap || d < best_d) {
-        best = k;
-        best_d = d;
-      }
-    }
-    if (nearest) nearest->push_back(best == cap ? INFINITY : best_d);
-    if (best != cap && best_d <= spec.threshold) {
-      const bool agree = labels[best] == s.full_label[i];
+    const int best = cpu::nearest_entry(q, keys.data(), int(entries), spec.dim, &best_d);
+    if (nearest) nearest->push_back(best < 0 ? INFINITY : best_d);
+    if (best >= 0 && best_d <= spec.threshold) {
+      const bool agree = labels[size_t(best)] == s.full_label[i];
       ++st.hits;
       st.hit_agree += agree;
       if (part) {
@@ -85,23 +78,9 @@ MemoryStats simulate_memory(const MemorySpec& spec, const MemoryStream& s) {
 MemoryStats calibrate_memory(MemorySpec& spec, const MemoryStream& s, double target, int min_hits) {
   if (!(target > 0 && target <= 1)) fail("memory calibration: target agreement ", target, " must be in (0, 1]");
   check_stream(spec, s);
-  const size_t n = s.size(), dim = size_t(spec.dim);
   // Standardisation over the requests that reach the memory.
-  spec.mean.assign(dim, 0.f);
-  spec.inv_std.assign(dim, 1.f);
-  std::vector<double> sum(dim, 0), sq(dim, 0);
-  size_t count = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (!s.reaches[i]) continue;
-    ++count;
-    for (size_t d = 0; d < dim; ++d) sum[d] += s.features[i * dim + d];
-  }
-  if (count == 0) fail("memory calibration: no request reaches the memory's exit");
-  for (size_t d = 0; d < dim; ++d) spec.mean[d] = float(sum[d] / double(count));
-  for (size_t i = 0; i < n; ++i)
-    if (s.reaches[i])
-      for (size_t d = 0; d < dim; ++d) sq[d] += std::pow(double(s.features[i * dim + d]) - spec.mean[d], 2);
-  for (size_t d = 0; d < dim; ++d) spec.inv_std[d] = float(1.0 / std::sqrt(sq[d] / double(count) + 1e-6));
+  if (fit_standardisation(s.features.data(), s.size(), spec.dim, s.reaches.data(), &spec.mean, &spec.inv_std) == 0)
+    fail("memory calibration: no request reaches the memory's exit");
   const std::vector<float> x = standardised(spec, s);
 
   // Candidates: 32 thresholds spaced geometrically from the 1% quantile of

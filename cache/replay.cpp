@@ -135,8 +135,8 @@ std::string replay_json(const ReplayReport& r) {
     exits.push_back({{"name", e.name},
                      {"enabled", e.enabled},
                      {"threshold", e.threshold},
-                     {"hit_rate", n ? double(e.hits) / n : 0.0},
-                     {"hit_agreement", e.hits ? double(e.hit_agree) / double(e.hits) : 1.0}});
+                     {"hit_rate", e.hit_rate(r.requests.size())},
+                     {"hit_agreement", e.hit_agreement()}});
   auto lat = [&](bool c) {
     return nlohmann::json{{"mean", r.latency_mean_us(c) / 1e3},
                           {"p50", r.latency_percentile_us(c, 50) / 1e3},
@@ -162,8 +162,8 @@ std::string replay_json(const ReplayReport& r) {
   if (r.has_memory)
     j["memory"] = {{"name", r.memory.name},
                    {"threshold", r.memory.threshold},
-                   {"hit_rate", n ? double(r.memory.hits) / n : 0.0},
-                   {"hit_agreement", r.memory.hits ? double(r.memory.hit_agree) / double(r.memory.hits) : 1.0}};
+                   {"hit_rate", r.memory.hit_rate(r.requests.size())},
+                   {"hit_agreement", r.memory.hit_agreement()}};
   return j.dump(2) + "\n";
 }
 

@@ -41,6 +41,8 @@ struct ExitStats {
   bool enabled = false;
   float threshold = 0;
   int64_t hits = 0, hit_agree = 0;
+  double hit_rate(size_t requests) const { return requests ? double(hits) / double(requests) : 0; }
+  double hit_agreement() const { return hits ? double(hit_agree) / double(hits) : 1; }  // 1 with no hits
 };
 
 struct ReplayReport {

@@ -100,36 +100,34 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       ctx_.synchronize();
       opts.observer(e, ctx_, slot(e.slot), alive, st_.position[pos]);
     }
+    // After an exit op decided its rows: the survivors move to the front.
+    auto compact = [&](const std::string& what) {
+      ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
+      pos = 1 - pos;
+      alive = ctx_.alive(st_);
+      mark(what, "compact", e.block, 0);
+      finished_early = alive == 0;
+    };
     if (opts.memory && opts.memory->spec().exit == e.id) {
       if (opts.timings) ctx_.range_push((e.name + ".memory").c_str());
       ctx_.memory_lookup(memory, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos, exit_pooled(memory.dim));
       if (opts.timings) ctx_.range_pop();
+      // A lookup costs what a head with one class per entry would.
       mark(e.name + ".memory", "memory", e.block,
-           int64_t(alive) * (int64_t(e.shape.per_sample()) * (memory.pool.with_max ? 2 : 1) +
-                             int64_t(memory.capacity) * memory.dim));
-      ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
-      pos = 1 - pos;
-      alive = ctx_.alive(st_);
-      mark(e.name + ".memory.compact", "compact", e.block, 0);
-      if (alive == 0) {
-        finished_early = true;
-        continue;
-      }
+           int64_t(alive) * exit_head_macs(e.shape, memory.pool, memory.dim, memory.capacity));
+      compact(e.name + ".memory.compact");
+      if (finished_early) continue;
     }
     const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
     if (head < 0) continue;
-    const Act shape = e.shape.with_batch(alive);
     if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
-    ctx_.exit_head(*opts.heads, head, slot(e.slot), shape, e.id, st_, pos, exit_pooled(opts.heads->max_dim()));
+    ctx_.exit_head(*opts.heads, head, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos,
+                   exit_pooled(opts.heads->max_dim()));
     if (opts.timings) ctx_.range_pop();
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
     mark(e.name + ".exit", "exit", e.block,
          int64_t(alive) * exit_head_macs(e.shape, spec.pool, spec.dim, spec.classes));
-    ctx_.compact(slot(e.slot), shape, st_, pos, 1 - pos);
-    pos = 1 - pos;
-    alive = ctx_.alive(st_);
-    mark(e.name + ".compact", "compact", e.block, 0);
-    if (alive == 0) finished_early = true;
+    compact(e.name + ".compact");
   }
   if (!finished_early) {
     ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);

@@ -407,12 +407,14 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", r.trace_kind.c_str(),
               (unsigned long long)r.seed, r.requests.size(), r.batch, r.data_name.c_str(), r.model_arch.c_str());
   std::printf("%-10s %9s %9s %10s\n", "exit", "threshold", "hit rate", "hit agree");
-  for (const ExitStats& e : r.exits)
-    std::printf("%-10s %9.4f %9.4f %10s\n", e.name.c_str(), e.enabled ? e.threshold : NAN, double(e.hits) / n,
-                e.hits ? str_cat(double(e.hit_agree) / double(e.hits)).c_str() : "-");
-  if (r.has_memory)
-    std::printf("%-10s %9.4g %9.4f %10s\n", r.memory.name.c_str(), r.memory.threshold, double(r.memory.hits) / n,
-                r.memory.hits ? str_cat(double(r.memory.hit_agree) / double(r.memory.hits)).c_str() : "-");
+  auto row = [&](const ExitStats& e, bool distance) {
+    char threshold[32];  // a probability, or the memory's squared distance
+    std::snprintf(threshold, sizeof threshold, distance ? "%.4g" : "%.4f", e.enabled ? e.threshold : NAN);
+    std::printf("%-10s %9s %9.4f %10s\n", e.name.c_str(), threshold, e.hit_rate(r.requests.size()),
+                e.hits ? str_cat(e.hit_agreement()).c_str() : "-");
+  };
+  for (const ExitStats& e : r.exits) row(e, false);
+  if (r.has_memory) row(r.memory, true);
   std::printf("hit rate %.4f, agreement with the full model %.4f (hits alone %.4f)\n", r.hit_rate(), r.agreement(),
               r.hit_agreement());
   std::printf("accuracy: full model %.4f, with caches %.4f\n", r.accuracy_full(), r.accuracy_caches());

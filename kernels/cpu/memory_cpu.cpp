@@ -26,6 +26,18 @@ float squared_distance(const float* a, const float* b, int dim) {
   return s;
 }
 
+int nearest_entry(const float* q, const float* keys, int entries, int dim, float* dist) {
+  int best = -1;
+  for (int k = 0; k < entries; ++k) {
+    const float d = squared_distance(q, keys + size_t(k) * size_t(dim), dim);
+    if (best < 0 || d < *dist) {
+      best = k;
+      *dist = d;
+    }
+  }
+  return best;
+}
+
 void memory_lookup(const float* act, int n, int height, int width, int c, const MemoryView& m, int exit_id,
                    const ExitState& st, int pos, float* pooled) {
   pool_features_nhwc(act, n, height, width, c, m.pool, pooled);
@@ -35,15 +47,8 @@ void memory_lookup(const float* act, int n, int height, int width, int c, const 
     const float* p = pooled + size_t(row) * size_t(m.dim);
     float* x = m.pending + size_t(sample) * size_t(m.dim);
     for (int d = 0; d < m.dim; ++d) x[d] = (p[d] - m.mean[d]) * m.inv_std[d];
-    int best = -1;
     float best_d = 0;
-    for (int k = 0; k < entries; ++k) {
-      const float dist = squared_distance(x, m.keys + size_t(k) * size_t(m.dim), m.dim);
-      if (best < 0 || dist < best_d) {
-        best = k;
-        best_d = dist;
-      }
-    }
+    const int best = nearest_entry(x, m.keys, entries, m.dim, &best_d);
     const bool hit = best >= 0 && best_d <= m.threshold;
     st.hit[row] = hit ? 1 : 0;
     if (hit) {

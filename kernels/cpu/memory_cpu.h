@@ -11,6 +11,10 @@ namespace gati::cpu {
 // summed in a fixed order (the same value whatever the batch).
 float squared_distance(const float* a, const float* b, int dim);
 
+// The nearest of `entries` keys [entries, dim] to q (the lowest index on
+// ties) and its squared distance in *dist; -1 when there are none.
+int nearest_entry(const float* q, const float* keys, int entries, int dim, float* dist);
+
 // For each of the n rows of act (NHWC [n, height, width, c], with
 // m.dim == m.pool.features(c)): pool into pooled[n, m.dim], standardise into
 // m.pending[sample], find the nearest of the m.fill[0] entries, and when it
