@@ -20,7 +20,8 @@ void check_data_fits(const Engine& engine, const Dataset& ds, const std::string&
     fail(what, ": model has ", a.num_classes, " classes, ", ds.name, " has ", ds.classes);
 }
 
-std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget) {
+std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget,
+                                     int macs_per_feature) {
   const Network& net = engine.model().net;
   const std::vector<ExitPointInfo> points = exit_points(net);
   if (pool != "auto") return std::vector<PoolSpec>(points.size(), parse_pool(pool));
@@ -33,7 +34,7 @@ std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& po
     for (const char* name : {"mix4x4", "avg4x4", "mix2x2", "avg2x2"}) {
       const PoolSpec p = parse_pool(name);
       const int dim = p.features(point.channels);
-      if (dim <= kMaxAutoPoolDim && double(dim) * engine.arch().num_classes <= budget) {
+      if (dim <= kMaxAutoPoolDim && double(dim) * macs_per_feature <= budget) {
         chosen = p;
         break;
       }
@@ -60,7 +61,7 @@ CascadeCosts macs_costs(const Engine& engine, const std::vector<ExitCache>& cach
     double through = 0;
     for (int s = 0; s <= e.after_step; ++s) through += double(plan.steps[size_t(s)].macs_per_sample);
     c.through.push_back(through);
-    c.head.push_back(double(exit_head_macs(e.shape, cache.pool, cache.dim, cache.classes)));
+    c.head.push_back(double(exit_head_macs(e.shape, cache)));
   }
   return c;
 }
@@ -94,7 +95,7 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   // Exit entries are named "<exit>.exit" and "<exit>.compact".
   auto cache_named = [&](const std::string& entry, const std::string& suffix) {
     for (size_t e = 0; e < caches.size(); ++e)
-      if (entry == caches[e].exit_name + suffix) return int(e);
+      if (entry == caches[e].name + suffix) return int(e);
     return -1;
   };
   double so_far = 0;
@@ -156,12 +157,12 @@ MemoryStats build_memory(const Engine& engine, const Dataset& data, const BuildO
   stream.full_conf = cascade.full_conf;
   stream.reaches.assign(size_t(n), 1);  // the memory comes first, at the stem
   stream.answered.assign(size_t(n), 0);
-  std::vector<float> probs(size_t(engine.arch().num_classes));
   for (int i = 0; i < n; ++i)
     for (const ExitCache& c : set.exits) {
       if (!c.enabled()) continue;
-      c.predict(cascade.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), probs.data());
-      if (*std::max_element(probs.begin(), probs.end()) >= c.threshold) {
+      float conf;
+      c.predict(cascade.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), &conf);
+      if (conf >= c.threshold) {
         stream.answered[size_t(i)] = 1;
         break;
       }
@@ -191,7 +192,9 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   const int n = o.train + o.holdout;
   std::vector<float> images(data.images.begin(), data.images.begin() + long(size_t(n) * data.image_floats()));
   engine.normalize(images.data(), n);
-  const std::vector<PoolSpec> pools = choose_pooling(engine, o.pool, o.auto_pool_budget);
+  const bool learned = o.kind == HeadKind::kLinear;
+  const std::vector<PoolSpec> pools =
+      choose_pooling(engine, o.pool, o.auto_pool_budget, learned ? engine.arch().num_classes : o.approx.reduced);
   CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, pools, o.progress);
 
   BuildResult out;
@@ -205,7 +208,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
   for (size_t e = 0; e < all.per_exit.size(); ++e) {
     ExitCache c;
-    c.exit_name = points[e].name;
+    c.name = points[e].name;
     c.exit = int(e);
     c.pool = pools[e];
     c.dim = all.dims[e];
@@ -213,7 +216,15 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     const auto split = all.per_exit[e].begin() + long(size_t(o.train) * size_t(c.dim));
     const std::vector<float> train(all.per_exit[e].begin(), split);
     hold_features.emplace_back(split, all.per_exit[e].end());
-    out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
+    if (learned) {
+      out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
+    } else {
+      ApproxOptions a = o.approx;
+      a.kind = o.kind;
+      a.seed = o.approx.seed + uint32_t(e);
+      build_approx_cache(c, train, train_labels, a);
+      out.loss.emplace_back();
+    }
     set.exits.push_back(std::move(c));
   }
   std::vector<int> calib_labels = hold_labels;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/approx_cache.h"
 #include "cache/features.h"
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
@@ -35,10 +36,16 @@ struct BuildOptions {
   // more shifted by up to 2 pixels with noise 0.02 (as the locality trace
   // perturbs requests), so the thresholds hold on both kinds of traffic.
   bool perturbed_holdout = true;
+  // The cache kind at every exit: GATI's learned linear predictor
+  // (kLinear), or Freeze's k-NN or k-means (kKnn, kKmeans; `approx` sets
+  // their sizes).  Every kind is calibrated the same way.
+  HeadKind kind = HeadKind::kLinear;
+  ApproxOptions approx;
   // Pooling at every exit: a name parse_pool knows, or "auto" (per exit the
-  // richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose head costs at most
-  // auto_pool_budget of the model's MACs and has at most kMaxAutoPoolDim
-  // features).
+  // richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose scores or
+  // projection (features x classes, or x reduced dimensions) cost at most
+  // auto_pool_budget of the model's MACs and which has at most
+  // kMaxAutoPoolDim features).
   std::string pool = "auto";
   double auto_pool_budget = 0.005;
   // A memory of recent answers at the stem (engine/memory.h), calibrated on
@@ -62,14 +69,17 @@ struct BuildResult {
   CacheSet caches;
   CascadeResult cascade;                  // when calibrated as a cascade
   MemoryStats memory;                     // the memory on its calibration trace, when built
-  std::vector<std::vector<double>> loss;  // per exit, per epoch
+  std::vector<std::vector<double>> loss;  // per exit, per epoch (learned caches)
   double seconds = 0;
 };
 
 constexpr int kMaxAutoPoolDim = 4096;
 
-// Each exit's pooling for `pool` ("auto" or a name parse_pool knows).
-std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget);
+// Each exit's pooling for `pool` ("auto" or a name parse_pool knows), for
+// heads that spend macs_per_feature MACs on each feature (a linear head:
+// its classes; a distance head: its reduced dimensions).
+std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget,
+                                     int macs_per_feature);
 
 // Per-sample cost of answering at each exit of `caches` (the network up to
 // its block; its head's pooling and scores) and of the whole network.

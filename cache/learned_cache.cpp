@@ -9,8 +9,10 @@
 #include <random>
 
 #include "engine/plan.h"
+#include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
+#include "kernels/cpu/threads.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
@@ -19,6 +21,10 @@ namespace gati {
 namespace {
 
 constexpr const char* kFormat = "gati-caches/1";
+
+// A head kind as cache files name it (linear heads: "learned-linear", as
+// files had before distance heads).
+const char* file_kind(HeadKind kind) { return kind == HeadKind::kLinear ? "learned-linear" : head_kind_name(kind); }
 
 }  // namespace
 
@@ -30,40 +36,23 @@ LinearHeadView ExitCache::view() const {
   return {dim, classes, mean.data(), inv_std.data(), weight.data(), bias.data(), threshold, pool};
 }
 
-int ExitCache::predict(const float* features, float* probs) const {
+DistanceHeadView ExitCache::distance_view() const {
+  return {dim,           reduced,      entries(),      neighbours,        classes,
+          pool,          mean.data(),  inv_std.data(), projection.data(), keys.data(),
+          labels.data(), share.data(), threshold};
+}
+
+int ExitCache::predict(const float* features, float* confidence) const {
+  if (kind != HeadKind::kLinear) return cpu::distance_head_predict(distance_view(), features, confidence);
   thread_local std::vector<float> z;
   z.resize(size_t(classes));
   cpu::linear_head_scores(view(), features, z.data());
-  return cpu::softmax(z.data(), classes, probs);
-}
-
-ExitHeadSpec ExitCache::head_spec() const {
-  ExitHeadSpec h;
-  h.exit = exit;
-  h.name = exit_name;
-  h.pool = pool;
-  h.dim = dim;
-  h.classes = classes;
-  h.mean = mean;
-  h.inv_std = inv_std;
-  h.weight = weight;
-  h.bias = bias;
-  h.threshold = threshold;
-  return h;
+  return cpu::top_softmax(z.data(), classes, confidence);
 }
 
 ExitCache ExitCache::from_head_spec(const ExitHeadSpec& h) {
   ExitCache c;
-  c.exit_name = h.name;
-  c.exit = h.exit;
-  c.pool = h.pool;
-  c.dim = h.dim;
-  c.classes = h.classes;
-  c.mean = h.mean;
-  c.inv_std = h.inv_std;
-  c.weight = h.weight;
-  c.bias = h.bias;
-  c.threshold = h.threshold;
+  static_cast<ExitHeadSpec&>(c) = h;
   return c;
 }
 
@@ -85,12 +74,12 @@ double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const Sg
     case OpStatus::kOk:
       return r.loss;
     case OpStatus::kBadLabel:
-      fail("cache ", c.exit_name, ": label ", labels[r.bad_index], " of sample ", r.bad_index, " is out of range [0, ",
+      fail("cache ", c.name, ": label ", labels[r.bad_index], " of sample ", r.bad_index, " is out of range [0, ",
            c.classes, ")");
     case OpStatus::kNonFinite:
       break;
   }
-  fail("cache ", c.exit_name, ": SGD step rejected (weight ", r.bad_index,
+  fail("cache ", c.name, ": SGD step rejected (weight ", r.bad_index,
        " would become non-finite or exceed 1e6); weights unchanged");
 }
 
@@ -125,9 +114,9 @@ size_t fit_standardisation(const float* x, size_t n, int dim, const uint8_t* kee
 std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels,
                                      const SgdOptions& opt) {
   const int n = int(labels.size());
-  if (n == 0) fail("cache ", c.exit_name, ": no training samples");
+  if (n == 0) fail("cache ", c.name, ": no training samples");
   if (features.size() != size_t(n) * size_t(c.dim))
-    fail("cache ", c.exit_name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
+    fail("cache ", c.name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
   fit_standardisation(features.data(), size_t(n), c.dim, nullptr, &c.mean, &c.inv_std);
   c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
   c.bias.assign(size_t(c.classes), 0.f);
@@ -157,10 +146,11 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
     }
     history.push_back(sum / batches);
   }
-  std::vector<float> p(size_t(c.classes));
   int agree = 0;
-  for (int i = 0; i < n; ++i)
-    agree += c.predict(features.data() + size_t(i) * size_t(c.dim), p.data()) == labels[size_t(i)];
+  for (int i = 0; i < n; ++i) {
+    float conf;
+    agree += c.predict(features.data() + size_t(i) * size_t(c.dim), &conf) == labels[size_t(i)];
+  }
   c.train_agreement = double(agree) / n;
   return history;
 }
@@ -193,12 +183,12 @@ void calibrate_thresholds(std::vector<ExitCache>& caches, const std::vector<std:
       bool agree;
     };
     std::vector<Item> items;
-    std::vector<float> p(size_t(c.classes));
     int agree_all = 0;
     for (int i = 0; i < n; ++i) {
-      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), p.data());
+      float conf;
+      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), &conf);
       agree_all += pred == labels[size_t(i)];
-      if (!taken[size_t(i)]) items.push_back({i, p[size_t(pred)], pred == labels[size_t(i)]});
+      if (!taken[size_t(i)]) items.push_back({i, conf, pred == labels[size_t(i)]});
     }
     c.holdout_agreement = n ? double(agree_all) / n : 0;
     std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.conf > b.conf; });
@@ -283,13 +273,13 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
   for (size_t e = 0; e < exits; ++e) {
     ExitCache& c = caches[e];
     if (features[e].size() != n * size_t(c.dim))
-      fail("calibration: exit ", c.exit_name, " has ", features[e].size(), " feature values for ", n, " samples");
-    std::vector<float> p(size_t(c.classes));
-    for (size_t i = 0; i < n; ++i) {
-      const int pred = c.predict(features[e].data() + i * size_t(c.dim), p.data());
-      conf[e][i] = p[size_t(pred)];
-      agree[e][i] = pred == labels[i];
-    }
+      fail("calibration: exit ", c.name, " has ", features[e].size(), " feature values for ", n, " samples");
+    // Samples are independent: rows in parallel (a distance head scans
+    // every key per sample).
+    cpu::parallel_for(int(n), true, [&](int i) {
+      const int pred = c.predict(features[e].data() + size_t(i) * size_t(c.dim), &conf[e][size_t(i)]);
+      agree[e][size_t(i)] = pred == labels[size_t(i)];
+    });
   }
   // Expected cost and disagreements of a set of thresholds.
   struct Outcome {
@@ -464,22 +454,34 @@ void CacheSet::save(const std::string& path) const {
                          {"target_agreement", target_agreement}};
   nlohmann::json exit_meta = nlohmann::json::array();
   for (const ExitCache& c : exits) {
-    const std::string p = "exit." + c.exit_name + ".";
+    const std::string p = "exit." + c.name + ".";
     w.add_float(p + "mean", {c.dim}, c.mean);
     w.add_float(p + "inv_std", {c.dim}, c.inv_std);
-    w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
-    w.add_float(p + "bias", {c.classes}, c.bias);
-    exit_meta.push_back({{"name", c.exit_name},
-                         {"exit", c.exit},
-                         {"kind", "learned-linear"},
-                         {"pool", pool_name(c.pool)},
-                         {"dim", c.dim},
-                         {"classes", c.classes},
-                         {"threshold", c.threshold},
-                         {"train_agreement", c.train_agreement},
-                         {"holdout_agreement", c.holdout_agreement},
-                         {"holdout_hit_rate", c.holdout_hit_rate},
-                         {"holdout_hit_agreement", c.holdout_hit_agreement}});
+    nlohmann::json j = {{"name", c.name},
+                        {"exit", c.exit},
+                        {"kind", file_kind(c.kind)},
+                        {"pool", pool_name(c.pool)},
+                        {"dim", c.dim},
+                        {"classes", c.classes},
+                        {"threshold", c.threshold},
+                        {"train_agreement", c.train_agreement},
+                        {"holdout_agreement", c.holdout_agreement},
+                        {"holdout_hit_rate", c.holdout_hit_rate},
+                        {"holdout_hit_agreement", c.holdout_hit_agreement}};
+    if (c.kind == HeadKind::kLinear) {
+      w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
+      w.add_float(p + "bias", {c.classes}, c.bias);
+    } else {
+      const int64_t entries = c.entries();
+      w.add_float(p + "projection", {c.reduced, c.dim}, c.projection);
+      w.add_float(p + "keys", {entries, c.reduced}, c.keys);
+      w.add(p + "labels", DType::I32, {entries}, c.labels.data());
+      w.add_float(p + "share", {entries}, c.share);
+      j["reduced"] = c.reduced;
+      j["entries"] = entries;
+      j["neighbours"] = c.neighbours;
+    }
+    exit_meta.push_back(std::move(j));
   }
   meta["exits"] = exit_meta;
   if (memory) {
@@ -526,20 +528,19 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     const std::vector<ExitPointInfo> points = exit_points(model.net);
     for (const auto& e : meta.at("exits")) {
       ExitCache c;
-      c.exit_name = e.at("name").get<std::string>();
+      c.name = e.at("name").get<std::string>();
       // The name says where; "exit" (its id) must agree where present
       // (files from before the stem exit have "block" instead).
-      c.exit = exit_point_id(model.net, c.exit_name);
+      c.exit = exit_point_id(model.net, c.name);
       if (c.exit < 0) {
         std::string valid;
         for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
-        fail(path, ": exit '", c.exit_name, "' is not an exit point of the model (valid: ", valid, ")");
+        fail(path, ": exit '", c.name, "' is not an exit point of the model (valid: ", valid, ")");
       }
       if (e.contains("exit") && e.at("exit").get<int>() != c.exit)
-        fail(path, ": exit '", c.exit_name, "' says it is exit ", e.at("exit").get<int>(), ", the model has it at ",
-             c.exit);
+        fail(path, ": exit '", c.name, "' says it is exit ", e.at("exit").get<int>(), ", the model has it at ", c.exit);
       if (!s.exits.empty() && s.exits.back().exit >= c.exit)
-        fail(path, ": exit '", c.exit_name, "' comes after '", s.exits.back().exit_name,
+        fail(path, ": exit '", c.name, "' comes after '", s.exits.back().name,
              "'; exits must be listed once each, in the model's order");
       c.dim = e.at("dim").get<int>();
       // Files from before per-exit pooling have no "pool": global average.
@@ -547,27 +548,45 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
         try {
           c.pool = parse_pool(e.at("pool").get<std::string>());
         } catch (const Error& err) {
-          fail(path, ": exit '", c.exit_name, "': ", err.what());
+          fail(path, ": exit '", c.name, "': ", err.what());
         }
       }
+      const std::string kind = e.value("kind", std::string("learned-linear"));
+      if (kind == "learned-linear")
+        c.kind = HeadKind::kLinear;
+      else if (kind == "knn" || kind == "kmeans")
+        c.kind = head_kind(kind);
+      else
+        fail(path, ": exit '", c.name, "' has kind '", kind, "' (valid: learned-linear, knn, kmeans)");
       c.classes = e.at("classes").get<int>();
       c.threshold = e.at("threshold").get<float>();
       c.train_agreement = e.value("train_agreement", 0.0);
       c.holdout_agreement = e.value("holdout_agreement", 0.0);
       c.holdout_hit_rate = e.value("holdout_hit_rate", 0.0);
       c.holdout_hit_agreement = e.value("holdout_hit_agreement", 0.0);
-      check_pool_fits(path + ": exit '" + c.exit_name + "'", c.dim, c.pool, points[size_t(c.exit)].channels);
+      check_pool_fits(path + ": exit '" + c.name + "'", c.dim, c.pool, points[size_t(c.exit)].channels);
       if (c.classes != model.arch().num_classes)
-        fail(path, ": exit '", c.exit_name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
-      if (!(c.threshold >= 0)) fail(path, ": exit '", c.exit_name, "' has threshold ", c.threshold);
-      const std::string p = "exit." + c.exit_name + ".";
+        fail(path, ": exit '", c.name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
+      if (!(c.threshold >= 0)) fail(path, ": exit '", c.name, "' has threshold ", c.threshold);
+      const std::string p = "exit." + c.name + ".";
       c.mean = f.read_float(p + "mean", {c.dim});
       c.inv_std = f.read_float(p + "inv_std", {c.dim});
-      c.weight = f.read_float(p + "weight", {c.classes, c.dim});
-      c.bias = f.read_float(p + "bias", {c.classes});
-      for (const auto* v : {&c.mean, &c.inv_std, &c.weight, &c.bias})
-        for (float x : *v)
-          if (!std::isfinite(x)) fail(path, ": exit '", c.exit_name, "' has non-finite parameters");
+      if (c.kind == HeadKind::kLinear) {
+        c.weight = f.read_float(p + "weight", {c.classes, c.dim});
+        c.bias = f.read_float(p + "bias", {c.classes});
+      } else {
+        c.reduced = e.at("reduced").get<int>();
+        c.neighbours = e.at("neighbours").get<int>();
+        const int64_t entries = e.at("entries").get<int64_t>();
+        if (c.reduced < 1 || c.reduced > c.dim || entries < 1 || entries > (int64_t(1) << 26))
+          fail(path, ": exit '", c.name, "': reduced ", c.reduced, " (valid: 1 to dim ", c.dim, "), entries ", entries,
+               " (valid: 1 to 2^26)");
+        c.projection = f.read_float(p + "projection", {c.reduced, c.dim});
+        c.keys = f.read_float(p + "keys", {entries, c.reduced});
+        c.labels = f.read_int32(p + "labels", {entries});
+        c.share = f.read_float(p + "share", {entries});
+      }
+      check_head_spec(path + ": exit '" + c.name + "'", c);
       s.exits.push_back(std::move(c));
     }
     if (meta.contains("memory")) {

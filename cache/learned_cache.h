@@ -24,24 +24,21 @@ namespace gati {
 
 struct Model;
 
-struct ExitCache {
-  std::string exit_name;  // "stem", "layer2.1"
-  int exit = 0;           // the exit point's id (engine/plan.h exit_points)
-  PoolSpec pool;          // how the output there is pooled; dim = pool.features(channels)
-  int dim = 0, classes = 0;
-  std::vector<float> mean, inv_std;  // feature standardisation, [dim]
-  std::vector<float> weight;         // [classes, dim]
-  std::vector<float> bias;           // [classes]
-  float threshold = 2.0f;            // top softmax probability needed to hit; > 1 never hits
+// A cache model at one exit point: the head the runtime runs (a learned
+// linear predictor, or a Freeze distance head built by cache/approx_cache.h)
+// with its training record.
+struct ExitCache : ExitHeadSpec {
   // Training record (kept in the cache file's metadata).
   double train_agreement = 0, holdout_agreement = 0, holdout_hit_rate = 0, holdout_hit_agreement = 0;
 
   bool enabled() const { return threshold <= 1.0f; }
-  // Softmax probabilities for one sample's pooled features; returns the argmax.
-  // The same kernel the CPU backend's exit head runs.
-  int predict(const float* features, float* probs) const;
+  // The label for one sample's pooled features [dim] and its confidence (the
+  // top softmax probability of a linear head; Freeze's, mapped into [0, 1),
+  // of a distance head): the same kernels the CPU backend's exit head runs.
+  int predict(const float* features, float* confidence) const;
   LinearHeadView view() const;
-  ExitHeadSpec head_spec() const;
+  DistanceHeadView distance_view() const;
+  const ExitHeadSpec& head_spec() const { return *this; }
   // The inverse of head_spec (no training record).
   static ExitCache from_head_spec(const ExitHeadSpec& h);
 };

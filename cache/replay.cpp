@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cache/build.h"
+#include "engine/plan.h"
 #include "engine/profile.h"
 
 namespace gati {
@@ -49,6 +50,74 @@ double ReplayReport::latency_percentile_us(bool caches, double p) const {
   return percentile(std::move(v), p);
 }
 
+double ReplayReport::macs_mean() const {
+  double s = 0;
+  for (const RequestRecord& r : requests) s += r.macs;
+  return requests.empty() ? 0 : s / double(requests.size());
+}
+
+namespace {
+
+// What a request costs in MACs with a set of heads and a memory: the
+// network up to each exit point, each enabled head, the memory's lookup.
+struct MacsModel {
+  std::vector<double> through, head;  // [exit point]; head 0 where none is enabled
+  int memory_exit = -1;
+  double memory = 0, full = 0;
+
+  MacsModel(const Engine& engine, const CacheSet& caches, const AnswerMemory* mem) {
+    const Plan plan = make_plan(engine.model().net, 1, engine.arch().input_h, engine.arch().input_w);
+    full = double(plan.macs_per_sample);
+    std::vector<double> before_step(plan.steps.size() + 1, 0);
+    for (size_t s = 0; s < plan.steps.size(); ++s)
+      before_step[s + 1] = before_step[s] + double(plan.steps[s].macs_per_sample);
+    for (const ExitPoint& e : plan.exits) through.push_back(before_step[size_t(e.after_step) + 1]);
+    head.assign(plan.exits.size(), 0);
+    for (const ExitCache& c : caches.exits)
+      if (c.enabled()) head[size_t(c.exit)] = double(exit_head_macs(plan.exits[size_t(c.exit)].shape, c));
+    if (mem) {
+      const MemorySpec& m = mem->spec();
+      memory_exit = m.exit;
+      memory = double(exit_head_macs(plan.exits[size_t(m.exit)].shape, m.pool, m.dim, m.capacity));
+    }
+  }
+  // A request that left at `exit` (kFullModel: none), by the memory or not.
+  double cost(int exit, bool by_memory) const {
+    double spent = 0;
+    for (size_t e = 0; e < through.size(); ++e) {
+      if (int(e) == memory_exit) spent += memory;
+      if (by_memory && int(e) == exit) return through[e] + spent;
+      spent += head[e];
+      if (int(e) == exit) return through[e] + spent;
+    }
+    return full + spent;
+  }
+};
+
+size_t cache_bytes(const CacheSet& caches, const AnswerMemory* mem) {
+  size_t b = 0;
+  for (const ExitCache& c : caches.exits)
+    if (c.enabled())
+      b += 4 * (c.mean.size() + c.inv_std.size() + c.weight.size() + c.bias.size() + c.projection.size() +
+                c.keys.size() + c.labels.size() + c.share.size());
+  if (mem) b += size_t(mem->spec().capacity) * (size_t(mem->spec().dim) + 2) * 4;
+  return b;
+}
+
+std::string kinds_of(const CacheSet& caches) {
+  std::vector<std::string> k;
+  for (const ExitCache& c : caches.exits)
+    if (c.enabled() && std::find(k.begin(), k.end(), head_kind_name(c.kind)) == k.end())
+      k.push_back(head_kind_name(c.kind));
+  if (k.empty()) return "none";
+  std::sort(k.begin(), k.end());
+  std::string out;
+  for (const std::string& x : k) out += (out.empty() ? "" : "+") + x;
+  return out;
+}
+
+}  // namespace
+
 ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Dataset& test, const Trace& trace,
                           const ReplayOptions& o) {
   check_data_fits(engine, test, engine.model().path.empty() ? engine.arch().name : engine.model().path);
@@ -69,11 +138,15 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   rep.data_name = test.name;
   rep.model_arch = a.name;
   rep.batch = o.batch;
+  const MacsModel macs(engine, caches, memory.get());
+  rep.macs_full = macs.full;
+  rep.cache_bytes = cache_bytes(caches, memory.get());
+  rep.kinds = kinds_of(caches);
   const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
   std::vector<int> cache_of_exit(points.size(), -1);
   for (size_t e = 0; e < caches.exits.size(); ++e) {
     const ExitCache& c = caches.exits[e];
-    rep.exits.push_back({c.exit_name, c.enabled(), c.threshold, 0, 0});
+    rep.exits.push_back({c.name, c.enabled(), c.threshold, 0, 0});
     cache_of_exit.at(size_t(c.exit)) = int(e);
   }
   if (memory) {
@@ -114,6 +187,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.confidence = with[size_t(i)].confidence;
       r.full_label = without[size_t(i)].label;
       r.truth = test.labels[size_t(req.index)];
+      r.macs = macs.cost(r.exit, with[size_t(i)].from_memory);
       r.latency_us = us_c;
       r.full_latency_us = us_f;
       if (r.exit >= 0) {
@@ -158,7 +232,11 @@ std::string replay_json(const ReplayReport& r) {
                       {"throughput_per_s",
                        {{"caches", r.seconds_caches > 0 ? n / r.seconds_caches : 0.0},
                         {"full", r.seconds_full > 0 ? n / r.seconds_full : 0.0}}},
-                      {"speedup_mean", r.speedup_mean()}};
+                      {"speedup_mean", r.speedup_mean()},
+                      {"kinds", r.kinds},
+                      {"macs_per_request", {{"caches", r.macs_mean()}, {"full", r.macs_full}}},
+                      {"speedup_compute", r.speedup_compute()},
+                      {"cache_bytes", r.cache_bytes}};
   if (r.has_memory)
     j["memory"] = {{"name", r.memory.name},
                    {"threshold", r.memory.threshold},

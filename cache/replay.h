@@ -34,6 +34,7 @@ struct RequestRecord {
   float confidence = 0;
   int full_label = -1, truth = -1;
   double latency_us = 0, full_latency_us = 0;
+  double macs = 0;  // multiply-accumulates spent on it: the network up to where it left, and every head it passed
 };
 
 struct ExitStats {
@@ -54,6 +55,9 @@ struct ReplayReport {
   bool has_memory = false;
   ExitStats memory;  // the memory of recent answers, when used (threshold: its squared distance)
   double seconds_caches = 0, seconds_full = 0;
+  std::string kinds;       // the enabled heads' kinds, "linear", "knn+linear"; "none" without any
+  double macs_full = 0;    // per request without caches
+  size_t cache_bytes = 0;  // the enabled heads' parameters and keys, and the memory's entries
 
   int64_t hits() const;
   double hit_rate() const;
@@ -64,6 +68,9 @@ struct ReplayReport {
   double latency_mean_us(bool caches) const;
   double latency_percentile_us(bool caches, double p) const;
   double speedup_mean() const { return latency_mean_us(false) / latency_mean_us(true); }
+  double macs_mean() const;
+  // MACs without caches over MACs with them, the caches' own cost included.
+  double speedup_compute() const { return macs_full / macs_mean(); }
 };
 
 // `test` is raw [0, 1] images; the trace must have been made or loaded for it.

@@ -2,6 +2,7 @@
 #include "engine/backend.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_device.h"
@@ -15,17 +16,80 @@ ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int exits)
     const ExitHeadSpec& s = specs_[i];
     if (s.exit < 0 || s.exit >= exits) fail("exit head '", s.name, "': exit ", s.exit, " is not in the model");
     if (by_exit_[size_t(s.exit)] >= 0) fail("exit head '", s.name, "': two heads at exit ", s.exit);
-    // Every backend's kernels read dim and classes worth of each vector.
-    const size_t d = size_t(std::max(s.dim, 0)), k = size_t(std::max(s.classes, 0));
-    if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d || s.weight.size() != d * k ||
-        s.bias.size() != k)
-      fail("exit head '", s.name, "': parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
-    if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid || s.dim % s.pool.features(1) != 0)
-      fail("exit head '", s.name, "': pool grid ", s.pool.grid, (s.pool.with_max ? " with max" : ""),
-           " does not fit dim ", s.dim, " (grid 1 to ", kMaxPoolGrid, ", dim a multiple of the features per channel)");
+    // Every backend's kernels read dim, classes and entries worth of each vector.
+    check_head_spec("exit head '" + s.name + "'", s);
     by_exit_[size_t(s.exit)] = int(i);
     max_dim_ = std::max(max_dim_, s.dim);
   }
+}
+
+const ExitHeadSpec& ExitHeads::linear_spec(int head) const {
+  const ExitHeadSpec& s = specs_.at(size_t(head));
+  if (s.kind != HeadKind::kLinear) fail("exit head '", s.name, "' is a ", head_kind_name(s.kind), " head, not linear");
+  return s;
+}
+
+const ExitHeadSpec& ExitHeads::distance_spec(int head) const {
+  const ExitHeadSpec& s = specs_.at(size_t(head));
+  if (s.kind == HeadKind::kLinear) fail("exit head '", s.name, "' is a linear head, not a distance head");
+  return s;
+}
+
+const char* head_kind_name(HeadKind kind) {
+  switch (kind) {
+    case HeadKind::kLinear:
+      return "linear";
+    case HeadKind::kKnn:
+      return "knn";
+    case HeadKind::kKmeans:
+      return "kmeans";
+  }
+  return "?";
+}
+
+HeadKind head_kind(const std::string& name) {
+  for (HeadKind k : {HeadKind::kLinear, HeadKind::kKnn, HeadKind::kKmeans})
+    if (name == head_kind_name(k)) return k;
+  fail("cache kind '", name, "' (valid: linear, knn, kmeans)");
+}
+
+void check_head_spec(const std::string& what, const ExitHeadSpec& s) {
+  const size_t d = size_t(std::max(s.dim, 0)), k = size_t(std::max(s.classes, 0));
+  if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d)
+    fail(what, ": parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+  if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid || s.dim % s.pool.features(1) != 0)
+    fail(what, ": pool grid ", s.pool.grid, (s.pool.with_max ? " with max" : ""), " does not fit dim ", s.dim,
+         " (grid 1 to ", kMaxPoolGrid, ", dim a multiple of the features per channel)");
+  auto finite = [&](const std::vector<float>& v, const char* name) {
+    for (size_t j = 0; j < v.size(); ++j)
+      if (!std::isfinite(v[j])) fail(what, ": ", name, "[", j, "] is not finite");
+  };
+  finite(s.mean, "mean");
+  finite(s.inv_std, "inv_std");
+  if (s.kind == HeadKind::kLinear) {
+    if (s.weight.size() != d * k || s.bias.size() != k)
+      fail(what, ": parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+    finite(s.weight, "weight");
+    finite(s.bias, "bias");
+  } else {
+    const size_t r = size_t(std::max(s.reduced, 0)), e = s.labels.size();
+    if (s.reduced < 1 || s.reduced > s.dim || e < 1 || s.projection.size() != r * d || s.keys.size() != e * r ||
+        s.share.size() != e)
+      fail(what, ": ", head_kind_name(s.kind), " sizes do not match (dim ", s.dim, ", reduced ", s.reduced, ", ", e,
+           " entries: projection ", s.projection.size(), ", keys ", s.keys.size(), ", shares ", s.share.size(),
+           "; reduced must be in [1, dim] and entries >= 1)");
+    if (s.neighbours < 1 || s.neighbours > kMaxNeighbours)
+      fail(what, ": ", s.neighbours, " neighbours (valid: 1 to ", kMaxNeighbours, ")");
+    finite(s.projection, "projection");
+    finite(s.keys, "keys");
+    for (size_t j = 0; j < e; ++j) {
+      if (s.labels[j] < 0 || s.labels[j] >= s.classes)
+        fail(what, ": entry ", j, " has label ", s.labels[j], ", not one of the ", s.classes, " classes");
+      if (!(s.share[j] > 0.f && s.share[j] <= 1.f))
+        fail(what, ": entry ", j, " has share ", s.share[j], " (must be in (0, 1])");
+    }
+  }
+  if (!(s.threshold >= 0)) fail(what, ": threshold ", s.threshold, " must be >= 0");
 }
 
 std::string pool_name(const PoolSpec& pool) {

@@ -45,19 +45,40 @@ class Buffer {
   float* floats() { return static_cast<float*>(data()); }
 };
 
-// One learned linear cache model at exit point `exit` (engine/plan.h: 0 is
-// the stem, then one per residual block), in host memory, as the runtime
-// hands it to a backend.
+// One cache model at exit point `exit` (engine/plan.h: 0 is the stem, then
+// one per residual block), in host memory, as the runtime hands it to a
+// backend: a learned linear predictor (GATI) or a distance head (Freeze's
+// k-NN or k-means; kernels/exit_state.h, DistanceHeadView, has the math).
 struct ExitHeadSpec {
   int exit = 0;
-  std::string name;                  // the exit point's name, "stem", "layer2.1"
+  std::string name;  // the exit point's name, "stem", "layer2.1"
+  HeadKind kind = HeadKind::kLinear;
   PoolSpec pool;                     // how the output there becomes the features
   int dim = 0, classes = 0;          // dim = pool.features(the output's channels)
   std::vector<float> mean, inv_std;  // [dim]
-  std::vector<float> weight;         // [classes, dim]
-  std::vector<float> bias;           // [classes]
-  float threshold = 2.0f;            // top softmax probability needed to hit; > 1 never hits
+  // kLinear
+  std::vector<float> weight;  // [classes, dim]
+  std::vector<float> bias;    // [classes]
+  // kKnn, kKmeans
+  int reduced = 0, neighbours = 1;
+  std::vector<float> projection;  // [reduced, dim]
+  std::vector<float> keys;        // [entries, reduced]
+  std::vector<int32_t> labels;    // [entries]
+  std::vector<float> share;       // [entries]
+  int entries() const { return int(labels.size()); }
+  float threshold = 2.0f;  // confidence needed to hit; > 1 never hits
 };
+
+// "linear", "knn", "kmeans"; head_kind is the inverse and its errors list
+// the valid names.
+const char* head_kind_name(HeadKind kind);
+HeadKind head_kind(const std::string& name);
+
+// Throws "<what>: ..." unless the spec's vectors have the sizes its dims
+// say, its pooling is valid, its distance-head labels are classes and its
+// shares in (0, 1], and every value is finite: the one check for heads
+// handed to a backend and heads read from a cache file.
+void check_head_spec(const std::string& what, const ExitHeadSpec& spec);
 
 // A pooling's name: "avg" (global average), "mix" (global average and max),
 // "avg4x4", "mix2x2" (a grid of cells); parse_pool is its inverse and its
@@ -72,13 +93,18 @@ class ExitHeads {
   const std::vector<ExitHeadSpec>& specs() const { return specs_; }
   // Index into specs() of the head at exit point `exit`, or -1.
   int for_exit(int exit) const { return exit >= 0 && size_t(exit) < by_exit_.size() ? by_exit_[size_t(exit)] : -1; }
-  // The head's parameters in backend memory.
+  // The head's parameters in backend memory (view: a kLinear head;
+  // distance_view: a kKnn or kKmeans head).
   virtual LinearHeadView view(int head) const = 0;
+  virtual DistanceHeadView distance_view(int head) const = 0;
   // The widest head's features (sizes the pooled-features scratch).
   int max_dim() const { return max_dim_; }
 
  protected:
   ExitHeads(std::vector<ExitHeadSpec> specs, int exits);
+  // The spec of `head`, which must be of the kind the view wants.
+  const ExitHeadSpec& linear_spec(int head) const;
+  const ExitHeadSpec& distance_spec(int head) const;
   std::vector<ExitHeadSpec> specs_;
   std::vector<int> by_exit_;
   int max_dim_ = 0;
@@ -95,6 +121,12 @@ void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int
 // activation read once (twice with max), then dim x classes MACs of scores.
 inline int64_t exit_head_macs(const Act& shape, const PoolSpec& pool, int dim, int classes) {
   return int64_t(shape.per_sample()) * (pool.with_max ? 2 : 1) + int64_t(dim) * classes;
+}
+// The same for any head: a distance head's projection (dim x reduced) and
+// distances to its keys (entries x reduced) in place of the scores.
+inline int64_t exit_head_macs(const Act& shape, const ExitHeadSpec& s) {
+  if (s.kind == HeadKind::kLinear) return exit_head_macs(shape, s.pool, s.dim, s.classes);
+  return exit_head_macs(shape, s.pool, s.dim, s.reduced) + int64_t(s.entries()) * s.reduced;
 }
 
 class BackendContext {

@@ -85,10 +85,7 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
     check_pool_fits("exit head '" + p.name + "'", s.dim, s.pool, p.channels);
     if (s.classes != arch().num_classes)
       fail("exit head '", p.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
-    for (const auto* v : {&s.mean, &s.inv_std, &s.weight, &s.bias})
-      for (float x : *v)
-        if (!std::isfinite(x)) fail("exit head '", p.name, "': non-finite parameter");
-    if (!(s.threshold >= 0)) fail("exit head '", p.name, "': threshold ", s.threshold, " must be >= 0");
+    check_head_spec("exit head '" + p.name + "'", s);
   }
   return device_->upload_exit_heads(std::move(specs));
 }

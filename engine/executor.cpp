@@ -125,8 +125,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
                    exit_pooled(opts.heads->max_dim()));
     if (opts.timings) ctx_.range_pop();
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
-    mark(e.name + ".exit", "exit", e.block,
-         int64_t(alive) * exit_head_macs(e.shape, spec.pool, spec.dim, spec.classes));
+    mark(e.name + ".exit", "exit", e.block, int64_t(alive) * exit_head_macs(e.shape, spec));
     compact(e.name + ".compact");
   }
   if (!finished_early) {

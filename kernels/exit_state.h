@@ -96,6 +96,38 @@ struct LinearHeadView {
   PoolSpec pool;
 };
 
+// Which cache model an exit head runs: GATI's learned linear predictor, or
+// one of Freeze's approximate caches (k nearest stored training samples, or
+// the nearest k-means centroid).
+enum class HeadKind : int32_t { kLinear = 0, kKnn = 1, kKmeans = 2 };
+// Neighbours a distance head may vote with (the CUDA kernel keeps them in
+// registers).
+constexpr int kMaxNeighbours = 16;
+
+// An approximate cache at one exit (Freeze Inference): stored keys with the
+// full model's labels, looked up by distance.  A row's key is its pooled
+// features standardised, (pooled - mean) * inv_std, then reduced to
+// `reduced` dimensions by `projection` (y[r] = projection[r] . x, a PCA
+// basis: Freeze's dimension reduction).  The `neighbours` nearest keys (k;
+// squared distance, the lowest index on ties) vote: label i with m_i of the
+// k and distances d_j scores C_i = (m_i / k) * sum_j share_j / d_j (Freeze's
+// confidence; share is 1 for k-NN keys, a centroid's majority share for
+// k-means, where k = 1 gives Freeze's share / distance).  The best label
+// (the lowest on ties) answers, with confidence C / (1 + C), which maps
+// Freeze's unbounded score monotonically into [0, 1) so that one threshold
+// rule holds for every kind: hit when confidence >= threshold, > 1 never.
+struct DistanceHeadView {
+  int dim = 0, reduced = 0, entries = 0, neighbours = 1, classes = 0;
+  PoolSpec pool;
+  const float* mean = nullptr;        // [dim]
+  const float* inv_std = nullptr;     // [dim]
+  const float* projection = nullptr;  // [reduced, dim]
+  const float* keys = nullptr;        // [entries, reduced]
+  const int32_t* labels = nullptr;    // [entries], in [0, classes)
+  const float* share = nullptr;       // [entries], in (0, 1]
+  float threshold = 2.0f;             // > 1 never hits
+};
+
 // The same model with writable parameters and its momentum buffer, for the
 // SGD update (offline training and online updates from served traffic).
 struct LinearHeadMut {

@@ -7,6 +7,7 @@
 // SGD step, at batch 1, 3 and 8, random data, tolerance abs + rel*|ref|.
 // Every output buffer has sentinel zones before and after it that no op may
 // touch.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -573,6 +574,145 @@ TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
     EXPECT_EQ(hs.st.label[i], best) << "row " << i;
     EXPECT_NEAR(hs.st.confidence[i], 1 / sum, 1e-4) << "row " << i;
   }
+}
+
+// Freeze's distance heads (k-NN with k = 5, and with more neighbours than
+// keys; k-means with shares and k = 1) against a double-precision
+// reference: pool, standardise, project, every distance, sort by (distance,
+// index), vote.  Thresholds between the reference confidences, so some rows
+// hit and some do not.
+TEST_P(BackendOps, DistanceHeadMatchesTheReference) {
+  struct Case {
+    HeadKind kind;
+    int entries, neighbours;
+    const char* pool;
+  };
+  const int n = 4, h = 28, c = 128, classes = 10, reduced = 24;
+  for (const Case& k : {Case{HeadKind::kKnn, 300, 5, "avg2x2"}, Case{HeadKind::kKnn, 3, 5, "mix"},
+                        Case{HeadKind::kKmeans, 200, 1, "mix2x2"}}) {
+    SCOPED_TRACE(std::string(head_kind_name(k.kind)) + " " + std::to_string(k.entries) + " entries, " + k.pool);
+    ExitHeadSpec spec;
+    spec.exit = 1;
+    spec.name = "layer2.0";
+    spec.kind = k.kind;
+    spec.pool = parse_pool(k.pool);
+    spec.dim = spec.pool.features(c);
+    spec.classes = classes;
+    spec.reduced = reduced;
+    spec.neighbours = k.neighbours;
+    spec.mean = random_floats(size_t(spec.dim), 81, 0.3f);
+    spec.inv_std = random_floats(size_t(spec.dim), 82, 0.3f);
+    for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
+    spec.projection = random_floats(size_t(reduced) * size_t(spec.dim), 83, 0.1f);
+    spec.keys = random_floats(size_t(k.entries) * size_t(reduced), 84, 1.0f);
+    const std::vector<float> u = random_floats(size_t(2 * k.entries), 85);
+    for (int j = 0; j < k.entries; ++j) {
+      spec.labels.push_back(int32_t(std::abs(u[size_t(2 * j)]) * 997) % classes);
+      spec.share.push_back(k.kind == HeadKind::kKnn ? 1.f
+                                                    : 0.2f + 0.8f * std::fmod(std::abs(u[size_t(2 * j + 1)]), 1.f));
+    }
+    const size_t per = size_t(h) * size_t(h) * size_t(c);
+    const std::vector<float> x = random_floats(size_t(n) * per, 86, 2.0f);
+    const std::vector<double> ref = reference_pool(x, n, h, h, c, spec.pool);
+
+    std::vector<int> want_label(n);
+    std::vector<double> want_conf(n);
+    for (int i = 0; i < n; ++i) {
+      std::vector<double> xs(size_t(spec.dim)), y(size_t(reduced), 0.0);
+      for (int d = 0; d < spec.dim; ++d)
+        xs[size_t(d)] = (ref[size_t(i * spec.dim + d)] - spec.mean[size_t(d)]) * spec.inv_std[size_t(d)];
+      for (int r = 0; r < reduced; ++r)
+        for (int d = 0; d < spec.dim; ++d) y[size_t(r)] += spec.projection[size_t(r * spec.dim + d)] * xs[size_t(d)];
+      std::vector<std::pair<double, int>> dist;
+      for (int j = 0; j < k.entries; ++j) {
+        double s2 = 0;
+        for (int r = 0; r < reduced; ++r) s2 += std::pow(y[size_t(r)] - spec.keys[size_t(j * reduced + r)], 2);
+        dist.push_back({s2, j});
+      }
+      std::sort(dist.begin(), dist.end());
+      const int kk = std::min(k.neighbours, k.entries);
+      std::vector<double> score(classes, 0.0);
+      std::vector<int> count(classes, 0);
+      for (int j = 0; j < kk; ++j) {
+        const int e = dist[size_t(j)].second;
+        count[size_t(spec.labels[size_t(e)])]++;
+        score[size_t(spec.labels[size_t(e)])] += spec.share[size_t(e)] / std::sqrt(dist[size_t(j)].first);
+      }
+      double best = -1;
+      for (int l = 0; l < classes; ++l) {
+        const double cl = double(count[size_t(l)]) / kk * score[size_t(l)];
+        if (count[size_t(l)] > 0 && cl > best) {
+          best = cl;
+          want_label[size_t(i)] = l;
+        }
+      }
+      want_conf[size_t(i)] = best / (1 + best);
+    }
+    std::vector<double> sorted = want_conf;
+    std::sort(sorted.begin(), sorted.end());
+    spec.threshold = float(0.5 * (sorted[1] + sorted[2]));  // the two most confident rows hit
+
+    const auto heads = device_->upload_exit_heads({spec});
+    HostState hs(*ctx_, n, classes);
+    ctx_->begin_exits(hs.st, n, classes);
+    Guarded act(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * spec.dim));
+    act.upload(x);
+    ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 1, hs.st, 0, pooled_buf.data());
+    ctx_->synchronize();
+    const std::vector<float> pooled = pooled_buf.download();
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(pooled[i], ref[i], 1e-4 + 1e-4 * std::abs(ref[i])) << i;
+    int hits = 0;
+    for (int i = 0; i < n; ++i) {
+      SCOPED_TRACE("row " + std::to_string(i));
+      const bool want_hit = want_conf[size_t(i)] >= spec.threshold;
+      hits += want_hit;
+      EXPECT_EQ(hs.st.hit[i], want_hit ? 1 : 0);
+      if (!want_hit) {
+        EXPECT_EQ(hs.st.exit[i], kStillRunning);
+        continue;
+      }
+      EXPECT_EQ(hs.st.exit[i], 1);
+      EXPECT_EQ(hs.st.label[i], want_label[size_t(i)]);
+      EXPECT_NEAR(hs.st.confidence[i], want_conf[size_t(i)], 1e-5 + 1e-4 * want_conf[size_t(i)]);
+    }
+    EXPECT_EQ(hits, 2);
+  }
+}
+
+TEST_P(BackendOps, DistanceHeadsWithBadEntriesAreRefused) {
+  ExitHeadSpec spec;
+  spec.exit = 1;
+  spec.name = "layer2.0";
+  spec.kind = HeadKind::kKnn;
+  spec.dim = 128;
+  spec.classes = 10;
+  spec.reduced = 4;
+  spec.neighbours = 3;
+  spec.mean.assign(128, 0.f);
+  spec.inv_std.assign(128, 1.f);
+  spec.projection.assign(4 * 128, 0.1f);
+  spec.keys.assign(2 * 4, 0.5f);
+  spec.labels = {1, 2};
+  spec.share = {1.f, 1.f};
+  EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
+  auto bad = spec;
+  bad.labels[1] = 10;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({bad}), "entry 1 has label 10, not one of the 10 classes");
+  bad = spec;
+  bad.share[0] = 1.5f;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({bad}), "entry 0 has share 1.5");
+  bad = spec;
+  bad.keys.pop_back();
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({bad}), "knn sizes do not match");
+  bad = spec;
+  bad.neighbours = kMaxNeighbours + 1;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({bad}), "17 neighbours (valid: 1 to 16)");
+  bad = spec;
+  bad.keys[3] = NAN;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({bad}), "keys[3] is not finite");
+  // A linear view of a distance head is a programming error, and says so.
+  const auto heads = device_->upload_exit_heads({spec});
+  EXPECT_GATI_ERROR(heads->view(0), "is a knn head, not linear");
 }
 
 TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {

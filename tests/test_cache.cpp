@@ -1,10 +1,14 @@
 // Learned caches and request traces: training lowers the loss, calibration
 // meets its target, the SGD guard refuses non-finite steps, cache files and
 // traces round-trip and reject damage, traces are reproducible by seed.
+#include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "cache/approx_cache.h"
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
 #include "loaders/trace.h"
@@ -34,7 +38,7 @@ void blobs(int n, int dim, int classes, uint32_t seed, std::vector<float>& x, st
 
 ExitCache fresh(int dim, int classes) {
   ExitCache c;
-  c.exit_name = "layer1.0";
+  c.name = "layer1.0";
   c.dim = dim;
   c.classes = classes;
   return c;
@@ -49,9 +53,9 @@ TEST(LearnedCache, TrainingLowersLossAndReportsAgreement) {
   ASSERT_EQ(loss.size(), 10u);
   EXPECT_LT(loss.back(), 0.5 * loss.front());
   // The reported agreement is what predict() gives on the training data.
-  std::vector<float> p(5);
   int agree = 0;
-  for (int i = 0; i < 2000; ++i) agree += c.predict(x.data() + i * 16, p.data()) == y[size_t(i)];
+  float conf;
+  for (int i = 0; i < 2000; ++i) agree += c.predict(x.data() + i * 16, &conf) == y[size_t(i)];
   EXPECT_DOUBLE_EQ(c.train_agreement, agree / 2000.0);
   EXPECT_GT(c.train_agreement, 0.8);
 }
@@ -69,11 +73,11 @@ TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {
   EXPECT_GE(caches[0].holdout_hit_agreement, 0.98);
   EXPECT_GT(caches[0].holdout_hit_rate, 0.2);
   // On a third sample the hits still agree at about the target.
-  std::vector<float> p(5);
   int hits = 0, agree = 0;
   for (int i = 0; i < 3000; ++i) {
-    const int pred = caches[0].predict(xt.data() + i * 16, p.data());
-    if (p[size_t(pred)] >= caches[0].threshold) {
+    float conf;
+    const int pred = caches[0].predict(xt.data() + i * 16, &conf);
+    if (conf >= caches[0].threshold) {
       hits++;
       agree += pred == yt[size_t(i)];
     }
@@ -130,7 +134,6 @@ std::pair<double, double> run_cascade(const std::vector<ExitCache>& caches, cons
   const size_t n = data.labels.size();
   int agree = 0;
   double cost = 0;
-  std::vector<float> p(size_t(caches[0].classes));
   for (size_t i = 0; i < n; ++i) {
     double heads = 0;
     size_t e = 0;
@@ -138,8 +141,9 @@ std::pair<double, double> run_cascade(const std::vector<ExitCache>& caches, cons
     for (; e < caches.size(); ++e) {
       if (!caches[e].enabled()) continue;
       heads += costs.head[e];
-      pred = caches[e].predict(data.features[e].data() + i * size_t(caches[e].dim), p.data());
-      if (p[size_t(pred)] >= caches[e].threshold) break;
+      float conf;
+      pred = caches[e].predict(data.features[e].data() + i * size_t(caches[e].dim), &conf);
+      if (conf >= caches[e].threshold) break;
     }
     const bool exited = e < caches.size();
     agree += !exited || pred == data.labels[i];
@@ -153,7 +157,7 @@ std::vector<ExitCache> trained_cascade(const std::vector<int>& dims, int classes
   std::vector<ExitCache> caches;
   for (size_t e = 0; e < dims.size(); ++e) {
     caches.push_back(fresh(dims[e], classes));
-    caches.back().exit_name = "exit" + std::to_string(e);
+    caches.back().name = "exit" + std::to_string(e);
     caches.back().exit = int(e);
     train_exit_cache(caches.back(), train.features[e], train.labels, SgdOptions{});
   }
@@ -212,11 +216,11 @@ TEST(LearnedCache, CascadeCalibrationEqualsTheBruteForceOptimum) {
         calibrate_cascade(searched, hold.features, hold.labels, 0.95, ThresholdRule::kTarget, costs, {}, 1);
     // Every threshold pair: closed, or each confidence the exit sees.
     std::vector<std::vector<float>> options(dims.size(), std::vector<float>{2.0f});
-    std::vector<float> p(4);
     for (size_t e = 0; e < dims.size(); ++e)
       for (size_t i = 0; i < hold.labels.size(); ++i) {
-        const int pred = trained[e].predict(hold.features[e].data() + i * size_t(dims[e]), p.data());
-        options[e].push_back(p[size_t(pred)]);
+        float conf;
+        trained[e].predict(hold.features[e].data() + i * size_t(dims[e]), &conf);
+        options[e].push_back(conf);
       }
     double best = costs.full;
     std::vector<ExitCache> trial = trained;
@@ -365,7 +369,7 @@ TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
   CacheSet bad = set;
   bad.exits[1].pool.grid = 12;  // written as "avg12x12"
   bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].exit_name + "': pooling 'avg12x12'");
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].name + "': pooling 'avg12x12'");
   bad = set;
   bad.exits[0].pool = parse_pool("avg");  // the file's tensors are mix4x4-sized
   bad.save(path);
@@ -480,7 +484,7 @@ TEST(CacheFiles, NameTheirExitPoints) {
   set.model_arch = m.arch().name;
   set.model_fingerprint = fingerprint(m);
   for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
-  ASSERT_EQ(set.exits[0].exit_name, "stem");
+  ASSERT_EQ(set.exits[0].name, "stem");
   const auto dir = test::scratch_dir("cache_names");
   const std::string path = (dir / "c.safetensors").string();
 
@@ -495,7 +499,7 @@ TEST(CacheFiles, NameTheirExitPoints) {
   SafeTensorsWriter w;
   for (size_t e = 1; e < set.exits.size(); ++e) {
     const ExitCache& c = set.exits[e];
-    const std::string p = "exit." + c.exit_name + ".";
+    const std::string p = "exit." + c.name + ".";
     w.add_float(p + "mean", {c.dim}, c.mean);
     w.add_float(p + "inv_std", {c.dim}, c.inv_std);
     w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
@@ -510,9 +514,9 @@ TEST(CacheFiles, NameTheirExitPoints) {
   CacheSet bad = set;
   bad.exits[1].exit = 3;
   bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].exit_name + "' says it is exit 3");
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].name + "' says it is exit 3");
   bad = set;
-  bad.exits[2].exit_name = "layer9.0";
+  bad.exits[2].name = "layer9.0";
   bad.save(path);
   EXPECT_GATI_ERROR(CacheSet::load(path, m),
                     "exit 'layer9.0' is not an exit point of the model (valid: stem, layer1.0");
@@ -520,6 +524,249 @@ TEST(CacheFiles, NameTheirExitPoints) {
   std::swap(bad.exits[0], bad.exits[1]);
   bad.save(path);
   EXPECT_GATI_ERROR(CacheSet::load(path, m), "in the model's order");
+  std::filesystem::remove_all(dir);
+}
+
+// ---- Freeze's approximate caches ----------------------------------------------------
+
+ExitCache fresh_approx(HeadKind kind, int dim, int classes, std::vector<float>& x, std::vector<int>& y,
+                       ApproxOptions o = {}) {
+  ExitCache c = fresh(dim, classes);
+  o.kind = kind;
+  build_approx_cache(c, x, y, o);
+  return c;
+}
+
+// The projection's rows are orthonormal and span the directions of largest
+// variance: data with three strong directions keeps them in three dimensions.
+TEST(ApproxCache, ProjectionIsOrthonormalAndKeepsTheLargestVariance) {
+  const int n = 3000, dim = 40, r = 3;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<float> dirs(size_t(r * dim)), x(size_t(n * dim));
+  for (float& v : dirs) v = g(rng);
+  for (int i = 0; i < n; ++i) {
+    const float a[3] = {10 * g(rng), 7 * g(rng), 5 * g(rng)};
+    for (int d = 0; d < dim; ++d)
+      x[size_t(i * dim + d)] =
+          a[0] * dirs[size_t(d)] + a[1] * dirs[size_t(dim + d)] + a[2] * dirs[size_t(2 * dim + d)] + 0.1f * g(rng);
+  }
+  const std::vector<float> p = fit_projection(x.data(), size_t(n), dim, r, 1);
+  ASSERT_EQ(p.size(), size_t(r * dim));
+  for (int a = 0; a < r; ++a)
+    for (int b = 0; b < r; ++b) {
+      double dot = 0;
+      for (int d = 0; d < dim; ++d) dot += double(p[size_t(a * dim + d)]) * p[size_t(b * dim + d)];
+      EXPECT_NEAR(dot, a == b ? 1.0 : 0.0, 1e-4) << a << "," << b;
+    }
+  double total = 0, kept = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int d = 0; d < dim; ++d) total += double(x[size_t(i * dim + d)]) * x[size_t(i * dim + d)];
+    for (int a = 0; a < r; ++a) {
+      double t = 0;
+      for (int d = 0; d < dim; ++d) t += double(p[size_t(a * dim + d)]) * x[size_t(i * dim + d)];
+      kept += t * t;
+    }
+  }
+  EXPECT_GT(kept / total, 0.999);
+  EXPECT_GATI_ERROR(fit_projection(x.data(), size_t(n), dim, dim + 1, 1), "into 41 dimensions");
+}
+
+// k-NN answers as a brute force in double over the same keys: every
+// distance, sorted by (distance, index), Freeze's vote.
+TEST(ApproxCache, KnnEqualsBruteForce) {
+  std::vector<float> x, xt;
+  std::vector<int> y, yt;
+  blobs(3000, 16, 5, 11, x, y);
+  blobs(300, 16, 5, 12, xt, yt);
+  ApproxOptions o;
+  o.reduced = 8;
+  o.knn_entries = 700;
+  o.neighbours = 7;
+  const ExitCache c = fresh_approx(HeadKind::kKnn, 16, 5, x, y, o);
+  ASSERT_EQ(c.entries(), 700);
+  ASSERT_EQ(c.reduced, 8);
+  for (float s : c.share) ASSERT_EQ(s, 1.f);
+  int agree_truth = 0;
+  for (int i = 0; i < 300; ++i) {
+    const float* q = xt.data() + i * 16;
+    std::vector<double> yq(8, 0.0);
+    for (int r = 0; r < 8; ++r)
+      for (int d = 0; d < 16; ++d)
+        yq[size_t(r)] += double(c.projection[size_t(r * 16 + d)]) * ((q[d] - c.mean[size_t(d)]) * c.inv_std[size_t(d)]);
+    std::vector<std::pair<double, int>> dist;
+    for (int j = 0; j < c.entries(); ++j) {
+      double s2 = 0;
+      for (int r = 0; r < 8; ++r) s2 += std::pow(yq[size_t(r)] - c.keys[size_t(j * 8 + r)], 2);
+      dist.push_back({s2, j});
+    }
+    std::sort(dist.begin(), dist.end());
+    std::vector<double> score(5, 0.0);
+    std::vector<int> count(5, 0);
+    for (int j = 0; j < 7; ++j) {
+      const int label = c.labels[size_t(dist[size_t(j)].second)];
+      ++count[size_t(label)];
+      score[size_t(label)] += 1.0 / std::sqrt(dist[size_t(j)].first);
+    }
+    int want = -1;
+    double best = -1;
+    for (int l = 0; l < 5; ++l)
+      if (count[size_t(l)] && double(count[size_t(l)]) / 7 * score[size_t(l)] > best) {
+        best = double(count[size_t(l)]) / 7 * score[size_t(l)];
+        want = l;
+      }
+    float conf;
+    const int got = c.predict(q, &conf);
+    ASSERT_EQ(got, want) << "sample " << i;
+    ASSERT_NEAR(conf, best / (1 + best), 1e-5) << "sample " << i;
+    agree_truth += got == yt[size_t(i)];
+  }
+  EXPECT_GT(agree_truth, 200);  // the blobs overlap; a k-NN still beats chance (60) by far
+}
+
+// Lloyd's k-means: every centroid is the mean of the points assigned to it.
+TEST(ApproxCache, KmeansCentroidsAreTheMeansOfTheirPoints) {
+  std::vector<float> x;
+  std::vector<int> y;
+  blobs(2000, 6, 4, 21, x, y);
+  std::vector<int> assign;
+  const std::vector<float> cent = kmeans(x.data(), 2000, 6, 12, 10, 3, &assign);
+  ASSERT_EQ(cent.size(), size_t(12 * 6));
+  std::vector<double> sum(12 * 6, 0.0);
+  std::vector<int> count(12, 0);
+  for (int i = 0; i < 2000; ++i) {
+    ASSERT_GE(assign[size_t(i)], 0);
+    ASSERT_LT(assign[size_t(i)], 12);
+    ++count[size_t(assign[size_t(i)])];
+    for (int d = 0; d < 6; ++d) sum[size_t(assign[size_t(i)] * 6 + d)] += x[size_t(i * 6 + d)];
+  }
+  for (int k = 0; k < 12; ++k) {
+    ASSERT_GT(count[size_t(k)], 0) << "cluster " << k;
+    for (int d = 0; d < 6; ++d)
+      EXPECT_NEAR(cent[size_t(k * 6 + d)], sum[size_t(k * 6 + d)] / count[size_t(k)], 1e-4) << k << "," << d;
+  }
+  // Fewer points than clusters: one centroid per point.
+  EXPECT_EQ(kmeans(x.data(), 5, 6, 12, 3, 1, &assign).size(), size_t(5 * 6));
+}
+
+// k-means entries carry their members' majority label and its share: on
+// blobs far apart every cluster is pure (share 1) and answers its blob's
+// label; on overlapping blobs shares fall below 1 and stay in (0, 1].
+TEST(ApproxCache, KmeansEntriesCarryTheMajorityLabelAndItsShare) {
+  std::vector<float> x, xt;
+  std::vector<int> y, yt;
+  blobs(3000, 8, 4, 31, x, y);
+  blobs(400, 8, 4, 32, xt, yt);
+  ApproxOptions o;
+  o.reduced = 8;
+  o.centroids = 40;
+  const ExitCache mixed = fresh_approx(HeadKind::kKmeans, 8, 4, x, y, o);
+  EXPECT_LE(mixed.entries(), 40);
+  EXPECT_EQ(mixed.neighbours, 1);
+  double least = 1;
+  for (size_t j = 0; j < mixed.share.size(); ++j) {
+    EXPECT_GT(mixed.share[j], 0.f);
+    EXPECT_LE(mixed.share[j], 1.f);
+    least = std::min(least, double(mixed.share[j]));
+  }
+  EXPECT_LT(least, 1.0);
+  // Far apart: scale the blobs' spread down.
+  std::vector<float> tight(x.size()), tight_t(xt.size());
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g;
+  std::vector<float> centre(4 * 8);
+  for (float& v : centre) v = 20 * g(rng);
+  for (size_t i = 0; i < y.size(); ++i)
+    for (int d = 0; d < 8; ++d) tight[i * 8 + size_t(d)] = centre[size_t(y[i] * 8 + d)] + 0.1f * g(rng);
+  for (size_t i = 0; i < yt.size(); ++i)
+    for (int d = 0; d < 8; ++d) tight_t[i * 8 + size_t(d)] = centre[size_t(yt[i] * 8 + d)] + 0.1f * g(rng);
+  const ExitCache pure = fresh_approx(HeadKind::kKmeans, 8, 4, tight, y, o);
+  for (float s : pure.share) EXPECT_EQ(s, 1.f);
+  for (size_t i = 0; i < yt.size(); ++i) {
+    float conf;
+    EXPECT_EQ(pure.predict(tight_t.data() + i * 8, &conf), yt[i]) << "sample " << i;
+  }
+}
+
+// Distance heads round-trip through cache files; damaged entries, sizes and
+// kinds are refused with the exit and what is wrong.
+TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  ASSERT_GE(set.exits.size(), 3u);
+  const HeadKind kinds[2] = {HeadKind::kKnn, HeadKind::kKmeans};
+  for (int e = 0; e < 2; ++e) {
+    ExitCache& c = set.exits[size_t(e)];
+    std::vector<float> x = test::random_floats(size_t(200 * c.dim), uint32_t(40 + e));
+    std::vector<int> y(200);
+    for (int i = 0; i < 200; ++i) y[size_t(i)] = i % c.classes;
+    ApproxOptions o;
+    o.kind = kinds[e];
+    o.reduced = 4;
+    o.centroids = 16;
+    build_approx_cache(c, x, y, o);
+    c.threshold = 0.5f;
+  }
+  const auto dir = test::scratch_dir("cache_distance");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  const CacheSet back = CacheSet::load(path, m);
+  ASSERT_EQ(back.exits.size(), set.exits.size());
+  for (size_t e = 0; e < set.exits.size(); ++e) {
+    const ExitCache &a = set.exits[e], &b = back.exits[e];
+    EXPECT_EQ(a.kind, b.kind);
+    EXPECT_EQ(a.reduced, b.reduced);
+    EXPECT_EQ(a.neighbours, b.neighbours);
+    EXPECT_EQ(a.projection, b.projection);
+    EXPECT_EQ(a.keys, b.keys);
+    EXPECT_EQ(a.labels, b.labels);
+    EXPECT_EQ(a.share, b.share);
+    EXPECT_EQ(a.weight, b.weight);
+  }
+  EXPECT_EQ(back.exits[0].kind, HeadKind::kKnn);
+  EXPECT_EQ(back.exits[1].kind, HeadKind::kKmeans);
+  EXPECT_EQ(back.exits[2].kind, HeadKind::kLinear);
+
+  CacheSet bad = set;
+  bad.exits[0].labels[3] = 99;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit 'stem': entry 3 has label 99");
+  bad = set;
+  bad.exits[1].share[0] = 0.f;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "entry 0 has share 0");
+  bad = set;
+  bad.exits[0].keys[5] = NAN;
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "keys[5] is not finite");
+
+  // The metadata disagrees with the tensors, or names a kind nobody knows.
+  set.save(path);
+  auto rewrite = [&](const std::function<void(nlohmann::json&)>& edit) {
+    const SafeTensorsFile f = SafeTensorsFile::open(path);
+    nlohmann::json meta = nlohmann::json::parse(f.metadata_at("gati.caches"));
+    edit(meta);
+    SafeTensorsWriter w;
+    for (const std::string& name : f.names()) {
+      const TensorInfo& t = f.info(name);
+      w.add(name, t.dtype, t.shape, f.raw(name));
+    }
+    w.set_metadata("gati.caches", meta.dump());
+    const std::string out = (dir / "edited.safetensors").string();
+    w.write(out);
+    return out;
+  };
+  EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["kind"] = "faiss"; }), m),
+                    "kind 'faiss' (valid: learned-linear, knn, kmeans)");
+  EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["entries"] = 7; }), m),
+                    "exit.stem.keys: expected shape [7,4]");
+  EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][1]["reduced"] = 0; }), m),
+                    "reduced 0 (valid: 1 to dim");
+  EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["neighbours"] = 40; }), m),
+                    "40 neighbours (valid: 1 to 16)");
   std::filesystem::remove_all(dir);
 }
 

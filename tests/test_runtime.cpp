@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/memory_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
@@ -69,6 +70,48 @@ LinearHeadView view_of(const ExitHeadSpec& s) {
   return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
 }
 
+// The CPU oracle of any head on one row of pooled features.
+int predict(const ExitHeadSpec& s, const float* pooled, float* conf) {
+  if (s.kind != HeadKind::kLinear) {
+    const DistanceHeadView v{s.dim,           s.reduced,      s.entries(),      s.neighbours,        s.classes,
+                             s.pool,          s.mean.data(),  s.inv_std.data(), s.projection.data(), s.keys.data(),
+                             s.labels.data(), s.share.data(), s.threshold};
+    return cpu::distance_head_predict(v, pooled, conf);
+  }
+  std::vector<float> z(size_t(s.classes));
+  cpu::linear_head_scores(view_of(s), pooled, z.data());
+  return cpu::top_softmax(z.data(), s.classes, conf);
+}
+
+// Makes a linear head a distance head of `kind`: keys are the standardised,
+// projected features of `rows` other samples (pooled_keys[exit]) with random
+// labels; a random projection to 8 dimensions.
+void make_distance_head(ExitHeadSpec& s, HeadKind kind, const std::vector<float>& pooled_keys, int rows,
+                        uint32_t seed) {
+  s.kind = kind;
+  s.weight.clear();
+  s.bias.clear();
+  s.reduced = std::min(8, s.dim);
+  s.neighbours = kind == HeadKind::kKnn ? 5 : 1;
+  s.projection = random_floats(size_t(s.reduced) * size_t(s.dim), seed, float(1.0 / std::sqrt(double(s.dim))));
+  s.keys.assign(size_t(rows) * size_t(s.reduced), 0.f);
+  std::vector<float> x(size_t(s.dim));
+  for (int i = 0; i < rows; ++i) {
+    for (int d = 0; d < s.dim; ++d)
+      x[size_t(d)] = (pooled_keys[size_t(i) * size_t(s.dim) + size_t(d)] - s.mean[size_t(d)]) * s.inv_std[size_t(d)];
+    for (int r = 0; r < s.reduced; ++r)
+      s.keys[size_t(i) * size_t(s.reduced) + size_t(r)] =
+          cpu::lane_dot(s.projection.data() + size_t(r) * size_t(s.dim), x.data(), s.dim);
+  }
+  const std::vector<float> u = random_floats(size_t(2 * rows), seed + 1);
+  s.labels.resize(size_t(rows));
+  s.share.resize(size_t(rows));
+  for (int i = 0; i < rows; ++i) {
+    s.labels[size_t(i)] = int32_t(std::abs(u[size_t(2 * i)]) * 1000) % s.classes;
+    s.share[size_t(i)] = kind == HeadKind::kKnn ? 1.f : 0.3f + 0.7f * std::fmod(std::abs(u[size_t(2 * i + 1)]), 1.f);
+  }
+}
+
 TEST(Runtime, ExitsThatNeverFireGiveTheFullModelBitForBit) {
   Fixture f(test::kSmallArch);
   const int n = 5;
@@ -120,10 +163,12 @@ TEST(Runtime, ExitsThatAlwaysFireAnswerAtTheFirstAttachedExit) {
 
 // Thresholds at a quantile of each head's confidences on these inputs, so
 // that samples leave at different exits and some run to the end.
+// Distance heads (kind knn or kmeans) take their keys from pooled_keys
+// [exit][rows, dim].
 std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::vector<float>>& pooled, int n,
-                                      const std::vector<PoolSpec>& pools = {}) {
+                                      const std::vector<PoolSpec>& pools = {}, HeadKind kind = HeadKind::kLinear,
+                                      const std::vector<std::vector<float>>& pooled_keys = {}, int key_rows = 0) {
   std::vector<ExitHeadSpec> specs = test::random_heads(e.model(), 21, 0.f, pools);
-  std::vector<float> z(size_t(e.arch().num_classes));
   for (ExitHeadSpec& s : specs) {
     // Standardise the features on these inputs, as a trained cache does, so
     // that confidences spread out instead of saturating at 1 (ties).
@@ -136,11 +181,12 @@ std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::ve
       s.mean[size_t(d)] = float(m);
       s.inv_std[size_t(d)] = float(1.0 / std::sqrt(sq / n + 1e-6));
     }
+    if (kind != HeadKind::kLinear)
+      make_distance_head(s, kind, pooled_keys[size_t(s.exit)], key_rows, uint32_t(300 + s.exit));
     std::vector<float> confs;
     for (int i = 0; i < n; ++i) {
-      cpu::linear_head_scores(view_of(s), pooled[size_t(s.exit)].data() + size_t(i) * size_t(s.dim), z.data());
       float conf;
-      cpu::top_softmax(z.data(), s.classes, &conf);
+      predict(s, pooled[size_t(s.exit)].data() + size_t(i) * size_t(s.dim), &conf);
       confs.push_back(conf);
     }
     std::sort(confs.begin(), confs.end());
@@ -150,27 +196,33 @@ std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::ve
   return specs;
 }
 
-// Global average pooling, and grid / mixed pooling cycled over the exits.
-class PerSampleExits : public ::testing::TestWithParam<std::vector<std::string>> {};
+// Global average pooling, and grid / mixed pooling cycled over the exits;
+// learned linear heads, and Freeze's k-NN and k-means heads.
+struct ExitsCase {
+  std::string name;
+  std::vector<std::string> pools;
+  HeadKind kind;
+};
+class PerSampleExits : public ::testing::TestWithParam<ExitsCase> {};
 
 TEST_P(PerSampleExits, InABatchMatchTheCascadeAndEachSampleAlone) {
   Fixture f(test::kSmallArch);
-  const int n = 24;
+  const int n = 24, key_rows = 40;
   std::vector<PoolSpec> pools;
-  for (const std::string& name : GetParam()) pools.push_back(parse_pool(name));
+  for (const std::string& name : GetParam().pools) pools.push_back(parse_pool(name));
   const std::vector<float> x = diverse_inputs(size_t(n), f.per, 13);
   const auto pooled = pooled_per_exit(f.engine, x, n, pools);
-  const std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled, n, pools);
+  const auto key_pooled = pooled_per_exit(f.engine, diverse_inputs(size_t(key_rows), f.per, 77), key_rows, pools);
+  const std::vector<ExitHeadSpec> specs =
+      mixed_heads(f.engine, pooled, n, pools, GetParam().kind, key_pooled, key_rows);
   const auto heads = f.engine.make_exit_heads(specs);
 
   // The oracle: walk the cascade on the full model's pooled features.
   std::vector<int> want_exit(n, kFullModel), want_label(n, -1);
-  std::vector<float> z(size_t(f.classes));
   for (int i = 0; i < n; ++i)
     for (const ExitHeadSpec& s : specs) {
-      cpu::linear_head_scores(view_of(s), pooled[size_t(s.exit)].data() + size_t(i) * size_t(s.dim), z.data());
       float conf;
-      const int label = cpu::top_softmax(z.data(), s.classes, &conf);
+      const int label = predict(s, pooled[size_t(s.exit)].data() + size_t(i) * size_t(s.dim), &conf);
       if (conf >= s.threshold) {
         want_exit[size_t(i)] = s.exit;
         want_label[size_t(i)] = label;
@@ -253,12 +305,12 @@ TEST(Runtime, BatchWhereEverySampleExitsEndsEarly) {
   EXPECT_TRUE(std::any_of(timings.begin(), timings.end(), [](const LayerTiming& t) { return t.kind == "exit"; }));
 }
 
-INSTANTIATE_TEST_SUITE_P(Pooling, PerSampleExits,
-                         ::testing::Values(std::vector<std::string>{"avg"},
-                                           std::vector<std::string>{"mix2x2", "avg4x4", "mix", "mix4x4"}),
-                         [](const auto& param) {
-                           return param.index == 0 ? std::string("global") : std::string("grid");
-                         });
+INSTANTIATE_TEST_SUITE_P(Heads, PerSampleExits,
+                         ::testing::Values(ExitsCase{"global", {"avg"}, HeadKind::kLinear},
+                                           ExitsCase{"grid", {"mix2x2", "avg4x4", "mix", "mix4x4"}, HeadKind::kLinear},
+                                           ExitsCase{"knn", {"avg", "mix2x2"}, HeadKind::kKnn},
+                                           ExitsCase{"kmeans", {"avg2x2", "mix"}, HeadKind::kKmeans}),
+                         [](const auto& param) { return param.param.name; });
 
 // The memory of recent answers, against a host mirror of it (brute-force
 // nearest among the last `capacity` stored answers): a sample is answered by
@@ -407,7 +459,7 @@ TEST(Runtime, ExitHeadsAreCheckedAgainstTheModel) {
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "exit 99 is not one of the model's");
   bad = specs;
   bad[1].weight[3] = std::nanf("");
-  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "non-finite");
+  EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "weight[3] is not finite");
   bad = specs;
   bad[1].classes = 3;
   EXPECT_GATI_ERROR(f.engine.make_exit_heads(bad), "3 classes");

@@ -54,13 +54,27 @@ void refuse_overwrite(const std::string& option, const std::string& out, const s
   std::error_code ec;
   for (const std::string& in : inputs) {
     if (in.empty()) continue;
-    const bool same = fs::equivalent(out, in, ec) || (!ec && fs::weakly_canonical(out, ec) == fs::weakly_canonical(in, ec));
+    const bool same =
+        fs::equivalent(out, in, ec) || (!ec && fs::weakly_canonical(out, ec) == fs::weakly_canonical(in, ec));
     if (same) fail(option, " '", out, "' is the input file '", in, "'; refusing to overwrite it");
   }
 }
 
 void write_text(const std::string& path, const std::string& text) {
   write_file_atomically(path, [&](std::ostream& out) { out << text; });
+}
+
+std::string human_bytes(size_t bytes) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, unit[u]);
+  return buf;
 }
 
 }  // namespace gati::cli

@@ -32,4 +32,7 @@ void refuse_overwrite(const std::string& option, const std::string& out, const s
 // renames it over `path`.
 void write_text(const std::string& path, const std::string& text);
 
+// "812 B", "3.4 KiB", "12.5 MiB", "1.2 GiB".
+std::string human_bytes(size_t bytes);
+
 }  // namespace gati::cli

@@ -301,9 +301,10 @@ struct CacheBuildOpts {
   Common common;
   std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
                                           calibrate = "cascade", cost = "measured", memory = "off",
-                                          memory_pool = "avg2x2";
+                                          memory_pool = "avg2x2", kind = "linear";
   double target = 0.99;
   int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
+  ApproxOptions approx;
   float memory_min_confidence = 0.99f;
 };
 
@@ -325,19 +326,23 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   b.memory_capacity = o.memory_capacity;
   b.memory_min_confidence = o.memory_min_confidence;
   b.sgd.epochs = o.epochs;
+  b.kind = head_kind(o.kind);
+  b.approx = o.approx;
   cli::Progress progress(size_t(o.train + o.holdout), "collect");
   b.progress = [&](size_t done, size_t) { progress.update(done); };
   const BuildResult r = build_caches(engine, ds, b);
   progress.finish();
   r.caches.save(o.out);
-  std::printf("%-10s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "pool", "dim", "loss", "threshold", "agreement",
-              "hit rate", "hit agree");
+  const bool learned = b.kind == HeadKind::kLinear;
+  std::printf("%-10s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "pool", "dim", learned ? "loss" : "keys", "threshold",
+              "agreement", "hit rate", "hit agree");
   for (size_t e = 0; e < r.caches.exits.size(); ++e) {
     const ExitCache& c = r.caches.exits[e];
-    const std::string loss =
-        str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ", std::round(r.loss[e].back() * 1000) / 1000);
-    std::printf("%-10s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.exit_name.c_str(), pool_name(c.pool).c_str(),
-                c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
+    const std::string loss = learned ? str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ",
+                                               std::round(r.loss[e].back() * 1000) / 1000)
+                                     : str_cat(c.entries(), " x ", c.reduced);
+    std::printf("%-10s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.name.c_str(), pool_name(c.pool).c_str(), c.dim,
+                loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
                 c.holdout_hit_agreement);
   }
   if (b.cascade && b.rule != ThresholdRule::kZeroError)
@@ -360,8 +365,8 @@ int cmd_cache_build(const CacheBuildOpts& o) {
         "left out\n",
         (long long)r.memory.lookups, (long long)r.memory.stored);
   }
-  std::printf("wrote %s (%zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
-              r.caches.exits.size(), o.target, o.rule.c_str(),
+  std::printf("wrote %s (%s caches at %zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
+              o.kind.c_str(), r.caches.exits.size(), o.target, o.rule.c_str(),
               b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
   return 0;
 }
@@ -380,32 +385,14 @@ std::string pool_error(const std::string& name) {
 
 struct ServeSimOpts {
   Common common;
-  std::string model, caches, trace, data_dir, save_trace, json, per_request, memory = "on";
+  std::string model, trace, data_dir, save_trace, json, per_request, memory = "on";
+  std::vector<std::string> caches;
   int requests = 2000, seed = 1, batch = 1;
 };
 
-int cmd_serve_sim(const ServeSimOpts& o) {
-  for (const auto& [opt, path] : {std::pair<std::string, std::string>{"--save-trace", o.save_trace},
-                                  {"--json", o.json},
-                                  {"--per-request", o.per_request}})
-    if (!path.empty()) cli::refuse_overwrite(opt, path, {o.model, o.caches, o.trace});
-  Engine engine(o.model, o.common.engine());
-  const CacheSet caches = CacheSet::load(o.caches, engine.model());
-  const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "test");
-  const bool is_kind = std::find(trace_kinds().begin(), trace_kinds().end(), o.trace) != trace_kinds().end();
-  const Trace trace = is_kind ? make_trace(o.trace, ds, o.requests, uint64_t(o.seed)) : load_trace(o.trace, ds);
-  if (!o.save_trace.empty()) save_trace(o.save_trace, trace);
-  ReplayOptions ro;
-  ro.batch = o.batch;
-  ro.memory = o.memory == "on";
-  cli::Progress progress(trace.requests.size(), "serve-sim");
-  ro.progress = [&](size_t done, size_t) { progress.update(done); };
-  const ReplayReport r = replay_trace(engine, caches, ds, trace, ro);
-  progress.finish();
-
+// One cache set's replay, as serve-sim prints it.
+void print_replay(const ReplayReport& r) {
   const double n = double(r.requests.size());
-  std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", r.trace_kind.c_str(),
-              (unsigned long long)r.seed, r.requests.size(), r.batch, r.data_name.c_str(), r.model_arch.c_str());
   std::printf("%-10s %9s %9s %10s\n", "exit", "threshold", "hit rate", "hit agree");
   auto row = [&](const ExitStats& e, bool distance) {
     char threshold[32];  // a probability, or the memory's squared distance
@@ -423,8 +410,67 @@ int cmd_serve_sim(const ServeSimOpts& o) {
               r.latency_percentile_us(true, 99) / 1e3, r.latency_mean_us(false) / 1e3,
               r.latency_percentile_us(false, 50) / 1e3, r.latency_percentile_us(false, 99) / 1e3, r.speedup_mean());
   std::printf("throughput: caches %.1f req/s, full %.1f req/s\n", n / r.seconds_caches, n / r.seconds_full);
-  if (!o.json.empty()) cli::write_text(o.json, replay_json(r));
-  if (!o.per_request.empty()) cli::write_text(o.per_request, replay_per_request_jsonl(r));
+  std::printf("compute: %.3g MACs per request with caches (theirs included), %.3g without: %.2fx; caches hold %s\n",
+              r.macs_mean(), r.macs_full, r.speedup_compute(), cli::human_bytes(r.cache_bytes).c_str());
+}
+
+int cmd_serve_sim(const ServeSimOpts& o) {
+  std::vector<std::string> inputs = o.caches;
+  inputs.push_back(o.model);
+  inputs.push_back(o.trace);
+  for (const auto& [opt, path] : {std::pair<std::string, std::string>{"--save-trace", o.save_trace},
+                                  {"--json", o.json},
+                                  {"--per-request", o.per_request}})
+    if (!path.empty()) cli::refuse_overwrite(opt, path, inputs);
+  if (o.caches.size() > 1 && !o.per_request.empty())
+    fail("serve-sim: --per-request takes one --caches file (given ", o.caches.size(), ")");
+  Engine engine(o.model, o.common.engine());
+  std::vector<CacheSet> sets;
+  for (const std::string& path : o.caches) sets.push_back(CacheSet::load(path, engine.model()));
+  const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "test");
+  const bool is_kind = std::find(trace_kinds().begin(), trace_kinds().end(), o.trace) != trace_kinds().end();
+  const Trace trace = is_kind ? make_trace(o.trace, ds, o.requests, uint64_t(o.seed)) : load_trace(o.trace, ds);
+  if (!o.save_trace.empty()) save_trace(o.save_trace, trace);
+  ReplayOptions ro;
+  ro.batch = o.batch;
+  ro.memory = o.memory == "on";
+  std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
+              (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),
+              engine.arch().name.c_str());
+  std::vector<ReplayReport> reports;
+  for (size_t k = 0; k < sets.size(); ++k) {
+    cli::Progress progress(trace.requests.size(), sets.size() > 1 ? "serve-sim " + o.caches[k] : "serve-sim");
+    ro.progress = [&](size_t done, size_t) { progress.update(done); };
+    reports.push_back(replay_trace(engine, sets[k], ds, trace, ro));
+    progress.finish();
+    if (sets.size() > 1) std::printf("\n== %s (%s)\n", o.caches[k].c_str(), reports.back().kinds.c_str());
+    print_replay(reports.back());
+  }
+  if (sets.size() > 1) {
+    // Side by side, on the same trace in this one run.
+    std::printf("\n%-28s %-12s %9s %9s %9s %9s %9s %9s %10s\n", "caches", "kind", "agreement", "hit rate", "accuracy",
+                "latency", "speed-up", "compute", "size");
+    for (size_t k = 0; k < reports.size(); ++k) {
+      const ReplayReport& r = reports[k];
+      std::printf("%-28s %-12s %9.4f %9.4f %9.4f %7.3fms %8.2fx %8.2fx %10s\n", o.caches[k].c_str(), r.kinds.c_str(),
+                  r.agreement(), r.hit_rate(), r.accuracy_caches(), r.latency_mean_us(true) / 1e3, r.speedup_mean(),
+                  r.speedup_compute(), cli::human_bytes(r.cache_bytes).c_str());
+    }
+  }
+  if (!o.json.empty()) {
+    if (reports.size() == 1) {
+      cli::write_text(o.json, replay_json(reports[0]));
+    } else {
+      nlohmann::json runs = nlohmann::json::array();
+      for (size_t k = 0; k < reports.size(); ++k) {
+        nlohmann::json j = nlohmann::json::parse(replay_json(reports[k]));
+        j["caches"] = o.caches[k];
+        runs.push_back(std::move(j));
+      }
+      cli::write_text(o.json, nlohmann::json{{"runs", runs}}.dump(2) + "\n");
+    }
+  }
+  if (!o.per_request.empty()) cli::write_text(o.per_request, replay_per_request_jsonl(reports[0]));
   return 0;
 }
 
@@ -510,8 +556,9 @@ int dispatch(int argc, char** argv) {
   c_cache->require_subcommand(1);
   CLI::App* c_build = c_cache->add_subcommand(
       "build",
-      "train a linear predictor on every exit's pooled features (labels: the full model's own predictions) and "
-      "calibrate each exit's threshold on held-out training images");
+      "build a cache at every exit from its pooled features (labels: the full model's own predictions): a learned "
+      "linear predictor (GATI) or stored keys (Freeze's k-NN, k-means); then calibrate the thresholds on held-out "
+      "training images");
   c_build->add_option("--model", cb.model, "model file")->required();
   data_option(c_build, cb.data, cb.data_dir);
   c_build->add_option("--out", cb.out, "cache file to write")->required();
@@ -571,6 +618,26 @@ int dispatch(int argc, char** argv) {
                    "the full model's confidence an answer needs to be stored")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
+  c_build
+      ->add_option("--kind", cb.kind,
+                   "cache kind at every exit: linear (GATI's learned predictor), knn (Freeze: the nearest stored "
+                   "training images vote) or kmeans (Freeze: the nearest centroid answers)")
+      ->check(CLI::IsMember({"linear", "knn", "kmeans"}))
+      ->capture_default_str();
+  c_build->add_option("--reduced", cb.approx.reduced, "knn/kmeans: PCA dimensions of the keys")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  c_build->add_option("--neighbours", cb.approx.neighbours, "knn: neighbours that vote")
+      ->check(CLI::Range(1, int(kMaxNeighbours)))
+      ->capture_default_str();
+  c_build
+      ->add_option("--knn-entries", cb.approx.knn_entries,
+                   "knn: training images kept as keys, a random subset (0 = every one, as Freeze)")
+      ->check(CLI::Range(0, 60000))
+      ->capture_default_str();
+  c_build->add_option("--centroids", cb.approx.centroids, "kmeans: clusters")
+      ->check(CLI::Range(1, 60000))
+      ->capture_default_str();
   add_common(c_build, cb.common);
 
   ServeSimOpts ss;
@@ -579,7 +646,11 @@ int dispatch(int argc, char** argv) {
       "replay a request trace over the Fashion-MNIST test split with caches and without, in batches, and report "
       "exits, agreement, accuracy, latency and speed-up");
   c_sim->add_option("--model", ss.model, "model file")->required();
-  c_sim->add_option("--caches", ss.caches, "cache file from 'gati cache build'")->required();
+  c_sim
+      ->add_option("--caches", ss.caches,
+                   "cache file from 'gati cache build'; several (space-separated or repeated) are replayed one "
+                   "after another on the same trace and compared side by side")
+      ->required();
   c_sim->add_option("--trace", ss.trace, "uniform, zipf, locality, drift, or a saved trace file")->required();
   c_sim->add_option("--requests", ss.requests, "requests to generate")
       ->check(CLI::Range(1, 1000000))

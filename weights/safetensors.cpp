@@ -270,6 +270,16 @@ std::vector<float> SafeTensorsFile::read_float(const std::string& name, const st
   return read_float(name, static_cast<std::vector<int64_t>*>(nullptr));
 }
 
+std::vector<int32_t> SafeTensorsFile::read_int32(const std::string& name, const std::vector<int64_t>& expected) const {
+  const TensorInfo& t = info(name);
+  if (t.dtype != DType::I32) fail(path_, ": ", name, ": expected dtype I32, file has ", dtype_name(t.dtype));
+  if (t.shape != expected)
+    fail(path_, ": ", name, ": expected shape ", shape_str(expected), ", file has ", shape_str(t.shape));
+  std::vector<int32_t> out(size_t(t.numel()));
+  if (!out.empty()) std::memcpy(out.data(), raw(name), out.size() * sizeof(int32_t));
+  return out;
+}
+
 void SafeTensorsWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data) {
   if (name == "__metadata__") fail("safetensors writer: '__metadata__' is reserved");
   for (const auto& e : entries_)

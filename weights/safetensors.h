@@ -48,6 +48,8 @@ class SafeTensorsFile {
   // Tensor as float32 (F32, F16 and BF16 convert), checked against the
   // expected shape; throws "NAME: expected shape [..], file has [..]".
   std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+  // An I32 tensor of exactly this shape (other dtypes are refused).
+  std::vector<int32_t> read_int32(const std::string& name, const std::vector<int64_t>& expected_shape) const;
   // Tensor as float32 whatever its shape (shape returned in *shape).
   std::vector<float> read_float(const std::string& name, std::vector<int64_t>* shape) const;
   // Raw bytes of a tensor.

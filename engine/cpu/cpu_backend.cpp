@@ -14,6 +14,7 @@
 #include "engine/backend.h"
 #include "engine/plan.h"
 #include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
@@ -43,8 +44,14 @@ class CpuExitHeads final : public ExitHeads {
  public:
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {}
   LinearHeadView view(int head) const override {
-    const ExitHeadSpec& s = specs_.at(size_t(head));
+    const ExitHeadSpec& s = linear_spec(head);
     return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
+  }
+  DistanceHeadView distance_view(int head) const override {
+    const ExitHeadSpec& s = distance_spec(head);
+    return {s.dim,           s.reduced,      s.entries(),      s.neighbours,        s.classes,
+            s.pool,          s.mean.data(),  s.inv_std.data(), s.projection.data(), s.keys.data(),
+            s.labels.data(), s.share.data(), s.threshold};
   }
 };
 
@@ -128,9 +135,11 @@ class CpuContext final : public BackendContext {
   void exit_head(const ExitHeads& heads, int head, const float* act, const Act& s, int exit_id, const ExitState& st,
                  int pos, float* pooled) override {
     cpu::ThreadScope t(threads_);
-    const LinearHeadView v = heads.view(head);
     check_exit_head_fits(heads, head, s);
-    cpu::exit_head_linear(act, s.n, s.h, s.w, s.c, v, exit_id, st, pos, pooled);
+    if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
+      cpu::exit_head_linear(act, s.n, s.h, s.w, s.c, heads.view(head), exit_id, st, pos, pooled);
+    else
+      cpu::exit_head_distance(act, s.n, s.h, s.w, s.c, heads.distance_view(head), exit_id, st, pos, pooled);
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {

@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cuda_device.h"
 #include "kernels/cuda/cuda_memory.h"
+#include "kernels/cuda/distance_head.cuh"
 #include "kernels/cuda/exit_head.cuh"
 #include "kernels/cuda/layout.cuh"
 #include "kernels/cuda/linear.cuh"
@@ -53,26 +54,53 @@ class OwnedBuffer final : public Buffer {
 };
 
 struct DeviceHead {
-  DeviceBuffer mean, inv_std, weight, bias;
+  DeviceBuffer mean, inv_std, weight, bias;      // kLinear
+  DeviceBuffer projection, keys, labels, share;  // kKnn, kKmeans
 };
 
 class CudaExitHeads final : public ExitHeads {
  public:
   CudaExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
     for (const ExitHeadSpec& s : specs_) {  // sizes checked by ExitHeads
-      const size_t dim = size_t(s.dim), classes = size_t(s.classes);
       const std::string what = "exit head '" + s.name + "'";
-      heads_.push_back({cuda::upload(s.mean.data(), dim * sizeof(float), what),
-                        cuda::upload(s.inv_std.data(), dim * sizeof(float), what),
-                        cuda::upload(s.weight.data(), dim * classes * sizeof(float), what),
-                        cuda::upload(s.bias.data(), classes * sizeof(float), what)});
+      auto up = [&](const auto& v) { return cuda::upload(v.data(), v.size() * sizeof(v[0]), what); };
+      DeviceHead d;
+      d.mean = up(s.mean);
+      d.inv_std = up(s.inv_std);
+      if (s.kind == HeadKind::kLinear) {
+        d.weight = up(s.weight);
+        d.bias = up(s.bias);
+      } else {
+        d.projection = up(s.projection);
+        d.keys = up(s.keys);
+        d.labels = up(s.labels);
+        d.share = up(s.share);
+      }
+      heads_.push_back(std::move(d));
     }
   }
   LinearHeadView view(int head) const override {
-    const ExitHeadSpec& s = specs_.at(size_t(head));
+    const ExitHeadSpec& s = linear_spec(head);
     const DeviceHead& d = heads_.at(size_t(head));
     return {s.dim,           s.classes,   d.mean.floats(), d.inv_std.floats(), d.weight.floats(),
             d.bias.floats(), s.threshold, s.pool};
+  }
+  DistanceHeadView distance_view(int head) const override {
+    const ExitHeadSpec& s = distance_spec(head);
+    const DeviceHead& d = heads_.at(size_t(head));
+    return {s.dim,
+            s.reduced,
+            s.entries(),
+            s.neighbours,
+            s.classes,
+            s.pool,
+            d.mean.floats(),
+            d.inv_std.floats(),
+            d.projection.floats(),
+            d.keys.floats(),
+            static_cast<const int32_t*>(d.labels.data()),
+            d.share.floats(),
+            s.threshold};
   }
 
  private:
@@ -235,9 +263,12 @@ class CudaContext final : public BackendContext {
     cuda::DeviceScope scope(index_);
     if (!dynamic_cast<const CudaExitHeads*>(&heads))
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
-    const LinearHeadView v = heads.view(head);
     check_exit_head_fits(heads, head, s);
-    cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, v, exit_id, st, pos, pooled, stream_.get());
+    if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
+      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, heads.view(head), exit_id, st, pos, pooled, stream_.get());
+    else
+      cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, heads.distance_view(head), exit_id, st, pos, pooled,
+                               stream_.get());
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {

@@ -28,9 +28,9 @@ int argmax_and_sum(const float* z, int classes, double* sum) {
 
 constexpr int kLanes = 16;
 
-// sum_d w[d] * x[d] in kLanes partial sums added in a fixed order; x is
-// zero-padded to a multiple of kLanes.
-inline float lane_dot(const float* w, const float* x, int dim) {
+}  // namespace
+
+float lane_dot(const float* w, const float* x, int dim) {
   const int full = dim / kLanes * kLanes;
   float lane[kLanes] = {};
   for (int d = 0; d < full; d += kLanes)
@@ -40,6 +40,8 @@ inline float lane_dot(const float* w, const float* x, int dim) {
   for (int l = 0; l < kLanes; ++l) s += lane[l];
   return s;
 }
+
+namespace {
 
 // (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
 void standardise(const LinearHeadView& h, const float* pooled, int padded, float* out) {

@@ -23,6 +23,11 @@ int softmax(const float* z, int classes, float* probs);
 // Every sample running, rows in caller order, count = n.
 void begin_exits(const ExitState& st, int n, int classes);
 
+// sum_d w[d] * x[d] in 16 lane partial sums (lane l takes d = l mod 16,
+// each a chain of rounded multiply-adds) added lane 0..15: the dot product
+// every exit head uses, mirrored bit for bit by the CUDA kernels.
+float lane_dot(const float* w, const float* x, int dim);
+
 // Linear head scores for one pooled feature vector: z[classes].  The dot
 // products run in 16 lanes summed in a fixed order, so a sample's scores are
 // the same whatever batch it is in.

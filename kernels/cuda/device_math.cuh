@@ -70,17 +70,18 @@ __device__ inline float lane_partial(const float* __restrict__ w, const float* _
   return acc;
 }
 
-// z[k] = lane_dot(W[k], xs) + b[k] for every class, half-warps over classes.
-// xs and z may be shared memory; every thread of the block must call it.
-__device__ inline void linear_scores(const float* __restrict__ weight, const float* __restrict__ bias,
-                                     const float* xs, int dim, int classes, float* z) {
+// z[k] = lane_dot(W[k], xs) + b[k] for every class, half-warps over classes
+// (bias null: no bias, as a projection).  xs and z may be shared memory;
+// every thread of the block must call it.
+__device__ inline void linear_scores(const float* __restrict__ weight, const float* __restrict__ bias, const float* xs,
+                                     int dim, int classes, float* z) {
   const int half = threadIdx.x / kLanes, l = threadIdx.x % kLanes, halves = blockDim.x / kLanes;
   for (int k0 = 0; k0 < classes; k0 += halves) {
     const int k = k0 + half;
     const float part = k < classes ? lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
     float s = 0.f;
     for (int j = 0; j < kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, kLanes));
-    if (k < classes && l == 0) z[k] = __fadd_rn(s, bias[k]);
+    if (k < classes && l == 0) z[k] = bias ? __fadd_rn(s, bias[k]) : s;
   }
 }
 
@@ -141,6 +142,68 @@ __device__ inline void block_argmax_sum(const float* z, int classes, int* best_o
   __syncthreads();
   *best_out = best;
   *sum_out = s_total;
+  __syncthreads();  // the shared slots may be reused by the next call
+}
+
+// The CPU's squared_distance(a, b, dim) (kernels/cpu/memory_cpu.h): 16 lanes
+// of rounded subtract, multiply and add, summed lane 0..15.
+__device__ inline float squared_distance(const float* __restrict__ a, const float* __restrict__ b, int dim) {
+  float lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = 0.f;
+  const int full = dim / kLanes * kLanes;
+  for (int d = 0; d < full; d += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float e = __fsub_rn(a[d + l], b[d + l]);
+      lane[l] = __fadd_rn(lane[l], __fmul_rn(e, e));
+    }
+  for (int d = full; d < dim; ++d) {
+    const float e = __fsub_rn(a[d], b[d]);
+    lane[d - full] = __fadd_rn(lane[d - full], __fmul_rn(e, e));
+  }
+  float s = 0.f;
+  for (int l = 0; l < kLanes; ++l) s = __fadd_rn(s, lane[l]);
+  return s;
+}
+
+// (value, index) a before b: the smaller value, the lower index on ties;
+// index < 0 is "no candidate" and comes last.
+__device__ inline bool before(float av, int ai, float bv, int bi) {
+  return ai >= 0 && (bi < 0 || av < bv || (av == bv && ai < bi));
+}
+
+// Block-wide argmin of one (value, index) candidate per thread (index < 0:
+// none), the lowest index on ties.  Every thread of the block must call it
+// (blockDim.x <= 1024, a multiple of 32); all of them get the result (index
+// -1 when no thread had a candidate).
+__device__ inline void block_argmin(float v, int i, float* v_out, int* i_out) {
+  __shared__ float s_val[32];
+  __shared__ int s_idx[32];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
+  for (int off = 16; off > 0; off /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, v, off);
+    const int oi = __shfl_down_sync(0xffffffffu, i, off);
+    if (before(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+  if (lane == 0) {
+    s_val[warp] = v;
+    s_idx[warp] = i;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    for (int w = 1; w < warps; ++w)
+      if (before(s_val[w], s_idx[w], v, i)) {
+        v = s_val[w];
+        i = s_idx[w];
+      }
+    s_val[0] = v;
+    s_idx[0] = i;
+  }
+  __syncthreads();
+  *v_out = s_val[0];
+  *i_out = s_idx[0];
   __syncthreads();  // the shared slots may be reused by the next call
 }
 

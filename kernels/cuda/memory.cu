@@ -18,30 +18,10 @@ namespace {
 constexpr int kLookupThreads = 256;
 constexpr int kInsertThreads = 256;
 
-__device__ inline float squared_distance(const float* __restrict__ a, const float* __restrict__ b, int dim) {
-  float lane[dev::kLanes];
-  for (int l = 0; l < dev::kLanes; ++l) lane[l] = 0.f;
-  const int full = dim / dev::kLanes * dev::kLanes;
-  for (int d = 0; d < full; d += dev::kLanes)
-    for (int l = 0; l < dev::kLanes; ++l) {
-      const float e = __fsub_rn(a[d + l], b[d + l]);
-      lane[l] = __fadd_rn(lane[l], __fmul_rn(e, e));
-    }
-  for (int d = full; d < dim; ++d) {
-    const float e = __fsub_rn(a[d], b[d]);
-    lane[d - full] = __fadd_rn(lane[d - full], __fmul_rn(e, e));
-  }
-  float s = 0.f;
-  for (int l = 0; l < dev::kLanes; ++l) s = __fadd_rn(s, lane[l]);
-  return s;
-}
-
 __global__ void memory_lookup_kernel(const float* __restrict__ act, int height, int width, int channels, MemoryView m,
                                      int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float x[];  // [dim] standardised features
-  __shared__ float s_dist[32];
-  __shared__ int s_idx[32];
-  const int row = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int row = blockIdx.x, tid = threadIdx.x;
   const int sample = st.position[pos][row];
   const float* src = act + long(row) * height * width * channels;
   for (int f = tid; f < m.dim; f += blockDim.x) {
@@ -55,34 +35,14 @@ __global__ void memory_lookup_kernel(const float* __restrict__ act, int height, 
   float bd = 0.f;
   int bi = -1;
   for (int k = tid; k < entries; k += blockDim.x) {
-    const float d = squared_distance(x, m.keys + long(k) * m.dim, m.dim);
+    const float d = dev::squared_distance(x, m.keys + long(k) * m.dim, m.dim);
     if (bi < 0 || d < bd) {
       bd = d;
       bi = k;
     }
   }
-  for (int off = 16; off > 0; off /= 2) {
-    const float od = __shfl_down_sync(0xffffffffu, bd, off);
-    const int oi = __shfl_down_sync(0xffffffffu, bi, off);
-    if (oi >= 0 && (bi < 0 || od < bd || (od == bd && oi < bi))) {
-      bd = od;
-      bi = oi;
-    }
-  }
-  if (lane == 0) {
-    s_dist[warp] = bd;
-    s_idx[warp] = bi;
-  }
-  __syncthreads();
+  dev::block_argmin(bd, bi, &bd, &bi);
   if (tid == 0) {
-    for (int w = 1; w < int(blockDim.x) / 32; ++w) {
-      const int oi = s_idx[w];
-      const float od = s_dist[w];
-      if (oi >= 0 && (bi < 0 || od < bd || (od == bd && oi < bi))) {
-        bd = od;
-        bi = oi;
-      }
-    }
     const bool hit = bi >= 0 && bd <= m.threshold;
     st.hit[row] = hit ? 1 : 0;
     if (hit) {
