@@ -127,7 +127,9 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   for (const Request& r : trace.requests)
     if (r.index < 0 || r.index >= test.n) fail("replay: trace item ", r.index, " is outside ", test.name);
   const Arch& a = engine.arch();
-  const std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
+  if (!(o.feedback >= 0 && o.feedback <= 1)) fail("replay: feedback ", o.feedback, " must be in [0, 1]");
+  if (o.guard && o.feedback <= 0) fail("replay: the drift guard needs feedback (a share > 0 of hits run to the end)");
+  std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
   Session session = engine.session();
   std::unique_ptr<AnswerMemory> memory;
   if (o.memory && caches.memory) memory = session.make_memory(*caches.memory);
@@ -153,6 +155,28 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     rep.has_memory = true;
     rep.memory = {caches.memory->name + ":memory", true, caches.memory->threshold, 0, 0};
   }
+  rep.feedback = o.feedback;
+  rep.guard = o.guard;
+  GuardOptions guard_options = o.guard_options;
+  guard_options.target = caches.target_agreement;
+  DriftGuard guard(int(points.size()), guard_options);
+  // The heads the guard leaves on, republished when it switches one.
+  auto publish = [&] {
+    std::vector<ExitHeadSpec> specs;
+    for (const ExitCache& c : caches.exits)
+      if (c.enabled() && guard.enabled(c.exit)) specs.push_back(c.head_spec());
+    heads = engine.make_exit_heads(std::move(specs));
+  };
+  std::vector<PoolSpec> pools(points.size());
+  for (const ExitCache& c : caches.exits) pools[size_t(c.exit)] = c.pool;
+  // Feedback picks: a hash of the request's position, so they do not depend on the batch.
+  auto picked = [&](uint64_t id) {
+    uint64_t z = id * 0x9E3779B97F4A7C15ull + o.feedback_seed * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return double(z >> 11) * 0x1.0p-53 < o.feedback;
+  };
   const size_t per = test.image_floats();
   const size_t total = trace.requests.size();
   std::vector<float> x;
@@ -175,6 +199,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     const double us_f = std::chrono::duration<double, std::micro>(t2 - t1).count();
     rep.seconds_caches += us_c * 1e-6;
     rep.seconds_full += us_f * 1e-6;
+    bool switched = false;
     for (int i = 0; i < nb; ++i) {
       const Request& req = trace.requests[s + size_t(i)];
       RequestRecord r;
@@ -190,6 +215,20 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.macs = macs.cost(r.exit, with[size_t(i)].from_memory);
       r.latency_us = us_c;
       r.full_latency_us = us_f;
+      if (r.exit >= 0 && !with[size_t(i)].from_memory && o.feedback > 0 && picked(uint64_t(r.id))) {
+        // Kept running: the full model answers, at its cost; the exit's answer is checked.
+        ExitStats& st = rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
+        st.feedback++;
+        st.feedback_agree += r.label == r.full_label;
+        if (o.guard) switched |= guard.observe(r.exit, r.label == r.full_label);
+        r.feedback_exit = r.exit;
+        r.exit = kFullModel;
+        r.exit_name = "full";
+        r.label = r.full_label;
+        r.confidence = without[size_t(i)].confidence;
+        r.macs = macs.cost(kFullModel, false);
+        r.latency_us = us_f;
+      }
       if (r.exit >= 0) {
         ExitStats& st = with[size_t(i)].from_memory ? rep.memory : rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
         st.hits++;
@@ -197,8 +236,30 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       }
       rep.requests.push_back(std::move(r));
     }
+    // Exits the guard switched off are scored in shadow on the requests the
+    // full model answered (untimed: pooling there is what serving would add).
+    bool any_off = false;
+    for (const ExitCache& c : caches.exits) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
+    if (any_off) {
+      const CollectedFeatures f = collect_features(engine, x.data(), nb, nb, pools);
+      for (int i = 0; i < nb; ++i) {
+        const RequestRecord& r = rep.requests[s + size_t(i)];
+        if (r.exit != kFullModel) continue;
+        for (const ExitCache& c : caches.exits) {
+          if (!c.enabled() || guard.enabled(c.exit)) continue;
+          float conf;
+          const int label = c.predict(f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), &conf);
+          if (conf >= c.threshold) switched |= guard.observe(c.exit, label == r.full_label);
+        }
+      }
+    }
+    if (switched) {
+      publish();
+      cached.heads = heads.get();
+    }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
+  rep.guard_events = guard.events();
   return rep;
 }
 
@@ -237,6 +298,21 @@ std::string replay_json(const ReplayReport& r) {
                       {"macs_per_request", {{"caches", r.macs_mean()}, {"full", r.macs_full}}},
                       {"speedup_compute", r.speedup_compute()},
                       {"cache_bytes", r.cache_bytes}};
+  if (r.feedback > 0) {
+    nlohmann::json fb = nlohmann::json::array();
+    for (const ExitStats& e : r.exits)
+      fb.push_back({{"name", e.name},
+                    {"checked", e.feedback},
+                    {"agreement", e.feedback ? double(e.feedback_agree) / double(e.feedback) : 1.0}});
+    nlohmann::json events = nlohmann::json::array();
+    for (const GuardEvent& ev : r.guard_events)
+      events.push_back({{"observation", ev.at},
+                        {"exit", ev.exit},
+                        {"switched", ev.on ? "on" : "off"},
+                        {"window_agreement", ev.agreement},
+                        {"window", ev.observations}});
+    j["feedback"] = {{"share", r.feedback}, {"exits", fb}, {"guard", r.guard}, {"guard_events", events}};
+  }
   if (r.has_memory)
     j["memory"] = {{"name", r.memory.name},
                    {"threshold", r.memory.threshold},
@@ -255,7 +331,11 @@ std::string replay_per_request_jsonl(const ReplayReport& r) {
                               {"label", q.label},
                               {"confidence", q.confidence},
                               {"full_label", q.full_label},
-                              {"latency_us", q.latency_us}};
+                              {"truth", q.truth},
+                              {"latency_us", q.latency_us},
+                              {"full_latency_us", q.full_latency_us},
+                              {"macs", q.macs},
+                              {"feedback_exit", q.feedback_exit}};
     out += j.dump() + "\n";
   }
   return out;

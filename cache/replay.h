@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cache/features.h"
+#include "cache/guard.h"
 #include "cache/learned_cache.h"
 #include "loaders/trace.h"
 
@@ -22,6 +23,18 @@ namespace gati {
 struct ReplayOptions {
   int batch = 1;
   bool memory = true;  // use the cache set's memory of recent answers, when it has one
+  // Feedback: this share of the requests an exit answers keep running to
+  // the end (chosen by a hash of the request's position and feedback_seed),
+  // so the exit's agreement is measured while serving.  Such a request is
+  // answered by the full model and charged the batch's full-model latency.
+  double feedback = 0;
+  uint64_t feedback_seed = 1;
+  // The drift guard (guard.h) over that feedback and over exits scored in
+  // shadow while off, judged against the cache set's target agreement
+  // (guard_options.target is ignored); needs feedback > 0.  Heads are
+  // republished between batches when it switches one.
+  bool guard = false;
+  GuardOptions guard_options;
   ProgressFn progress;
 };
 
@@ -35,6 +48,7 @@ struct RequestRecord {
   int full_label = -1, truth = -1;
   double latency_us = 0, full_latency_us = 0;
   double macs = 0;  // multiply-accumulates spent on it: the network up to where it left, and every head it passed
+  int feedback_exit = -1;  // the exit that answered it, when it was kept running as feedback (exit is then full)
 };
 
 struct ExitStats {
@@ -42,6 +56,7 @@ struct ExitStats {
   bool enabled = false;
   float threshold = 0;
   int64_t hits = 0, hit_agree = 0;
+  int64_t feedback = 0, feedback_agree = 0;  // answers kept running to the end, and how many the full model confirmed
   double hit_rate(size_t requests) const { return requests ? double(hits) / double(requests) : 0; }
   double hit_agreement() const { return hits ? double(hit_agree) / double(hits) : 1; }  // 1 with no hits
 };
@@ -55,6 +70,9 @@ struct ReplayReport {
   bool has_memory = false;
   ExitStats memory;  // the memory of recent answers, when used (threshold: its squared distance)
   double seconds_caches = 0, seconds_full = 0;
+  std::vector<GuardEvent> guard_events;  // when the drift guard switched exits (GuardEvent::exit: an exit point id)
+  double feedback = 0;                   // the share of hits run to the end
+  bool guard = false;
   std::string kinds;       // the enabled heads' kinds, "linear", "knn+linear"; "none" without any
   double macs_full = 0;    // per request without caches
   size_t cache_bytes = 0;  // the enabled heads' parameters and keys, and the memory's entries

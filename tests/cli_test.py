@@ -187,6 +187,26 @@ def main():
                                                                os.path.join(tmp, "badcache.safetensors"), "--trace", "uniform"],
                      "exit.layer2.0.weight: expected shape [10,")
 
+        # Freeze's k-NN caches, compared with the learned ones side by side on one trace
+        knn = os.path.join(tmp, "knn.safetensors")
+        rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",
+                           "--holdout", "800", "--kind", "knn", "--knn-entries", "500", "--cost", "macs", "--out", knn)
+        check("cache build --kind knn", rc == 0 and "500 x 64" in out and "knn caches" in out, out + err)
+        rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, knn, "--trace", "uniform",
+                           "--requests", "40", "--seed", "5", "--json", sim)
+        runs = json.load(open(sim))["runs"] if rc == 0 and os.path.exists(sim) else []
+        check("serve-sim compares cache files side by side",
+              len(runs) == 2 and runs[1]["caches"] == knn and all(r["requests"] == 40 for r in runs)
+              and all(r["macs_per_request"]["full"] > 0 and r["speedup_compute"] > 0 for r in runs)
+              and runs[0]["accuracy_full"] == runs[1]["accuracy_full"]
+              and "compute" in out, out + err)
+        expect_error(gati, "--per-request with two cache files",
+                     ["serve-sim", "--model", args.demo, "--caches", caches, knn, "--trace", "uniform",
+                      "--per-request", os.path.join(tmp, "r.jsonl")], "--per-request takes one --caches file")
+        expect_error(gati, "unknown cache kind", ["cache", "build", "--model", args.demo, "--data", "fashion-mnist",
+                                                  "--kind", "faiss", "--out", os.path.join(tmp, "x.safetensors")],
+                     "--kind: faiss not in {linear,knn,kmeans}")
+
         rc, out, _ = run(gati, "info", args.demo, "--json")
         check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)
         rc, out, _ = run(gati, "devices")

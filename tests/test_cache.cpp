@@ -9,8 +9,10 @@
 #include <random>
 
 #include "cache/approx_cache.h"
+#include "cache/guard.h"
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
+#include "cache/replay.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -768,6 +770,119 @@ TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["neighbours"] = 40; }), m),
                     "40 neighbours (valid: 1 to 16)");
   std::filesystem::remove_all(dir);
+}
+
+// ---- the drift guard ---------------------------------------------------------------
+
+// Off only on evidence (the window's Wilson upper bound below the target),
+// on again after a full window at the target.
+TEST(Guard, SwitchesOffOnEvidenceAndOnAfterRecovery) {
+  GuardOptions o;
+  o.target = 0.99;
+  o.window = 200;
+  o.min_observations = 50;
+  DriftGuard g(3, o);
+  // 0.995 agreement: one disagreement in 200, never enough evidence.
+  for (int i = 0; i < 2000; ++i) EXPECT_FALSE(g.observe(1, i % 200 != 7));
+  EXPECT_TRUE(g.enabled(1));
+  // A forced drop to 0.9 at exit 2: switched off within a window or so.
+  int at = -1;
+  for (int i = 0; i < 400 && at < 0; ++i)
+    if (g.observe(2, i % 10 != 0)) at = i;
+  ASSERT_GE(at, 49);
+  EXPECT_LT(at, 200);
+  EXPECT_FALSE(g.enabled(2));
+  EXPECT_TRUE(g.enabled(0));
+  ASSERT_EQ(g.events().size(), 1u);
+  EXPECT_FALSE(g.events()[0].on);
+  EXPECT_EQ(g.events()[0].exit, 2);
+  EXPECT_LT(g.events()[0].agreement, 0.95);
+  // Recovered (in shadow): on again after exactly one full window.
+  for (int i = 0; i < 199; ++i) EXPECT_FALSE(g.observe(2, true));
+  EXPECT_TRUE(g.observe(2, true));
+  EXPECT_TRUE(g.enabled(2));
+  // A window at 0.98 does not switch it back on once off.
+  for (int i = 0; i < 400; ++i) g.observe(0, i % 5 != 0);
+  EXPECT_FALSE(g.enabled(0));
+  for (int i = 0; i < 1000; ++i) g.observe(0, i % 50 != 0);
+  EXPECT_FALSE(g.enabled(0));
+  EXPECT_GATI_ERROR(g.observe(3, true), "exit 3 is not one of 3");
+  EXPECT_GATI_ERROR(DriftGuard(2, GuardOptions{0.99, 10, 20}), "min_observations 20");
+}
+
+// A replay with feedback: an exit forced to answer one label with high
+// confidence disagrees with the full model on most requests; the guard
+// switches it off and later requests no longer leave there.  Without the
+// guard it keeps answering.  Requests kept running as feedback are answered
+// by the full model.
+TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
+  const Model m = test::random_model(test::kTinyArch, 3);
+  Engine engine{Model(m)};
+  Dataset d;
+  d.name = "random";
+  d.n = 80;
+  d.c = 1;
+  d.h = d.w = 12;
+  d.classes = 5;
+  d.images = test::random_floats(size_t(80 * 144), 17, 0.5f);
+  for (float& v : d.images) v += 0.5f;
+  for (int i = 0; i < 80; ++i) d.labels.push_back(i % 5);
+  // The class the full model gives least often.
+  std::vector<float> x = d.images;
+  engine.normalize(x.data(), 80);
+  const std::vector<float> logits = engine.infer(x.data(), 80);
+  std::vector<int> count(5, 0);
+  for (int i = 0; i < 80; ++i) {
+    float conf;
+    ++count[size_t(top_class(logits.data() + i * 5, 5, &conf))];
+  }
+  const int rare = int(std::min_element(count.begin(), count.end()) - count.begin());
+  ASSERT_LT(count[size_t(rare)], 20);
+
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 2.0f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  ExitCache& bad = set.exits[1];
+  std::fill(bad.weight.begin(), bad.weight.end(), 0.f);
+  std::fill(bad.bias.begin(), bad.bias.end(), 0.f);
+  bad.bias[size_t(rare)] = 5.f;  // softmax 0.974 for `rare`, whatever the input
+  bad.threshold = 0.5f;
+  const Trace trace = make_trace("uniform", d, 400, 9);
+
+  ReplayOptions o;
+  o.feedback = 0.5;
+  o.guard_options.window = 40;
+  o.guard_options.min_observations = 10;
+  const ReplayReport unguarded = replay_trace(engine, set, d, trace, o);
+  o.guard = true;
+  const ReplayReport guarded = replay_trace(engine, set, d, trace, o);
+  auto hits_after = [](const ReplayReport& r, size_t from) {
+    int h = 0;
+    for (size_t i = from; i < r.requests.size(); ++i) h += r.requests[i].exit == 1;
+    return h;
+  };
+  EXPECT_GT(hits_after(unguarded, 300), 20);
+  EXPECT_TRUE(unguarded.guard_events.empty());
+  ASSERT_FALSE(guarded.guard_events.empty());
+  EXPECT_EQ(guarded.guard_events[0].exit, 1);
+  EXPECT_FALSE(guarded.guard_events[0].on);
+  for (const GuardEvent& ev : guarded.guard_events) EXPECT_FALSE(ev.on) << "it never recovers";
+  EXPECT_EQ(hits_after(guarded, 150), 0);
+  EXPECT_GT(guarded.agreement(), unguarded.agreement());
+  int fed = 0;
+  for (const RequestRecord& r : unguarded.requests)
+    if (r.feedback_exit >= 0) {
+      ++fed;
+      EXPECT_EQ(r.exit, kFullModel);
+      EXPECT_EQ(r.label, r.full_label);
+      EXPECT_EQ(r.latency_us, r.full_latency_us);
+    }
+  EXPECT_EQ(fed, unguarded.exits[1].feedback);
+  EXPECT_GT(fed, 100);
+  EXPECT_LT(double(unguarded.exits[1].feedback_agree) / double(fed), 0.5);
+  o.feedback = 0;
+  EXPECT_GATI_ERROR(replay_trace(engine, set, d, trace, o), "the drift guard needs feedback");
 }
 
 }  // namespace

@@ -385,9 +385,10 @@ std::string pool_error(const std::string& name) {
 
 struct ServeSimOpts {
   Common common;
-  std::string model, trace, data_dir, save_trace, json, per_request, memory = "on";
+  std::string model, trace, data_dir, save_trace, json, per_request, memory = "on", guard = "off";
   std::vector<std::string> caches;
-  int requests = 2000, seed = 1, batch = 1;
+  int requests = 2000, seed = 1, batch = 1, guard_window = 500;
+  double feedback = 0;
 };
 
 // One cache set's replay, as serve-sim prints it.
@@ -412,6 +413,16 @@ void print_replay(const ReplayReport& r) {
   std::printf("throughput: caches %.1f req/s, full %.1f req/s\n", n / r.seconds_caches, n / r.seconds_full);
   std::printf("compute: %.3g MACs per request with caches (theirs included), %.3g without: %.2fx; caches hold %s\n",
               r.macs_mean(), r.macs_full, r.speedup_compute(), cli::human_bytes(r.cache_bytes).c_str());
+  if (r.feedback > 0) {
+    std::string checked;
+    for (const ExitStats& e : r.exits)
+      if (e.feedback) checked += str_cat(checked.empty() ? "" : ", ", e.name, " ", e.feedback_agree, "/", e.feedback);
+    std::printf("feedback (%.3g of hits run to the end): agreed %s\n", r.feedback,
+                checked.empty() ? "(none checked)" : checked.c_str());
+  }
+  for (const GuardEvent& ev : r.guard_events)
+    std::printf("guard: exit %d switched %s after %lld observations (window agreement %.4f over %d)\n", ev.exit,
+                ev.on ? "on" : "off", (long long)ev.at, ev.agreement, ev.observations);
 }
 
 int cmd_serve_sim(const ServeSimOpts& o) {
@@ -434,6 +445,11 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ReplayOptions ro;
   ro.batch = o.batch;
   ro.memory = o.memory == "on";
+  ro.feedback = o.feedback;
+  ro.guard = o.guard == "on";
+  ro.guard_options.window = o.guard_window;
+  ro.guard_options.min_observations = std::min(50, o.guard_window);
+  if (ro.guard && ro.feedback <= 0) fail("serve-sim: --guard on needs --feedback > 0 (the guard learns from it)");
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
               (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),
               engine.arch().name.c_str());
@@ -663,6 +679,21 @@ int dispatch(int argc, char** argv) {
   c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace");
   c_sim->add_option("--memory", ss.memory, "use the cache file's memory of recent answers, when it has one")
       ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--feedback", ss.feedback,
+                   "share of the requests an exit answers that keep running to the end, answered by the full "
+                   "model, so agreement is measured while serving")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--guard", ss.guard,
+                   "drift guard: switch an exit off when its feedback agreement is confidently below the cache "
+                   "file's target, on again when it recovers (needs --feedback)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c_sim->add_option("--guard-window", ss.guard_window, "feedback observations per exit the guard judges")
+      ->check(CLI::Range(1, 1000000))
       ->capture_default_str();
   c_sim->add_option("--json", ss.json, "write the report as JSON");
   c_sim->add_option("--per-request", ss.per_request,
