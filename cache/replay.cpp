@@ -160,10 +160,14 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   GuardOptions guard_options = o.guard_options;
   guard_options.target = caches.target_agreement;
   DriftGuard guard(int(points.size()), guard_options);
-  // The heads the guard leaves on, republished when it switches one.
+  // The caches as served now (online updates change them), and the heads
+  // the guard leaves on, republished when either changes.
+  std::vector<ExitCache> live = caches.exits;
+  std::vector<std::vector<float>> velocity(live.size()), pending_x(live.size());
+  std::vector<std::vector<int>> pending_y(live.size());
   auto publish = [&] {
     std::vector<ExitHeadSpec> specs;
-    for (const ExitCache& c : caches.exits)
+    for (const ExitCache& c : live)
       if (c.enabled() && guard.enabled(c.exit)) specs.push_back(c.head_spec());
     heads = engine.make_exit_heads(std::move(specs));
   };
@@ -238,28 +242,47 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     }
     // Exits the guard switched off are scored in shadow on the requests the
     // full model answered (untimed: pooling there is what serving would add).
+    // Online updates learn from the same requests: every learned cache takes
+    // an SGD step per online_batch of them, toward the full model's label.
     bool any_off = false;
-    for (const ExitCache& c : caches.exits) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
-    if (any_off) {
+    for (const ExitCache& c : live) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
+    bool updated = false;
+    if (any_off || o.online) {
+      const auto u0 = clock::now();
       const CollectedFeatures f = collect_features(engine, x.data(), nb, nb, pools);
       for (int i = 0; i < nb; ++i) {
         const RequestRecord& r = rep.requests[s + size_t(i)];
         if (r.exit != kFullModel) continue;
-        for (const ExitCache& c : caches.exits) {
-          if (!c.enabled() || guard.enabled(c.exit)) continue;
+        for (size_t e = 0; e < live.size(); ++e) {
+          ExitCache& c = live[e];
+          const float* feat = f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim);
+          if (o.online && c.kind == HeadKind::kLinear && c.enabled()) {
+            pending_x[e].insert(pending_x[e].end(), feat, feat + c.dim);
+            pending_y[e].push_back(r.full_label);
+            if (int(pending_y[e].size()) == o.online_sgd.batch) {
+              sgd_step(c, pending_x[e].data(), pending_y[e].data(), o.online_sgd.batch, o.online_sgd, velocity[e]);
+              pending_x[e].clear();
+              pending_y[e].clear();
+              ++rep.online_steps;
+              updated = true;
+            }
+          }
+          if (!o.guard || !c.enabled() || guard.enabled(c.exit)) continue;
           float conf;
-          const int label = c.predict(f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), &conf);
+          const int label = c.predict(feat, &conf);
           if (conf >= c.threshold) switched |= guard.observe(c.exit, label == r.full_label);
         }
       }
+      rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
-    if (switched) {
+    if (switched || updated) {
       publish();
       cached.heads = heads.get();
     }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
   rep.guard_events = guard.events();
+  if (o.online) rep.caches_after = live;
   return rep;
 }
 
@@ -312,6 +335,9 @@ std::string replay_json(const ReplayReport& r) {
                         {"window_agreement", ev.agreement},
                         {"window", ev.observations}});
     j["feedback"] = {{"share", r.feedback}, {"exits", fb}, {"guard", r.guard}, {"guard_events", events}};
+  }
+  if (r.online_steps > 0 || r.seconds_updates > 0) {
+    j["online"] = {{"sgd_steps", r.online_steps}, {"update_seconds", r.seconds_updates}};
   }
   if (r.has_memory)
     j["memory"] = {{"name", r.memory.name},

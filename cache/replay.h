@@ -35,6 +35,14 @@ struct ReplayOptions {
   // republished between batches when it switches one.
   bool guard = false;
   GuardOptions guard_options;
+  // Online updates: the open learned caches take SGD steps (online_sgd.lr,
+  // momentum, weight decay; one step per online_sgd.batch requests) on the
+  // pooled features of the requests the full model answered (misses and
+  // feedback) toward its labels; thresholds stay as calibrated, the guard
+  // watches the result.  Untimed, as an update off the request path would
+  // be; its time is reported apart.
+  bool online = false;
+  SgdOptions online_sgd = {1, 32, 0.005f, 0.9f, 5e-4f, 0};
   ProgressFn progress;
 };
 
@@ -72,6 +80,9 @@ struct ReplayReport {
   double seconds_caches = 0, seconds_full = 0;
   std::vector<GuardEvent> guard_events;  // when the drift guard switched exits (GuardEvent::exit: an exit point id)
   double feedback = 0;                   // the share of hits run to the end
+  int64_t online_steps = 0;              // SGD steps of the online updates
+  std::vector<ExitCache> caches_after;   // the caches as the online updates left them (when online)
+  double seconds_updates = 0;            // their time (feature collection and steps), outside the latencies
   bool guard = false;
   std::string kinds;       // the enabled heads' kinds, "linear", "knn+linear"; "none" without any
   double macs_full = 0;    // per request without caches

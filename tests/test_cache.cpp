@@ -885,5 +885,73 @@ TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
   EXPECT_GATI_ERROR(replay_trace(engine, set, d, trace, o), "the drift guard needs feedback");
 }
 
+// Online updates: a learned cache that starts knowing nothing (zero weights:
+// confidence 1/5, under its threshold) learns from the requests the full
+// model answers and starts answering, in agreement with the full model.
+TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
+  const Model m = test::random_model(test::kTinyArch, 3);
+  Engine engine{Model(m)};
+  Dataset d;
+  d.name = "random";
+  d.n = 40;
+  d.c = 1;
+  d.h = d.w = 12;
+  d.classes = 5;
+  d.images = test::random_floats(size_t(40 * 144), 19, 0.5f);
+  for (float& v : d.images) v += 0.5f;
+  for (int i = 0; i < 40; ++i) d.labels.push_back(i % 5);
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 2.0f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  ExitCache& last = set.exits.back();
+  std::fill(last.weight.begin(), last.weight.end(), 0.f);
+  std::fill(last.bias.begin(), last.bias.end(), 0.f);
+  last.threshold = 0.8f;
+  const Trace trace = make_trace("uniform", d, 600, 4);
+  auto hits = [](const ReplayReport& r, size_t from, size_t to, int* agree) {
+    int h = 0;
+    *agree = 0;
+    for (size_t i = from; i < to; ++i)
+      if (r.requests[i].exit >= 0) {
+        ++h;
+        *agree += r.requests[i].label == r.requests[i].full_label;
+      }
+    return h;
+  };
+  ReplayOptions o;
+  int agree = 0;
+  const ReplayReport still = replay_trace(engine, set, d, trace, o);
+  EXPECT_EQ(hits(still, 0, 600, &agree), 0);
+  EXPECT_EQ(still.online_steps, 0);
+  // Hits stop the learning from misses; feedback keeps it going.
+  o.online = true;
+  o.online_sgd.lr = 0.01f;
+  o.online_sgd.batch = 8;
+  o.feedback = 0.25;
+  const ReplayReport learned = replay_trace(engine, set, d, trace, o);
+  EXPECT_EQ(hits(learned, 0, 8, &agree), 0);  // no step before the first 8 answers
+  EXPECT_GT(hits(learned, 400, 600, &agree), 50);
+  EXPECT_GT(learned.online_steps, 10);
+  // What it learned: agreement with the full model on the whole data set,
+  // from chance (one label for everything) to most of it.
+  ASSERT_EQ(learned.caches_after.size(), set.exits.size());
+  std::vector<float> x = d.images;
+  engine.normalize(x.data(), d.n);
+  const CollectedFeatures f = collect_features(engine, x.data(), d.n, d.n, std::vector<PoolSpec>(4));
+  auto agreement = [&](const ExitCache& c) {
+    int a = 0;
+    for (int i = 0; i < d.n; ++i) {
+      float conf;
+      a += c.predict(f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim), &conf) == f.full_labels[size_t(i)];
+    }
+    return double(a) / d.n;
+  };
+  const double before = agreement(last), after = agreement(learned.caches_after.back());
+  EXPECT_GT(after, before + 0.2) << before << " -> " << after;
+  EXPECT_EQ(learned.caches_after.front().weight, set.exits.front().weight)
+      << "a closed exit pools nothing while serving, so it learns nothing";
+}
+
 }  // namespace
 }  // namespace gati

@@ -385,7 +385,8 @@ std::string pool_error(const std::string& name) {
 
 struct ServeSimOpts {
   Common common;
-  std::string model, trace, data_dir, save_trace, json, per_request, memory = "on", guard = "off";
+  std::string model, trace, data_dir, save_trace, json, per_request, memory = "on", guard = "off", online = "off";
+  float online_lr = 0.005f;
   std::vector<std::string> caches;
   int requests = 2000, seed = 1, batch = 1, guard_window = 500;
   double feedback = 0;
@@ -420,6 +421,9 @@ void print_replay(const ReplayReport& r) {
     std::printf("feedback (%.3g of hits run to the end): agreed %s\n", r.feedback,
                 checked.empty() ? "(none checked)" : checked.c_str());
   }
+  if (r.online_steps > 0)
+    std::printf("online updates: %lld SGD steps, %.1fs outside the latencies\n", (long long)r.online_steps,
+                r.seconds_updates);
   for (const GuardEvent& ev : r.guard_events)
     std::printf("guard: exit %d switched %s after %lld observations (window agreement %.4f over %d)\n", ev.exit,
                 ev.on ? "on" : "off", (long long)ev.at, ev.agreement, ev.observations);
@@ -448,6 +452,8 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ro.feedback = o.feedback;
   ro.guard = o.guard == "on";
   ro.guard_options.window = o.guard_window;
+  ro.online = o.online == "on";
+  ro.online_sgd.lr = o.online_lr;
   ro.guard_options.min_observations = std::min(50, o.guard_window);
   if (ro.guard && ro.feedback <= 0) fail("serve-sim: --guard on needs --feedback > 0 (the guard learns from it)");
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
@@ -694,6 +700,15 @@ int dispatch(int argc, char** argv) {
       ->capture_default_str();
   c_sim->add_option("--guard-window", ss.guard_window, "feedback observations per exit the guard judges")
       ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--online", ss.online,
+                   "online updates: learned caches take SGD steps toward the full model's answers on the requests "
+                   "it answered (misses and feedback)")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  c_sim->add_option("--online-lr", ss.online_lr, "learning rate of the online updates")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c_sim->add_option("--json", ss.json, "write the report as JSON");
   c_sim->add_option("--per-request", ss.per_request,
