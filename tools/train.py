@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint", help="save the training state here after every epoch and, when the file "
+                    "exists, resume from it (long CPU runs that span sessions)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -92,7 +94,20 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     t0 = time.time()
-    for epoch in range(args.epochs):
+    first_epoch, spent = 0, 0.0
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        state = torch.load(args.checkpoint)
+        if state["args"] != {k: v for k, v in vars(args).items() if k != "threads"}:
+            raise SystemExit(f"{args.checkpoint}: made with other arguments ({state['args']}); "
+                             "remove it or pass the same ones")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["rng"])
+        first_epoch, spent = state["epoch"], state["seconds"]
+        print(f"resuming from {args.checkpoint} after epoch {first_epoch} ({spent:.0f}s so far)", flush=True)
+    t0 -= spent
+    for epoch in range(first_epoch, args.epochs):
         model.train()
         perm = torch.randperm(len(xtr))
         total_loss = 0.0
@@ -113,6 +128,12 @@ def main():
         acc = evaluate(model, xte, yte, mean, std, device)
         print(f"\repoch {epoch + 1}/{args.epochs}: loss {total_loss / steps_per_epoch:.4f} "
               f"test accuracy {acc:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        if args.checkpoint:
+            tmp = args.checkpoint + ".tmp"
+            torch.save({"args": {k: v for k, v in vars(args).items() if k != "threads"},
+                        "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": torch.get_rng_state(), "epoch": epoch + 1, "seconds": time.time() - t0}, tmp)
+            os.replace(tmp, args.checkpoint)
 
     model = model.cpu().to(memory_format=torch.contiguous_format)
     acc = evaluate(model, xte, yte, mean, std, "cpu")
