@@ -82,6 +82,19 @@ GATI_HOST_DEVICE inline int pool_cell_end(int i, int size, int grid) {
   return int(((long long)(i + 1) * size + grid - 1) / grid);
 }
 
+// Row `row`'s decision at an exit: hit[row], and for a hit the exit, label
+// and confidence of its sample, position[pos][row].  Every exit op, on the
+// CPU and the GPU, records through this.
+GATI_HOST_DEVICE inline void record_decision(const ExitState& st, int pos, int row, int exit_id, bool hit, int label,
+                                             float confidence) {
+  st.hit[row] = hit ? 1 : 0;
+  if (!hit) return;
+  const int sample = st.position[pos][row];
+  st.exit[sample] = exit_id;
+  st.label[sample] = label;
+  st.confidence[sample] = confidence;
+}
+
 // A learned linear cache model at one exit (GATI's predictor on pooled
 // features): z = W * ((pooled - mean) * inv_std) + b, hit when the top softmax
 // probability of z reaches `threshold`.  dim = pool.features(channels).

@@ -810,6 +810,20 @@ TEST(Guard, SwitchesOffOnEvidenceAndOnAfterRecovery) {
   EXPECT_GATI_ERROR(DriftGuard(2, GuardOptions{0.99, 10, 20}), "min_observations 20");
 }
 
+// n random images in [0, 1] of kTinyArch's input (1x12x12, 5 classes).
+Dataset tiny_arch_images(int n, uint32_t seed) {
+  Dataset d;
+  d.name = "random";
+  d.n = n;
+  d.c = 1;
+  d.h = d.w = 12;
+  d.classes = 5;
+  d.images = test::random_floats(size_t(n) * 144, seed, 0.5f);
+  for (float& v : d.images) v += 0.5f;
+  for (int i = 0; i < n; ++i) d.labels.push_back(i % 5);
+  return d;
+}
+
 // A replay with feedback: an exit forced to answer one label with high
 // confidence disagrees with the full model on most requests; the guard
 // switches it off and later requests no longer leave there.  Without the
@@ -818,15 +832,7 @@ TEST(Guard, SwitchesOffOnEvidenceAndOnAfterRecovery) {
 TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
   const Model m = test::random_model(test::kTinyArch, 3);
   Engine engine{Model(m)};
-  Dataset d;
-  d.name = "random";
-  d.n = 80;
-  d.c = 1;
-  d.h = d.w = 12;
-  d.classes = 5;
-  d.images = test::random_floats(size_t(80 * 144), 17, 0.5f);
-  for (float& v : d.images) v += 0.5f;
-  for (int i = 0; i < 80; ++i) d.labels.push_back(i % 5);
+  const Dataset d = tiny_arch_images(80, 17);
   // The class the full model gives least often.
   std::vector<float> x = d.images;
   engine.normalize(x.data(), 80);
@@ -891,15 +897,7 @@ TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
 TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
   const Model m = test::random_model(test::kTinyArch, 3);
   Engine engine{Model(m)};
-  Dataset d;
-  d.name = "random";
-  d.n = 40;
-  d.c = 1;
-  d.h = d.w = 12;
-  d.classes = 5;
-  d.images = test::random_floats(size_t(40 * 144), 19, 0.5f);
-  for (float& v : d.images) v += 0.5f;
-  for (int i = 0; i < 40; ++i) d.labels.push_back(i % 5);
+  const Dataset d = tiny_arch_images(40, 19);
   CacheSet set;
   set.model_arch = m.arch().name;
   set.model_fingerprint = fingerprint(m);

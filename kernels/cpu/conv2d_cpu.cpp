@@ -85,7 +85,7 @@ inline v16 load16(const float* p) {
 // their outputs; with cg >= 16 all lanes share a group and each input is a
 // broadcast.  No FLOP goes to the zeros a GEMM panel per group would pad.
 void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, int w, float* out,
-                        const float* residual, bool relu) {
+                         const float* residual, bool relu) {
   const ConvParams& p = conv.p;
   const int cg = p.cin / p.groups, cout_g = p.cout / p.groups, oh = p.out_size(h), ow = p.out_size(w);
   i16 perm[8] = {};
@@ -109,11 +109,11 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
               for (int kx = 0; kx < p.kernel; ++kx) {
                 const int ix = ox * p.stride - p.pad + kx;
                 if (ix < 0 || ix >= w) continue;
-                const v16 x = load16(in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) *
-                                              size_t(p.cin) + size_t(o0));
+                const v16 x =
+                    load16(in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) +
+                           size_t(o0));
                 const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
-                for (int ci = 0; ci < cg; ++ci)
-                  acc += permute(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
+                for (int ci = 0; ci < cg; ++ci) acc += permute(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
               }
             }
             if (residual) acc += load16(residual + opix * size_t(p.cout) + size_t(o0));
@@ -138,42 +138,42 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
   const int blocks = p.cout / 16;
   const double macs = double(n) * oh * ow * p.cout * cg * p.kernel * p.kernel;
   parallel_for(n * blocks * oh, macs > 5e4, [&](int item) {
-      const int oy = item % oh, blk = item / oh % blocks, img = item / oh / blocks;
-      const int o0 = blk * 16;
-      const v16 bias = load16(conv.bias.data() + o0);
-      const v16 zero{};
-      {
-        for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
-          const int npix = std::min(kPix, ow - ox0);
-          v16 acc[kPix] = {bias, bias, bias, bias};
-          for (int ky = 0; ky < p.kernel; ++ky) {
-            const int iy = oy * p.stride - p.pad + ky;
-            if (iy < 0 || iy >= h) continue;
-            const float* row = in + (size_t(img) * size_t(h) + size_t(iy)) * size_t(w) * size_t(p.cin);
-            for (int kx = 0; kx < p.kernel; ++kx) {
-              const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
-              // The group's inputs at each of the four pixels (zeros in the padding).
-              const float* x[kPix];
-              for (int q = 0; q < kPix; ++q) {
-                const int ix = (ox0 + q) * p.stride - p.pad + kx;
-                x[q] = q < npix && ix >= 0 && ix < w ? row + size_t(ix) * size_t(p.cin) + size_t(o0 / cout_g * cg)
-                                                     : kZeros;
-              }
-              for (int ci = 0; ci < cg; ++ci) {
-                const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
-                for (int q = 0; q < kPix; ++q) acc[q] += x[q][ci] * wv;
-              }
+    const int oy = item % oh, blk = item / oh % blocks, img = item / oh / blocks;
+    const int o0 = blk * 16;
+    const v16 bias = load16(conv.bias.data() + o0);
+    const v16 zero{};
+    {
+      for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
+        const int npix = std::min(kPix, ow - ox0);
+        v16 acc[kPix] = {bias, bias, bias, bias};
+        for (int ky = 0; ky < p.kernel; ++ky) {
+          const int iy = oy * p.stride - p.pad + ky;
+          if (iy < 0 || iy >= h) continue;
+          const float* row = in + (size_t(img) * size_t(h) + size_t(iy)) * size_t(w) * size_t(p.cin);
+          for (int kx = 0; kx < p.kernel; ++kx) {
+            const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
+            // The group's inputs at each of the four pixels (zeros in the padding).
+            const float* x[kPix];
+            for (int q = 0; q < kPix; ++q) {
+              const int ix = (ox0 + q) * p.stride - p.pad + kx;
+              x[q] =
+                  q < npix && ix >= 0 && ix < w ? row + size_t(ix) * size_t(p.cin) + size_t(o0 / cout_g * cg) : kZeros;
+            }
+            for (int ci = 0; ci < cg; ++ci) {
+              const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
+              for (int q = 0; q < kPix; ++q) acc[q] += x[q][ci] * wv;
             }
           }
-          for (int q = 0; q < npix; ++q) {
-            const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
-            v16 v = acc[q];
-            if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
-            if (relu) v = v > zero ? v : zero;
-            std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
-          }
+        }
+        for (int q = 0; q < npix; ++q) {
+          const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
+          v16 v = acc[q];
+          if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
+          if (relu) v = v > zero ? v : zero;
+          std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
         }
       }
+    }
   });
 }
 

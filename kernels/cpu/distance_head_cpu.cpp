@@ -76,14 +76,7 @@ void exit_head_distance(const float* act, int n, int height, int width, int c, c
   parallel_for(n, wide && n > 1, [&](int row) {
     float conf;
     const int label = distance_head_predict(h, pooled + size_t(row) * size_t(h.dim), &conf);
-    const bool hit = label >= 0 && conf >= h.threshold;
-    st.hit[row] = hit ? 1 : 0;
-    if (hit) {
-      const int sample = st.position[pos][row];
-      st.exit[sample] = exit_id;
-      st.label[sample] = label;
-      st.confidence[sample] = conf;
-    }
+    record_decision(st, pos, row, exit_id, label >= 0 && conf >= h.threshold, label, conf);
   });
 }
 

@@ -118,14 +118,7 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   for (int row = 0; row < n; ++row) {
     float conf;
     const int label = top_softmax(z + size_t(row) * size_t(h.classes), h.classes, &conf);
-    const bool hit = conf >= h.threshold;
-    st.hit[row] = hit ? 1 : 0;
-    if (hit) {
-      const int sample = st.position[pos][row];
-      st.exit[sample] = exit_id;
-      st.label[sample] = label;
-      st.confidence[sample] = conf;
-    }
+    record_decision(st, pos, row, exit_id, conf >= h.threshold, label, conf);
   }
 }
 

@@ -72,8 +72,10 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       acc[r][1] = load_u(tmp + 16);
     }
   }
-  if (cols <= 16) micro_kernel<MR, 1>(kc, a, lda, bp, acc);
-  else micro_kernel<MR, 2>(kc, a, lda, bp, acc);
+  if (cols <= 16)
+    micro_kernel<MR, 1>(kc, a, lda, bp, acc);
+  else
+    micro_kernel<MR, 2>(kc, a, lda, bp, acc);
   v16 bias0{}, bias1{};
   if (last && ep.bias) {
     for (int j = 0; j < kPanel; ++j) tmp[j] = j < cols ? ep.bias[col0 + j] : 0.f;

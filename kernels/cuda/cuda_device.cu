@@ -4,9 +4,9 @@
 // with cudaErrorNoKernelImageForDevice when the binary was built without code
 // for the device's architecture, which is the case we must report clearly
 // rather than fail later in the first real launch.
-#include "weights/common/error.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cuda_device.h"
+#include "weights/common/error.h"
 
 namespace gati::cuda {
 namespace {

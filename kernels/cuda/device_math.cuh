@@ -61,6 +61,24 @@ __device__ inline float pool_feature(const float* __restrict__ src, int h, int w
 
 __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
 
+// One row's features: pooled from src [h, w, c] into pooled_row[dim]
+// (device) and standardised, (pooled - mean) * inv_std, into xs[padded_dim]
+// (zero past dim).  Every thread of the block must call it; a barrier must
+// follow before xs is read.
+__device__ inline void pool_and_standardise(const float* __restrict__ src, int h, int w, int c, PoolSpec pool, int dim,
+                                            const float* __restrict__ mean, const float* __restrict__ inv_std,
+                                            float* __restrict__ pooled_row, float* xs) {
+  for (int f = threadIdx.x; f < padded_dim(dim); f += blockDim.x) {
+    if (f < dim) {
+      const float p = pool_feature(src, h, w, c, pool, f);
+      pooled_row[f] = p;
+      xs[f] = __fmul_rn(__fsub_rn(p, mean[f]), inv_std[f]);
+    } else {
+      xs[f] = 0.f;
+    }
+  }
+}
+
 // Lane `l`'s partial sum of the CPU's lane_dot(w, x, dim).
 __device__ inline float lane_partial(const float* __restrict__ w, const float* __restrict__ x, int dim, int l) {
   const int full = dim / kLanes * kLanes;

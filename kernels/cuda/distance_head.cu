@@ -32,16 +32,8 @@ __global__ void distance_head_kernel(const float* __restrict__ act, int height, 
   __shared__ float s_d2[kMaxNeighbours];
   __shared__ int s_idx[kMaxNeighbours];
   const int row = blockIdx.x, tid = threadIdx.x;
-  const float* src = act + long(row) * height * width * channels;
-  for (int f = tid; f < padded; f += blockDim.x) {
-    if (f < dim) {
-      const float p = dev::pool_feature(src, height, width, channels, h.pool, f);
-      pooled[long(row) * dim + f] = p;
-      xs[f] = __fmul_rn(__fsub_rn(p, h.mean[f]), h.inv_std[f]);
-    } else {
-      xs[f] = 0.f;
-    }
-  }
+  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, h.pool, dim, h.mean,
+                            h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
   dev::linear_scores(h.projection, nullptr, xs, dim, h.reduced, y);
   __syncthreads();
@@ -104,14 +96,7 @@ __global__ void distance_head_kernel(const float* __restrict__ act, int height, 
     }
   }
   const float conf = best < 0 ? 0.f : float(best_c / (1.0 + best_c));
-  const bool hit = best >= 0 && conf >= h.threshold;
-  st.hit[row] = hit ? 1 : 0;
-  if (hit) {
-    const int sample = st.position[pos][row];
-    st.exit[sample] = exit_id;
-    st.label[sample] = best;
-    st.confidence[sample] = conf;
-  }
+  record_decision(st, pos, row, exit_id, best >= 0 && conf >= h.threshold, best, conf);
 }
 
 }  // namespace

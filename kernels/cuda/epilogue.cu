@@ -1,8 +1,8 @@
 // Bias, residual and ReLU after a convolution; see epilogue.cuh.  The order
 // of the adds is the CPU epilogue's: (conv + bias) + residual, then max(0, .).
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/epilogue.cuh"
+#include "kernels/cuda/grid.cuh"
 #include "weights/common/error.h"
 
 namespace gati::cuda {
@@ -23,10 +23,14 @@ void launch_epilogue(float* out, long total, int c, const float* bias, const flo
                      cudaStream_t stream) {
   const int threads = 256;
   const unsigned blocks = grid_for(total, threads);
-  if (residual && relu) epilogue_kernel<true, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
-  else if (residual) epilogue_kernel<true, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
-  else if (relu) epilogue_kernel<false, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
-  else epilogue_kernel<false, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+  if (residual && relu)
+    epilogue_kernel<true, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+  else if (residual)
+    epilogue_kernel<true, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+  else if (relu)
+    epilogue_kernel<false, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+  else
+    epilogue_kernel<false, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
 }
 
 }  // namespace

@@ -45,16 +45,8 @@ __global__ void exit_head_kernel(const float* __restrict__ act, int height, int 
   float* xs = smem;          // [padded] standardised features
   float* z = smem + padded;  // [classes] scores
   const int row = blockIdx.x;
-  const float* src = act + long(row) * height * width * channels;
-  for (int f = threadIdx.x; f < padded; f += blockDim.x) {
-    if (f < dim) {
-      const float m = dev::pool_feature(src, height, width, channels, h.pool, f);
-      pooled[long(row) * dim + f] = m;
-      xs[f] = __fmul_rn(__fsub_rn(m, h.mean[f]), h.inv_std[f]);
-    } else {
-      xs[f] = 0.f;
-    }
-  }
+  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, h.pool, dim, h.mean,
+                            h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
   dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
   __syncthreads();
@@ -63,14 +55,7 @@ __global__ void exit_head_kernel(const float* __restrict__ act, int height, int 
   dev::block_argmax_sum(z, h.classes, &best, &sum);
   if (threadIdx.x == 0) {
     const float conf = float(1.0 / sum);
-    const bool hit = conf >= h.threshold;
-    st.hit[row] = hit ? 1 : 0;
-    if (hit) {
-      const int sample = st.position[pos][row];
-      st.exit[sample] = exit_id;
-      st.label[sample] = best;
-      st.confidence[sample] = conf;
-    }
+    record_decision(st, pos, row, exit_id, conf >= h.threshold, best, conf);
   }
 }
 

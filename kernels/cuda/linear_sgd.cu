@@ -12,8 +12,8 @@
 
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/linear_sgd.cuh"
 #include "weights/common/error.h"
 
@@ -93,15 +93,18 @@ __global__ void sgd_commit_kernel(LinearHeadMut h, SgdScratch s, int32_t* status
   const long wsize = long(h.classes) * h.dim, total = wsize + h.classes;
   for (long j = blockIdx.x * long(blockDim.x) + threadIdx.x; j < total; j += long(gridDim.x) * blockDim.x) {
     h.velocity[j] = s.next[j];
-    if (j < wsize) h.weight[j] = s.next[total + j];
-    else h.bias[j - wsize] = s.next[total + j];
+    if (j < wsize)
+      h.weight[j] = s.next[total + j];
+    else
+      h.bias[j - wsize] = s.next[total + j];
   }
 }
 
 void launch_sgd(const LinearHeadMut& h, const float* x, const int32_t* labels, int n, const SgdHyper& hp,
                 const SgdScratch& s, const SgdReport& r, cudaStream_t stream) {
   sgd_reset_kernel<<<1, 1, 0, stream>>>(s.flags);
-  sgd_sample_kernel<<<unsigned(n), kSampleThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(h, x, labels, s, r.loss);
+  sgd_sample_kernel<<<unsigned(n), kSampleThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(h, x, labels, s,
+                                                                                                       r.loss);
   const long total = long(h.classes) * h.dim + h.classes;
   sgd_param_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, n, hp, s);
   sgd_commit_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, s, r.status);

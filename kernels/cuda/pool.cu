@@ -65,7 +65,7 @@ __global__ void pool_features_kernel(const float* __restrict__ in, int h, int w,
 void launch_max_pool(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
                      float* out, cudaStream_t stream) {
   max_pool_kernel<<<grid_for(long(n) * oh * ow * c, 256), 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow,
-                                                                         out);
+                                                                            out);
 }
 
 void launch_global_avg_pool(const float* in, int n, int hw, int c, float* out, cudaStream_t stream) {
