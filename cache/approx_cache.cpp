@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
+#include "kernels/cpu/memory_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/error.h"
 
@@ -101,11 +102,7 @@ std::vector<float> kmeans(const float* points, size_t n, int r, int k_in, int it
   const int k = int(std::min<size_t>(size_t(k_in), n));
   const size_t R = size_t(r);
   std::mt19937 rng(seed);
-  auto d2 = [&](const float* a, const float* b) {
-    float s = 0;
-    for (size_t j = 0; j < R; ++j) s += (a[j] - b[j]) * (a[j] - b[j]);
-    return s;
-  };
+  auto d2 = [&](const float* a, const float* b) { return cpu::squared_distance(a, b, r); };
   // k-means++ seeding.
   std::vector<float> cent(size_t(k) * R);
   std::vector<float> nearest(n, std::numeric_limits<float>::max());

@@ -57,11 +57,8 @@ CascadeCosts macs_costs(const Engine& engine, const std::vector<ExitCache>& cach
   CascadeCosts c;
   c.full = double(plan.macs_per_sample);
   for (const ExitCache& cache : caches) {
-    const ExitPoint& e = plan.exits.at(size_t(cache.exit));
-    double through = 0;
-    for (int s = 0; s <= e.after_step; ++s) through += double(plan.steps[size_t(s)].macs_per_sample);
-    c.through.push_back(through);
-    c.head.push_back(double(exit_head_macs(e.shape, cache)));
+    c.through.push_back(double(macs_through(plan, cache.exit)));
+    c.head.push_back(double(exit_head_macs(plan.exits.at(size_t(cache.exit)).shape, cache)));
   }
   return c;
 }

@@ -68,10 +68,7 @@ struct MacsModel {
   MacsModel(const Engine& engine, const CacheSet& caches, const AnswerMemory* mem) {
     const Plan plan = make_plan(engine.model().net, 1, engine.arch().input_h, engine.arch().input_w);
     full = double(plan.macs_per_sample);
-    std::vector<double> before_step(plan.steps.size() + 1, 0);
-    for (size_t s = 0; s < plan.steps.size(); ++s)
-      before_step[s + 1] = before_step[s] + double(plan.steps[s].macs_per_sample);
-    for (const ExitPoint& e : plan.exits) through.push_back(before_step[size_t(e.after_step) + 1]);
+    for (const ExitPoint& e : plan.exits) through.push_back(double(macs_through(plan, e.id)));
     head.assign(plan.exits.size(), 0);
     for (const ExitCache& c : caches.exits)
       if (c.enabled()) head[size_t(c.exit)] = double(exit_head_macs(plan.exits[size_t(c.exit)].shape, c));
@@ -242,8 +239,9 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     }
     // Exits the guard switched off are scored in shadow on the requests the
     // full model answered (untimed: pooling there is what serving would add).
-    // Online updates learn from the same requests: every learned cache takes
-    // an SGD step per online_batch of them, toward the full model's label.
+    // Online updates learn from the same requests: every open learned cache
+    // takes an SGD step per online_sgd.batch of them, toward the full
+    // model's label.
     bool any_off = false;
     for (const ExitCache& c : live) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
     bool updated = false;

@@ -170,4 +170,11 @@ Plan make_plan(const Network& net, int max_batch, int h, int w) {
   return plan;
 }
 
+int64_t macs_through(const Plan& plan, int exit) {
+  const ExitPoint& e = plan.exits.at(size_t(exit));
+  int64_t macs = 0;
+  for (int s = 0; s <= e.after_step; ++s) macs += plan.steps[size_t(s)].macs_per_sample;
+  return macs;
+}
+
 }  // namespace gati

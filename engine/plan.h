@@ -80,4 +80,8 @@ struct Plan {
 // size overflows.
 Plan make_plan(const Network& net, int max_batch, int h, int w);
 
+// MACs per sample of every step up to exit point `exit` (the network's cost
+// to produce the output that exit reads; its head not included).
+int64_t macs_through(const Plan& plan, int exit);
+
 }  // namespace gati

@@ -455,7 +455,6 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ro.online = o.online == "on";
   ro.online_sgd.lr = o.online_lr;
   ro.guard_options.min_observations = std::min(50, o.guard_window);
-  if (ro.guard && ro.feedback <= 0) fail("serve-sim: --guard on needs --feedback > 0 (the guard learns from it)");
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
               (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),
               engine.arch().name.c_str());
