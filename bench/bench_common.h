@@ -4,6 +4,7 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <cstdint>
 
 #include <cstdio>
 #include <cstring>

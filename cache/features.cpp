@@ -2,6 +2,7 @@
 #include "cache/features.h"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace gati {
 

@@ -10,6 +10,7 @@
 // each worker (Session) has its own.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>

@@ -2,6 +2,7 @@
 #include "engine/memory.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "engine/plan.h"
 #include "weights/common/error.h"

@@ -2,6 +2,7 @@
 #include "engine/plan.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "weights/common/checked.h"
 #include "weights/common/error.h"

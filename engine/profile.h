@@ -5,6 +5,7 @@
 // report is stable against the odd slow run.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,7 @@ struct LayerProfile {
 struct ProfileReport {
   std::string model, device;
   int batch = 0, repeats = 0, input_h = 0, input_w = 0;
-  double total_ms = 0;  // median of whole-run times
+  double total_ms = 0;     // median of whole-run times
   double peak_gflops = 0;  // the device's measured GEMM peak (0: not measured)
   std::vector<LayerProfile> layers;
 };

@@ -2,6 +2,7 @@
 #include "loaders/fashion_mnist.h"
 
 #include <zlib.h>
+#include <cstdint>
 
 #include <sys/stat.h>
 #include <cerrno>

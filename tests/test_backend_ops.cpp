@@ -9,6 +9,7 @@
 // touch.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 
@@ -434,6 +435,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
       MemoryView v2 = m2.view(n);
       ctx_->begin_exits(hs.st, n, classes);
       ctx_->memory_lookup(v2, act.data(), {n, k.h, k.h, k.c}, 0, hs.st, 0, pooled.data());  // fills pending only
+      ctx_->synchronize();  // the host writes the state the queued kernels read and write
       for (int i = 0; i < n; ++i) {
         hs.st.exit[i] = kFullModel;
         hs.st.label[i] = label[n - 1 - i];  // sample i is image n-1-i
@@ -462,6 +464,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
 
     // 4. Round-robin: more confident answers than capacity keep `capacity`.
     for (int round = 0; round < 2; ++round) {
+      ctx_->synchronize();
       for (int i = 0; i < n; ++i) {
         hs.st.exit[i] = kFullModel;
         hs.st.confidence[i] = 0.99f;

@@ -3,6 +3,7 @@
 // traces round-trip and reject damage, traces are reproducible by seed.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>

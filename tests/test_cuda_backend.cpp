@@ -6,6 +6,7 @@
 // CUDA events.  Without a GPU every test here skips with the reason, except
 // the one that checks what a user without a GPU is told.
 #include <cmath>
+#include <cstdint>
 #include <thread>
 
 #include "engine/engine.h"
@@ -36,10 +37,10 @@ std::string cuda_unavailable() {
   return {};
 }
 
-#define SKIP_WITHOUT_GPU()                                                   \
-  do {                                                                       \
-    const std::string why = cuda_unavailable();                              \
-    if (!why.empty()) GTEST_SKIP() << "CUDA backend not runnable here: " << why;     \
+#define SKIP_WITHOUT_GPU()                                                       \
+  do {                                                                           \
+    const std::string why = cuda_unavailable();                                  \
+    if (!why.empty()) GTEST_SKIP() << "CUDA backend not runnable here: " << why; \
   } while (0)
 
 struct Pair {
@@ -142,7 +143,8 @@ TEST(CudaBackend, ThreadsSharingOneEngineAndTheServerAgree) {
   std::vector<double> errors(4, 0);
   for (int t = 0; t < 4; ++t)
     threads.emplace_back([&, t] {
-      for (int r = 0; r < 5; ++r) errors[size_t(t)] = std::max(errors[size_t(t)], max_rel_error(e.infer(x.data(), n), want));
+      for (int r = 0; r < 5; ++r)
+        errors[size_t(t)] = std::max(errors[size_t(t)], max_rel_error(e.infer(x.data(), n), want));
     });
   for (auto& t : threads) t.join();
   for (double err : errors) EXPECT_LE(err, 1e-6);
@@ -152,7 +154,8 @@ TEST(CudaBackend, ThreadsSharingOneEngineAndTheServerAgree) {
   so.max_batch = 4;
   Server server(e, so);
   std::vector<std::future<ServeResult>> futures;
-  for (int i = 0; i < n; ++i) futures.push_back(server.submit({x.begin() + long(per) * i, x.begin() + long(per) * (i + 1)}));
+  for (int i = 0; i < n; ++i)
+    futures.push_back(server.submit({x.begin() + long(per) * i, x.begin() + long(per) * (i + 1)}));
   for (int i = 0; i < n; ++i) {
     const ServeResult r = futures[size_t(i)].get();
     const std::vector<float> row(want.begin() + long(a.num_classes) * i, want.begin() + long(a.num_classes) * (i + 1));

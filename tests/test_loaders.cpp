@@ -1,9 +1,10 @@
 // Fashion-MNIST: the real files from Debian's package, and damaged copies.
 #include <zlib.h>
+#include <cstdint>
 
-#include "weights/common/error.h"
 #include "loaders/fashion_mnist.h"
 #include "test_util.h"
+#include "weights/common/error.h"
 
 namespace gati {
 namespace {

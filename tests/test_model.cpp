@@ -1,6 +1,7 @@
 // Architecture records, the network builder, batch-norm folding, model files
 // with missing / misshaped / non-finite tensors, the plan, and the Engine's
 // input checks.
+#include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
 
@@ -167,11 +168,13 @@ TEST_F(ModelFiles, LoadsAndRuns) {
   const auto x = test::random_floats(2 * 12 * 12, 5);
   const std::vector<float> y = e.infer(x.data(), 2);
   ASSERT_EQ(y.size(), 10u);
-  // Batch 2 equals two runs of batch 1, bit for bit (same kernels, same order).
+  // Batch 2 equals two runs of batch 1 up to float rounding: the GEMM
+  // splits rows differently by batch, and on some compilers and CPUs (GCC 13
+  // on the GPU machine's Xeon) the split changes the rounding in the last bit.
   const std::vector<float> y0 = e.infer(x.data(), 1), y1 = e.infer(x.data() + 144, 1);
   for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(y[size_t(i)], y0[size_t(i)]);
-    EXPECT_EQ(y[size_t(5 + i)], y1[size_t(i)]);
+    EXPECT_NEAR(y[size_t(i)], y0[size_t(i)], 1e-5 * std::abs(y0[size_t(i)]) + 1e-6);
+    EXPECT_NEAR(y[size_t(5 + i)], y1[size_t(i)], 1e-5 * std::abs(y1[size_t(i)]) + 1e-6);
   }
 }
 

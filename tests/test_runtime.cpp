@@ -4,6 +4,7 @@
 // sessions (re-entrancy, bounded plans, arena limit) and sessions running in
 // parallel threads.
 #include <sys/stat.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <random>

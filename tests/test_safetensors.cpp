@@ -3,12 +3,13 @@
 // under AddressSanitizer and UBSan in CI).
 #include <sys/stat.h>
 #include <unistd.h>
+#include <cstdint>
 
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "weights/common/error.h"
 #include "test_util.h"
+#include "weights/common/error.h"
 #include "weights/safetensors.h"
 
 namespace gati {

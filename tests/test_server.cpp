@@ -4,6 +4,7 @@
 // with one worker; bad images are refused on the caller's thread; new exit
 // heads take effect; shutdown serves what was queued.
 #include <atomic>
+#include <cstdint>
 #include <set>
 #include <thread>
 
@@ -60,8 +61,8 @@ TEST(Server, ManyClientThreadsGetEveryAnswerOnceAndRight) {
       for (auto& [i, f] : futures) {
         const ServeResult r = f.get();
         const SampleResult& w = world.want[size_t(i)];
-        if (r.result.exit != w.exit || r.result.label != w.label || std::abs(r.result.confidence - w.confidence) > 1e-5f ||
-            (r.result.exit == kFullModel) != !r.logits.empty())
+        if (r.result.exit != w.exit || r.result.label != w.label ||
+            std::abs(r.result.confidence - w.confidence) > 1e-5f || (r.result.exit == kFullModel) != !r.logits.empty())
           wrong++;
         answered++;
       }

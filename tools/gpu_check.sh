@@ -42,7 +42,8 @@ if [ -d .gpu-deps ] && [ ! -f "$deps/.unpacked" ]; then
   for f in .gpu-deps/*.deb; do dpkg -x "$f" "$deps"; done
   touch "$deps/.unpacked"
 fi
-cudnn=${GATI_CUDNN_ROOT:-$("$py" -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null)}
+# nvidia.cudnn is a namespace package in recent wheels (no __file__): take its __path__.
+cudnn=${GATI_CUDNN_ROOT:-$("$py" -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null)}
 export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${cudnn:+$cudnn/lib:}${LD_LIBRARY_PATH:-}"
 export GATI_FASHION_MNIST=${GATI_FASHION_MNIST:-$deps/usr/share/datasets/fashion-mnist}
 [ -d "$GATI_FASHION_MNIST" ] || GATI_FASHION_MNIST=/usr/share/datasets/fashion-mnist
@@ -109,7 +110,8 @@ configure_and_build() {
   cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGATI_CUDA=ON -DGATI_CUDNN_ROOT="$cudnn" \
     -DCMAKE_CUDA_ARCHITECTURES="${GATI_CUDA_ARCHS:-90}" -DCMAKE_PREFIX_PATH="$deps/usr" \
     -DGATI_PYTHON="$(command -v "$py")" &&
-    cmake --build "$build" -j "$jobs"
+    cmake --build "$build" -j "$jobs" -- $([ ${#gen[@]} -gt 0 ] && echo -k 0) &&
+    grep -E 'GATI_CUDNN_(INCLUDE|LIBRARY)' "$build/CMakeCache.txt"
 }
 
 gpu_tests() {
@@ -117,7 +119,7 @@ gpu_tests() {
     "$build/tests/test_cuda_backend"
 }
 
-all_tests() { (cd "$build" && ctest --output-on-failure -j 4 --timeout 900); }
+all_tests() { (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900); }
 
 sanitize() {
   local tool rc=0

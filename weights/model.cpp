@@ -1,6 +1,7 @@
 // Model loading: metadata -> architecture -> expected tensors -> folded weights.
 #include "weights/model.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 

@@ -1,6 +1,7 @@
 // Architecture record parsing and the network builder; see resnet.h.
 #include "weights/resnet.h"
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 
 #include "weights/common/error.h"

@@ -8,6 +8,7 @@
 // ThreadScope around each op so no process-wide OpenMP setting is touched.
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 #include <nvtx3/nvToolsExt.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <cstring>

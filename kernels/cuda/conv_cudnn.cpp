@@ -9,6 +9,9 @@
 
 #include <cudnn.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.cuh"
@@ -27,12 +30,18 @@ std::string shape_text(const ConvGeometry& g, int n, int h, int w) {
                  g.stride, " pad ", g.pad, g.groups > 1 ? str_cat(" groups ", g.groups) : std::string());
 }
 
+// Diagnostic switches for the GPU speed work, read from the environment.
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
+
 }  // namespace
 
-#define CUDNN_CHECK_AT(expr, where)                                                                             \
-  do {                                                                                                          \
-    const cudnnStatus_t gati_st_ = (expr);                                                                      \
-    if (gati_st_ != CUDNN_STATUS_SUCCESS)                                                                       \
+#define CUDNN_CHECK_AT(expr, where)                                                                                   \
+  do {                                                                                                                \
+    const cudnnStatus_t gati_st_ = (expr);                                                                            \
+    if (gati_st_ != CUDNN_STATUS_SUCCESS)                                                                             \
       ::gati::fail(#expr, " failed: ", cudnnGetErrorString(gati_st_), " (", where, ") at ", __FILE__, ":", __LINE__); \
   } while (0)
 
@@ -109,11 +118,19 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   // uses FMA math and is neither FFT nor Winograd (whose FP32 rounding can
   // approach the 1e-4 parity bound); then the two implicit GEMMs, which run
   // every shape.  The first whose workspace query succeeds is kept.
+  // GATI_CUDNN_FIND=1 times every algorithm on this shape instead
+  // (cudnnFindConvolutionForwardAlgorithm, PyTorch's cudnn.benchmark).
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
-  CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->f, p->conv, p->y,
+  if (env_flag("GATI_CUDNN_FIND")) {
+    CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p->x, p->f, p->conv, p->y,
                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
-                 where);
+                   where);
+  } else {
+    CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->f, p->conv, p->y,
+                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+                   where);
+  }
   struct Candidate {
     cudnnConvolutionFwdAlgo_t algo;
     cudnnMathType_t math;
@@ -135,7 +152,8 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   bool found = false;
   for (const Candidate& c : candidates) {
     CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, c.math), where);
-    if (cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, c.algo, &ws) != CUDNN_STATUS_SUCCESS ||
+    if (cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, c.algo, &ws) !=
+            CUDNN_STATUS_SUCCESS ||
         ws > kMaxWorkspace)
       continue;
     p->algo = c.algo;
@@ -147,7 +165,15 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   workspace_.reserve(ws, str_cat("the cuDNN workspace of ", name));
   p->choice.algo = int(p->algo);
   p->choice.workspace_bytes = ws;
-  p->choice.fused = relu;
+  p->choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
+  if (env_flag("GATI_CUDNN_LOG")) {
+    std::string ranked;
+    for (int i = 0; i < returned; ++i)
+      ranked += str_cat(" ", int(perf[i].algo), "/", int(perf[i].mathType), perf[i].status ? "!" : "", "(",
+                        perf[i].time >= 0 ? perf[i].time : -1.f, ")");
+    std::fprintf(stderr, "[cudnn] %s: algo %d tensor_ops %d workspace %zu fused %d; ranked%s\n", where.c_str(),
+                 int(p->algo), int(p->choice.tensor_ops), ws, int(p->choice.fused), ranked.c_str());
+  }
   return *plans_.emplace(key, std::move(p)).first->second;
 }
 
@@ -155,8 +181,8 @@ const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w,
   return plan_for(g, n, h, w, relu, name).choice;
 }
 
-void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight,
-                    const float* bias, float* out, const float* residual, bool relu, const std::string& name) {
+void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
+                    float* out, const float* residual, bool relu, const std::string& name) {
   Plan& p = plan_for(g, n, h, w, relu, name);
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   const float one = 1.f, zero = 0.f;

@@ -9,6 +9,7 @@
 // move into scratch, and a copy back (moving rows in place in parallel would
 // let one block overwrite a row another has not read yet).
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/device_math.cuh"

@@ -9,6 +9,7 @@
 // operations, so both backends take the same step.
 #include <climits>
 #include <cmath>
+#include <cstdint>
 
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cuda/cuda_check.cuh"

@@ -1,5 +1,6 @@
 // libFuzzer target: the Fashion-MNIST IDX reader (gzip or plain) on an
 // arbitrary images file beside a valid labels file.
+#include <cstdint>
 #include <filesystem>
 
 #include "fuzz_common.h"
