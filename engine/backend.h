@@ -148,7 +148,9 @@ class BackendContext {
   virtual void conv(int conv, const float* in, const Act& in_shape, float* out, const float* residual, bool relu) = 0;
   // Per-shape setup of a convolution ahead of its first run (descriptors and
   // algorithm choice on CUDA); conv() prepares any shape it has not seen.
-  virtual void prepare_conv(int conv, const Act& in_shape, bool relu) { (void)conv, (void)in_shape, (void)relu; }
+  virtual void prepare_conv(int conv, const Act& in_shape, bool relu, bool residual) {
+    (void)conv, (void)in_shape, (void)relu, (void)residual;
+  }
   virtual void max_pool(const float* in, const Act& in_shape, int kernel, int stride, int pad, float* out) = 0;
   // [n, h, w, c] -> [n, c]
   virtual void global_avg_pool(const float* in, const Act& shape, float* out) = 0;

@@ -30,7 +30,7 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
   for (const Step& s : plan_.steps)
     if (s.kind == StepKind::Conv)
       for (int b : {plan_.max_batch, 1}) {
-        ctx_.prepare_conv(s.conv, s.in.with_batch(b), s.relu);
+        ctx_.prepare_conv(s.conv, s.in.with_batch(b), s.relu, s.residual_slot >= 0);
         if (plan_.max_batch == 1) break;
       }
 }

@@ -227,10 +227,10 @@ class CudaContext final : public BackendContext {
     conv_.run(c.g, s.n, s.h, s.w, in, c.weight.floats(), c.bias.floats(), out, residual, relu, c.name);
   }
 
-  void prepare_conv(int conv, const Act& s, bool relu) override {
+  void prepare_conv(int conv, const Act& s, bool relu, bool residual) override {
     cuda::DeviceScope scope(index_);
     const DeviceConv& c = device_->conv(conv);
-    conv_.prepare(c.g, s.n, s.h, s.w, relu, c.name);
+    conv_.prepare(c.g, s.n, s.h, s.w, relu, residual, c.name);
   }
 
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {

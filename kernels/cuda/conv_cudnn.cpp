@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/conv_graph.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/epilogue.cuh"
 #include "weights/common/error.h"
@@ -53,6 +54,8 @@ struct CudnnConv::Plan {
   cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
   int oh = 0, ow = 0;
   ConvChoice choice;
+  std::unique_ptr<GraphConv> graph;  // the backend-API plan; null: the legacy calls above
+  bool graph_epilogue = false;       // bias, residual and ReLU inside the graph (else our epilogue kernel)
 
   ~Plan() {
     if (x) cudnnDestroyTensorDescriptor(x);
@@ -65,6 +68,18 @@ struct CudnnConv::Plan {
 };
 
 CudnnConv::CudnnConv(cudaStream_t stream, bool tf32) : stream_(stream), tf32_(tf32) {
+  // GATI_CUDNN_API=legacy|graph-unfused|graph (default) and GATI_CUDNN_TUNE=0
+  // (first ranked engine, untimed): switches for the speed work.
+  const char* api = std::getenv("GATI_CUDNN_API");
+  const std::string a = api ? api : "graph";
+  if (a == "legacy")
+    api_ = Api::kLegacy;
+  else if (a == "graph-unfused")
+    api_ = Api::kGraphUnfused;
+  else if (a != "graph")
+    fail("GATI_CUDNN_API='", a, "' is not legacy, graph-unfused or graph");
+  const char* tune = std::getenv("GATI_CUDNN_TUNE");
+  tune_ = !(tune && std::string(tune) == "0");
   cudnnHandle_t h = nullptr;
   CUDNN_CHECK_AT(cudnnCreate(&h), "creating the cuDNN handle");
   handle_ = h;
@@ -80,8 +95,9 @@ CudnnConv::~CudnnConv() {
   if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
 }
 
-CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name) {
-  const Key key{g.cin, g.cout, g.kernel, g.stride, g.pad, g.groups, n, h, w, relu};
+CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+                                     const std::string& name) {
+  const Key key{g.cin, g.cout, g.kernel, g.stride, g.pad, g.groups, n, h, w, relu, residual};
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
 
@@ -89,6 +105,52 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
     fail(name, ": bad convolution shape ", shape_text(g, n, h, w));
   const std::string where = str_cat(name, " ", shape_text(g, n, h, w));
   auto p = std::make_unique<Plan>();
+  p->oh = (h + 2 * g.pad - g.kernel) / g.stride + 1;
+  p->ow = (w + 2 * g.pad - g.kernel) / g.stride + 1;
+  if (p->oh < 1 || p->ow < 1) fail(where, ": the input is smaller than the kernel");
+  if (api_ != Api::kLegacy) build_graph(*p, g, n, h, w, relu, residual, where);
+  if (!p->graph) build_legacy(*p, g, n, h, w, relu, where);
+  return *plans_.emplace(key, std::move(p)).first->second;
+}
+
+// The graph: fused epilogue first, then the convolution alone; the legacy
+// plan stays for when neither is offered.
+void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+                            const std::string& where) {
+  GraphConvShape gs;
+  gs.g = g;
+  gs.n = n;
+  gs.h = h;
+  gs.w = w;
+  gs.oh = p.oh;
+  gs.ow = p.ow;
+  gs.residual = residual;
+  gs.relu = relu;
+  std::string why_fused, why_alone;
+  if (api_ != Api::kGraphUnfused) p.graph = GraphConv::build(handle_, stream_, gs, tf32_, tune_, &why_fused);
+  p.graph_epilogue = p.graph != nullptr;
+  if (!p.graph) {
+    gs.bias = gs.residual = gs.relu = false;
+    p.graph = GraphConv::build(handle_, stream_, gs, tf32_, tune_, &why_alone);
+  }
+  if (p.graph) {
+    workspace_.reserve(p.graph->workspace_bytes(), str_cat("the cuDNN workspace of ", where));
+    p.choice.algo = -1;
+    p.choice.workspace_bytes = p.graph->workspace_bytes();
+    p.choice.fused = p.graph_epilogue;
+    p.choice.tensor_ops = p.graph->tensor_ops();
+    p.choice.engine = p.graph->description();
+  }
+  if (env_flag("GATI_CUDNN_LOG"))
+    std::fprintf(stderr, "[cudnn] %s: %s%s%s\n", where.c_str(),
+                 p.graph ? p.graph->description().c_str() : "legacy (no graph plan)",
+                 why_fused.empty() ? "" : str_cat("; fused graph refused: ", why_fused).c_str(),
+                 why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
+}
+
+void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int w, bool relu,
+                             const std::string& where) {
+  Plan* p = &p_;
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->x), where);
   CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->y), where);
@@ -122,7 +184,7 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   // (cudnnFindConvolutionForwardAlgorithm, PyTorch's cudnn.benchmark).
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
-  if (env_flag("GATI_CUDNN_FIND")) {
+  if (tune_ || env_flag("GATI_CUDNN_FIND")) {
     CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p->x, p->f, p->conv, p->y,
                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                    where);
@@ -161,8 +223,8 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
     found = true;
     break;
   }
-  if (!found) fail(name, ": cuDNN has no forward algorithm for ", shape_text(g, n, h, w));
-  workspace_.reserve(ws, str_cat("the cuDNN workspace of ", name));
+  if (!found) fail(where, ": cuDNN has no forward algorithm");
+  workspace_.reserve(ws, str_cat("the cuDNN workspace of ", where));
   p->choice.algo = int(p->algo);
   p->choice.workspace_bytes = ws;
   p->choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
@@ -174,18 +236,24 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
     std::fprintf(stderr, "[cudnn] %s: algo %d tensor_ops %d workspace %zu fused %d; ranked%s\n", where.c_str(),
                  int(p->algo), int(p->choice.tensor_ops), ws, int(p->choice.fused), ranked.c_str());
   }
-  return *plans_.emplace(key, std::move(p)).first->second;
+  p->choice.engine = str_cat("legacy algo ", int(p->algo), p->choice.fused ? " fused" : "");
 }
 
-const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name) {
-  return plan_for(g, n, h, w, relu, name).choice;
+const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+                                     const std::string& name) {
+  return plan_for(g, n, h, w, relu, residual, name).choice;
 }
 
 void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
                     float* out, const float* residual, bool relu, const std::string& name) {
-  Plan& p = plan_for(g, n, h, w, relu, name);
+  Plan& p = plan_for(g, n, h, w, relu, residual != nullptr, name);
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   const float one = 1.f, zero = 0.f;
+  if (p.graph) {
+    p.graph->run(handle_, in, weight, bias, residual, out, workspace_.data());
+    if (!p.graph_epilogue) bias_residual_relu(out, long(n) * p.oh * p.ow, g.cout, bias, residual, relu, stream_);
+    return;
+  }
   if (p.choice.fused) {
     const cudnnStatus_t st = cudnnConvolutionBiasActivationForward(
         handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(), workspace_.bytes(),

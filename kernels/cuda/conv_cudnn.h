@@ -19,13 +19,10 @@
 #include <string>
 #include <tuple>
 
+#include "kernels/cuda/conv_graph.h"
 #include "kernels/cuda/cuda_memory.h"
 
 namespace gati::cuda {
-
-struct ConvGeometry {
-  int cin = 0, cout = 0, kernel = 1, stride = 1, pad = 0, groups = 1;
-};
 
 // What prepare() chose for one shape, for logs and the profile.
 struct ConvChoice {
@@ -33,6 +30,7 @@ struct ConvChoice {
   size_t workspace_bytes = 0;
   bool fused = false;  // cuDNN's conv+bias+activation call (else conv + our epilogue)
   bool tensor_ops = false;
+  std::string engine;  // "graph engine 12 fused, timed: ..." or "legacy algo 1"
 };
 
 class CudnnConv {
@@ -43,7 +41,8 @@ class CudnnConv {
   CudnnConv& operator=(const CudnnConv&) = delete;
 
   // Descriptors and algorithm for this shape; `name` appears in errors.
-  const ConvChoice& prepare(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name);
+  const ConvChoice& prepare(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+                            const std::string& name);
 
   // out [n, oh, ow, cout] = act(conv(in [n, h, w, cin], weight) + bias + residual);
   // weight is KRSC ([cout, k, k, cin/groups]), all device memory.
@@ -52,11 +51,17 @@ class CudnnConv {
 
  private:
   struct Plan;
-  using Key = std::tuple<int, int, int, int, int, int, int, int, int, bool>;
-  Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& name);
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, bool, bool>;
+  enum class Api { kGraph, kGraphUnfused, kLegacy };
+  Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, const std::string& name);
+  void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& where);
+  void build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+                   const std::string& where);
 
   cudaStream_t stream_;
   bool tf32_;
+  Api api_ = Api::kGraph;
+  bool tune_ = true;
   void* handle_ = nullptr;  // cudnnHandle_t, kept out of this header
   std::map<Key, std::unique_ptr<Plan>> plans_;
   DeviceBuffer workspace_;

@@ -1,0 +1,66 @@
+// One convolution and its epilogue as a cuDNN graph (the backend API).
+//
+// Design decision: the legacy API (cudnnConvolutionForward and the fused
+// cudnnConvolutionBiasActivationForward) offers NHWC FP32 only its two
+// implicit-GEMM algorithms, and on an H100 they run ResNet-50's 1x1
+// convolutions at under 1 TFLOP/s (bench/results/h100-2026-11-22).  The
+// backend API reaches cuDNN's other engines, and fuses bias, residual and
+// ReLU into the convolution's kernel where an engine supports it:
+//
+//   y = relu(conv(x, w) + bias + z)        (each term only where the layer has it)
+//
+// A graph is built once per (shape, epilogue); cuDNN's heuristics rank the
+// engine configurations, those whose numerics FP32 forbids are dropped
+// (tensor cores and down-converted inputs unless TF32 is allowed, FFT and
+// Winograd always: their rounding can approach the parity bound), and with
+// `tune` the survivors are timed on the stream and the fastest kept, as
+// PyTorch's cudnn.benchmark does.  When no engine takes the fused graph, the
+// convolution alone is tried and the caller runs the epilogue.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+namespace gati::cuda {
+
+struct ConvGeometry {
+  int cin = 0, cout = 0, kernel = 1, stride = 1, pad = 0, groups = 1;
+};
+
+struct GraphConvShape {
+  ConvGeometry g;
+  int n = 0, h = 0, w = 0, oh = 0, ow = 0;
+  bool bias = true, residual = false, relu = false;  // the epilogue inside the graph; all false: conv alone
+};
+
+class GraphConv {
+ public:
+  ~GraphConv();
+  GraphConv(const GraphConv&) = delete;
+  GraphConv& operator=(const GraphConv&) = delete;
+
+  // The best plan cuDNN offers for the shape, or null with the reason in
+  // `why` (no engine supports the graph, or none with allowed numerics).
+  // `handle` is the cudnnHandle_t bound to `stream`.
+  static std::unique_ptr<GraphConv> build(void* handle, cudaStream_t stream, const GraphConvShape& s, bool tf32,
+                                          bool tune, std::string* why);
+
+  size_t workspace_bytes() const;
+  bool tensor_ops() const;
+  // "engine 12 (of 5 tried, 0.031 ms)": for logs and the profile.
+  const std::string& description() const;
+
+  // Every pointer 16-byte aligned (the graph's tensors promise it); `bias`
+  // and `residual` ignored where the graph has no such term.
+  void run(void* handle, const float* x, const float* w, const float* bias, const float* residual, float* y,
+           void* workspace) const;
+
+ private:
+  struct Impl;
+  explicit GraphConv(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gati::cuda
