@@ -151,6 +151,12 @@ class BackendContext {
   virtual void prepare_conv(int conv, const Act& in_shape, bool relu, bool residual) {
     (void)conv, (void)in_shape, (void)relu, (void)residual;
   }
+  // How the convolution runs at this shape ("graph engine 11 fused"), for
+  // the profile; empty where the backend has one way only.
+  virtual std::string conv_method(int conv, const Act& in_shape, bool relu, bool residual) {
+    (void)conv, (void)in_shape, (void)relu, (void)residual;
+    return {};
+  }
   virtual void max_pool(const float* in, const Act& in_shape, int kernel, int stride, int pad, float* out) = 0;
   // [n, h, w, c] -> [n, c]
   virtual void global_avg_pool(const float* in, const Act& shape, float* out) = 0;

@@ -52,13 +52,14 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     std::string name, kind;
     int block;
     int64_t macs;
+    std::string method;
   };
   std::vector<Entry> entries;
   if (opts.timings) ctx_.timing_begin();
-  auto mark = [&](std::string name, std::string kind, int block, int64_t macs) {
+  auto mark = [&](std::string name, std::string kind, int block, int64_t macs, std::string method = {}) {
     if (!opts.timings) return;
     ctx_.timing_mark();
-    entries.push_back({std::move(name), std::move(kind), block, macs});
+    entries.push_back({std::move(name), std::move(kind), block, macs, std::move(method)});
   };
 
   MemoryView memory;
@@ -93,7 +94,10 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
         break;
     }
     if (opts.timings) ctx_.range_pop();
-    mark(s.name, step_kind_name(s.kind), s.block, s.macs_per_sample * alive);
+    mark(s.name, step_kind_name(s.kind), s.block, s.macs_per_sample * alive,
+         opts.timings && s.kind == StepKind::Conv
+             ? ctx_.conv_method(s.conv, s.in.with_batch(alive), s.relu, s.residual_slot >= 0)
+             : std::string());
     if (next_exit >= plan_.exits.size() || plan_.exits[next_exit].after_step != int(i)) continue;
 
     const ExitPoint& e = plan_.exits[next_exit++];
@@ -154,7 +158,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
     double prev = 0;
     for (size_t k = 0; k < entries.size() && k < at.size(); ++k) {
       opts.timings->push_back(
-          {entries[k].name, entries[k].kind, entries[k].block, prev, at[k] - prev, entries[k].macs});
+          {entries[k].name, entries[k].kind, entries[k].block, prev, at[k] - prev, entries[k].macs, entries[k].method});
       prev = at[k];
     }
   }

@@ -27,6 +27,7 @@ struct LayerTiming {
   int block = -1;
   double start_ms = 0, ms = 0;  // relative to the start of the run
   int64_t macs = 0;             // for the samples that ran the step
+  std::string method;           // how the backend ran it (the cuDNN engine), where it says
 };
 
 // One sample's answer.

@@ -48,7 +48,7 @@ ProfileReport summarize(const std::vector<std::vector<LayerTiming>>& runs, const
     std::vector<double> ms;
     for (const auto& run : runs) ms.push_back(run[i].ms);
     const LayerTiming& l = runs[0][i];
-    r.layers.push_back({l.name, l.kind, l.block, median(ms), l.macs});
+    r.layers.push_back({l.name, l.kind, l.block, median(ms), l.macs, l.method});
   }
   return r;
 }
@@ -98,7 +98,7 @@ std::string to_json(const ProfileReport& r) {
   j["total_ms_median"] = r.total_ms;
   if (r.peak_gflops > 0) j["peak_gflops"] = r.peak_gflops;
   j["layers"] = nlohmann::json::array();
-  for (const auto& l : r.layers)
+  for (const auto& l : r.layers) {
     j["layers"].push_back({{"name", l.name},
                            {"kind", l.kind},
                            {"block", l.block},
@@ -106,13 +106,15 @@ std::string to_json(const ProfileReport& r) {
                            {"macs", l.macs},
                            {"gflops", l.gflops()},
                            {"fraction_of_peak", r.peak_gflops > 0 ? l.gflops() / r.peak_gflops : 0.0}});
+    if (!l.method.empty()) j["layers"].back()["method"] = l.method;
+  }
   return j.dump(2) + "\n";
 }
 
 std::string to_chrome_trace(const std::vector<LayerTiming>& run, const std::string& model) {
   nlohmann::json events = nlohmann::json::array();
   events.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", 1}, {"args", {{"name", "gati " + model}}}});
-  for (const auto& l : run)
+  for (const auto& l : run) {
     events.push_back({{"name", l.name},
                       {"cat", l.kind},
                       {"ph", "X"},
@@ -121,6 +123,8 @@ std::string to_chrome_trace(const std::vector<LayerTiming>& run, const std::stri
                       {"ts", l.start_ms * 1000.0},
                       {"dur", l.ms * 1000.0},
                       {"args", {{"macs", l.macs}, {"block", l.block}}}});
+    if (!l.method.empty()) events.back()["args"]["method"] = l.method;
+  }
   return nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump() + "\n";
 }
 

@@ -19,6 +19,7 @@ struct LayerProfile {
   int block = -1;
   double median_ms = 0;
   int64_t macs = 0;
+  std::string method;  // the backend's way of running it (cuDNN engine), or empty
   double gflops() const { return median_ms > 0 ? 2.0 * double(macs) / (median_ms * 1e6) : 0.0; }
 };
 

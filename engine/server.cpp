@@ -143,7 +143,8 @@ void Server::serve(Worker& w, std::vector<Pending>& batch, const std::shared_ptr
   const size_t per = batch[0].image.size();
   const int classes = arch_.num_classes;
   std::vector<float> x(per * size_t(n)), logits(size_t(n) * size_t(classes));
-  for (int i = 0; i < n; ++i) std::memcpy(x.data() + size_t(i) * per, batch[size_t(i)].image.data(), per * sizeof(float));
+  for (int i = 0; i < n; ++i)
+    std::memcpy(x.data() + size_t(i) * per, batch[size_t(i)].image.data(), per * sizeof(float));
   std::vector<SampleResult> results(static_cast<size_t>(n));
   std::exception_ptr error;
   try {

@@ -176,6 +176,13 @@ TEST(CudaBackend, ProfileTimesEveryLayerWithEvents) {
   for (const LayerTiming& l : t) {
     EXPECT_GE(l.ms, 0) << l.name;
     total += l.ms;
+    // Each convolution says how cuDNN ran it ("graph engine 11 fused", "legacy algo 0").
+    if (l.kind == "conv") {
+      EXPECT_TRUE(l.method.rfind("graph engine ", 0) == 0 || l.method.rfind("legacy algo ", 0) == 0)
+          << l.name << ": '" << l.method << "'";
+    } else {
+      EXPECT_TRUE(l.method.empty()) << l.name;
+    }
   }
   EXPECT_GT(total, 0);
   EXPECT_LE(max_rel_error(logits, Engine(m, {"cpu", 0}).infer(x.data(), 2)), 1e-4);

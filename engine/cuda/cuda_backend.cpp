@@ -233,6 +233,12 @@ class CudaContext final : public BackendContext {
     conv_.prepare(c.g, s.n, s.h, s.w, relu, residual, c.name);
   }
 
+  std::string conv_method(int conv, const Act& s, bool relu, bool residual) override {
+    cuda::DeviceScope scope(index_);
+    const DeviceConv& c = device_->conv(conv);
+    return conv_.prepare(c.g, s.n, s.h, s.w, relu, residual, c.name).engine;
+  }
+
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
     cuda::DeviceScope scope(index_);
     cuda::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out, stream_.get());

@@ -5,8 +5,9 @@
 namespace gati {
 
 std::shared_ptr<const BackendDevice> make_cuda_device(const Model&, const CudaOptions&) {
-  fail("device 'cuda': this build has no CUDA backend (configured with GATI_CUDA=OFF or without nvcc and cuDNN); "
-       "use --device cpu");
+  fail(
+      "device 'cuda': this build has no CUDA backend (configured with GATI_CUDA=OFF or without nvcc and cuDNN); "
+      "use --device cpu");
 }
 
 }  // namespace gati

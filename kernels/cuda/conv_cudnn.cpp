@@ -139,11 +139,11 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
     p.choice.workspace_bytes = p.graph->workspace_bytes();
     p.choice.fused = p.graph_epilogue;
     p.choice.tensor_ops = p.graph->tensor_ops();
-    p.choice.engine = p.graph->description();
+    p.choice.engine = p.graph->description() + (p.graph_epilogue ? "" : " + epilogue kernel");
   }
   if (env_flag("GATI_CUDNN_LOG"))
     std::fprintf(stderr, "[cudnn] %s: %s%s%s\n", where.c_str(),
-                 p.graph ? p.graph->description().c_str() : "legacy (no graph plan)",
+                 p.graph ? str_cat(p.graph->description(), ", ", p.graph->details()).c_str() : "legacy (no graph plan)",
                  why_fused.empty() ? "" : str_cat("; fused graph refused: ", why_fused).c_str(),
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }

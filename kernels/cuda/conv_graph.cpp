@@ -144,7 +144,7 @@ struct GraphConv::Impl {
   int64_t workspace = 0;
   bool tensor_ops = false;
   GraphConvShape shape;
-  std::string description;
+  std::string description, details;
 };
 
 GraphConv::GraphConv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -152,6 +152,7 @@ GraphConv::~GraphConv() = default;
 size_t GraphConv::workspace_bytes() const { return size_t(impl_->workspace); }
 bool GraphConv::tensor_ops() const { return impl_->tensor_ops; }
 const std::string& GraphConv::description() const { return impl_->description; }
+const std::string& GraphConv::details() const { return impl_->details; }
 
 std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t stream, const GraphConvShape& s, bool tf32,
                                             bool tune, std::string* why) {
@@ -368,9 +369,9 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     impl->plan = std::move(candidates[best].plan);
     impl->workspace = candidates[best].workspace;
     impl->tensor_ops = candidates[best].tensor_ops;
-    impl->description = str_cat("graph engine ", candidates[best].engine, epilogue ? " fused" : "",
-                                timing.empty() ? std::string() : str_cat(", timed:", timing),
-                                refusals.empty() ? std::string() : str_cat(", refused:", refusals));
+    impl->description = str_cat("graph engine ", candidates[best].engine, epilogue ? " fused" : "");
+    impl->details = str_cat(timing.empty() ? std::string() : str_cat("timed:", timing),
+                            refusals.empty() ? std::string() : str_cat("; refused:", refusals));
     keep.push_back(std::move(x));
     keep.push_back(std::move(w));
     keep.push_back(std::move(conv_out));

@@ -49,8 +49,10 @@ class GraphConv {
 
   size_t workspace_bytes() const;
   bool tensor_ops() const;
-  // "engine 12 (of 5 tried, 0.031 ms)": for logs and the profile.
+  // "graph engine 11 fused": for the profile; details() adds the timings
+  // of the candidates and the refused configurations, for logs.
   const std::string& description() const;
+  const std::string& details() const;
 
   // Every pointer 16-byte aligned (the graph's tensors promise it); `bias`
   // and `residual` ignored where the graph has no such term.
