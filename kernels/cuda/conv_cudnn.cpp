@@ -95,7 +95,7 @@ CudnnConv::~CudnnConv() {
   if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
 }
 
-CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                                      const std::string& name) {
   const Key key{g.cin, g.cout, g.kernel, g.stride, g.pad, g.groups, n, h, w, relu, residual};
   auto it = plans_.find(key);
@@ -108,14 +108,14 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   p->oh = (h + 2 * g.pad - g.kernel) / g.stride + 1;
   p->ow = (w + 2 * g.pad - g.kernel) / g.stride + 1;
   if (p->oh < 1 || p->ow < 1) fail(where, ": the input is smaller than the kernel");
-  if (api_ != Api::kLegacy) build_graph(*p, g, n, h, w, relu, residual, where);
-  if (!p->graph) build_legacy(*p, g, n, h, w, relu, where);
+  if (api_ != Api::kLegacy) build_graph(*p, g, n, h, w, relu, residual, timed, where);
+  if (!p->graph) build_legacy(*p, g, n, h, w, relu, timed, where);
   return *plans_.emplace(key, std::move(p)).first->second;
 }
 
 // The graph: fused epilogue first, then the convolution alone; the legacy
 // plan stays for when neither is offered.
-void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                             const std::string& where) {
   GraphConvShape gs;
   gs.g = g;
@@ -127,11 +127,11 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
   gs.residual = residual;
   gs.relu = relu;
   std::string why_fused, why_alone;
-  if (api_ != Api::kGraphUnfused) p.graph = GraphConv::build(handle_, stream_, gs, tf32_, tune_, &why_fused);
+  if (api_ != Api::kGraphUnfused) p.graph = GraphConv::build(handle_, stream_, gs, tf32_, timed, &why_fused);
   p.graph_epilogue = p.graph != nullptr;
   if (!p.graph) {
     gs.bias = gs.residual = gs.relu = false;
-    p.graph = GraphConv::build(handle_, stream_, gs, tf32_, tune_, &why_alone);
+    p.graph = GraphConv::build(handle_, stream_, gs, tf32_, timed, &why_alone);
   }
   if (p.graph) {
     workspace_.reserve(p.graph->workspace_bytes(), str_cat("the cuDNN workspace of ", where));
@@ -148,7 +148,7 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }
 
-void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int w, bool relu,
+void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int w, bool relu, bool timed,
                              const std::string& where) {
   Plan* p = &p_;
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
@@ -184,7 +184,7 @@ void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int 
   // (cudnnFindConvolutionForwardAlgorithm, PyTorch's cudnn.benchmark).
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
-  if (tune_ || env_flag("GATI_CUDNN_FIND")) {
+  if (timed || env_flag("GATI_CUDNN_FIND")) {
     CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p->x, p->f, p->conv, p->y,
                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                    where);
@@ -241,12 +241,14 @@ void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int 
 
 const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
                                      const std::string& name) {
-  return plan_for(g, n, h, w, relu, residual, name).choice;
+  return plan_for(g, n, h, w, relu, residual, tune_, name).choice;
 }
 
 void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
                     float* out, const float* residual, bool relu, const std::string& name) {
-  Plan& p = plan_for(g, n, h, w, relu, residual != nullptr, name);
+  // A shape nobody prepared (a batch size that compaction made) is planned
+  // untimed: timing every candidate here would stall the requests in flight.
+  Plan& p = plan_for(g, n, h, w, relu, residual != nullptr, false, name);
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   const float one = 1.f, zero = 0.f;
   if (p.graph) {

@@ -53,9 +53,13 @@ class CudnnConv {
   struct Plan;
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, bool, bool>;
   enum class Api { kGraph, kGraphUnfused, kLegacy };
-  Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, const std::string& name);
-  void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, const std::string& where);
-  void build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+  // timed: measure the candidates (prepare) or take the first ranked one (a
+  // shape first seen in run()).
+  Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
+                 const std::string& name);
+  void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool timed,
+                    const std::string& where);
+  void build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                    const std::string& where);
 
   cudaStream_t stream_;
