@@ -148,32 +148,31 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }
 
-void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int w, bool relu, bool timed,
+void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool timed,
                              const std::string& where) {
-  Plan* p = &p_;
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
-  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->x), where);
-  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->y), where);
-  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p->bias), where);
-  CUDNN_CHECK_AT(cudnnCreateFilterDescriptor(&p->f), where);
-  CUDNN_CHECK_AT(cudnnCreateConvolutionDescriptor(&p->conv), where);
-  CUDNN_CHECK_AT(cudnnCreateActivationDescriptor(&p->act), where);
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
-  CUDNN_CHECK_AT(cudnnSetFilter4dDescriptor(p->f, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.cout, g.cin / g.groups,
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.x), where);
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.y), where);
+  CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.bias), where);
+  CUDNN_CHECK_AT(cudnnCreateFilterDescriptor(&p.f), where);
+  CUDNN_CHECK_AT(cudnnCreateConvolutionDescriptor(&p.conv), where);
+  CUDNN_CHECK_AT(cudnnCreateActivationDescriptor(&p.act), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
+  CUDNN_CHECK_AT(cudnnSetFilter4dDescriptor(p.f, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.cout, g.cin / g.groups,
                                             g.kernel, g.kernel),
                  where);
-  CUDNN_CHECK_AT(cudnnSetConvolution2dDescriptor(p->conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
+  CUDNN_CHECK_AT(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
                                                  CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
                  where);
-  CUDNN_CHECK_AT(cudnnSetConvolutionGroupCount(p->conv, g.groups), where);
-  CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, tf32_ ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), where);
+  CUDNN_CHECK_AT(cudnnSetConvolutionGroupCount(p.conv, g.groups), where);
+  CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p.conv, tf32_ ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), where);
   int on = 0, oc = 0, ohh = 0, oww = 0;
-  CUDNN_CHECK_AT(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &ohh, &oww), where);
-  p->oh = ohh;
-  p->ow = oww;
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p->bias, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
-  CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p->act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
+  CUDNN_CHECK_AT(cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.f, &on, &oc, &ohh, &oww), where);
+  p.oh = ohh;
+  p.ow = oww;
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
+  CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p.act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
 
   // cuDNN's heuristics rank the algorithms.  Candidates, in order: each
   // ranked one that succeeded within the workspace limit and, with TF32 off,
@@ -185,11 +184,11 @@ void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int 
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
   if (timed || env_flag("GATI_CUDNN_FIND")) {
-    CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p->x, p->f, p->conv, p->y,
-                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+    CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p.x, p.f, p.conv, p.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                        &returned, perf),
                    where);
   } else {
-    CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p->x, p->f, p->conv, p->y,
+    CUDNN_CHECK_AT(cudnnGetConvolutionForwardAlgorithm_v7(handle, p.x, p.f, p.conv, p.y,
                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                    where);
   }
@@ -213,30 +212,29 @@ void CudnnConv::build_legacy(Plan& p_, const ConvGeometry& g, int n, int h, int 
   size_t ws = 0;
   bool found = false;
   for (const Candidate& c : candidates) {
-    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p->conv, c.math), where);
-    if (cudnnGetConvolutionForwardWorkspaceSize(handle, p->x, p->f, p->conv, p->y, c.algo, &ws) !=
-            CUDNN_STATUS_SUCCESS ||
+    CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p.conv, c.math), where);
+    if (cudnnGetConvolutionForwardWorkspaceSize(handle, p.x, p.f, p.conv, p.y, c.algo, &ws) != CUDNN_STATUS_SUCCESS ||
         ws > kMaxWorkspace)
       continue;
-    p->algo = c.algo;
-    p->choice.tensor_ops = c.math != CUDNN_FMA_MATH;
+    p.algo = c.algo;
+    p.choice.tensor_ops = c.math != CUDNN_FMA_MATH;
     found = true;
     break;
   }
   if (!found) fail(where, ": cuDNN has no forward algorithm");
   workspace_.reserve(ws, str_cat("the cuDNN workspace of ", where));
-  p->choice.algo = int(p->algo);
-  p->choice.workspace_bytes = ws;
-  p->choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
+  p.choice.algo = int(p.algo);
+  p.choice.workspace_bytes = ws;
+  p.choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
   if (env_flag("GATI_CUDNN_LOG")) {
     std::string ranked;
     for (int i = 0; i < returned; ++i)
       ranked += str_cat(" ", int(perf[i].algo), "/", int(perf[i].mathType), perf[i].status ? "!" : "", "(",
                         perf[i].time >= 0 ? perf[i].time : -1.f, ")");
     std::fprintf(stderr, "[cudnn] %s: algo %d tensor_ops %d workspace %zu fused %d; ranked%s\n", where.c_str(),
-                 int(p->algo), int(p->choice.tensor_ops), ws, int(p->choice.fused), ranked.c_str());
+                 int(p.algo), int(p.choice.tensor_ops), ws, int(p.choice.fused), ranked.c_str());
   }
-  p->choice.engine = str_cat("legacy algo ", int(p->algo), p->choice.fused ? " fused" : "");
+  p.choice.engine = str_cat("legacy algo ", int(p.algo), p.choice.fused ? " fused" : "");
 }
 
 const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,

@@ -30,7 +30,7 @@ struct ConvChoice {
   size_t workspace_bytes = 0;
   bool fused = false;  // cuDNN's conv+bias+activation call (else conv + our epilogue)
   bool tensor_ops = false;
-  std::string engine;  // "graph engine 12 fused, timed: ..." or "legacy algo 1"
+  std::string engine;  // "graph engine 11 fused", "graph engine 28 + epilogue kernel" or "legacy algo 0 fused"
 };
 
 class CudnnConv {
