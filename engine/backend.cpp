@@ -2,7 +2,9 @@
 #include "engine/backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <tuple>
 
 #include "engine/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_device.h"
@@ -10,8 +12,17 @@
 
 namespace gati {
 
+uint64_t next_object_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool BackendContext::SegmentKey::operator<(const SegmentKey& o) const {
+  return std::tie(owner, heads, step, alive, pos) < std::tie(o.owner, o.heads, o.step, o.alive, o.pos);
+}
+
 ExitHeads::ExitHeads(std::vector<ExitHeadSpec> specs, int exits)
-    : specs_(std::move(specs)), by_exit_(size_t(std::max(exits, 0)), -1) {
+    : specs_(std::move(specs)), by_exit_(size_t(std::max(exits, 0)), -1), id_(next_object_id()) {
   for (size_t i = 0; i < specs_.size(); ++i) {
     const ExitHeadSpec& s = specs_[i];
     if (s.exit < 0 || s.exit >= exits) fail("exit head '", s.name, "': exit ", s.exit, " is not in the model");

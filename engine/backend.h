@@ -27,6 +27,10 @@ namespace gati {
 
 struct Model;
 
+// A number unique in the process, never reused: the ids of exit heads and
+// executors, which name the device memory a recorded graph reads.
+uint64_t next_object_id();
+
 // An activation's shape, NHWC.
 struct Act {
   int n = 0, h = 0, w = 0, c = 0;
@@ -99,6 +103,9 @@ class ExitHeads {
   virtual DistanceHeadView distance_view(int head) const = 0;
   // The widest head's features (sizes the pooled-features scratch).
   int max_dim() const { return max_dim_; }
+  // Unique in the process, never reused (a recorded graph names the heads
+  // whose device memory it reads by it).
+  uint64_t id() const { return id_; }
 
  protected:
   ExitHeads(std::vector<ExitHeadSpec> specs, int exits);
@@ -108,6 +115,7 @@ class ExitHeads {
   std::vector<ExitHeadSpec> specs_;
   std::vector<int> by_exit_;
   int max_dim_ = 0;
+  uint64_t id_;
 };
 
 // Throws unless head `head` takes the features of activations of `shape`
@@ -143,6 +151,12 @@ class BackendContext {
 
   // Host NCHW (the PyTorch convention) into backend NHWC.
   virtual void input_from_host_nchw(const float* host, const Act& shape, float* dst) = 0;
+  // The same in two halves, for a run recorded as a CUDA graph: stage_input
+  // is the host's part (into pinned memory on CUDA; it only remembers the
+  // pointer on the CPU) and runs on every run; input_from_stage is the
+  // device's part, which a recorded graph replays.
+  virtual void stage_input(const float* host, const Act& shape) { (void)shape, staged_ = host; }
+  virtual void input_from_stage(const Act& shape, float* dst) { input_from_host_nchw(staged_, shape, dst); }
   // Model convolution `conv` (index into Network::convs) with folded bias,
   // optional residual (same shape as the output) and ReLU.
   virtual void conv(int conv, const float* in, const Act& in_shape, float* out, const float* residual, bool relu) = 0;
@@ -202,6 +216,38 @@ class BackendContext {
 
   virtual void to_host(const void* src, size_t bytes, void* host) = 0;
   virtual void synchronize() = 0;
+
+  // Recorded segments (CUDA graphs; a backend without them runs every op as
+  // it comes).  The executor brackets the ops between two host waits as one
+  // segment, named by what decides its ops.  segment_begin returns kReplayed
+  // when it launched the graph recorded for that key (the caller then skips
+  // the ops), else the ops follow (run directly, or recorded) and
+  // segment_end closes the segment.  A key's first run is direct (it sizes
+  // scratch and plans convolutions), its second is recorded, later ones
+  // replay.  segment_end returns false when a recording failed: the ops did
+  // not run and the caller must issue them again (graphs are then off in
+  // this context).  segment_abort ends a recording that an exception
+  // interrupted (graphs off too); forget_segments drops the graphs of an
+  // owner whose memory goes away.
+  struct SegmentKey {
+    uint64_t owner = 0;  // Executor's id: its arena and exit state
+    uint64_t heads = 0;  // ExitHeads::id(), 0 without heads
+    int step = 0, alive = 0, pos = 0;
+    bool operator<(const SegmentKey& o) const;
+  };
+  enum class Segment { kDirect, kRecording, kReplayed };
+  virtual Segment segment_begin(const SegmentKey& key) {
+    (void)key;
+    return Segment::kDirect;
+  }
+  virtual bool segment_end() { return true; }
+  virtual void segment_abort() noexcept {}
+  virtual void forget_segments(uint64_t owner) { (void)owner; }
+  // Graphs launched so far (replays), for tests and the benchmark's report.
+  virtual int64_t graph_launches() const { return 0; }
+
+ private:
+  const float* staged_ = nullptr;
 };
 
 class BackendDevice : public std::enable_shared_from_this<BackendDevice> {

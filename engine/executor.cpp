@@ -11,7 +11,52 @@
 
 namespace gati {
 
-Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(plan)) {
+namespace {
+
+// Brackets the ops between two host waits as one recorded segment
+// (BackendContext::segment_begin).  issue() says whether to enqueue an op
+// (false while a recorded graph stands for them); close() ends the segment
+// before a host wait.
+class Segments {
+ public:
+  Segments(BackendContext& ctx, bool on, uint64_t owner, uint64_t heads, bool* aborted)
+      : ctx_(ctx), on_(on), owner_(owner), heads_(heads), aborted_(aborted) {}
+  ~Segments() {  // still recording here only when an exception left the segment
+    if (open_ && state_ == BackendContext::Segment::kRecording) {
+      ctx_.segment_abort();
+      *aborted_ = true;
+    }
+  }
+  Segments(const Segments&) = delete;
+  Segments& operator=(const Segments&) = delete;
+
+  bool issue(int step, int alive, int pos) {
+    if (!on_) return true;
+    if (!open_) {
+      open_ = true;
+      state_ = ctx_.segment_begin({owner_, heads_, step, alive, pos});
+    }
+    return state_ != BackendContext::Segment::kReplayed;
+  }
+  // False when the segment's recording failed: its ops did not run.
+  bool close() {
+    if (!open_) return true;
+    open_ = false;
+    return state_ == BackendContext::Segment::kReplayed || ctx_.segment_end();
+  }
+
+ private:
+  BackendContext& ctx_;
+  bool on_;
+  uint64_t owner_, heads_;
+  bool* aborted_;
+  bool open_ = false;
+  BackendContext::Segment state_ = BackendContext::Segment::kDirect;
+};
+
+}  // namespace
+
+Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(plan)), id_(next_object_id()) {
   arena_ = ctx_.allocate(plan_.arena_floats * sizeof(float));
   state_ = ctx_.allocate_host_visible(plan_.exit_state.bytes);
   auto* base = static_cast<unsigned char*>(state_->data());
@@ -35,17 +80,45 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
       }
 }
 
+Executor::~Executor() { ctx_.forget_segments(id_); }
+
 float* Executor::exit_pooled(int dim) {
   const size_t bytes = size_t(plan_.max_batch) * size_t(dim) * sizeof(float);
-  if (!exit_pooled_ || exit_pooled_->bytes() < bytes) exit_pooled_ = ctx_.allocate(bytes);
+  if (!exit_pooled_ || exit_pooled_->bytes() < bytes) {
+    ctx_.forget_segments(id_);  // they read the old scratch
+    exit_pooled_ = ctx_.allocate(bytes);
+  }
   return exit_pooled_->floats();
 }
 
 void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
+  // Segments replay what a run did before, so nothing that changes between
+  // runs may sit inside them: timing marks, the observer, the memory.
+  const bool segments = !opts.timings && !opts.observer && !opts.memory;
+  if (segments) {
+    if (opts.heads) exit_pooled(opts.heads->max_dim());  // grown before anything is recorded
+    bool done = false;
+    aborted_recording_ = false;
+    try {
+      done = run_once(input_nchw, n, results, logits, opts, true);
+    } catch (...) {
+      // An error while recording (the backend turns its graphs off) is
+      // retried below op by op; any other error stands.
+      if (!aborted_recording_) throw;
+    }
+    if (done) return;
+  }
+  run_once(input_nchw, n, results, logits, opts, false);
+}
+
+bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts,
+                        bool recorded) {
   const int classes = plan_.classes;
-  ctx_.begin_exits(st_, n, classes);
+  Segments seg(ctx_, recorded, id_, opts.heads ? opts.heads->id() : 0, &aborted_recording_);
+  ctx_.stage_input(input_nchw, plan_.input.with_batch(n));
+  if (seg.issue(0, n, 0)) ctx_.begin_exits(st_, n, classes);
 
   // Timing: one mark per recorded entry; names and sizes kept alongside.
   struct Entry {
@@ -74,26 +147,28 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
   bool finished_early = false;
   for (size_t i = 0; i < plan_.steps.size() && !finished_early; ++i) {
     const Step& s = plan_.steps[i];
-    if (opts.timings) ctx_.range_push(s.name.c_str());
-    switch (s.kind) {
-      case StepKind::Input:
-        ctx_.input_from_host_nchw(input_nchw, {n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
-        break;
-      case StepKind::Conv:
-        ctx_.conv(s.conv, slot(s.in_slot), s.in.with_batch(alive), slot(s.out_slot),
-                  s.residual_slot >= 0 ? slot(s.residual_slot) : nullptr, s.relu);
-        break;
-      case StepKind::MaxPool:
-        ctx_.max_pool(slot(s.in_slot), s.in.with_batch(alive), 3, 2, 1, slot(s.out_slot));
-        break;
-      case StepKind::GlobalAvgPool:
-        ctx_.global_avg_pool(slot(s.in_slot), s.in.with_batch(alive), region(plan_.pooled_offset));
-        break;
-      case StepKind::Classifier:
-        ctx_.classifier(region(plan_.pooled_offset), alive, region(plan_.logits_offset));
-        break;
+    if (seg.issue(int(i), alive, pos)) {
+      if (opts.timings) ctx_.range_push(s.name.c_str());
+      switch (s.kind) {
+        case StepKind::Input:
+          ctx_.input_from_stage({n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
+          break;
+        case StepKind::Conv:
+          ctx_.conv(s.conv, slot(s.in_slot), s.in.with_batch(alive), slot(s.out_slot),
+                    s.residual_slot >= 0 ? slot(s.residual_slot) : nullptr, s.relu);
+          break;
+        case StepKind::MaxPool:
+          ctx_.max_pool(slot(s.in_slot), s.in.with_batch(alive), 3, 2, 1, slot(s.out_slot));
+          break;
+        case StepKind::GlobalAvgPool:
+          ctx_.global_avg_pool(slot(s.in_slot), s.in.with_batch(alive), region(plan_.pooled_offset));
+          break;
+        case StepKind::Classifier:
+          ctx_.classifier(region(plan_.pooled_offset), alive, region(plan_.logits_offset));
+          break;
+      }
+      if (opts.timings) ctx_.range_pop();
     }
-    if (opts.timings) ctx_.range_pop();
     mark(s.name, step_kind_name(s.kind), s.block, s.macs_per_sample * alive,
          opts.timings && s.kind == StepKind::Conv
              ? ctx_.conv_method(s.conv, s.in.with_batch(alive), s.relu, s.residual_slot >= 0)
@@ -105,36 +180,43 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       ctx_.synchronize();
       opts.observer(e, ctx_, slot(e.slot), alive, st_.position[pos]);
     }
-    // After an exit op decided its rows: the survivors move to the front.
+    // After an exit op decided its rows: the survivors move to the front,
+    // and the host waits for their count (the end of a segment).
     auto compact = [&](const std::string& what) {
-      ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
+      if (seg.issue(int(i), alive, pos)) ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
+      if (!seg.close()) return false;
       pos = 1 - pos;
       alive = ctx_.alive(st_);
       mark(what, "compact", e.block, 0);
       finished_early = alive == 0;
+      return true;
     };
-    if (opts.memory && opts.memory->spec().exit == e.id) {
+    if (opts.memory && opts.memory->spec().exit == e.id) {  // never inside a segment (run() says why)
       if (opts.timings) ctx_.range_push((e.name + ".memory").c_str());
       ctx_.memory_lookup(memory, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos, exit_pooled(memory.dim));
       if (opts.timings) ctx_.range_pop();
       // A lookup costs what a head with one class per entry would.
       mark(e.name + ".memory", "memory", e.block,
            int64_t(alive) * exit_head_macs(e.shape, memory.pool, memory.dim, memory.capacity));
-      compact(e.name + ".memory.compact");
+      if (!compact(e.name + ".memory.compact")) return false;
       if (finished_early) continue;
     }
     const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
     if (head < 0) continue;
-    if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
-    ctx_.exit_head(*opts.heads, head, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos,
-                   exit_pooled(opts.heads->max_dim()));
-    if (opts.timings) ctx_.range_pop();
+    float* pooled = exit_pooled(opts.heads->max_dim());  // sized in run(): no reallocation inside a segment
+    if (seg.issue(int(i), alive, pos)) {
+      if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
+      ctx_.exit_head(*opts.heads, head, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos, pooled);
+      if (opts.timings) ctx_.range_pop();
+    }
     const ExitHeadSpec& spec = opts.heads->specs()[size_t(head)];
     mark(e.name + ".exit", "exit", e.block, int64_t(alive) * exit_head_macs(e.shape, spec));
-    compact(e.name + ".compact");
+    if (!compact(e.name + ".compact")) return false;
   }
   if (!finished_early) {
-    ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);
+    if (seg.issue(int(plan_.steps.size()), alive, pos))
+      ctx_.finish_full_model(region(plan_.logits_offset), alive, classes, st_, pos);
+    if (!seg.close()) return false;
     if (opts.memory) ctx_.memory_insert(memory, st_, n);
   }
   ctx_.synchronize();
@@ -162,6 +244,7 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
       prev = at[k];
     }
   }
+  return true;
 }
 
 }  // namespace gati

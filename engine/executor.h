@@ -61,20 +61,32 @@ class Executor {
  public:
   // Allocates the plan's arena and exit state from `ctx`.
   Executor(BackendContext& ctx, Plan plan);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
 
   const Plan& plan() const { return plan_; }
   size_t arena_bytes() const { return arena_->bytes() + state_->bytes() + (exit_pooled_ ? exit_pooled_->bytes() : 0); }
 
   // input: host NCHW [n, C, H, W], normalised.  results[n] in caller order;
   // logits (may be null): host [n, classes], NaN rows for samples that exited.
+  // Without timings, observer or memory, the ops between two host waits run
+  // as recorded segments where the backend has them (CUDA graphs:
+  // BackendContext::segment_begin).
   void run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts = {});
 
  private:
+  // One pass; false when a segment's recording failed (its ops did not run).
+  bool run_once(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts,
+                bool segments);
+
   float* slot(int s) { return arena_->floats() + size_t(s) * plan_.slot_floats; }
   float* region(size_t offset) { return arena_->floats() + offset; }
 
   BackendContext& ctx_;
   Plan plan_;
+  uint64_t id_;  // names this executor's arena and exit state in recorded segments
+  bool aborted_recording_ = false;
   // The exit heads' (and the memory's) pooled features, [max_batch, widest];
   // grown on the first run with heads wider than any before (a one-time
   // allocation).

@@ -2,8 +2,8 @@
 // random-weight models of every block kind and stem (FP32, TF32 off: within
 // 1e-4 of the largest logit), exit decisions with the same cache models
 // (identical exits and labels, confidences within 1e-5), batches 1, 3 and 8,
-// several threads sharing one engine, the server, and per-layer timing from
-// CUDA events.  Without a GPU every test here skips with the reason, except
+// several threads sharing one engine, the server, recorded CUDA graphs, and
+// per-layer timing from CUDA events.  Without a GPU every test here skips with the reason, except
 // the one that checks what a user without a GPU is told.
 #include <cmath>
 #include <cstdint>
@@ -161,6 +161,54 @@ TEST(CudaBackend, ThreadsSharingOneEngineAndTheServerAgree) {
     const std::vector<float> row(want.begin() + long(a.num_classes) * i, want.begin() + long(a.num_classes) * (i + 1));
     EXPECT_LE(max_rel_error(r.logits, row), 1e-4) << "request " << i;
   }
+}
+
+// CUDA graphs: a segment's second run is recorded, later ones replay.  Each
+// run takes a fresh input (a replay must read the new one), batch sizes go
+// up and down (scratch grows, and the graphs holding the old addresses must
+// go), and two sets of heads alternate (a graph reads its own heads).
+TEST(CudaBackend, RecordedGraphsAnswerWhatTheCpuAnswers) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(kBottleneckArch, 500);
+  Pair p(m);
+  const Arch& a = m.arch();
+  const float threshold = 1.5f / float(a.num_classes);
+  const auto specs_a = test::random_heads(m, 501, threshold), specs_b = test::random_heads(m, 502, threshold);
+  const auto cpu_a = p.cpu.make_exit_heads(specs_a), gpu_a = p.gpu.make_exit_heads(specs_a);
+  const auto cpu_b = p.cpu.make_exit_heads(specs_b), gpu_b = p.gpu.make_exit_heads(specs_b);
+  Session cs = p.cpu.session(), gs = p.gpu.session();
+  struct Run {
+    int n;
+    char heads;  // '-', 'a' or 'b'
+  };
+  const Run runs[] = {{1, '-'}, {1, '-'}, {1, '-'}, {8, 'a'}, {8, 'a'}, {8, 'a'}, {1, '-'}, {1, '-'}, {1, '-'},
+                      {3, 'b'}, {3, 'a'}, {3, 'b'}, {3, 'a'}, {3, 'b'}, {8, 'b'}, {8, 'b'}, {1, 'a'}, {1, 'a'}};
+  uint32_t seed = 510;
+  int exited = 0;
+  for (size_t k = 0; k < std::size(runs); ++k) {
+    const Run& r = runs[k];
+    SCOPED_TRACE("run " + std::to_string(k) + ": batch " + std::to_string(r.n) + " heads " + r.heads);
+    const std::vector<float> x =
+        random_floats(size_t(r.n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
+    std::vector<SampleResult> rc(size_t(r.n)), rg(size_t(r.n));
+    std::vector<float> lc(size_t(r.n) * size_t(a.num_classes)), lg(lc.size());
+    RunOptions oc, og;
+    oc.heads = r.heads == 'a' ? cpu_a.get() : r.heads == 'b' ? cpu_b.get() : nullptr;
+    og.heads = r.heads == 'a' ? gpu_a.get() : r.heads == 'b' ? gpu_b.get() : nullptr;
+    cs.run(x.data(), r.n, a.in_channels, a.input_h, a.input_w, rc.data(), lc.data(), oc);
+    gs.run(x.data(), r.n, a.in_channels, a.input_h, a.input_w, rg.data(), lg.data(), og);
+    for (int i = 0; i < r.n; ++i) {
+      EXPECT_EQ(rg[size_t(i)].exit, rc[size_t(i)].exit) << "sample " << i;
+      EXPECT_EQ(rg[size_t(i)].label, rc[size_t(i)].label) << "sample " << i;
+      EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-5) << "sample " << i;
+      exited += rc[size_t(i)].exit != kFullModel;
+    }
+    EXPECT_LE(max_rel_error(lg, lc), 1e-4);
+    if (k == 2) EXPECT_GE(gs.context().graph_launches(), 2) << "the third batch-1 run should replay a graph";
+  }
+  EXPECT_GT(exited, 0) << "no sample left early: the heads' segments were not exercised";
+  std::printf("[cuda graphs] %lld graph launches over %zu runs\n", static_cast<long long>(gs.context().graph_launches()),
+              std::size(runs));
 }
 
 TEST(CudaBackend, ProfileTimesEveryLayerWithEvents) {

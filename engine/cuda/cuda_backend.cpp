@@ -8,6 +8,13 @@
 // after a compaction), synchronize(), and the copies out (to_host, the SGD
 // status).  Exit state and results are mapped pinned memory, written by the
 // kernels and read by the host without a copy.
+//
+// The ops between two host waits are recorded once as a CUDA graph and
+// replayed (segment_begin; GATI_CUDA_GRAPHS=0 turns that off): one launch
+// in place of a hundred cuDNN and kernel calls.  A graph holds the device
+// addresses it was recorded with, so the context drops every graph when
+// one of its scratch buffers moves (they only grow) and the executor when
+// its own memory does.
 #include "engine/cuda/cuda_backend.h"
 
 #include <cuda_runtime.h>
@@ -15,7 +22,14 @@
 #include <cstdint>
 
 #include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/plan.h"
@@ -196,7 +210,13 @@ class CudaContext final : public BackendContext {
         device_(std::move(device)),
         conv_(stream_.get(), device_->options().tf32) {}
 
-  ~CudaContext() override { cudaStreamSynchronize(stream_.get()); }  // nothing in flight touches freed scratch
+  ~CudaContext() override {
+    if (recording_) {  // an exception left a recording open: end it before the stream goes
+      cudaGraph_t g = nullptr;
+      if (cudaStreamEndCapture(stream_.get(), &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    }
+    cudaStreamSynchronize(stream_.get());  // nothing in flight touches freed scratch
+  }
 
   std::unique_ptr<Buffer> allocate(size_t bytes) override {
     cuda::DeviceScope scope(index_);
@@ -217,6 +237,28 @@ class CudaContext final : public BackendContext {
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
     staging_.reserve(bytes, "the input staging buffer");
     CUDA_CHECK(cudaMemcpyAsync(staging_.data(), host, bytes, cudaMemcpyHostToDevice, stream_.get()));
+    cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
+  }
+
+  // The host's half: into pinned memory, which a recorded copy reads (a
+  // graph cannot copy from pageable memory) and which the DMA engine reads
+  // at full speed.  The previous run has finished (the executor ends each
+  // run with synchronize()), so the buffer is free to overwrite.
+  void stage_input(const float* host, const Act& s) override {
+    cuda::DeviceScope scope(index_);
+    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
+    if (!input_pinned_ || input_pinned_->bytes() < bytes) {
+      input_pinned_.reset();
+      input_pinned_ = std::make_unique<cuda::MappedBuffer>(bytes, "the pinned input staging buffer");
+    }
+    staging_.reserve(bytes, "the input staging buffer");
+    std::memcpy(input_pinned_->data(), host, bytes);
+  }
+  void input_from_stage(const Act& s, float* dst) override {
+    cuda::DeviceScope scope(index_);
+    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
+    if (!input_pinned_ || input_pinned_->bytes() < bytes) fail("input_from_stage: no input of ", s.n, " staged");
+    CUDA_CHECK(cudaMemcpyAsync(staging_.data(), input_pinned_->data(), bytes, cudaMemcpyHostToDevice, stream_.get()));
     cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
   }
 
@@ -378,7 +420,99 @@ class CudaContext final : public BackendContext {
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
   }
 
+  Segment segment_begin(const SegmentKey& key) override {
+    if (!graphs_on_) return Segment::kDirect;
+    cuda::DeviceScope scope(index_);
+    if (scratch_moved()) graphs_.clear();
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= kMaxGraphs) graphs_.clear();  // a bound, not a policy: keys repeat in practice
+      it = graphs_.emplace(key, Recorded{}).first;
+    }
+    Recorded& r = it->second;
+    if (r.exec) {
+      CUDA_CHECK(cudaGraphLaunch(r.exec.get(), stream_.get()));
+      ++launches_;
+      return Segment::kReplayed;
+    }
+    if (++r.seen < 2) return Segment::kDirect;
+    // Thread-local: another thread's context keeps working while this one records.
+    CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+    recording_ = true;
+    recording_key_ = key;
+    return Segment::kRecording;
+  }
+
+  bool segment_end() override {
+    if (!recording_) return true;
+    cuda::DeviceScope scope(index_);
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(stream_.get(), &graph);
+    cudaGraphExec_t exec = nullptr;
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+      graphs_off(str_cat("recording failed: ", cudaGetErrorString(e)));
+      return false;
+    }
+    GraphExec owned(exec);
+    if (scratch_moved()) {  // an op grew its scratch while recording: the graph's addresses are gone
+      graphs_.clear();
+      return false;  // the key is recorded again on its next run
+    }
+    CUDA_CHECK(cudaGraphLaunch(exec, stream_.get()));
+    ++launches_;
+    graphs_[recording_key_].exec = std::move(owned);
+    return true;
+  }
+
+  void segment_abort() noexcept override {
+    if (!recording_) return;
+    cuda::DeviceScope scope(index_);
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream_.get(), &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    graphs_off("an error interrupted a recording");
+  }
+
+  void forget_segments(uint64_t owner) override {
+    for (auto it = graphs_.begin(); it != graphs_.end();)
+      it = it->first.owner == owner ? graphs_.erase(it) : std::next(it);
+  }
+
+  int64_t graph_launches() const override { return launches_; }
+
  private:
+  struct GraphExecFree {
+    void operator()(cudaGraphExec_t e) const { cudaGraphExecDestroy(e); }
+  };
+  using GraphExec = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecFree>;
+  struct Recorded {
+    int seen = 0;  // direct runs so far
+    GraphExec exec;
+  };
+  static constexpr size_t kMaxGraphs = 512;
+
+  // Whether any scratch a graph may hold has moved since the last look.
+  bool scratch_moved() {
+    const std::array<const void*, 5> now = {staging_.data(), compact_rows_.data(), compact_index_.data(),
+                                            conv_.workspace(), input_pinned_ ? input_pinned_->data() : nullptr};
+    const bool moved = now != scratch_;
+    scratch_ = now;
+    return moved;
+  }
+  void graphs_off(const std::string& why) {
+    cudaGetLastError();  // a failed capture leaves its error behind
+    graphs_.clear();
+    graphs_on_ = false;
+    std::fprintf(stderr, "gati: CUDA graphs off for this context (%s); its ops run one by one\n", why.c_str());
+  }
+  static bool graphs_wanted() {
+    const char* v = std::getenv("GATI_CUDA_GRAPHS");
+    return !(v && std::string(v) == "0");
+  }
+
   void record() {
     if (used_ == events_.size()) events_.emplace_back();
     CUDA_CHECK(cudaEventRecord(events_[used_].get(), stream_.get()));
@@ -398,9 +532,15 @@ class CudaContext final : public BackendContext {
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;
-  std::unique_ptr<cuda::MappedBuffer> sgd_report_;
+  std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_;
   std::vector<cuda::Event> events_;
   size_t used_ = 0;
+  // Recorded segments (members after the buffers they point into: destroyed first).
+  bool graphs_on_ = graphs_wanted(), recording_ = false;
+  SegmentKey recording_key_;
+  std::map<SegmentKey, Recorded> graphs_;
+  std::array<const void*, 5> scratch_{};
+  int64_t launches_ = 0;
 };
 
 std::unique_ptr<BackendContext> CudaDevice::make_context(int) const {

@@ -49,6 +49,9 @@ class CudnnConv {
   void run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
            float* out, const float* residual, bool relu, const std::string& name);
 
+  // Where the workspace is now (it moves when a larger plan grows it).
+  const void* workspace() const { return workspace_.data(); }
+
  private:
   struct Plan;
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, bool, bool>;

@@ -9,6 +9,7 @@
 #include <cudnn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <iterator>
 #include <utility>
@@ -158,6 +159,17 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
                                             bool tune, std::string* why) {
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_ptr);
   const ConvGeometry& g = s.g;
+  // Where the build's time goes (the log shows it): heuristics, finalizing
+  // plans (run-time compiled engines compile here), timing the candidates.
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point mark = Clock::now();
+  auto lap = [&mark] {
+    const Clock::time_point now = Clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(now - mark).count();
+    mark = now;
+    return ms;
+  };
+  double graph_ms = 0, heuristics_ms = 0, plans_ms = 0;
   try {
     // ---- the operation graph
     std::vector<Desc> keep;
@@ -224,6 +236,8 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
         .set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
         .finalize("operation graph (no engine takes this pattern)");
 
+    graph_ms = lap();
+
     // ---- ranked engine configurations: the heuristics' list, then the
     // fallback list (which holds the engines without tensor cores)
     std::vector<Desc> cfgs;
@@ -258,6 +272,8 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     }
     const int64_t got = int64_t(raw.size());
     if (got == 0) throw Refused{"the heuristics rank no engine for this graph"};
+
+    heuristics_ms = lap();
 
     // ---- plans for the configurations FP32 allows
     struct Candidate {
@@ -314,6 +330,7 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       }
     }
     if (candidates.empty()) throw Refused{str_cat("none of ", got, " ranked configurations is usable:", refusals)};
+    plans_ms = lap();
 
     size_t best = 0;
     std::string timing;
@@ -370,7 +387,10 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     impl->workspace = candidates[best].workspace;
     impl->tensor_ops = candidates[best].tensor_ops;
     impl->description = str_cat("graph engine ", candidates[best].engine, epilogue ? " fused" : "");
-    impl->details = str_cat(timing.empty() ? std::string() : str_cat("timed:", timing),
+    const double timing_ms = lap();
+    impl->details = str_cat("built in ", int(graph_ms + heuristics_ms + plans_ms + timing_ms), " ms (graph ",
+                            int(graph_ms), ", heuristics ", int(heuristics_ms), ", plans ", int(plans_ms), ", timing ",
+                            int(timing_ms), ")", timing.empty() ? std::string() : str_cat("; timed:", timing),
                             refusals.empty() ? std::string() : str_cat("; refused:", refusals));
     keep.push_back(std::move(x));
     keep.push_back(std::move(w));
