@@ -124,9 +124,15 @@ all_tests() { (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900
 
 sanitize() {
   local tool rc=0
+  # racecheck and synccheck look at shared memory and barriers, which only
+  # our kernels use: the convolution test (cuDNN's kernels, and a minute of
+  # plan building per tool) runs under memcheck only.
+  local filter
   for tool in memcheck racecheck synccheck; do
-    echo "---- $tool: test_backend_ops (cuda)"
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/tests/test_backend_ops" --gtest_filter='*cuda*' || rc=1
+    filter='*cuda*'
+    [ "$tool" = memcheck ] || filter='*cuda*:-*Convolutions*'
+    echo "---- $tool: test_backend_ops ($filter)"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/tests/test_backend_ops" --gtest_filter="$filter" || rc=1
   done
   echo "---- memcheck: test_cuda_backend"
   compute-sanitizer --tool memcheck --error-exitcode 9 "$build/tests/test_cuda_backend" || rc=1
