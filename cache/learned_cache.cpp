@@ -15,6 +15,7 @@
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/error.h"
+#include "weights/common/json_read.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 
@@ -503,6 +504,10 @@ void CacheSet::save(const std::string& path) const {
   w.write(path);
 }
 
+// Features per exit a cache file may claim (a 2048-channel exit pooled on a
+// 8x8 grid with max is 262144): a bound against absurd sizes, not a policy.
+constexpr int64_t kMaxFeatures = int64_t(1) << 24;
+
 CacheSet CacheSet::load(const std::string& path, const Model& model) {
   const SafeTensorsFile f = SafeTensorsFile::open(path);
   nlohmann::json meta;
@@ -514,114 +519,112 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
   if (!meta.is_object() || meta.value("format", "") != kFormat)
     fail(path, ": not a gati cache file of format ", kFormat);
   CacheSet s;
-  try {
-    s.model_arch = meta.at("model_arch").get<std::string>();
-    s.target_agreement = meta.at("target_agreement").get<double>();
-    if (s.model_arch != model.arch().name)
-      fail(path, ": caches were built for '", s.model_arch, "', the model is '", model.arch().name, "'");
-    if (!meta.contains("model_fingerprint"))
-      fail(path, ": has no model fingerprint (made by an older gati); rebuild it with 'gati cache build'");
-    s.model_fingerprint = meta.at("model_fingerprint").get<std::string>();
-    const std::string mine = fingerprint(model);
-    if (s.model_fingerprint != mine)
-      fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ", s.model_fingerprint,
-           "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
-    const std::vector<ExitPointInfo> points = exit_points(model.net);
-    for (const auto& e : meta.at("exits")) {
-      ExitCache c;
-      c.name = e.at("name").get<std::string>();
-      // The name says where; "exit" (its id) must agree where present
-      // (files from before the stem exit have "block" instead).
-      c.exit = exit_point_id(model.net, c.name);
-      if (c.exit < 0) {
-        std::string valid;
-        for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
-        fail(path, ": exit '", c.name, "' is not an exit point of the model (valid: ", valid, ")");
-      }
-      if (e.contains("exit") && e.at("exit").get<int>() != c.exit)
-        fail(path, ": exit '", c.name, "' says it is exit ", e.at("exit").get<int>(), ", the model has it at ", c.exit);
-      if (!s.exits.empty() && s.exits.back().exit >= c.exit)
-        fail(path, ": exit '", c.name, "' comes after '", s.exits.back().name,
-             "'; exits must be listed once each, in the model's order");
-      c.dim = e.at("dim").get<int>();
-      // Files from before per-exit pooling have no "pool": global average.
-      if (e.contains("pool")) {
-        try {
-          c.pool = parse_pool(e.at("pool").get<std::string>());
-        } catch (const Error& err) {
-          fail(path, ": exit '", c.name, "': ", err.what());
-        }
-      }
-      const std::string kind = e.value("kind", std::string("learned-linear"));
-      if (kind == "learned-linear")
-        c.kind = HeadKind::kLinear;
-      else if (kind == "knn" || kind == "kmeans")
-        c.kind = head_kind(kind);
-      else
-        fail(path, ": exit '", c.name, "' has kind '", kind, "' (valid: learned-linear, knn, kmeans)");
-      c.classes = e.at("classes").get<int>();
-      c.threshold = e.at("threshold").get<float>();
-      c.train_agreement = e.value("train_agreement", 0.0);
-      c.holdout_agreement = e.value("holdout_agreement", 0.0);
-      c.holdout_hit_rate = e.value("holdout_hit_rate", 0.0);
-      c.holdout_hit_agreement = e.value("holdout_hit_agreement", 0.0);
-      check_pool_fits(path + ": exit '" + c.name + "'", c.dim, c.pool, points[size_t(c.exit)].channels);
-      if (c.classes != model.arch().num_classes)
-        fail(path, ": exit '", c.name, "' has ", c.classes, " classes, the model ", model.arch().num_classes);
-      if (!(c.threshold >= 0)) fail(path, ": exit '", c.name, "' has threshold ", c.threshold);
-      const std::string p = "exit." + c.name + ".";
-      c.mean = f.read_float(p + "mean", {c.dim});
-      c.inv_std = f.read_float(p + "inv_std", {c.dim});
-      if (c.kind == HeadKind::kLinear) {
-        c.weight = f.read_float(p + "weight", {c.classes, c.dim});
-        c.bias = f.read_float(p + "bias", {c.classes});
-      } else {
-        c.reduced = e.at("reduced").get<int>();
-        c.neighbours = e.at("neighbours").get<int>();
-        const int64_t entries = e.at("entries").get<int64_t>();
-        if (c.reduced < 1 || c.reduced > c.dim || entries < 1 || entries > (int64_t(1) << 26))
-          fail(path, ": exit '", c.name, "': reduced ", c.reduced, " (valid: 1 to dim ", c.dim, "), entries ", entries,
-               " (valid: 1 to 2^26)");
-        c.projection = f.read_float(p + "projection", {c.reduced, c.dim});
-        c.keys = f.read_float(p + "keys", {entries, c.reduced});
-        c.labels = f.read_int32(p + "labels", {entries});
-        c.share = f.read_float(p + "share", {entries});
-      }
-      check_head_spec(path + ": exit '" + c.name + "'", c);
-      s.exits.push_back(std::move(c));
+  const JsonFields top(meta, path + ": metadata 'gati.caches'");
+  s.model_arch = top.string("model_arch");
+  s.target_agreement = top.number("target_agreement", 0, 1);
+  if (s.model_arch != model.arch().name)
+    fail(path, ": caches were built for '", s.model_arch, "', the model is '", model.arch().name, "'");
+  if (!top.has("model_fingerprint"))
+    fail(path, ": has no model fingerprint (made by an older gati); rebuild it with 'gati cache build'");
+  s.model_fingerprint = top.string("model_fingerprint");
+  const std::string mine = fingerprint(model);
+  if (s.model_fingerprint != mine)
+    fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ", s.model_fingerprint,
+         "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
+  const std::vector<ExitPointInfo> points = exit_points(model.net);
+  const int exits = int(points.size());
+  const nlohmann::json& listed = top.array("exits", true);
+  for (size_t i = 0; i < listed.size(); ++i) {
+    ExitCache c;
+    c.name = JsonFields(listed[i], str_cat(path, ": exit ", i)).string("name");
+    const JsonFields e(listed[i], str_cat(path, ": exit '", c.name, "'"));
+    // The name says where; "exit" (its id) must agree where present
+    // (files from before the stem exit have "block" instead).
+    c.exit = exit_point_id(model.net, c.name);
+    if (c.exit < 0) {
+      std::string valid;
+      for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
+      fail(e.where(), " is not an exit point of the model (valid: ", valid, ")");
     }
-    if (meta.contains("memory")) {
-      const auto& j = meta.at("memory");
-      MemorySpec m;
-      m.name = j.at("name").get<std::string>();
-      m.exit = exit_point_id(model.net, m.name);
-      if (m.exit < 0) fail(path, ": memory at '", m.name, "', which is not an exit point of the model");
-      if (j.at("exit").get<int>() != m.exit)
-        fail(path, ": memory at '", m.name, "' says it is exit ", j.at("exit").get<int>(), ", the model has it at ",
-             m.exit);
-      try {
-        m.pool = parse_pool(j.at("pool").get<std::string>());
-      } catch (const Error& err) {
-        fail(path, ": memory: ", err.what());
-      }
-      m.dim = j.at("dim").get<int>();
-      m.capacity = j.at("capacity").get<int>();
-      m.threshold = j.at("threshold").get<float>();
-      m.min_confidence = j.at("min_confidence").get<float>();
-      s.memory_hit_rate = j.value("calibration_hit_rate", 0.0);
-      s.memory_hit_agreement = j.value("calibration_hit_agreement", 0.0);
-      try {
-        check_pool_fits("memory", m.dim, m.pool, points[size_t(m.exit)].channels);
-        m.mean = f.read_float("memory.mean", {m.dim});
-        m.inv_std = f.read_float("memory.inv_std", {m.dim});
-        check_memory_spec(m, model.net);
-      } catch (const Error& err) {
-        fail(path, ": ", err.what());
-      }
-      s.memory = std::move(m);
+    if (e.has("exit")) {
+      const int64_t said = e.integer("exit", 0, exits - 1);
+      if (said != c.exit) fail(e.where(), " says it is exit ", said, ", the model has it at ", c.exit);
     }
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": malformed cache metadata (", e.what(), ")");
+    if (!s.exits.empty() && s.exits.back().exit >= c.exit)
+      fail(e.where(), " comes after '", s.exits.back().name, "'; exits must be listed once each, in the model's order");
+    c.dim = int(e.integer("dim", 1, kMaxFeatures));
+    // Files from before per-exit pooling have no "pool": global average.
+    if (e.has("pool")) {
+      try {
+        c.pool = parse_pool(e.string("pool"));
+      } catch (const Error& err) {
+        fail(e.where(), ": ", err.what());
+      }
+    }
+    const std::string kind = e.has("kind") ? e.string("kind") : std::string("learned-linear");
+    if (kind == "learned-linear")
+      c.kind = HeadKind::kLinear;
+    else if (kind == "knn" || kind == "kmeans")
+      c.kind = head_kind(kind);
+    else
+      fail(e.where(), " has kind '", kind, "' (valid: learned-linear, knn, kmeans)");
+    c.classes = int(e.integer("classes", 1, 1 << 20));
+    c.threshold = float(e.number("threshold", 0, 3.4e38));  // above 1: never hits
+    auto optional = [&](const char* key) { return e.has(key) ? e.number(key, 0, 1) : 0.0; };
+    c.train_agreement = optional("train_agreement");
+    c.holdout_agreement = optional("holdout_agreement");
+    c.holdout_hit_rate = optional("holdout_hit_rate");
+    c.holdout_hit_agreement = optional("holdout_hit_agreement");
+    check_pool_fits(e.where(), c.dim, c.pool, points[size_t(c.exit)].channels);
+    if (c.classes != model.arch().num_classes)
+      fail(e.where(), " has ", c.classes, " classes, the model ", model.arch().num_classes);
+    const std::string p = "exit." + c.name + ".";
+    c.mean = f.read_float(p + "mean", {c.dim});
+    c.inv_std = f.read_float(p + "inv_std", {c.dim});
+    if (c.kind == HeadKind::kLinear) {
+      c.weight = f.read_float(p + "weight", {c.classes, c.dim});
+      c.bias = f.read_float(p + "bias", {c.classes});
+    } else {
+      c.reduced = int(e.integer("reduced", 1, c.dim));
+      c.neighbours = int(e.integer("neighbours", 1, 1 << 10));
+      const int64_t entries = e.integer("entries", 1, int64_t(1) << 26);
+      c.projection = f.read_float(p + "projection", {c.reduced, c.dim});
+      c.keys = f.read_float(p + "keys", {entries, c.reduced});
+      c.labels = f.read_int32(p + "labels", {entries});
+      c.share = f.read_float(p + "share", {entries});
+    }
+    check_head_spec(e.where(), c);
+    s.exits.push_back(std::move(c));
+  }
+  if (top.has("memory")) {
+    const JsonFields j = top.object("memory");
+    MemorySpec m;
+    m.name = j.string("name");
+    m.exit = exit_point_id(model.net, m.name);
+    if (m.exit < 0) fail(path, ": memory at '", m.name, "', which is not an exit point of the model");
+    const int64_t said = j.integer("exit", 0, exits - 1);
+    if (said != m.exit)
+      fail(path, ": memory at '", m.name, "' says it is exit ", said, ", the model has it at ", m.exit);
+    try {
+      m.pool = parse_pool(j.string("pool"));
+    } catch (const Error& err) {
+      fail(path, ": memory: ", err.what());
+    }
+    m.dim = int(j.integer("dim", 1, kMaxFeatures));
+    m.capacity = int(j.integer("capacity", 1, INT32_MAX));
+    m.threshold = float(j.number("threshold", -3.4e38, 3.4e38));  // check_memory_spec judges it
+    m.min_confidence = float(j.number("min_confidence", 0, 1));
+    s.memory_hit_rate = j.has("calibration_hit_rate") ? j.number("calibration_hit_rate", 0, 1) : 0.0;
+    s.memory_hit_agreement = j.has("calibration_hit_agreement") ? j.number("calibration_hit_agreement", 0, 1) : 0.0;
+    try {
+      check_pool_fits("memory", m.dim, m.pool, points[size_t(m.exit)].channels);
+      m.mean = f.read_float("memory.mean", {m.dim});
+      m.inv_std = f.read_float("memory.inv_std", {m.dim});
+      check_memory_spec(m, model.net);
+    } catch (const Error& err) {
+      fail(path, ": ", err.what());
+    }
+    s.memory = std::move(m);
   }
   return s;
 }

@@ -11,6 +11,7 @@
 
 #include "weights/common/error.h"
 #include "weights/common/file_write.h"
+#include "weights/common/json_read.h"
 
 namespace gati {
 
@@ -101,24 +102,6 @@ void save_trace(const std::string& path, const Trace& t) {
   write_file_atomically(path, [&](std::ostream& out) { out << text; });
 }
 
-namespace {
-
-// A JSON integer in [lo, hi]: no floats (3.7 is not 3), no booleans, no
-// values that would wrap (2^32 + 5 is not 5).
-int64_t strict_int(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi) {
-  if (!v.is_number_integer()) fail(where, " must be an integer, got ", v.dump());
-  if (v.is_number_unsigned()) {
-    const uint64_t u = v.get<uint64_t>();
-    if (u > uint64_t(hi)) fail(where, " = ", u, " is outside [", lo, ", ", hi, "]");
-    return int64_t(u);
-  }
-  const int64_t x = v.get<int64_t>();
-  if (x < lo || x > hi) fail(where, " = ", x, " is outside [", lo, ", ", hi, "]");
-  return x;
-}
-
-}  // namespace
-
 Trace load_trace(const std::string& path, const Dataset& data) {
   require_regular_file(path, "trace");
   std::ifstream f(path);
@@ -130,37 +113,28 @@ Trace load_trace(const std::string& path, const Dataset& data) {
     fail(path, ": trace is not valid JSON (", e.what(), ")");
   }
   Trace t;
-  try {
-    if (j.at("format").get<std::string>() != "gati-trace/1") fail(path, ": unknown trace format");
-    t.kind = j.at("kind").get<std::string>();
-    const auto& seed = j.at("seed");
-    if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))
-      fail(path, ": 'seed' must be a non-negative integer, got ", seed.dump());
-    t.seed = seed.get<uint64_t>();
-    t.source = j.at("source").get<std::string>();
-    t.source_size = int(strict_int(j.at("source_size"), path + ": 'source_size'", 0, INT32_MAX));
-    const auto& reqs = j.at("requests");
-    if (!reqs.is_array() || reqs.empty()) fail(path, ": 'requests' must be a non-empty array");
-    if (reqs.size() > kMaxTraceRequests)
-      fail(path, ": ", reqs.size(), " requests, more than the limit of ", kMaxTraceRequests, " per trace (split it)");
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      const auto& r = reqs[i];
-      if (!r.is_array() || r.size() != 5) fail(path, ": request ", i, " must be [index, dx, dy, noise, noise_seed]");
-      const std::string at = str_cat(path, ": request ", i);
-      const int64_t index = strict_int(r[0], at + " index", 0, INT32_MAX);
-      if (index >= data.n) fail(path, ": request ", i, " names item ", index, ", but ", data.name, " has ", data.n);
-      Request q;
-      q.index = int(index);
-      q.dx = int(strict_int(r[1], at + " dx", -8, 8));
-      q.dy = int(strict_int(r[2], at + " dy", -8, 8));
-      if (!r[3].is_number() || !(r[3].get<double>() >= 0 && r[3].get<double>() <= 1))
-        fail(at, " noise must be a number in [0, 1], got ", r[3].dump());
-      q.noise = r[3].get<float>();
-      q.noise_seed = uint32_t(strict_int(r[4], at + " noise_seed", 0, UINT32_MAX));
-      t.requests.push_back(q);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": malformed trace (", e.what(), ")");
+  const JsonFields top(j, path);
+  if (top.string("format") != "gati-trace/1") fail(path, ": unknown trace format (expected gati-trace/1)");
+  t.kind = top.string("kind");
+  t.seed = uint64_t(top.integer("seed", 0, INT64_MAX));
+  t.source = top.string("source");
+  t.source_size = int(top.integer("source_size", 0, INT32_MAX));
+  const nlohmann::json& reqs = top.array("requests");
+  if (reqs.size() > kMaxTraceRequests)
+    fail(path, ": ", reqs.size(), " requests, more than the limit of ", kMaxTraceRequests, " per trace (split it)");
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    if (!r.is_array() || r.size() != 5) fail(path, ": request ", i, " must be [index, dx, dy, noise, noise_seed]");
+    const std::string at = str_cat(path, ": request ", i);
+    const int64_t index = json_integer(r[0], at + " index", 0, INT32_MAX);
+    if (index >= data.n) fail(path, ": request ", i, " names item ", index, ", but ", data.name, " has ", data.n);
+    Request q;
+    q.index = int(index);
+    q.dx = int(json_integer(r[1], at + " dx", -8, 8));
+    q.dy = int(json_integer(r[2], at + " dy", -8, 8));
+    q.noise = float(json_number(r[3], at + " noise", 0, 1));
+    q.noise_seed = uint32_t(json_integer(r[4], at + " noise_seed", 0, UINT32_MAX));
+    t.requests.push_back(q);
   }
   if (t.source != data.name) fail(path, ": trace was made for ", t.source, ", replaying on ", data.name);
   return t;

@@ -171,7 +171,7 @@ def main():
               rc == 0 and json.load(open(sim))["accuracy_full"] == rep.get("accuracy_full"), err)
         open(os.path.join(tmp, "badtrace.json"), "w").write('{"format":"gati-trace/1","requests":[]}')
         expect_error(gati, "malformed trace", ["serve-sim", "--model", args.demo, "--caches", caches,
-                                               "--trace", os.path.join(tmp, "badtrace.json")], "malformed trace")
+                                               "--trace", os.path.join(tmp, "badtrace.json")], "badtrace.json: missing key 'kind'")
         r32 = next(e["model"] for e in manifest if e["arch"] == "resnet32")
         expect_error(gati, "cache file for another model", ["serve-sim", "--model", r32, "--caches", caches,
                                                             "--trace", "uniform"], "caches were built for 'resnet20', the model is 'resnet32'")

@@ -306,20 +306,30 @@ TEST(Trace, MalformedFilesGiveClearErrors) {
   EXPECT_GATI_ERROR(load_trace(write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny",
       "source_size":50})"),
                                d),
-                    "malformed trace");
+                    "t.json: missing key 'requests'");
+  EXPECT_GATI_ERROR(load_trace(write(R"({"format":"gati-trace/1","kind":5,"seed":1,"source":"tiny",
+      "source_size":50,"requests":[[1,0,0,0,0]]})"),
+                               d),
+                    "t.json: 'kind' must be a string, got 5");
   // Integers must be integers, in range: nothing truncated, wrapped or coerced.
   auto with_request = [&](const std::string& req) {
     return write(R"({"format":"gati-trace/1","kind":"uniform","seed":1,"source":"tiny","source_size":50,"requests":[)" +
                  req + "]}");
   };
-  EXPECT_GATI_ERROR(load_trace(with_request("[3.7,0,0,0,0]"), d), "index must be an integer, got 3.7");
-  EXPECT_GATI_ERROR(load_trace(with_request("[4294967301,0,0,0,0]"), d), "index = 4294967301 is outside");
-  EXPECT_GATI_ERROR(load_trace(with_request("[true,0,0,0,0]"), d), "index must be an integer, got true");
-  EXPECT_GATI_ERROR(load_trace(with_request("[1,-2147483648,0,0,0]"), d), "dx = -2147483648 is outside [-8, 8]");
-  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,9,0,0]"), d), "dy = 9 is outside [-8, 8]");
-  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,\"x\",0]"), d), "noise must be a number in [0, 1]");
-  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,-1]"), d), "noise_seed = -1 is outside");
-  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,4294967296]"), d), "noise_seed = 4294967296 is outside");
+  EXPECT_GATI_ERROR(load_trace(with_request("[3.7,0,0,0,0]"), d),
+                    "request 0 index must be an integer in [0, 2147483647], got 3.7");
+  EXPECT_GATI_ERROR(load_trace(with_request("[4294967301,0,0,0,0]"), d),
+                    "index must be an integer in [0, 2147483647], got 4294967301");
+  EXPECT_GATI_ERROR(load_trace(with_request("[true,0,0,0,0]"), d),
+                    "index must be an integer in [0, 2147483647], got true");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,-2147483648,0,0,0]"), d),
+                    "dx must be an integer in [-8, 8], got -2147483648");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,9,0,0]"), d), "dy must be an integer in [-8, 8], got 9");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,\"x\",0]"), d), "noise must be a number in [0, 1], got \"x\"");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,-1]"), d),
+                    "noise_seed must be an integer in [0, 4294967295], got -1");
+  EXPECT_GATI_ERROR(load_trace(with_request("[1,0,0,0,4294967296]"), d),
+                    "noise_seed must be an integer in [0, 4294967295], got 4294967296");
   EXPECT_NO_THROW(load_trace(with_request("[1,-8,8,0.5,4294967295]"), d));
   EXPECT_GATI_ERROR(load_trace((dir / "none.json").string(), d), "cannot open trace");
   EXPECT_GATI_ERROR(make_trace("bursty", d, 10, 1), "(valid: uniform, zipf, locality, drift)");
@@ -469,11 +479,11 @@ TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
   bad = set;
   bad.memory->capacity = 0;
   bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "capacity 0");
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory': 'capacity' must be an integer in [1, 2147483647], got 0");
   bad = set;
   bad.memory->min_confidence = 2.f;
   bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "min_confidence 2");
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory': 'min_confidence' must be a number in [0, 1], got 2");
   std::filesystem::remove_all(dir);
 }
 
@@ -767,7 +777,7 @@ TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["entries"] = 7; }), m),
                     "exit.stem.keys: expected shape [7,4]");
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][1]["reduced"] = 0; }), m),
-                    "reduced 0 (valid: 1 to dim");
+                    "exit 'layer1.0': 'reduced' must be an integer in [1, ");
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["neighbours"] = 40; }), m),
                     "40 neighbours (valid: 1 to 16)");
   std::filesystem::remove_all(dir);

@@ -67,9 +67,11 @@ TEST(Arch, ErrorsNameTheFieldAndValidChoices) {
   };
   EXPECT_GATI_ERROR(Arch::from_json(with("block", "dense")), "'block' = 'dense' (valid: basic, bottleneck)");
   EXPECT_GATI_ERROR(Arch::from_json(with("stem", "vit")), "(valid: imagenet, cifar)");
-  EXPECT_GATI_ERROR(Arch::from_json(with("layers", nullptr)), "missing field 'layers'");
+  EXPECT_GATI_ERROR(Arch::from_json(with("layers", nullptr)),
+                    "architecture: missing key 'layers'");
   EXPECT_GATI_ERROR(Arch::from_json(with("widths", {8, 16})), "'layers' has 3 stages but 'widths' has 2");
-  EXPECT_GATI_ERROR(Arch::from_json(with("num_classes", 0)), "'num_classes' = 0 is outside");
+  EXPECT_GATI_ERROR(Arch::from_json(with("num_classes", 0)),
+                    "architecture: 'num_classes' must be an integer in [1, 1048576], got 0");
   EXPECT_GATI_ERROR(Arch::from_json(with("mean", {0.1, 0.2})), "one value per input channel");
   EXPECT_GATI_ERROR(Arch::from_json("{not json"), "not valid JSON");
   {  // planes * width_per_group / 64 rounds to 0: zero-channel convolutions

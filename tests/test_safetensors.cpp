@@ -10,6 +10,7 @@
 
 #include "test_util.h"
 #include "weights/common/error.h"
+#include "weights/common/json_read.h"
 #include "weights/safetensors.h"
 
 namespace gati {
@@ -37,6 +38,37 @@ SafeTensorsFile parse(std::vector<uint8_t> bytes) {
 
 const std::string kTwo =
     R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}})";
+
+// The strict JSON reads every reader shares: the file and key in each error,
+// integers that are integers in range (a parsed 0 is unsigned in nlohmann:
+// it must still meet a lower bound of 1), finite numbers, strings.
+TEST(JsonFields, RefuseWhatGetWouldCoerceAndNameTheKey) {
+  const nlohmann::json j = nlohmann::json::parse(
+      R"({"n": 4, "zero": 0, "neg": -3, "frac": 3.7, "flag": true, "text": "12", "big": 4294967301,
+          "huge": 18446744073709551615, "x": 0.25, "list": [], "obj": {"k": 1}})");
+  const JsonFields f(j, "f.json");
+  EXPECT_EQ(f.integer("n", 1, 8), 4);
+  EXPECT_EQ(f.integer("neg", -5, 5), -3);
+  EXPECT_DOUBLE_EQ(f.number("x", 0, 1), 0.25);
+  EXPECT_DOUBLE_EQ(f.number("n", 0, 10), 4.0);  // an integer is a number
+  EXPECT_EQ(f.object("obj").integer("k", 0, 1), 1);
+  EXPECT_GATI_ERROR(f.integer("zero", 1, 8), "f.json: 'zero' must be an integer in [1, 8], got 0");
+  EXPECT_GATI_ERROR(f.integer("neg", 0, 8), "'neg' must be an integer in [0, 8], got -3");
+  EXPECT_GATI_ERROR(f.integer("frac", 0, 8), "'frac' must be an integer in [0, 8], got 3.7");
+  EXPECT_GATI_ERROR(f.integer("flag", 0, 8), "'flag' must be an integer in [0, 8], got true");
+  EXPECT_GATI_ERROR(f.integer("text", 0, 100), "'text' must be an integer in [0, 100], got \"12\"");
+  EXPECT_GATI_ERROR(f.integer("big", 0, INT32_MAX), "got 4294967301");
+  EXPECT_GATI_ERROR(f.integer("huge", 0, INT64_MAX), "got 18446744073709551615");
+  EXPECT_GATI_ERROR(f.number("x", 0.5, 1), "'x' must be a number in [0.5, 1], got 0.25");
+  EXPECT_GATI_ERROR(f.number("text", 0, 1), "'text' must be a number");
+  EXPECT_GATI_ERROR(f.string("n"), "f.json: 'n' must be a string, got 4");
+  EXPECT_GATI_ERROR(f.boolean("n"), "'n' must be true or false");
+  EXPECT_GATI_ERROR(f.array("list"), "'list' must be a non-empty array, got []");
+  EXPECT_EQ(f.array("list", true).size(), 0u);
+  EXPECT_GATI_ERROR(f.at("missing"), "f.json: missing key 'missing'");
+  EXPECT_GATI_ERROR(f.object("n"), "f.json: 'n' must be a JSON object, got 4");
+  EXPECT_GATI_ERROR(f.object("obj").integer("k", 2, 3), "f.json: 'obj': 'k' must be an integer in [2, 3], got 1");
+}
 
 TEST(SafeTensors, RoundTripThroughWriter) {
   const auto dir = test::scratch_dir("st");

@@ -5,45 +5,26 @@
 #include <nlohmann/json.hpp>
 
 #include "weights/common/error.h"
+#include "weights/common/json_read.h"
 
 namespace gati {
 namespace {
 
 using nlohmann::json;
 
-const json& field(const json& j, const char* key) {
-  if (!j.contains(key)) fail("architecture: missing field '", key, "'");
-  return j.at(key);
-}
-
-int int_field(const json& j, const char* key, int lo, int hi) {
-  const json& v = field(j, key);
-  if (!v.is_number_integer()) fail("architecture: '", key, "' must be an integer");
-  const int64_t x = v.get<int64_t>();
-  if (x < lo || x > hi) fail("architecture: '", key, "' = ", x, " is outside [", lo, ", ", hi, "]");
-  return int(x);
-}
-
-std::vector<int> int_list(const json& j, const char* key, int lo, int hi) {
-  const json& v = field(j, key);
-  if (!v.is_array() || v.empty()) fail("architecture: '", key, "' must be a non-empty array of integers");
+std::vector<int> int_list(const JsonFields& j, const char* key, int lo, int hi) {
+  const json& v = j.array(key);
   std::vector<int> out;
-  for (const auto& e : v) {
-    if (!e.is_number_integer() || e.get<int64_t>() < lo || e.get<int64_t>() > hi)
-      fail("architecture: '", key, "' entries must be integers in [", lo, ", ", hi, "]");
-    out.push_back(e.get<int>());
-  }
+  for (size_t i = 0; i < v.size(); ++i)
+    out.push_back(int(json_integer(v[i], str_cat(j.where_of(key), "[", i, "]"), lo, hi)));
   return out;
 }
 
-std::vector<float> float_list(const json& j, const char* key) {
-  const json& v = field(j, key);
-  if (!v.is_array()) fail("architecture: '", key, "' must be an array of numbers");
+std::vector<float> float_list(const JsonFields& j, const char* key) {
+  const json& v = j.array(key);
   std::vector<float> out;
-  for (const auto& e : v) {
-    if (!e.is_number()) fail("architecture: '", key, "' must be an array of numbers");
-    out.push_back(e.get<float>());
-  }
+  for (size_t i = 0; i < v.size(); ++i)
+    out.push_back(float(json_number(v[i], str_cat(j.where_of(key), "[", i, "]"), -3.4e38, 3.4e38)));
   return out;
 }
 
@@ -56,10 +37,10 @@ Arch Arch::from_json(const std::string& text) {
   } catch (const json::exception& e) {
     fail("architecture: not valid JSON (", e.what(), ")");
   }
-  if (!j.is_object()) fail("architecture: must be a JSON object");
+  const JsonFields f(j, "architecture");
   Arch a;
-  a.name = j.value("name", std::string("resnet"));
-  const std::string block = field(j, "block").is_string() ? j["block"].get<std::string>() : "";
+  a.name = f.has("name") ? f.string("name") : std::string("resnet");
+  const std::string block = f.string("block");
   if (block == "basic") {
     a.block = BlockKind::Basic;
   } else if (block == "bottleneck") {
@@ -67,7 +48,7 @@ Arch Arch::from_json(const std::string& text) {
   } else {
     fail("architecture: 'block' = '", block, "' (valid: basic, bottleneck)");
   }
-  const std::string stem = field(j, "stem").is_string() ? j["stem"].get<std::string>() : "";
+  const std::string stem = f.string("stem");
   if (stem == "imagenet") {
     a.stem = StemKind::ImageNet;
   } else if (stem == "cifar") {
@@ -75,28 +56,28 @@ Arch Arch::from_json(const std::string& text) {
   } else {
     fail("architecture: 'stem' = '", stem, "' (valid: imagenet, cifar)");
   }
-  a.layers = int_list(j, "layers", 1, 1000);
-  a.widths = int_list(j, "widths", 1, 1 << 16);
+  a.layers = int_list(f, "layers", 1, 1000);
+  a.widths = int_list(f, "widths", 1, 1 << 16);
   if (a.layers.size() != a.widths.size())
     fail("architecture: 'layers' has ", a.layers.size(), " stages but 'widths' has ", a.widths.size());
-  a.stem_width = int_field(j, "stem_width", 1, 1 << 16);
-  a.groups = int_field(j, "groups", 1, 1 << 12);
-  a.width_per_group = int_field(j, "width_per_group", 1, 1 << 16);
-  a.in_channels = int_field(j, "in_channels", 1, 1 << 12);
-  a.num_classes = int_field(j, "num_classes", 1, 1 << 20);
-  const std::vector<int> size = int_list(j, "input_size", 1, 1 << 14);
+  a.stem_width = int(f.integer("stem_width", 1, 1 << 16));
+  a.groups = int(f.integer("groups", 1, 1 << 12));
+  a.width_per_group = int(f.integer("width_per_group", 1, 1 << 16));
+  a.in_channels = int(f.integer("in_channels", 1, 1 << 12));
+  a.num_classes = int(f.integer("num_classes", 1, 1 << 20));
+  const std::vector<int> size = int_list(f, "input_size", 1, 1 << 14);
   if (size.size() != 2) fail("architecture: 'input_size' must be [H, W]");
   a.input_h = size[0];
   a.input_w = size[1];
-  a.mean = float_list(j, "mean");
-  a.std = float_list(j, "std");
+  a.mean = float_list(f, "mean");
+  a.std = float_list(f, "std");
   if (int(a.mean.size()) != a.in_channels || int(a.std.size()) != a.in_channels)
     fail("architecture: 'mean' and 'std' need one value per input channel (", a.in_channels, ")");
   for (float s : a.std)
     if (!(s > 0)) fail("architecture: 'std' values must be positive");
-  if (j.contains("bn_eps")) {
-    if (!j["bn_eps"].is_number() || !(j["bn_eps"].get<double>() > 0)) fail("architecture: 'bn_eps' must be positive");
-    a.bn_eps = j["bn_eps"].get<double>();
+  if (f.has("bn_eps")) {
+    a.bn_eps = f.number("bn_eps", 0, 1);
+    if (!(a.bn_eps > 0)) fail("architecture: 'bn_eps' must be positive");
   }
   if (a.block == BlockKind::Basic && (a.groups != 1 || a.width_per_group != 64))
     fail("architecture: basic blocks support only groups=1 and width_per_group=64");

@@ -1,0 +1,83 @@
+// Strict JSON field reads; see json_read.h.
+#include "weights/common/json_read.h"
+
+#include <cmath>
+#include <utility>
+
+#include "weights/common/error.h"
+
+namespace gati {
+
+namespace {
+
+// The value as it appeared, shortened: an error quotes it, not a megabyte of it.
+std::string shown(const nlohmann::json& v) {
+  std::string s = v.dump();
+  if (s.size() > 60) s = s.substr(0, 57) + "...";
+  return s;
+}
+
+}  // namespace
+
+int64_t json_integer(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi) {
+  auto refuse = [&] { fail(where, " must be an integer in [", lo, ", ", hi, "], got ", shown(v)); };
+  if (!v.is_number_integer()) refuse();
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (hi < 0 || u > uint64_t(hi) || (lo > 0 && u < uint64_t(lo))) refuse();
+    return int64_t(u);
+  }
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) refuse();
+  return x;
+}
+
+double json_number(const nlohmann::json& v, const std::string& where, double lo, double hi) {
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < lo || v.get<double>() > hi)
+    fail(where, " must be a number in [", lo, ", ", hi, "], got ", shown(v));
+  return v.get<double>();
+}
+
+std::string json_string(const nlohmann::json& v, const std::string& where) {
+  if (!v.is_string()) fail(where, " must be a string, got ", shown(v));
+  return v.get<std::string>();
+}
+
+JsonFields::JsonFields(const nlohmann::json& j, std::string where) : j_(j), where_(std::move(where)) {
+  if (!j_.is_object()) fail(where_, " must be a JSON object, got ", shown(j_));
+}
+
+std::string JsonFields::where_of(const std::string& key) const { return str_cat(where_, ": '", key, "'"); }
+
+const nlohmann::json& JsonFields::at(const std::string& key) const {
+  const auto it = j_.find(key);
+  if (it == j_.end()) fail(where_, ": missing key '", key, "'");
+  return *it;
+}
+
+int64_t JsonFields::integer(const std::string& key, int64_t lo, int64_t hi) const {
+  return json_integer(at(key), where_of(key), lo, hi);
+}
+
+double JsonFields::number(const std::string& key, double lo, double hi) const {
+  return json_number(at(key), where_of(key), lo, hi);
+}
+
+std::string JsonFields::string(const std::string& key) const { return json_string(at(key), where_of(key)); }
+
+bool JsonFields::boolean(const std::string& key) const {
+  const nlohmann::json& v = at(key);
+  if (!v.is_boolean()) fail(where_of(key), " must be true or false, got ", shown(v));
+  return v.get<bool>();
+}
+
+const nlohmann::json& JsonFields::array(const std::string& key, bool allow_empty) const {
+  const nlohmann::json& v = at(key);
+  if (!v.is_array() || (!allow_empty && v.empty()))
+    fail(where_of(key), " must be a", allow_empty ? "n" : " non-empty", " array, got ", shown(v));
+  return v;
+}
+
+JsonFields JsonFields::object(const std::string& key) const { return JsonFields(at(key), where_of(key)); }
+
+}  // namespace gati
