@@ -252,20 +252,18 @@ TEST(Segments, TimingsObserversAndMemoriesRunDirect) {
   EXPECT_EQ(f.rec.direct + f.rec.recordings + f.rec.replays, 0);
 }
 
-TEST(Segments, AFailedRecordingRunsAgainOpByOp) {
-  Fixture f;
-  f.rec.fail_recording = 1;
-  for (int r = 0; r < 4; ++r) f.run(3, f.a.get());
-  EXPECT_FALSE(f.rec.graphs_on);
-  EXPECT_EQ(f.rec.replays, 0);
-}
-
-TEST(Segments, AnErrorWhileRecordingRunsAgainOpByOp) {
-  Fixture f;
-  f.rec.throw_in_recording = 1;
-  for (int r = 0; r < 4; ++r) f.run(1, f.b.get());
-  EXPECT_FALSE(f.rec.graphs_on);
-  EXPECT_EQ(f.rec.replays, 0);
+// A recording that fails at its end, or that an op's error interrupts: the
+// run is issued again op by op (the answers checked in run()), graphs stay off.
+TEST(Segments, AFailedOrInterruptedRecordingRunsAgainOpByOp) {
+  for (const bool interrupted : {false, true}) {
+    SCOPED_TRACE(interrupted ? "interrupted" : "failed");
+    Fixture f;
+    (interrupted ? f.rec.throw_in_recording : f.rec.fail_recording) = 1;
+    for (int r = 0; r < 4; ++r) f.run(interrupted ? 1 : 3, interrupted ? f.b.get() : f.a.get());
+    EXPECT_EQ(f.rec.recordings, 1);
+    EXPECT_FALSE(f.rec.graphs_on);
+    EXPECT_EQ(f.rec.replays, 0);
+  }
 }
 
 TEST(Segments, ErrorsOutsideARecordingStand) {
