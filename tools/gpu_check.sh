@@ -11,6 +11,7 @@
 #   run       the demo model on Fashion-MNIST (CPU and CUDA, with and without caches)
 #             and a converted random-weight resnet50 through infer/profile on the GPU
 #   bench     bench_gpu (models, exits, exit-point ops) as JSON
+#   graphs    whole-model latency with CUDA graphs and without (GATI_CUDA_GRAPHS=0), side by side
 #   compare   bench/compare_pytorch_gpu.py: PyTorch's configurations and gati, one run
 #
 # The machine needs the CUDA toolkit, CMake and PyTorch with CUDA (the
@@ -24,12 +25,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench compare]}
+out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench graphs compare]}
 shift
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(machine build test sanitize run bench compare)
+[ ${#stages[@]} -eq 0 ] && stages=(machine build test sanitize run bench graphs compare)
 py=${GATI_PYTHON:-python3}
 deps=${GATI_DEPS_PREFIX:-/opt/deps}
 build=${GATI_GPU_BUILD:-build-gpu}
@@ -195,6 +196,32 @@ bench() {
     --benchmark_report_aggregates_only=true --benchmark_out="$out/bench_gpu.json" --benchmark_out_format=json
 }
 
+# The same model benchmarks with recorded CUDA graphs and with every op
+# launched one by one; graphs_ab.json holds both medians and their ratio.
+graphs_ab() {
+  local r50="$out/resnet50_random.safetensors" g
+  [ -f "$r50" ] || "$py" tools/convert.py --arch resnet50 --random --seed 1 --out "$r50" || return 1
+  for g in 1 0; do
+    GATI_CUDA_GRAPHS=$g "$build/bench/bench_gpu" --models="$demo,$r50" --batches=1,8,64 --benchmark_filter='^model/' \
+      --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+      --benchmark_out="$out/bench_graphs$g.json" --benchmark_out_format=json || return 1
+  done
+  "$py" - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+med = {}
+for g in ("1", "0"):
+    for b in json.load(open(f"{out}/bench_graphs{g}.json"))["benchmarks"]:
+        if b.get("aggregate_name") == "median":
+            med.setdefault(b["run_name"], {})[g] = b["real_time"]
+rows = {k: {"graphs_ms": v["1"], "direct_ms": v["0"], "graphs_over_direct": v["1"] / v["0"]}
+        for k, v in med.items() if "1" in v and "0" in v}
+for k, r in rows.items():
+    print(f"{k:40s} graphs {r['graphs_ms']:8.3f} ms  direct {r['direct_ms']:8.3f} ms  ratio {r['graphs_over_direct']:.2f}")
+json.dump(rows, open(f"{out}/graphs_ab.json", "w"), indent=2)
+EOF
+}
+
 compare() {
   "$py" bench/compare_pytorch_gpu.py --bench "$build/bench/bench_gpu" --models resnet18 resnet50 demo \
     --batches 1 8 64 --precisions fp32 fp16 --repeats 30 ${GATI_COMPARE_ARGS:---no-compile} \
@@ -209,8 +236,9 @@ for s in "${stages[@]}"; do
     sanitize) step sanitize sanitize ;;
     run) step run run_models ;;
     bench) step bench bench ;;
+    graphs) step graphs graphs_ab ;;
     compare) step compare compare ;;
-    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench compare)"; exit 2 ;;
+    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench graphs compare)"; exit 2 ;;
   esac
 done
 echo "== summary ($summary)"
