@@ -149,14 +149,13 @@ class BackendContext {
   // Raw copies between host and backend memory (test staging, parameters).
   virtual void from_host(const void* host, size_t bytes, void* dst) = 0;
 
-  // Host NCHW (the PyTorch convention) into backend NHWC.
-  virtual void input_from_host_nchw(const float* host, const Act& shape, float* dst) = 0;
-  // The same in two halves, for a run recorded as a CUDA graph: stage_input
-  // is the host's part (into pinned memory on CUDA; it only remembers the
-  // pointer on the CPU) and runs on every run; input_from_stage is the
-  // device's part, which a recorded graph replays.
-  virtual void stage_input(const float* host, const Act& shape) { (void)shape, staged_ = host; }
-  virtual void input_from_stage(const Act& shape, float* dst) { input_from_host_nchw(staged_, shape, dst); }
+  // Host NCHW (the PyTorch convention) into backend NHWC, in two halves so
+  // that a run can be recorded as a CUDA graph: stage_input is the host's
+  // part (a copy into pinned memory on CUDA; the CPU only remembers the
+  // pointer) and runs on every run; input_from_stage is the backend's part
+  // (the transpose into dst), which a recorded graph replays.
+  virtual void stage_input(const float* host, const Act& shape) = 0;
+  virtual void input_from_stage(const Act& shape, float* dst) = 0;
   // Model convolution `conv` (index into Network::convs) with folded bias,
   // optional residual (same shape as the output) and ReLU.
   virtual void conv(int conv, const float* in, const Act& in_shape, float* out, const float* residual, bool relu) = 0;
@@ -245,9 +244,6 @@ class BackendContext {
   virtual void forget_segments(uint64_t owner) { (void)owner; }
   // Graphs launched so far (replays), for tests and the benchmark's report.
   virtual int64_t graph_launches() const { return 0; }
-
- private:
-  const float* staged_ = nullptr;
 };
 
 class BackendDevice : public std::enable_shared_from_this<BackendDevice> {

@@ -78,15 +78,15 @@ class Executor {
  private:
   // One pass; false when a segment's recording failed (its ops did not run).
   bool run_once(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts,
-                bool segments);
+                bool recorded);
 
   float* slot(int s) { return arena_->floats() + size_t(s) * plan_.slot_floats; }
   float* region(size_t offset) { return arena_->floats() + offset; }
 
   BackendContext& ctx_;
   Plan plan_;
-  uint64_t id_;  // names this executor's arena and exit state in recorded segments
-  bool aborted_recording_ = false;
+  uint64_t id_;                     // names this executor's arena and exit state in recorded segments
+  bool aborted_recording_ = false;  // set when an exception ended a recording (run() retries op by op)
   // The exit heads' (and the memory's) pooled features, [max_batch, widest];
   // grown on the first run with heads wider than any before (a one-time
   // allocation).

@@ -204,11 +204,13 @@ TEST(CudaBackend, RecordedGraphsAnswerWhatTheCpuAnswers) {
       exited += rc[size_t(i)].exit != kFullModel;
     }
     EXPECT_LE(max_rel_error(lg, lc), 1e-4);
-    if (k == 2) EXPECT_GE(gs.context().graph_launches(), 2) << "the third batch-1 run should replay a graph";
+    if (k == 2) {
+      EXPECT_GE(gs.context().graph_launches(), 2) << "the third batch-1 run should replay a graph";
+    }
   }
   EXPECT_GT(exited, 0) << "no sample left early: the heads' segments were not exercised";
-  std::printf("[cuda graphs] %lld graph launches over %zu runs\n", static_cast<long long>(gs.context().graph_launches()),
-              std::size(runs));
+  std::printf("[cuda graphs] %lld graph launches over %zu runs\n",
+              static_cast<long long>(gs.context().graph_launches()), std::size(runs));
 }
 
 TEST(CudaBackend, ProfileTimesEveryLayerWithEvents) {

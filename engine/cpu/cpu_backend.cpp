@@ -99,9 +99,10 @@ class CpuContext final : public BackendContext {
   std::unique_ptr<Buffer> allocate(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
   std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
 
-  void input_from_host_nchw(const float* host, const Act& s, float* dst) override {
+  void stage_input(const float* host, const Act&) override { staged_ = host; }
+  void input_from_stage(const Act& s, float* dst) override {
     cpu::ThreadScope t(threads_);
-    cpu::nchw_to_nhwc(host, s.n, s.c, s.h, s.w, dst);
+    cpu::nchw_to_nhwc(staged_, s.n, s.c, s.h, s.w, dst);
   }
 
   void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
@@ -195,6 +196,7 @@ class CpuContext final : public BackendContext {
  private:
   std::shared_ptr<const CpuDevice> device_;
   int threads_;
+  const float* staged_ = nullptr;  // the caller's input, read in place
   cpu::Workspace ws_;
   std::chrono::steady_clock::time_point start_;
   std::vector<std::chrono::steady_clock::time_point> marks_;

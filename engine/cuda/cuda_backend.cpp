@@ -232,14 +232,6 @@ class CudaContext final : public BackendContext {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyDefault, stream_.get()));
   }
 
-  void input_from_host_nchw(const float* host, const Act& s, float* dst) override {
-    cuda::DeviceScope scope(index_);
-    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
-    staging_.reserve(bytes, "the input staging buffer");
-    CUDA_CHECK(cudaMemcpyAsync(staging_.data(), host, bytes, cudaMemcpyHostToDevice, stream_.get()));
-    cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
-  }
-
   // The host's half: into pinned memory, which a recorded copy reads (a
   // graph cannot copy from pageable memory) and which the DMA engine reads
   // at full speed.  The previous run has finished (the executor ends each
