@@ -203,6 +203,9 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   std::vector<std::vector<float>> hold_features;
   const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + o.train);
   const std::vector<int> hold_labels(all.full_labels.begin() + o.train, all.full_labels.end());
+  std::vector<size_t> label_count(size_t(engine.arch().num_classes), 0);
+  for (int y : train_labels) ++label_count[size_t(y)];
+  for (size_t k : label_count) set.label_prior.push_back(float(double(k) / double(train_labels.size())));
   const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
   for (size_t e = 0; e < all.per_exit.size(); ++e) {
     ExitCache c;

@@ -454,6 +454,7 @@ void CacheSet::save(const std::string& path) const {
                          {"model_arch", model_arch},
                          {"model_fingerprint", model_fingerprint},
                          {"target_agreement", target_agreement}};
+  if (!label_prior.empty()) w.add_float("label_prior", {int64_t(label_prior.size())}, label_prior);
   nlohmann::json exit_meta = nlohmann::json::array();
   for (const ExitCache& c : exits) {
     const std::string p = "exit." + c.name + ".";
@@ -531,6 +532,18 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
   if (s.model_fingerprint != mine)
     fail(path, ": caches were built for other weights of ", s.model_arch, " (model fingerprint ", s.model_fingerprint,
          "; ", model.path.empty() ? std::string("this model") : model.path, " has ", mine, ")");
+  if (f.contains("label_prior")) {
+    const int classes = model.arch().num_classes;
+    s.label_prior = f.read_float("label_prior", {classes});
+    double sum = 0;
+    for (size_t k = 0; k < s.label_prior.size(); ++k) {
+      const float p = s.label_prior[k];
+      if (!(std::isfinite(p) && p >= 0 && p <= 1))
+        fail(path, ": label_prior of class ", k, " is ", p, " (a share in [0, 1])");
+      sum += p;
+    }
+    if (std::fabs(sum - 1) > 1e-3) fail(path, ": label_prior sums to ", sum, ", not 1");
+  }
   const std::vector<ExitPointInfo> points = exit_points(model.net);
   const int exits = int(points.size());
   const nlohmann::json& listed = top.array("exits", true);

@@ -134,6 +134,11 @@ struct CacheSet {
   std::string model_arch;         // the architecture name the caches were built for
   std::string model_fingerprint;  // fingerprint() of the exact weights they were built for
   double target_agreement = 0.99;
+  // The full model's label mix on the training images [classes] (shares
+  // summing to 1): what the learned heads' softmax assumes, and what online
+  // prior adaptation (label_shift.h) corrects from.  Empty in files made
+  // before it was kept.
+  std::vector<float> label_prior;
   std::vector<ExitCache> exits;
   // A memory of recent answers to set up with the caches (engine/memory.h),
   // and its record on the calibration stream.

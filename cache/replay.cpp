@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cache/build.h"
 #include "engine/plan.h"
@@ -160,15 +161,25 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   DriftGuard guard(int(points.size()), guard_options);
   // The caches as served now (online updates change them), and the heads
   // the guard leaves on, republished when either changes.
-  std::vector<ExitCache> live = caches.exits;
+  // `served` is `live` as the heads serve it: with the prior correction
+  // when that is on.
+  std::vector<ExitCache> live = caches.exits, served = live;
   std::vector<std::vector<float>> velocity(live.size()), pending_x(live.size());
   std::vector<std::vector<int>> pending_y(live.size());
+  std::optional<LabelShift> shift;
+  if (o.prior) {
+    if (o.prior_every < 1) fail("replay: prior_every must be at least 1 request, got ", o.prior_every);
+    shift.emplace(caches.label_prior, o.prior_options);
+  }
   auto publish = [&] {
     std::vector<ExitHeadSpec> specs;
-    for (const ExitCache& c : live)
-      if (c.enabled() && guard.enabled(c.exit)) specs.push_back(c.head_spec());
+    for (size_t e = 0; e < live.size(); ++e) {
+      served[e] = shift ? shift->adapt(live[e]) : live[e];
+      if (live[e].enabled() && guard.enabled(live[e].exit)) specs.push_back(served[e].head_spec());
+    }
     heads = engine.make_exit_heads(std::move(specs));
   };
+  if (shift) publish();  // checks the prior against the heads before the first request
   std::vector<PoolSpec> pools(points.size());
   for (const ExitCache& c : caches.exits) pools[size_t(c.exit)] = c.pool;
   // Feedback picks: a hash of the request's position, so they do not depend on the batch.
@@ -236,6 +247,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
         st.hits++;
         st.hit_agree += r.label == r.full_label;
       }
+      if (shift) shift->observe(r.label);
       rep.requests.push_back(std::move(r));
     }
     // Exits the guard switched off are scored in shadow on the requests the
@@ -268,20 +280,27 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
           }
           if (!o.guard || !c.enabled() || guard.enabled(c.exit)) continue;
           float conf;
-          const int label = c.predict(feat, &conf);
+          const int label = served[e].predict(feat, &conf);
           if (conf >= c.threshold) switched |= guard.observe(c.exit, label == r.full_label);
         }
       }
       rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
-    if (switched || updated) {
+    // The prior correction moves with every answer; it is republished every
+    // prior_every requests (and whenever the heads change anyway).
+    const bool prior_due = shift && (s + size_t(nb)) / size_t(o.prior_every) > s / size_t(o.prior_every);
+    if (switched || updated || prior_due) {
+      const auto u0 = clock::now();
       publish();
       cached.heads = heads.get();
+      if (shift) ++rep.prior_updates;
+      rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
   rep.guard_events = guard.events();
   if (o.online) rep.caches_after = live;
+  if (shift) rep.prior_estimate = shift->estimate();
   return rep;
 }
 
@@ -336,7 +355,10 @@ std::string replay_json(const ReplayReport& r) {
     j["feedback"] = {{"share", r.feedback}, {"exits", fb}, {"guard", r.guard}, {"guard_events", events}};
   }
   if (r.online_steps > 0 || r.seconds_updates > 0) {
-    j["online"] = {{"sgd_steps", r.online_steps}, {"update_seconds", r.seconds_updates}};
+    j["online"] = {{"sgd_steps", r.online_steps},
+                   {"prior_updates", r.prior_updates},
+                   {"prior_estimate", r.prior_estimate},
+                   {"update_seconds", r.seconds_updates}};
   }
   if (r.has_memory)
     j["memory"] = {{"name", r.memory.name},

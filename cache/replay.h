@@ -15,6 +15,7 @@
 
 #include "cache/features.h"
 #include "cache/guard.h"
+#include "cache/label_shift.h"
 #include "cache/learned_cache.h"
 #include "loaders/trace.h"
 
@@ -43,6 +44,13 @@ struct ReplayOptions {
   // be; its time is reported apart.
   bool online = false;
   SgdOptions online_sgd = {1, 32, 0.005f, 0.9f, 5e-4f, 0};
+  // Online prior adaptation (label_shift.h): the learned heads are served
+  // with their bias corrected for the class mix of the answers given so
+  // far, republished every prior_every requests; needs caches that carry
+  // their label prior.  Also untimed, and reported apart.
+  bool prior = false;
+  LabelShiftOptions prior_options;
+  int prior_every = 32;
   ProgressFn progress;
 };
 
@@ -81,6 +89,8 @@ struct ReplayReport {
   std::vector<GuardEvent> guard_events;  // when the drift guard switched exits (GuardEvent::exit: an exit point id)
   double feedback = 0;                   // the share of hits run to the end
   int64_t online_steps = 0;              // SGD steps of the online updates
+  int64_t prior_updates = 0;             // republications with a new prior correction
+  std::vector<double> prior_estimate;    // the served class mix as estimated at the end (when prior)
   std::vector<ExitCache> caches_after;   // the caches as the online updates left them (when online)
   double seconds_updates = 0;            // their time (feature collection and steps), outside the latencies
   bool guard = false;

@@ -187,6 +187,20 @@ def main():
                                                                os.path.join(tmp, "badcache.safetensors"), "--trace", "uniform"],
                      "exit.layer2.0.weight: expected shape [10,")
 
+        # online prior adaptation on a drifting class mix; caches without a label prior are refused
+        rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", "drift",
+                           "--requests", "100", "--seed", "8", "--online", "prior", "--prior-window", "50",
+                           "--json", sim)
+        online = json.load(open(sim)).get("online", {}) if rc == 0 and os.path.exists(sim) else {}
+        check("serve-sim --online prior", online.get("prior_updates") == 3
+              and abs(sum(online.get("prior_estimate", [])) - 1) < 1e-6 and "prior corrections" in out, out + err)
+        ctensors, cmeta = safetensors_io.load(caches)
+        del ctensors["label_prior"]
+        safetensors_io.save(os.path.join(tmp, "noprior.safetensors"), ctensors, cmeta)
+        expect_error(gati, "online prior without a label prior",
+                     ["serve-sim", "--model", args.demo, "--caches", os.path.join(tmp, "noprior.safetensors"),
+                      "--trace", "drift", "--online", "prior"], "rebuild them with 'gati cache build'")
+
         # Freeze's k-NN caches, compared with the learned ones side by side on one trace
         knn = os.path.join(tmp, "knn.safetensors")
         rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",

@@ -11,6 +11,7 @@
 
 #include "cache/approx_cache.h"
 #include "cache/guard.h"
+#include "cache/label_shift.h"
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
 #include "cache/replay.h"
@@ -487,6 +488,37 @@ TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
   std::filesystem::remove_all(dir);
 }
 
+// The label prior round-trips; one that is not a distribution over the
+// model's classes is refused; files without one load with it empty.
+TEST(CacheFiles, KeepTheLabelPriorAndRefuseADamagedOne) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  const auto dir = test::scratch_dir("cache_prior");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  EXPECT_TRUE(CacheSet::load(path, m).label_prior.empty());
+  set.label_prior = {0.1f, 0.2f, 0.3f, 0.25f, 0.15f};
+  set.save(path);
+  EXPECT_EQ(CacheSet::load(path, m).label_prior, set.label_prior);
+  CacheSet bad = set;
+  bad.label_prior = {0.5f, 0.5f, 0.5f, 0.f, 0.f};
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior sums to 1.5, not 1");
+  bad.label_prior = {1.2f, -0.2f, 0.f, 0.f, 0.f};
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior of class 0 is 1.2");
+  bad.label_prior = {0.5f, 0.5f};
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior");
+  bad.label_prior = {0.5f, std::nanf(""), 0.5f, 0.f, 0.f};
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior of class 1 is nan");
+  std::filesystem::remove_all(dir);
+}
+
 // Exits are named in the file; the name says which exit point, and an "exit"
 // id that disagrees, a name the model lacks or exits out of order are
 // refused.  Files from before the stem exit ("block" instead of "exit")
@@ -960,6 +992,139 @@ TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
   EXPECT_GT(after, before + 0.2) << before << " -> " << after;
   EXPECT_EQ(learned.caches_after.front().weight, set.exits.front().weight)
       << "a closed exit pools nothing while serving, so it learns nothing";
+}
+
+// The estimate follows the served mix; the correction is log(q / p) within
+// its clamp; a class the training labels never had is never corrected; only
+// a learned linear head's bias changes.
+TEST(LabelShift, FollowsTheServedMixWithinItsClamp) {
+  LabelShiftOptions o;
+  o.window = 100;
+  o.max_ratio = 4.0;
+  LabelShift shift({0.25f, 0.25f, 0.5f, 0.f}, o);
+  for (float c : shift.correction()) EXPECT_EQ(c, 0.f) << "it starts at the training mix";
+  // 3000 answers cycling 0,0,0,0,0,0,1,1,2,2 : q -> (0.6, 0.2, 0.2, 0).
+  for (int i = 0; i < 3000; ++i) shift.observe(i % 10 < 6 ? 0 : i % 10 < 8 ? 1 : 2);
+  const std::vector<double>& q = shift.estimate();
+  EXPECT_NEAR(q[0], 0.6, 0.04);
+  EXPECT_NEAR(q[1], 0.2, 0.03);
+  EXPECT_NEAR(q[2], 0.2, 0.03);
+  EXPECT_LT(q[3], 1e-9);
+  const std::vector<float> c = shift.correction();
+  EXPECT_NEAR(c[0], std::log(0.6 / 0.25), 0.1);
+  EXPECT_NEAR(c[1], std::log(0.2 / 0.25), 0.15);
+  EXPECT_NEAR(c[2], std::log(0.2 / 0.5), 0.15);
+  EXPECT_EQ(c[3], 0.f) << "no training prior, no correction";
+
+  ExitCache linear = fresh(3, 4);
+  linear.weight.assign(12, 0.5f);
+  linear.bias = {1.f, 2.f, 3.f, 4.f};
+  const ExitCache served = shift.adapt(linear);
+  for (size_t k = 0; k < 4; ++k) EXPECT_FLOAT_EQ(served.bias[k], linear.bias[k] + c[k]);
+  EXPECT_EQ(served.weight, linear.weight);
+  ExitCache knn = linear;
+  knn.kind = HeadKind::kKnn;
+  EXPECT_EQ(shift.adapt(knn).bias, linear.bias) << "distance heads are served unchanged";
+  EXPECT_GATI_ERROR(shift.adapt(fresh(3, 5)), "exit 'layer1.0' has 5 classes, the label prior 4");
+  EXPECT_GATI_ERROR(shift.observe(4), "label 4 is outside the 4 classes");
+}
+
+TEST(LabelShift, ClampsAndRefusesBadSettings) {
+  LabelShiftOptions o;
+  o.window = 10;
+  o.max_ratio = 1.5;
+  LabelShift shift({0.5f, 0.5f}, o);
+  for (int i = 0; i < 200; ++i) shift.observe(0);
+  const std::vector<float> c = shift.correction();
+  EXPECT_FLOAT_EQ(c[0], float(std::log(1.5)));
+  EXPECT_FLOAT_EQ(c[1], float(-std::log(1.5)));
+  EXPECT_GATI_ERROR(LabelShift({}, o), "carry no label prior");
+  EXPECT_GATI_ERROR(LabelShift({0.5f, 0.6f}, o), "sums to 1.1");
+  EXPECT_GATI_ERROR(LabelShift({1.5f, -0.5f}, o), "class 1 is -0.5");
+  EXPECT_GATI_ERROR(LabelShift({std::nanf(""), 1.f}, o), "class 0 is nan");
+  o.window = 0;
+  EXPECT_GATI_ERROR(LabelShift({0.5f, 0.5f}, o), "window must be at least 1");
+  o.window = 10;
+  o.max_ratio = 0.5;
+  EXPECT_GATI_ERROR(LabelShift({0.5f, 0.5f}, o), "max_ratio must be finite and at least 1");
+}
+
+// Prior adaptation on the drift trace: a learned cache trained on a uniform
+// mix of the full model's answers, served to traffic where three of five
+// classes take 80%, answers more requests with the correction than without,
+// at no loss of agreement; on uniform traffic it changes little.
+TEST(Replay, PriorAdaptationRaisesHitsOnDrift) {
+  Model m = test::random_model(test::kTinyArch, 3);
+  const int n = 600;
+  Dataset d = tiny_arch_images(n, 23);
+  std::vector<float> x = d.images;
+  Engine{Model(m)}.normalize(x.data(), n);
+  {
+    // A random model gives one class to most images; shifting its
+    // classifier's bias evens its answers out, so that the trace's phases
+    // really move the mix away from the training one.
+    const std::vector<float> logits = Engine{Model(m)}.infer(x.data(), n);
+    for (int round = 0; round < 200; ++round) {
+      std::vector<int> count(5, 0);
+      for (int i = 0; i < n; ++i) {
+        int best = 0;
+        for (int k = 1; k < 5; ++k)
+          if (logits[size_t(i * 5 + k)] + m.fc_bias[size_t(k)] > logits[size_t(i * 5 + best)] + m.fc_bias[size_t(best)])
+            best = k;
+        ++count[size_t(best)];
+      }
+      for (int k = 0; k < 5; ++k) m.fc_bias[size_t(k)] -= 0.05f * std::log((count[size_t(k)] + 1) / (n / 5.f));
+    }
+  }
+  Engine engine{Model(m)};
+  const CollectedFeatures f = collect_features(engine, x.data(), n, n, std::vector<PoolSpec>(4));
+  d.labels = f.full_labels;  // the trace's class mix is then the full model's
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  set.label_prior.assign(5, 0.f);
+  for (int y : f.full_labels) set.label_prior[size_t(y)] += 1.f / float(n);
+  // At the last exit, whose pooled features are the classifier's input, a
+  // linear cache can agree with the full model; its answers feed the
+  // estimate, so it must.
+  const int e = int(f.dims.size()) - 1;
+  ExitCache c = fresh(f.dims[size_t(e)], 5);
+  c.name = exit_points(m.net)[size_t(e)].name;
+  c.exit = e;
+  SgdOptions sgd;
+  sgd.epochs = 30;
+  train_exit_cache(c, f.per_exit[size_t(e)], f.full_labels, sgd);
+  // The threshold: the median confidence, so that about half the requests hit.
+  std::vector<float> conf(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) c.predict(f.per_exit[size_t(e)].data() + size_t(i) * size_t(c.dim), &conf[size_t(i)]);
+  std::nth_element(conf.begin(), conf.begin() + n / 2, conf.end());
+  c.threshold = conf[size_t(n / 2)];
+  set.exits.push_back(c);
+
+  TraceParams tp;
+  tp.drift_period = 300;
+  const Trace drift = make_trace("drift", d, 1500, 31, tp);
+  ReplayOptions o;
+  const ReplayReport plain = replay_trace(engine, set, d, drift, o);
+  o.prior = true;
+  o.prior_options.window = 50;
+  o.prior_options.max_ratio = 2.0;
+  const ReplayReport adapted = replay_trace(engine, set, d, drift, o);
+  EXPECT_EQ(adapted.prior_updates, 1500 / 32) << "every 32 requests";
+  EXPECT_GT(adapted.hit_rate(), plain.hit_rate() + 0.03) << plain.hit_rate() << " -> " << adapted.hit_rate();
+  EXPECT_GE(adapted.exits[0].hit_agreement(), plain.exits[0].hit_agreement() - 0.01);
+  ASSERT_EQ(adapted.prior_estimate.size(), 5u);
+  EXPECT_GT(*std::max_element(adapted.prior_estimate.begin(), adapted.prior_estimate.end()), 0.25);
+
+  const Trace uniform = make_trace("uniform", d, 1500, 31);
+  o.prior = false;
+  const ReplayReport u_plain = replay_trace(engine, set, d, uniform, o);
+  o.prior = true;
+  const ReplayReport u_adapted = replay_trace(engine, set, d, uniform, o);
+  EXPECT_NEAR(u_adapted.hit_rate(), u_plain.hit_rate(), 0.05);
+
+  set.label_prior.clear();
+  EXPECT_GATI_ERROR(replay_trace(engine, set, d, drift, o), "carry no label prior");
 }
 
 }  // namespace

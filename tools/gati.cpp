@@ -389,8 +389,8 @@ struct ServeSimOpts {
   std::string model, trace, data_dir, save_trace, json, per_request, memory = "on", guard = "off", online = "off";
   float online_lr = 0.005f;
   std::vector<std::string> caches;
-  int requests = 2000, seed = 1, batch = 1, guard_window = 500;
-  double feedback = 0;
+  int requests = 2000, seed = 1, batch = 1, guard_window = 500, prior_window = 200;
+  double feedback = 0, prior_max_ratio = 1.5;
 };
 
 // One cache set's replay, as serve-sim prints it.
@@ -422,9 +422,15 @@ void print_replay(const ReplayReport& r) {
     std::printf("feedback (%.3g of hits run to the end): agreed %s\n", r.feedback,
                 checked.empty() ? "(none checked)" : checked.c_str());
   }
-  if (r.online_steps > 0)
-    std::printf("online updates: %lld SGD steps, %.1fs outside the latencies\n", (long long)r.online_steps,
-                r.seconds_updates);
+  if (r.online_steps > 0 || r.prior_updates > 0) {
+    std::printf("online updates: %lld SGD steps, %lld prior corrections, %.1fs outside the latencies\n",
+                (long long)r.online_steps, (long long)r.prior_updates, r.seconds_updates);
+    if (!r.prior_estimate.empty()) {
+      std::printf("served class mix at the end:");
+      for (double q : r.prior_estimate) std::printf(" %.3f", q);
+      std::printf("\n");
+    }
+  }
   for (const GuardEvent& ev : r.guard_events)
     std::printf("guard: exit %d switched %s after %lld observations (window agreement %.4f over %d)\n", ev.exit,
                 ev.on ? "on" : "off", (long long)ev.at, ev.agreement, ev.observations);
@@ -453,8 +459,11 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ro.feedback = o.feedback;
   ro.guard = o.guard == "on";
   ro.guard_options.window = o.guard_window;
-  ro.online = o.online == "on";
+  ro.online = o.online == "on" || o.online == "sgd";
   ro.online_sgd.lr = o.online_lr;
+  ro.prior = o.online == "on" || o.online == "prior";
+  ro.prior_options.window = o.prior_window;
+  ro.prior_options.max_ratio = o.prior_max_ratio;
   ro.guard_options.min_observations = std::min(50, o.guard_window);
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
               (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),
@@ -703,9 +712,19 @@ int dispatch(int argc, char** argv) {
       ->capture_default_str();
   c_sim
       ->add_option("--online", ss.online,
-                   "online updates: learned caches take SGD steps toward the full model's answers on the requests "
-                   "it answered (misses and feedback)")
-      ->check(CLI::IsMember({"on", "off"}))
+                   "online updates: 'sgd': learned caches take SGD steps toward the full model's answers on the "
+                   "requests it answered (misses and feedback); 'prior': their bias follows the class mix of the "
+                   "answers served (label shift); 'on': both")
+      ->check(CLI::IsMember({"on", "sgd", "prior", "off"}))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--prior-window", ss.prior_window, "requests the served class mix is averaged over (--online prior)")
+      ->check(CLI::Range(1, 100000000))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--prior-max-ratio", ss.prior_max_ratio,
+                   "largest factor by which the prior correction may raise or lower a class (--online prior)")
+      ->check(CLI::Range(1.0, 1e6))
       ->capture_default_str();
   c_sim->add_option("--online-lr", ss.online_lr, "learning rate of the online updates")
       ->check(CLI::Range(0.0, 1.0))
