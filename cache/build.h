@@ -36,6 +36,11 @@ struct BuildOptions {
   // more shifted by up to 2 pixels with noise 0.02 (as the locality trace
   // perturbs requests), so the thresholds hold on both kinds of traffic.
   bool perturbed_holdout = true;
+  // The cascade's bound holds for a stretch of traffic of this many
+  // independent requests as well as on the held-out images
+  // (calibrate_cascade's traffic_requests; 0: the held-out images alone).
+  // A 10000-request locality trace has about 1000 distinct items.
+  double traffic_requests = 1000;
   // The cache kind at every exit: GATI's learned linear predictor
   // (kLinear), or Freeze's k-NN or k-means (kKnn, kKmeans; `approx` sets
   // their sizes).  Every kind is calibrated the same way.

@@ -164,9 +164,9 @@ ThresholdRule threshold_rule(const std::string& name) {
   fail("threshold rule '", name, "' (valid: bound, target, zero-error)");
 }
 
-double wilson_lower(int agree, int n) {
-  if (n == 0) return 0;
-  const double z = 1.6448536269514722, p = double(agree) / n, z2n = z * z / n;
+double wilson_lower(double agree, double n) {
+  if (!(n > 0)) return 0;
+  const double z = 1.6448536269514722, p = agree / n, z2n = z * z / n;
   return (p + z2n / 2 - z * std::sqrt(p * (1 - p) / n + z2n / (4.0 * n))) / (1 + z2n);
 }
 
@@ -257,8 +257,11 @@ void record_holdout_stats(std::vector<ExitCache>& caches, const std::vector<std:
 
 CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
                                 const std::vector<int>& labels, double target, ThresholdRule rule,
-                                const CascadeCosts& costs, const std::vector<size_t>& part_ends_in, int min_hits) {
+                                const CascadeCosts& costs, const std::vector<size_t>& part_ends_in, int min_hits,
+                                double traffic_requests) {
   if (!(target > 0 && target <= 1)) fail("calibration: target agreement ", target, " must be in (0, 1]");
+  if (!(traffic_requests >= 0 && std::isfinite(traffic_requests)))
+    fail("calibration: traffic_requests ", traffic_requests, " must be >= 0 (0: the held-out samples alone)");
   if (rule == ThresholdRule::kZeroError) fail("calibration: the zero-error rule is per exit, not for a cascade");
   const size_t exits = caches.size(), n = labels.size();
   if (features.size() != exits) fail("calibration: features for ", features.size(), " exits, ", exits, " caches");
@@ -321,7 +324,9 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
     double low = 2;
     for (size_t p = 0; p < part_ends.size(); ++p) {
       const int size = int(part_ends[p] - (p ? part_ends[p - 1] : 0)), ok = size - o.part_errors[p];
-      const double est = rule == ThresholdRule::kBound ? wilson_lower(ok, size) : double(ok) / size;
+      // The held-out estimate's error, and a traffic stretch's own.
+      const double eff = traffic_requests > 0 ? 1 / (1.0 / size + 1 / traffic_requests) : double(size);
+      const double est = rule == ThresholdRule::kBound ? wilson_lower(double(ok) / size * eff, eff) : double(ok) / size;
       if (est < low) {
         low = est;
         if (point) *point = double(ok) / size;

@@ -71,8 +71,9 @@ double sgd_step(ExitCache& cache, const float* features, const int* labels, int 
 size_t fit_standardisation(const float* features, size_t n, int dim, const uint8_t* keep, std::vector<float>* mean,
                            std::vector<float>* inv_std);
 
-// One-sided 95% Wilson score lower bound of a proportion agree / n (0 when n = 0).
-double wilson_lower(int agree, int n);
+// One-sided 95% Wilson score lower bound of a proportion agree / n (0 when
+// n = 0); n may be an effective, fractional sample size.
+double wilson_lower(double agree, double n);
 
 // How a threshold is chosen from held-out samples.
 enum class ThresholdRule {
@@ -125,10 +126,17 @@ struct CascadeResult {
 // and shifted images, ends 10000 and 20000; empty: one part) and the rule
 // must hold on each part alone, so traffic made of only one kind still meets
 // the target.  The result reports the worst part.
+//
+// traffic_requests > 0 asks for more: that a stretch of traffic of that
+// many independent requests, drawn like a part, still agrees at the target
+// (95%, one-sided).  Its own sampling error adds to the held-out one, so
+// the bound is taken as if from 1 / (1 / part + 1 / traffic_requests)
+// samples.  A trace that repeats items (temporal locality: about one new
+// item per ten requests) has fewer independent requests than requests.
 CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
                                 const std::vector<int>& labels, double target, ThresholdRule rule,
-                                const CascadeCosts& costs, const std::vector<size_t>& part_ends = {},
-                                int min_hits = 20);
+                                const CascadeCosts& costs, const std::vector<size_t>& part_ends = {}, int min_hits = 20,
+                                double traffic_requests = 0);
 
 struct CacheSet {
   std::string model_arch;         // the architecture name the caches were built for

@@ -206,6 +206,41 @@ TEST(LearnedCache, CascadeCalibrationMeetsTheOverallTargetOnUnseenData) {
                     "zero-error rule is per exit");
 }
 
+// With traffic_requests, the bound also covers a short stretch of traffic:
+// of 100 unseen stretches of 200 samples, nearly all agree at the target,
+// where the held-out bound alone lets many fall under it; the price is a
+// higher cost.
+TEST(LearnedCache, CascadeCalibrationForShortTrafficHoldsOnEveryStretch) {
+  const std::vector<int> dims = {2, 4, 12};
+  const CascadeData hold = cascade_data(4000, dims, 5, 12), unseen = cascade_data(20000, dims, 5, 14);
+  const CascadeCosts costs{{1, 2, 3}, {0.05, 0.05, 0.05}, 4};
+  std::vector<ExitCache> plain = trained_cascade(dims, 5, 11), covered = plain;
+  const CascadeResult rp = calibrate_cascade(plain, hold.features, hold.labels, 0.97, ThresholdRule::kBound, costs);
+  const CascadeResult rc =
+      calibrate_cascade(covered, hold.features, hold.labels, 0.97, ThresholdRule::kBound, costs, {}, 20, 200);
+  EXPECT_GE(rc.bound, 0.97);
+  EXPECT_GT(rc.agreement, rp.agreement);
+  EXPECT_GT(rc.cost, rp.cost);
+  auto stretches_under = [&](const std::vector<ExitCache>& caches) {
+    int under = 0;
+    for (int k = 0; k < 100; ++k) {
+      CascadeData part;
+      part.labels.assign(unseen.labels.begin() + k * 200, unseen.labels.begin() + (k + 1) * 200);
+      for (size_t e = 0; e < dims.size(); ++e)
+        part.features.emplace_back(unseen.features[e].begin() + long(size_t(k) * 200 * size_t(dims[e])),
+                                   unseen.features[e].begin() + long(size_t(k + 1) * 200 * size_t(dims[e])));
+      under += run_cascade(caches, part, costs).first < 0.97;
+    }
+    return under;
+  };
+  const int under_plain = stretches_under(plain), under_covered = stretches_under(covered);
+  EXPECT_LE(under_covered, 10) << "about 5 expected";
+  EXPECT_GT(under_plain, under_covered + 5);
+  EXPECT_GATI_ERROR(
+      calibrate_cascade(covered, hold.features, hold.labels, 0.97, ThresholdRule::kBound, costs, {}, 20, -1),
+      "traffic_requests -1 must be >= 0");
+}
+
 // On small cases the search lands at the cheapest feasible thresholds found
 // by trying every combination (the greedy moves alone were 1-6% dearer).
 TEST(LearnedCache, CascadeCalibrationEqualsTheBruteForceOptimum) {

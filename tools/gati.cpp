@@ -303,7 +303,7 @@ struct CacheBuildOpts {
   std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
                                           calibrate = "cascade", cost = "measured", memory = "off",
                                           memory_pool = "avg2x2", kind = "linear";
-  double target = 0.99;
+  double target = 0.99, traffic_requests = 1000;
   int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
@@ -317,6 +317,7 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   b.target_agreement = o.target;
   b.rule = threshold_rule(o.rule);
   b.perturbed_holdout = o.holdout_kind == "clean+shifted";
+  b.traffic_requests = o.traffic_requests;
   b.pool = o.pool;
   b.cascade = o.calibrate == "cascade";
   b.cost = cost_model(o.cost);
@@ -348,11 +349,13 @@ int cmd_cache_build(const CacheBuildOpts& o) {
   }
   if (b.cascade && b.rule != ThresholdRule::kZeroError)
     std::printf(
-        "cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f), "
+        "cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f%s), "
         "hit rate %.4f, expected cost "
         "%.3f of the model's (%.2fx lower, %s), %d steps\n",
-        r.cascade.agreement, r.cascade.bound, r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost,
-        o.cost == "macs" ? "MACs" : "measured time", r.cascade.steps);
+        r.cascade.agreement, r.cascade.bound,
+        o.traffic_requests > 0 ? str_cat(" for ", o.traffic_requests, " requests of traffic").c_str() : "",
+        r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost, o.cost == "macs" ? "MACs" : "measured time",
+        r.cascade.steps);
   if (r.caches.memory) {
     const MemorySpec& m = *r.caches.memory;
     std::printf(
@@ -607,6 +610,12 @@ int dispatch(int argc, char** argv) {
                    "held-out images for calibration: clean, or clean+shifted (also shifted by up to 2 px with "
                    "noise, like locality traffic)")
       ->check(CLI::IsMember({"clean", "clean+shifted"}))
+      ->capture_default_str();
+  c_build
+      ->add_option("--traffic-requests", cb.traffic_requests,
+                   "the cascade's bound also covers a stretch of traffic of this many independent requests "
+                   "(a 10000-request locality trace has about 1000 distinct items); 0: the held-out images alone")
+      ->check(CLI::Range(0.0, 1e12))
       ->capture_default_str();
   c_build
       ->add_option("--calibrate", cb.calibrate,
