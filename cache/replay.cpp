@@ -174,8 +174,9 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   auto publish = [&] {
     std::vector<ExitHeadSpec> specs;
     for (size_t e = 0; e < live.size(); ++e) {
+      if (!live[e].enabled()) continue;  // closed: never served, never scored
       served[e] = shift ? shift->adapt(live[e]) : live[e];
-      if (live[e].enabled() && guard.enabled(live[e].exit)) specs.push_back(served[e].head_spec());
+      if (guard.enabled(live[e].exit)) specs.push_back(served[e].head_spec());
     }
     heads = engine.make_exit_heads(std::move(specs));
   };
