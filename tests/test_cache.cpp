@@ -48,6 +48,17 @@ ExitCache fresh(int dim, int classes) {
   return c;
 }
 
+// Caches for m (its architecture and fingerprint) with a random linear head
+// at every exit, each with `threshold` (> 1: never hits).
+CacheSet random_cache_set(const Model& m, float threshold, const std::vector<PoolSpec>& pools = {}) {
+  CacheSet set;
+  set.model_arch = m.arch().name;
+  set.model_fingerprint = fingerprint(m);
+  for (const ExitHeadSpec& h : test::random_heads(m, 5, threshold, pools))
+    set.exits.push_back(ExitCache::from_head_spec(h));
+  return set;
+}
+
 TEST(LearnedCache, TrainingLowersLossAndReportsAgreement) {
   std::vector<float> x;
   std::vector<int> y;
@@ -384,10 +395,7 @@ TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
   const Model a = test::random_model(test::kTinyArch, 1), b = test::random_model(test::kTinyArch, 2);
   EXPECT_EQ(fingerprint(a), fingerprint(test::random_model(test::kTinyArch, 1)));
   EXPECT_NE(fingerprint(a), fingerprint(b));
-  CacheSet set;
-  set.model_arch = a.arch().name;
-  set.model_fingerprint = fingerprint(a);
-  for (const ExitHeadSpec& h : test::random_heads(a, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(a, 0.9f);
   const auto dir = test::scratch_dir("cache_fp");
   const std::string path = (dir / "c.safetensors").string();
   set.save(path);
@@ -401,10 +409,7 @@ TEST(CacheFiles, RefuseOtherWeightsOfTheSameArchitecture) {
 TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
   const Model m = test::random_model(test::kTinyArch, 1);
   const std::vector<PoolSpec> pools = {parse_pool("mix4x4"), parse_pool("avg"), parse_pool("avg2x2")};
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f, pools)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 0.9f, pools);
   const auto dir = test::scratch_dir("cache_pool");
   const std::string path = (dir / "c.safetensors").string();
   set.save(path);
@@ -478,10 +483,7 @@ TEST(MemoryCalibration, HoldsTheTargetOnUnseenTraffic) {
 // A memory travels with the caches; a damaged one is refused naming it.
 TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
   const Model m = test::random_model(test::kTinyArch, 1);
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 0.9f);
   MemorySpec spec;
   spec.exit = 0;
   spec.name = "stem";
@@ -527,10 +529,7 @@ TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
 // model's classes is refused; files without one load with it empty.
 TEST(CacheFiles, KeepTheLabelPriorAndRefuseADamagedOne) {
   const Model m = test::random_model(test::kTinyArch, 1);
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 0.9f);
   const auto dir = test::scratch_dir("cache_prior");
   const std::string path = (dir / "c.safetensors").string();
   set.save(path);
@@ -560,10 +559,7 @@ TEST(CacheFiles, KeepTheLabelPriorAndRefuseADamagedOne) {
 // still load.
 TEST(CacheFiles, NameTheirExitPoints) {
   const Model m = test::random_model(test::kTinyArch, 1);
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 0.9f);
   ASSERT_EQ(set.exits[0].name, "stem");
   const auto dir = test::scratch_dir("cache_names");
   const std::string path = (dir / "c.safetensors").string();
@@ -772,10 +768,7 @@ TEST(ApproxCache, KmeansEntriesCarryTheMajorityLabelAndItsShare) {
 // kinds are refused with the exit and what is wrong.
 TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
   const Model m = test::random_model(test::kTinyArch, 1);
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 0.9f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 0.9f);
   ASSERT_GE(set.exits.size(), 3u);
   const HeadKind kinds[2] = {HeadKind::kKnn, HeadKind::kKmeans};
   for (int e = 0; e < 2; ++e) {
@@ -923,10 +916,7 @@ TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
   const int rare = int(std::min_element(count.begin(), count.end()) - count.begin());
   ASSERT_LT(count[size_t(rare)], 20);
 
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 2.0f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 2.0f);
   ExitCache& bad = set.exits[1];
   std::fill(bad.weight.begin(), bad.weight.end(), 0.f);
   std::fill(bad.bias.begin(), bad.bias.end(), 0.f);
@@ -976,10 +966,7 @@ TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
   const Model m = test::random_model(test::kTinyArch, 3);
   Engine engine{Model(m)};
   const Dataset d = tiny_arch_images(40, 19);
-  CacheSet set;
-  set.model_arch = m.arch().name;
-  set.model_fingerprint = fingerprint(m);
-  for (const ExitHeadSpec& h : test::random_heads(m, 5, 2.0f)) set.exits.push_back(ExitCache::from_head_spec(h));
+  CacheSet set = random_cache_set(m, 2.0f);
   ExitCache& last = set.exits.back();
   std::fill(last.weight.begin(), last.weight.end(), 0.f);
   std::fill(last.bias.begin(), last.bias.end(), 0.f);
