@@ -37,6 +37,34 @@ bool env_flag(const char* name) {
   return v && *v && std::string(v) != "0";
 }
 
+// Our epilogue kernel's time per run on `stream` over scratch buffers of the
+// layer's output size; -1 where the scratch cannot be had.
+float time_epilogue(long rows, int c, bool residual, bool relu, cudaStream_t stream) {
+  const size_t ys = size_t(rows) * size_t(c), floats = 2 * ys + size_t(c);
+  void* scratch = nullptr;
+  if (cudaMalloc(&scratch, floats * sizeof(float)) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  float* y = static_cast<float*>(scratch);
+  float *z = y + ys, *b = z + ys;
+  cudaMemsetAsync(scratch, 0x3c, floats * sizeof(float), stream);  // 0x3c3c3c3c = 0.0115f
+  cudaEvent_t start = nullptr, stop = nullptr;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  bias_residual_relu(y, rows, c, b, residual ? z : nullptr, relu, stream);  // warm-up
+  cudaEventRecord(start, stream);
+  for (int r = 0; r < 3; ++r) bias_residual_relu(y, rows, c, b, residual ? z : nullptr, relu, stream);
+  cudaEventRecord(stop, stream);
+  float ms = -1;
+  if (cudaEventSynchronize(stop) == cudaSuccess) cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(scratch);
+  cudaGetLastError();
+  return ms < 0 ? -1 : ms / 3;
+}
+
 }  // namespace
 
 #define CUDNN_CHECK_AT(expr, where)                                                                                   \
@@ -126,12 +154,29 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
   gs.ow = p.ow;
   gs.residual = residual;
   gs.relu = relu;
-  std::string why_fused, why_alone;
+  std::string why_fused, why_alone, weighed;
   if (api_ != Api::kGraphUnfused) p.graph = GraphConv::build(handle_, stream_, gs, tf32_, timed, &why_fused);
   p.graph_epilogue = p.graph != nullptr;
+  GraphConvShape alone = gs;
+  alone.bias = alone.residual = alone.relu = false;
   if (!p.graph) {
-    gs.bias = gs.residual = gs.relu = false;
-    p.graph = GraphConv::build(handle_, stream_, gs, tf32_, timed, &why_alone);
+    p.graph = GraphConv::build(handle_, stream_, alone, tf32_, timed, &why_alone);
+  } else if (timed && p.graph->timed_ms() >= 0) {
+    // A fused graph can land on a slow engine (on an H100, ResNet-50's
+    // 1x1 convolutions with the residual took 1.3-2.2 ms fused, where the
+    // convolution alone took 0.03-0.1 ms): weigh it against the convolution
+    // alone plus our epilogue kernel, both timed, and keep the faster.
+    std::unique_ptr<GraphConv> plain = GraphConv::build(handle_, stream_, alone, tf32_, true, &why_alone);
+    const float epilogue_ms =
+        plain && plain->timed_ms() >= 0 ? time_epilogue(long(n) * p.oh * p.ow, g.cout, residual, relu, stream_) : -1;
+    if (epilogue_ms >= 0) {
+      const float fused_ms = p.graph->timed_ms(), split_ms = plain->timed_ms() + epilogue_ms;
+      weighed = str_cat("; fused ", fused_ms, " ms vs alone ", plain->timed_ms(), " + epilogue ", epilogue_ms, " ms");
+      if (split_ms < fused_ms) {
+        p.graph = std::move(plain);
+        p.graph_epilogue = false;
+      }
+    }
   }
   if (p.graph) {
     workspace_.reserve(p.graph->workspace_bytes(), str_cat("the cuDNN workspace of ", where));
@@ -142,9 +187,9 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
     p.choice.engine = p.graph->description() + (p.graph_epilogue ? "" : " + epilogue kernel");
   }
   if (env_flag("GATI_CUDNN_LOG"))
-    std::fprintf(stderr, "[cudnn] %s: %s%s%s\n", where.c_str(),
+    std::fprintf(stderr, "[cudnn] %s: %s%s%s%s\n", where.c_str(),
                  p.graph ? str_cat(p.graph->description(), ", ", p.graph->details()).c_str() : "legacy (no graph plan)",
-                 why_fused.empty() ? "" : str_cat("; fused graph refused: ", why_fused).c_str(),
+                 weighed.c_str(), why_fused.empty() ? "" : str_cat("; fused graph refused: ", why_fused).c_str(),
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }
 

@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <iterator>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -144,6 +146,7 @@ struct GraphConv::Impl {
   Desc plan{CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR};
   int64_t workspace = 0;
   bool tensor_ops = false;
+  float timed_ms = -1;  // the chosen plan's time per run where it was timed
   GraphConvShape shape;
   std::string description, details;
 };
@@ -154,6 +157,7 @@ size_t GraphConv::workspace_bytes() const { return size_t(impl_->workspace); }
 bool GraphConv::tensor_ops() const { return impl_->tensor_ops; }
 const std::string& GraphConv::description() const { return impl_->description; }
 const std::string& GraphConv::details() const { return impl_->details; }
+float GraphConv::timed_ms() const { return impl_->timed_ms; }
 
 std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t stream, const GraphConvShape& s, bool tf32,
                                             bool tune, std::string* why) {
@@ -283,6 +287,10 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     };
     std::vector<Candidate> candidates;
     std::string refusals;
+    // GATI_CUDNN_TRANSFORMS=1 lets Winograd and FFT engines compete (the
+    // speed work's experiment: PyTorch's cudnn.benchmark allows them in FP32).
+    const char* transforms_env = std::getenv("GATI_CUDNN_TRANSFORMS");
+    const bool allow_transforms = transforms_env && std::string(transforms_env) == "1";
     const size_t max_candidates = tune ? 6 : 1;
     for (int64_t i = 0; i < got && candidates.size() < max_candidates; ++i) {
       try {
@@ -301,9 +309,11 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
         for (int64_t j = 0; j < notes.count; ++j) {
           const cudnnBackendNumericalNote_t note = notes.note[j];
           if (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE) tensor_ops = true;
-          if (note == CUDNN_NUMERICAL_NOTE_FFT || note == CUDNN_NUMERICAL_NOTE_WINOGRAD ||
-              note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4 || note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6 ||
-              note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13 ||
+          const bool transform = note == CUDNN_NUMERICAL_NOTE_FFT || note == CUDNN_NUMERICAL_NOTE_WINOGRAD ||
+                                 note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4 ||
+                                 note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6 ||
+                                 note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13;
+          if ((transform && !allow_transforms) ||
               (!tf32 && (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
                          note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)))
             forbidden = true;
@@ -334,7 +344,10 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
 
     size_t best = 0;
     std::string timing;
-    if (candidates.size() > 1) {
+    float best_ms = -1;
+    // Tuning times even a lone candidate: the caller weighs the fused plan
+    // against the convolution alone plus our epilogue kernel.
+    if (tune) {
       // Time each on scratch buffers filled with small non-zero floats.
       const size_t xs = size_t(n) * size_t(cin) * size_t(s.h) * size_t(s.w),
                    wsz = size_t(cout) * size_t(cin / g.groups) * size_t(k) * size_t(k),
@@ -355,7 +368,6 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       cudaEventCreate(&start);
       cudaEventCreate(&stop);
       cudaMemsetAsync(scratch, 0x3c, floats * sizeof(float), stream);  // 0x3c3c3c3c = 0.0115f
-      float best_ms = -1;
       for (size_t c = 0; c < candidates.size(); ++c) {
         float ms = -1;
         try {
@@ -386,6 +398,7 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     impl->plan = std::move(candidates[best].plan);
     impl->workspace = candidates[best].workspace;
     impl->tensor_ops = candidates[best].tensor_ops;
+    impl->timed_ms = best_ms < 0 ? -1 : best_ms / 3;
     impl->description = str_cat("graph engine ", candidates[best].engine, epilogue ? " fused" : "");
     const double timing_ms = lap();
     impl->details = str_cat("built in ", int(graph_ms + heuristics_ms + plans_ms + timing_ms), " ms (graph ",

@@ -53,6 +53,9 @@ class GraphConv {
   // of the candidates and the refused configurations, for logs.
   const std::string& description() const;
   const std::string& details() const;
+  // The plan's time per run on the stream, measured when it was built with
+  // `tune`; -1 where it was not timed.
+  float timed_ms() const;
 
   // Every pointer 16-byte aligned (the graph's tensors promise it); `bias`
   // and `residual` ignored where the graph has no such term.
