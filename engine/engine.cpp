@@ -1,8 +1,6 @@
 // Engine (shared) and Session (per worker); see engine.h.
 #include "engine/engine.h"
 
-#include <cmath>
-
 #include "weights/common/checked.h"
 
 namespace gati {
@@ -20,12 +18,12 @@ void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w
 void check_input_values(const float* x, int n, int c, int h, int w) {
   const size_t total =
       mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"), "input");
-  for (size_t i = 0; i < total; ++i)
-    if (!std::isfinite(x[i])) {
-      const size_t hw = size_t(h) * size_t(w);
-      fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
-           i % size_t(w), "] is ", x[i], "; inputs must be finite");
-    }
+  const size_t i = first_non_finite(x, total);
+  if (i < total) {
+    const size_t hw = size_t(h) * size_t(w);
+    fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
+         i % size_t(w), "] is ", x[i], "; inputs must be finite");
+  }
 }
 
 }  // namespace

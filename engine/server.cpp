@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "weights/common/checked.h"
+
 namespace gati {
 namespace {
 
@@ -51,8 +53,8 @@ void Server::check_image(const std::vector<float>& image) const {
   if (image.size() != want)
     fail("server: image has ", image.size(), " values, the model takes ", arch_.in_channels, "x", arch_.input_h, "x",
          arch_.input_w, " = ", want);
-  for (size_t i = 0; i < image.size(); ++i)
-    if (!std::isfinite(image[i])) fail("server: image value ", i, " is ", image[i], "; inputs must be finite");
+  const size_t i = first_non_finite(image.data(), image.size());
+  if (i < image.size()) fail("server: image value ", i, " is ", image[i], "; inputs must be finite");
 }
 
 std::future<ServeResult> Server::submit(std::vector<float> image) {

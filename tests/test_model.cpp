@@ -3,11 +3,13 @@
 // input checks.
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
 #include "engine/plan.h"
 #include "test_util.h"
+#include "weights/common/checked.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 
@@ -67,8 +69,7 @@ TEST(Arch, ErrorsNameTheFieldAndValidChoices) {
   };
   EXPECT_GATI_ERROR(Arch::from_json(with("block", "dense")), "'block' = 'dense' (valid: basic, bottleneck)");
   EXPECT_GATI_ERROR(Arch::from_json(with("stem", "vit")), "(valid: imagenet, cifar)");
-  EXPECT_GATI_ERROR(Arch::from_json(with("layers", nullptr)),
-                    "architecture: missing key 'layers'");
+  EXPECT_GATI_ERROR(Arch::from_json(with("layers", nullptr)), "architecture: missing key 'layers'");
   EXPECT_GATI_ERROR(Arch::from_json(with("widths", {8, 16})), "'layers' has 3 stages but 'widths' has 2");
   EXPECT_GATI_ERROR(Arch::from_json(with("num_classes", 0)),
                     "architecture: 'num_classes' must be an integer in [1, 1048576], got 0");
@@ -236,6 +237,27 @@ TEST_F(ModelFiles, BadInputsAreRejectedAndEngineStaysUsable) {
   // A different input size gets its own plan.
   const auto big = test::random_floats(20 * 20, 10);
   EXPECT_EQ(e.infer(big.data(), 1, 1, 20, 20).size(), 5u);
+}
+
+// The vectorised scan behind every input and weight check: the first bad
+// value wherever it sits (block edges, the tail), finite extremes passed.
+TEST(FirstNonFinite, FindsTheFirstNanOrInfinityAnywhere) {
+  std::vector<float> v = test::random_floats(3000, 4);
+  v[5] = std::numeric_limits<float>::max();
+  v[6] = -std::numeric_limits<float>::max();
+  v[7] = std::numeric_limits<float>::denorm_min();
+  v[8] = -0.f;
+  EXPECT_EQ(first_non_finite(v.data(), v.size()), v.size());
+  EXPECT_EQ(first_non_finite(v.data(), 0), 0u);
+  for (size_t at : {size_t(0), size_t(1023), size_t(1024), size_t(2047), size_t(2999)}) {
+    for (float bad : {NAN, -NAN, INFINITY, -INFINITY}) {
+      std::vector<float> w = v;
+      w[at] = bad;
+      if (at + 7 < w.size()) w[at + 7] = NAN;  // a later one in the same block is not reported
+      EXPECT_EQ(first_non_finite(w.data(), w.size()), at) << "bad value " << bad << " at " << at;
+      EXPECT_EQ(first_non_finite(w.data(), at), at) << "a scan that stops before it";
+    }
+  }
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <set>
 
+#include "weights/common/checked.h"
 #include "weights/common/error.h"
 #include "weights/safetensors.h"
 
@@ -15,8 +16,8 @@ namespace gati {
 namespace {
 
 void check_finite(const std::vector<float>& v, const std::string& path, const std::string& name) {
-  for (size_t i = 0; i < v.size(); ++i)
-    if (!std::isfinite(v[i])) fail(path, ": ", name, ": value ", i, " is ", v[i], " (weights must be finite)");
+  const size_t i = first_non_finite(v.data(), v.size());
+  if (i < v.size()) fail(path, ": ", name, ": value ", i, " is ", v[i], " (weights must be finite)");
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "weights/common/error.h"
@@ -17,6 +19,30 @@ inline size_t mul_size(size_t a, size_t b, const char* what) {
 inline size_t add_size(size_t a, size_t b, const char* what) {
   if (b > std::numeric_limits<size_t>::max() - a) fail(what, ": size ", a, " + ", b, " overflows");
   return a + b;
+}
+
+// Index of the first NaN or infinity in v[0, n), or n when every value is
+// finite.  Inputs are tens of megabytes (ResNet-50 at batch 64: 38 MB), so
+// the scan tests the exponent bits a block at a time, which compilers
+// vectorise (std::isfinite with an early exit they do not: 4x slower), and
+// looks inside a block only when it holds a bad value.
+inline size_t first_non_finite(const float* v, size_t n) {
+  constexpr size_t kBlock = 1024;              // a fixed trip count: vectorised at -O2 too
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: infinity or NaN
+  auto bad_at = [v](size_t i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    return (bits & kExponent) == kExponent;
+  };
+  size_t start = 0;
+  for (; start + kBlock <= n; start += kBlock) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < kBlock; ++i) bad |= uint32_t(bad_at(start + i));
+    if (bad) break;
+  }
+  for (size_t i = start; i < n; ++i)  // the block holding a bad value, or the tail
+    if (bad_at(i)) return i;
+  return n;
 }
 
 }  // namespace gati
