@@ -190,9 +190,34 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   const int n = o.train + o.holdout;
   std::vector<float> images(data.images.begin(), data.images.begin() + long(size_t(n) * data.image_floats()));
   engine.normalize(images.data(), n);
-  const bool learned = o.kind == HeadKind::kLinear;
-  const std::vector<PoolSpec> pools =
-      choose_pooling(engine, o.pool, o.auto_pool_budget, learned ? engine.arch().num_classes : o.approx.reduced);
+  // Each exit's kind and pooling: the build's, or its own (o.exits).
+  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  for (const auto& [name, setting] : o.exits)
+    if (exit_point_id(engine.model().net, name) < 0) {
+      std::string valid;
+      for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
+      fail("cache build: exit '", name, "' in the configuration is not an exit point of the model (valid: ", valid,
+           ")");
+    }
+  std::vector<ExitSetting> settings(points.size());
+  bool any = false;
+  for (size_t e = 0; e < points.size(); ++e) {
+    const auto it = o.exits.find(points[e].name);
+    if (it != o.exits.end()) settings[e] = it->second;
+    if (!settings[e].kind) settings[e].kind = o.kind;
+    any = any || settings[e].enabled;
+  }
+  if (!any) fail("cache build: the configuration switches every exit off; there is nothing to build");
+  // "auto" pooling weighs each head's cost per feature: its classes (a
+  // linear head) or its reduced dimensions (a distance head).
+  const std::vector<PoolSpec> linear_pools =
+      choose_pooling(engine, o.pool, o.auto_pool_budget, engine.arch().num_classes);
+  const std::vector<PoolSpec> distance_pools = choose_pooling(engine, o.pool, o.auto_pool_budget, o.approx.reduced);
+  std::vector<PoolSpec> pools(points.size());
+  for (size_t e = 0; e < points.size(); ++e)
+    pools[e] = !settings[e].pool.empty()                ? parse_pool(settings[e].pool)
+               : *settings[e].kind == HeadKind::kLinear ? linear_pools[e]
+                                                        : distance_pools[e];
   CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, pools, o.progress);
 
   BuildResult out;
@@ -206,8 +231,11 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   std::vector<size_t> label_count(size_t(engine.arch().num_classes), 0);
   for (int y : train_labels) ++label_count[size_t(y)];
   for (size_t k : label_count) set.label_prior.push_back(float(double(k) / double(train_labels.size())));
-  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  std::vector<size_t> built;  // the exits with a cache, in order
   for (size_t e = 0; e < all.per_exit.size(); ++e) {
+    if (!settings[e].enabled) continue;
+    built.push_back(e);
+    const bool learned = *settings[e].kind == HeadKind::kLinear;
     ExitCache c;
     c.name = points[e].name;
     c.exit = int(e);
@@ -221,7 +249,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
       out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
     } else {
       ApproxOptions a = o.approx;
-      a.kind = o.kind;
+      a.kind = *settings[e].kind;
       a.seed = o.approx.seed + uint32_t(e);
       build_approx_cache(c, train, train_labels, a);
       out.loss.emplace_back();
@@ -246,8 +274,8 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     }
     engine.normalize(shifted.data(), o.holdout);
     const CollectedFeatures more = collect_features(engine, shifted.data(), o.holdout, o.batch, pools);
-    for (size_t e = 0; e < hold_features.size(); ++e)
-      hold_features[e].insert(hold_features[e].end(), more.per_exit[e].begin(), more.per_exit[e].end());
+    for (size_t k = 0; k < built.size(); ++k)
+      hold_features[k].insert(hold_features[k].end(), more.per_exit[built[k]].begin(), more.per_exit[built[k]].end());
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
   }
   if (o.cascade && o.rule != ThresholdRule::kZeroError)

@@ -4,6 +4,8 @@
 // is a thin wrapper around build_caches.
 #pragma once
 
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,14 @@ enum class CostModel {
 };
 // "measured", "macs"; errors list the valid names.
 CostModel cost_model(const std::string& name);
+
+// One exit's settings over the build's: closed (no cache built there), or
+// another kind or pooling than every other exit's.
+struct ExitSetting {
+  bool enabled = true;
+  std::optional<HeadKind> kind;  // none: BuildOptions::kind
+  std::string pool;              // empty: BuildOptions::pool (a name parse_pool knows; not "auto")
+};
 
 struct BuildOptions {
   double target_agreement = 0.99;
@@ -67,6 +77,8 @@ struct BuildOptions {
   int holdout = 10000;          // calibration images after them
   int batch = 256;              // feature-collection batch
   SgdOptions sgd;
+  // Per exit, by name (exit_points' names; build_caches refuses others).
+  std::map<std::string, ExitSetting> exits;
   ProgressFn progress;
 };
 

@@ -164,6 +164,18 @@ ThresholdRule threshold_rule(const std::string& name) {
   fail("threshold rule '", name, "' (valid: bound, target, zero-error)");
 }
 
+const char* threshold_rule_name(ThresholdRule rule) {
+  switch (rule) {
+    case ThresholdRule::kBound:
+      return "bound";
+    case ThresholdRule::kTarget:
+      return "target";
+    case ThresholdRule::kZeroError:
+      return "zero-error";
+  }
+  return "?";
+}
+
 double wilson_lower(double agree, double n) {
   if (!(n > 0)) return 0;
   const double z = 1.6448536269514722, p = agree / n, z2n = z * z / n;

@@ -83,6 +83,7 @@ enum class ThresholdRule {
 };
 // "bound", "target", "zero-error"; errors list the valid names.
 ThresholdRule threshold_rule(const std::string& name);
+const char* threshold_rule_name(ThresholdRule rule);
 
 // Chooses each exit's threshold, in exit order, on held-out samples: exit e
 // sees only the samples no earlier exit took, and gets the lowest threshold

@@ -221,6 +221,29 @@ def main():
                                                   "--kind", "faiss", "--out", os.path.join(tmp, "x.safetensors")],
                      "--kind: faiss not in {linear,knn,kmeans}")
 
+        # a JSON cache configuration: per-exit settings, a flag over the file, and a damaged file
+        cfg = os.path.join(tmp, "caches.json")
+        json.dump({"train": 1500, "holdout": 900, "cost": "macs", "sgd": {"epochs": 2},
+                   "exits": {"stem": {"enabled": False}, "layer1.0": {"kind": "knn", "pool": "avg2x2"}}},
+                  open(cfg, "w"))
+        rc, out, err = run(gati, "cache", "build", "--config", cfg, "--print-config", "--holdout", "800")
+        printed = json.loads(out) if rc == 0 else {}
+        check("cache build --print-config", printed.get("holdout") == 800 and printed.get("train") == 1500
+              and printed.get("exits", {}).get("stem", {}).get("enabled") is False, out + err)
+        configured = os.path.join(tmp, "configured.safetensors")
+        rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--config", cfg,
+                           "--holdout", "800", "--out", configured)
+        rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("stem", "layer"))}
+        check("cache build --config", rc == 0 and "stem" not in rows and rows.get("layer1.0", [""] * 3)[1:3] == ["knn", "avg2x2"]
+              and rows.get("layer2.0", [""] * 2)[1] == "linear" and "configured caches at 9 exits" in out, out + err)
+        open(os.path.join(tmp, "bad.json"), "w").write('{"calibrate": "twice"}')
+        expect_error(gati, "bad cache configuration", ["cache", "build", "--model", args.demo, "--data", "fashion-mnist",
+                                                       "--config", os.path.join(tmp, "bad.json"), "--out", configured],
+                     "bad.json: 'calibrate' is 'twice' (valid: cascade, per-exit)")
+        expect_error(gati, "cache build over its configuration", ["cache", "build", "--model", args.demo, "--data",
+                                                                  "fashion-mnist", "--config", cfg, "--out", cfg],
+                     "--out")
+
         rc, out, _ = run(gati, "info", args.demo, "--json")
         check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)
         rc, out, _ = run(gati, "devices")

@@ -10,6 +10,8 @@
 #include <random>
 
 #include "cache/approx_cache.h"
+#include "cache/build.h"
+#include "cache/config.h"
 #include "cache/guard.h"
 #include "cache/label_shift.h"
 #include "cache/learned_cache.h"
@@ -1147,6 +1149,167 @@ TEST(Replay, PriorAdaptationRaisesHitsOnDrift) {
 
   set.label_prior.clear();
   EXPECT_GATI_ERROR(replay_trace(engine, set, d, drift, o), "carry no label prior");
+}
+
+// ---- the cache configuration file ------------------------------------------------
+
+// Every setting survives a trip through the file, non-default values and
+// per-exit settings included.
+TEST(CacheConfig, RoundTripsEverySetting) {
+  BuildOptions o;
+  o.kind = HeadKind::kKmeans;
+  o.pool = "mix2x2";
+  o.target_agreement = 0.995;
+  o.rule = ThresholdRule::kTarget;
+  o.cascade = false;
+  o.perturbed_holdout = false;
+  o.traffic_requests = 250;
+  o.cost = CostModel::kMacs;
+  o.auto_pool_budget = 0.01;
+  o.train = 1234;
+  o.holdout = 567;
+  o.batch = 32;
+  o.sgd = {3, 16, 0.01f, 0.5f, 1e-4f, 7};
+  o.approx.reduced = 16;
+  o.approx.knn_entries = 0;
+  o.approx.neighbours = 5;
+  o.approx.centroids = 64;
+  o.approx.kmeans_samples = 1000;
+  o.approx.iterations = 4;
+  o.approx.seed = 9;
+  o.memory = true;
+  o.memory_pool = "avg4x4";
+  o.memory_capacity = 512;
+  o.memory_min_confidence = 0.97f;
+  o.memory_requests = 3000;
+  o.exits["layer1.0"].enabled = false;
+  o.exits["layer2.0"].kind = HeadKind::kKnn;
+  o.exits["layer2.0"].pool = "avg2x2";
+  const std::string text = build_options_to_json(o).dump(2);
+  const BuildOptions r = build_options_from_json(nlohmann::json::parse(text), "config.json");
+  EXPECT_EQ(r.kind, o.kind);
+  EXPECT_EQ(r.pool, o.pool);
+  EXPECT_DOUBLE_EQ(r.target_agreement, o.target_agreement);
+  EXPECT_EQ(r.rule, o.rule);
+  EXPECT_EQ(r.cascade, o.cascade);
+  EXPECT_EQ(r.perturbed_holdout, o.perturbed_holdout);
+  EXPECT_DOUBLE_EQ(r.traffic_requests, o.traffic_requests);
+  EXPECT_EQ(r.cost, o.cost);
+  EXPECT_DOUBLE_EQ(r.auto_pool_budget, o.auto_pool_budget);
+  EXPECT_EQ(r.train, o.train);
+  EXPECT_EQ(r.holdout, o.holdout);
+  EXPECT_EQ(r.batch, o.batch);
+  EXPECT_EQ(r.sgd.epochs, 3);
+  EXPECT_EQ(r.sgd.batch, 16);
+  EXPECT_EQ(r.sgd.lr, 0.01f);
+  EXPECT_EQ(r.sgd.momentum, 0.5f);
+  EXPECT_EQ(r.sgd.weight_decay, 1e-4f);
+  EXPECT_EQ(r.sgd.seed, 7u);
+  EXPECT_EQ(r.approx.reduced, 16);
+  EXPECT_EQ(r.approx.knn_entries, 0);
+  EXPECT_EQ(r.approx.neighbours, 5);
+  EXPECT_EQ(r.approx.centroids, 64);
+  EXPECT_EQ(r.approx.kmeans_samples, 1000);
+  EXPECT_EQ(r.approx.iterations, 4);
+  EXPECT_EQ(r.approx.seed, 9u);
+  EXPECT_TRUE(r.memory);
+  EXPECT_EQ(r.memory_pool, "avg4x4");
+  EXPECT_EQ(r.memory_capacity, 512);
+  EXPECT_EQ(r.memory_min_confidence, 0.97f);
+  EXPECT_EQ(r.memory_requests, 3000);
+  ASSERT_EQ(r.exits.size(), 2u);
+  EXPECT_FALSE(r.exits.at("layer1.0").enabled);
+  EXPECT_FALSE(r.exits.at("layer1.0").kind.has_value());
+  EXPECT_TRUE(r.exits.at("layer2.0").enabled);
+  EXPECT_EQ(r.exits.at("layer2.0").kind, HeadKind::kKnn);
+  EXPECT_EQ(r.exits.at("layer2.0").pool, "avg2x2");
+  // Floats are written as the short decimals a person typed.
+  EXPECT_NE(text.find("\"min_confidence\": 0.97"), std::string::npos) << text;
+  // An empty object is the defaults.
+  const BuildOptions d = build_options_from_json(nlohmann::json::object(), "empty.json");
+  EXPECT_EQ(d.kind, BuildOptions{}.kind);
+  EXPECT_EQ(d.train, BuildOptions{}.train);
+  EXPECT_TRUE(d.exits.empty());
+}
+
+// Each mistake is named with the file and the key, and lists what is valid.
+TEST(CacheConfig, RefusesBadSettingsNamingTheKeyAndTheValidValues) {
+  auto refuse = [](const char* text, const std::string& want) {
+    SCOPED_TRACE(text);
+    EXPECT_GATI_ERROR(build_options_from_json(nlohmann::json::parse(text), "c.json"), want);
+  };
+  refuse(R"({"kinds": "linear"})", "c.json: unknown key 'kinds' (valid: format, kind, pool,");
+  refuse(R"({"kind": "mlp"})", "c.json: 'kind' is 'mlp' (valid: linear, knn, kmeans)");
+  refuse(R"({"rule": "strict"})", "'rule' is 'strict' (valid: bound, target, zero-error)");
+  refuse(R"({"calibrate": "both"})", "(valid: cascade, per-exit)");
+  refuse(R"({"calibrate_on": "noisy"})", "(valid: clean, clean+shifted)");
+  refuse(R"({"cost": "flops"})", "(valid: measured, macs)");
+  refuse(R"({"pool": "avg9x9"})", "c.json: 'pool': ");
+  refuse(R"({"pool": "avg9x9"})", "(or auto)");
+  refuse(R"({"target_agreement": 1.5})", "'target_agreement' must be a number in [0.5, 1]");
+  refuse(R"({"train": "many"})", "'train' must be an integer in [1, 60000]");
+  refuse(R"({"train": 2.5})", "'train' must be an integer");
+  refuse(R"({"format": "gati-cache-config/9"})", "(valid: gati-cache-config/1)");
+  refuse(R"({"sgd": {"epochs": 0}})", "c.json: 'sgd': 'epochs' must be an integer in [1, 1000]");
+  refuse(R"({"sgd": {"learning_rate": 0.1}})", "unknown key 'learning_rate' (valid: epochs, batch, lr,");
+  refuse(R"({"sgd": 3})", "'sgd'");
+  refuse(R"({"approx": {"neighbours": 99}})", "'neighbours' must be an integer in [1, 16]");
+  refuse(R"({"memory": {"enabled": "yes"}})", "'enabled' must be true or false");
+  refuse(R"({"memory": {"pool": "auto"}})", "'memory': 'pool'");
+  refuse(R"({"exits": {"layer1.0": {"on": false}}})",
+         "c.json: 'exits' 'layer1.0': unknown key 'on' (valid: enabled, kind, pool)");
+  refuse(R"({"exits": {"layer1.0": {"kind": "svm"}}})", "'kind' is 'svm' (valid: linear, knn, kmeans)");
+  refuse(R"({"exits": []})", "'exits'");
+  refuse(R"([1, 2])", "c.json");
+
+  const auto dir = test::scratch_dir("cache_config");
+  const std::string path = (dir / "c.json").string();
+  std::ofstream(path) << "{\"kind\": \"linear\",";  // cut short
+  EXPECT_GATI_ERROR(load_build_config(path), "c.json: the cache configuration is not valid JSON");
+  std::ofstream(path) << "{\"train\": 500}";
+  EXPECT_EQ(load_build_config(path).train, 500);
+  EXPECT_GATI_ERROR(load_build_config((dir / "missing.json").string()), "missing.json");
+  EXPECT_GATI_ERROR(load_build_config(dir.string()), "cache configuration");
+  std::filesystem::remove_all(dir);
+}
+
+// Per-exit settings reach the built set: a closed exit has no cache, another
+// kind and pooling where asked; names the model lacks are refused with the
+// valid ones listed.
+TEST(CacheConfig, PerExitSettingsShapeTheBuild) {
+  const Model m = test::random_model(test::kTinyArch, 5);
+  Engine engine{Model(m)};
+  const Dataset d = tiny_arch_images(300, 29);
+  const std::vector<ExitPointInfo> points = exit_points(m.net);
+  ASSERT_EQ(points.size(), 4u);
+  BuildOptions o;
+  o.train = 200;
+  o.holdout = 100;
+  o.cost = CostModel::kMacs;
+  o.pool = "avg";
+  o.sgd.epochs = 2;
+  o.exits[points[1].name].enabled = false;
+  o.exits[points[2].name].kind = HeadKind::kKnn;
+  o.exits[points[2].name].pool = "avg2x2";
+  const BuildResult r = build_caches(engine, d, o);
+  ASSERT_EQ(r.caches.exits.size(), 3u);
+  EXPECT_EQ(r.caches.exits[0].name, points[0].name);
+  EXPECT_EQ(r.caches.exits[1].name, points[2].name);
+  EXPECT_EQ(r.caches.exits[2].name, points[3].name);
+  EXPECT_EQ(r.caches.exits[0].kind, HeadKind::kLinear);
+  EXPECT_EQ(r.caches.exits[1].kind, HeadKind::kKnn);
+  EXPECT_EQ(pool_name(r.caches.exits[1].pool), "avg2x2");
+  EXPECT_EQ(pool_name(r.caches.exits[2].pool), "avg");
+  EXPECT_EQ(r.caches.exits[2].kind, HeadKind::kLinear);
+
+  BuildOptions bad = o;
+  bad.exits["layer9.9"].enabled = false;
+  EXPECT_GATI_ERROR(
+      build_caches(engine, d, bad),
+      str_cat("exit 'layer9.9' in the configuration is not an exit point of the model (valid: ", points[0].name, ", "));
+  BuildOptions none = o;
+  for (const ExitPointInfo& p : points) none.exits[p.name].enabled = false;
+  EXPECT_GATI_ERROR(build_caches(engine, d, none), "switches every exit off");
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <random>
 
 #include "cache/build.h"
+#include "cache/config.h"
 #include "cache/replay.h"
 #include "engine/engine.h"
 #include "engine/profile.h"
@@ -52,8 +53,8 @@ void add_common(CLI::App* app, Common& c) {
   app->add_flag("--tf32", c.tf32, "CUDA: allow TF32 tensor cores in FP32 convolutions");
 }
 
-void data_option(CLI::App* app, std::string& data, std::string& dir) {
-  app->add_option("--data", data, "data set")->check(CLI::IsMember({"fashion-mnist"}))->required();
+void data_option(CLI::App* app, std::string& data, std::string& dir, bool required = true) {
+  app->add_option("--data", data, "data set")->check(CLI::IsMember({"fashion-mnist"}))->required(required);
   app->add_option("--data-dir", dir,
                   "folder with the IDX files (default $GATI_FASHION_MNIST or "
                   "/usr/share/datasets/fashion-mnist)");
@@ -300,52 +301,69 @@ int cmd_profile(const ProfileOpts& o) {
 
 struct CacheBuildOpts {
   Common common;
-  std::string model, data, data_dir, out, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
-                                          calibrate = "cascade", cost = "measured", memory = "off",
-                                          memory_pool = "avg2x2", kind = "linear";
+  std::string model, data, data_dir, out, config, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
+                                                  calibrate = "cascade", cost = "measured", memory = "off",
+                                                  memory_pool = "avg2x2", kind = "linear";
   double target = 0.99, traffic_requests = 1000;
   int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
+  bool print_config = false;
 };
 
-int cmd_cache_build(const CacheBuildOpts& o) {
-  cli::refuse_overwrite("--out", o.out, {o.model});
+// The build's settings: the configuration file's (or the defaults), then
+// each flag given on the command line over them.
+BuildOptions build_options(const CacheBuildOpts& o, const CLI::App& app) {
+  BuildOptions b = o.config.empty() ? BuildOptions{} : load_build_config(o.config);
+  auto given = [&](const char* flag) { return app.count(flag) > 0; };
+  if (given("--target-agreement")) b.target_agreement = o.target;
+  if (given("--rule")) b.rule = threshold_rule(o.rule);
+  if (given("--calibrate-on")) b.perturbed_holdout = o.holdout_kind == "clean+shifted";
+  if (given("--traffic-requests")) b.traffic_requests = o.traffic_requests;
+  if (given("--pool")) b.pool = o.pool;
+  if (given("--calibrate")) b.cascade = o.calibrate == "cascade";
+  if (given("--cost")) b.cost = cost_model(o.cost);
+  if (given("--train")) b.train = o.train;
+  if (given("--holdout")) b.holdout = o.holdout;
+  if (given("--memory")) b.memory = o.memory == "on";
+  if (given("--memory-pool")) b.memory_pool = o.memory_pool;
+  if (given("--memory-capacity")) b.memory_capacity = o.memory_capacity;
+  if (given("--memory-min-confidence")) b.memory_min_confidence = o.memory_min_confidence;
+  if (given("--epochs")) b.sgd.epochs = o.epochs;
+  if (given("--kind")) b.kind = head_kind(o.kind);
+  if (given("--reduced")) b.approx.reduced = o.approx.reduced;
+  if (given("--neighbours")) b.approx.neighbours = o.approx.neighbours;
+  if (given("--knn-entries")) b.approx.knn_entries = o.approx.knn_entries;
+  if (given("--centroids")) b.approx.centroids = o.approx.centroids;
+  return b;
+}
+
+int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
+  BuildOptions b = build_options(o, app);
+  if (o.print_config) {
+    std::printf("%s\n", build_options_to_json(b).dump(2).c_str());
+    return 0;
+  }
+  if (o.model.empty() || o.data.empty() || o.out.empty())
+    fail("cache build: --model, --data and --out are required (or --print-config)");
+  cli::refuse_overwrite("--out", o.out, {o.model, o.config});
   Engine engine(o.model, o.common.engine());
   const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "train");
-  BuildOptions b;
-  b.target_agreement = o.target;
-  b.rule = threshold_rule(o.rule);
-  b.perturbed_holdout = o.holdout_kind == "clean+shifted";
-  b.traffic_requests = o.traffic_requests;
-  b.pool = o.pool;
-  b.cascade = o.calibrate == "cascade";
-  b.cost = cost_model(o.cost);
-  b.train = o.train;
-  b.holdout = o.holdout;
-  b.memory = o.memory == "on";
-  b.memory_pool = o.memory_pool;
-  b.memory_capacity = o.memory_capacity;
-  b.memory_min_confidence = o.memory_min_confidence;
-  b.sgd.epochs = o.epochs;
-  b.kind = head_kind(o.kind);
-  b.approx = o.approx;
-  cli::Progress progress(size_t(o.train + o.holdout), "collect");
+  cli::Progress progress(size_t(b.train + b.holdout), "collect");
   b.progress = [&](size_t done, size_t) { progress.update(done); };
   const BuildResult r = build_caches(engine, ds, b);
   progress.finish();
   r.caches.save(o.out);
-  const bool learned = b.kind == HeadKind::kLinear;
-  std::printf("%-10s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "pool", "dim", learned ? "loss" : "keys", "threshold",
-              "agreement", "hit rate", "hit agree");
+  std::printf("%-10s %-7s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "kind", "pool", "dim", "loss or keys",
+              "threshold", "agreement", "hit rate", "hit agree");
   for (size_t e = 0; e < r.caches.exits.size(); ++e) {
     const ExitCache& c = r.caches.exits[e];
-    const std::string loss = learned ? str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ",
-                                               std::round(r.loss[e].back() * 1000) / 1000)
-                                     : str_cat(c.entries(), " x ", c.reduced);
-    std::printf("%-10s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.name.c_str(), pool_name(c.pool).c_str(), c.dim,
-                loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement, c.holdout_hit_rate,
-                c.holdout_hit_agreement);
+    const std::string loss = c.kind == HeadKind::kLinear ? str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ",
+                                                                   std::round(r.loss[e].back() * 1000) / 1000)
+                                                         : str_cat(c.entries(), " x ", c.reduced);
+    std::printf("%-10s %-7s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.name.c_str(), head_kind_name(c.kind),
+                pool_name(c.pool).c_str(), c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement,
+                c.holdout_hit_rate, c.holdout_hit_agreement);
   }
   if (b.cascade && b.rule != ThresholdRule::kZeroError)
     std::printf(
@@ -353,8 +371,8 @@ int cmd_cache_build(const CacheBuildOpts& o) {
         "hit rate %.4f, expected cost "
         "%.3f of the model's (%.2fx lower, %s), %d steps\n",
         r.cascade.agreement, r.cascade.bound,
-        o.traffic_requests > 0 ? str_cat(" for ", o.traffic_requests, " requests of traffic").c_str() : "",
-        r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost, o.cost == "macs" ? "MACs" : "measured time",
+        b.traffic_requests > 0 ? str_cat(" for ", b.traffic_requests, " requests of traffic").c_str() : "",
+        r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost, b.cost == CostModel::kMacs ? "MACs" : "measured time",
         r.cascade.steps);
   if (r.caches.memory) {
     const MemorySpec& m = *r.caches.memory;
@@ -370,7 +388,8 @@ int cmd_cache_build(const CacheBuildOpts& o) {
         (long long)r.memory.lookups, (long long)r.memory.stored);
   }
   std::printf("wrote %s (%s caches at %zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
-              o.kind.c_str(), r.caches.exits.size(), o.target, o.rule.c_str(),
+              b.exits.empty() ? head_kind_name(b.kind) : "configured", r.caches.exits.size(), b.target_agreement,
+              threshold_rule_name(b.rule),
               b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
   return 0;
 }
@@ -593,9 +612,15 @@ int dispatch(int argc, char** argv) {
       "build a cache at every exit from its pooled features (labels: the full model's own predictions): a learned "
       "linear predictor (GATI) or stored keys (Freeze's k-NN, k-means); then calibrate the thresholds on held-out "
       "training images");
-  c_build->add_option("--model", cb.model, "model file")->required();
-  data_option(c_build, cb.data, cb.data_dir);
-  c_build->add_option("--out", cb.out, "cache file to write")->required();
+  c_build->add_option("--model", cb.model, "model file (required unless --print-config)");
+  data_option(c_build, cb.data, cb.data_dir, false);
+  c_build->add_option("--out", cb.out, "cache file to write (required unless --print-config)");
+  c_build
+      ->add_option("--config", cb.config,
+                   "the build's settings as JSON (see cache/config.h); flags given on the command line override them")
+      ->check(CLI::ExistingFile);
+  c_build->add_flag("--print-config", cb.print_config,
+                    "print the settings this command would build with, as a JSON configuration, and stop");
   c_build->add_option("--target-agreement", cb.target, "agreement of hits with the full model")
       ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
@@ -767,7 +792,7 @@ int dispatch(int argc, char** argv) {
   if (c_run->parsed()) return cmd_run(run);
   if (c_prof->parsed()) return cmd_profile(prof);
   if (app.got_subcommand("devices")) return cmd_devices();
-  if (c_build->parsed()) return cmd_cache_build(cb);
+  if (c_build->parsed()) return cmd_cache_build(cb, *c_build);
   if (c_sim->parsed()) return cmd_serve_sim(ss);
   std::fputs(app.help().c_str(), stderr);
   return 2;
