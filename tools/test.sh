@@ -27,14 +27,14 @@ if command -v clang++ >/dev/null && [ -f "$(clang++ -print-resource-dir)/lib/lin
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGATI_FUZZ=ON -DGATI_CUDA=OFF \
     -DGATI_OPENMP=OFF -DGATI_BUILD_TESTS=OFF -DGATI_BUILD_BENCH=OFF >/dev/null
   cmake --build build-fuzz -j "${GATI_JOBS:-2}" --target fuzz_safetensors fuzz_model fuzz_cache fuzz_trace fuzz_idx \
-    fuzz_seeds
+    fuzz_config fuzz_seeds
   corpus=build-fuzz/corpus
   rm -rf "$corpus"
   ./build-fuzz/tests/fuzz/fuzz_seeds "$corpus"
   mkdir -p "$corpus/model"
   /usr/bin/python3 tests/fuzz/make_model_seed.py "$corpus/model/tiny.safetensors"
   cp "$corpus/model/tiny.safetensors" "$corpus/safetensors/"
-  for t in safetensors model cache trace idx; do
+  for t in safetensors model cache trace idx config; do
     ./build-fuzz/tests/fuzz/fuzz_$t -max_total_time="${GATI_FUZZ_SECONDS:-10}" -artifact_prefix=build-fuzz/ \
       "$corpus/$t" 2>&1 | tail -n 1 | sed "s/^/fuzz_$t: /"
   done

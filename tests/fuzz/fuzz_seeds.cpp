@@ -1,10 +1,11 @@
 // Writes the fuzzers' seed corpus with gati's own writers, so no opaque
-// blob is committed:  fuzz_seeds OUT  ->  OUT/{safetensors,cache,trace,idx}/.
+// blob is committed:  fuzz_seeds OUT  ->  OUT/{safetensors,cache,trace,idx,config}/.
 // (The model seed comes from tools/convert.py; see tools/test.sh.)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "cache/config.h"
 #include "cache/learned_cache.h"
 #include "loaders/trace.h"
 #include "random_model.h"
@@ -18,7 +19,7 @@ int main(int argc, char** argv) {
   }
   namespace fs = std::filesystem;
   const fs::path out = argv[1];
-  for (const char* d : {"safetensors", "cache", "trace", "idx"}) fs::create_directories(out / d);
+  for (const char* d : {"safetensors", "cache", "trace", "idx", "config"}) fs::create_directories(out / d);
   try {
     gati::SafeTensorsWriter w;
     w.add_float("a", {2, 3}, gati::test::random_floats(6, 1));
@@ -41,6 +42,13 @@ int main(int argc, char** argv) {
     const unsigned char header[] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28};
     idx.write(reinterpret_cast<const char*>(header), sizeof header);
     for (int i = 0; i < 2 * 28 * 28; ++i) idx.put(char(i % 251));
+
+    gati::BuildOptions o;  // every key, per-exit settings included
+    o.exits["stem"].enabled = false;
+    o.exits["layer1.0"].kind = gati::HeadKind::kKnn;
+    o.exits["layer1.0"].pool = "avg2x2";
+    std::ofstream((out / "config" / "full.json").string()) << gati::build_options_to_json(o).dump(2);
+    std::ofstream((out / "config" / "small.json").string()) << R"({"kind": "kmeans", "train": 500})";
   } catch (const gati::Error& e) {
     std::fprintf(stderr, "fuzz_seeds: %s\n", e.what());
     return 1;
