@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
-#include <optional>
 
 #include "cache/build.h"
+#include "cache/online.h"
 #include "engine/plan.h"
 #include "engine/profile.h"
 
@@ -163,26 +163,19 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   // the guard leaves on, republished when either changes.
   // `served` is `live` as the heads serve it: with the prior correction
   // when that is on.
-  std::vector<ExitCache> live = caches.exits, served = live;
-  std::vector<std::vector<float>> velocity(live.size()), pending_x(live.size());
-  std::vector<std::vector<int>> pending_y(live.size());
-  std::optional<LabelShift> shift;
-  if (o.prior) {
-    if (o.prior_every < 1) fail("replay: prior_every must be at least 1 request, got ", o.prior_every);
-    shift.emplace(caches.label_prior, o.prior_options);
-  }
+  OnlineOptions online;
+  online.sgd = o.online;
+  online.sgd_options = o.online_sgd;
+  online.prior = o.prior;
+  online.prior_options = o.prior_options;
+  online.prior_every = o.prior_every;
+  OnlineState state(caches.exits, caches.label_prior, online);
+  const std::vector<ExitCache>& live = state.live();
   auto publish = [&] {
-    std::vector<ExitHeadSpec> specs;
-    for (size_t e = 0; e < live.size(); ++e) {
-      if (!live[e].enabled()) continue;  // closed: never served, never scored
-      served[e] = shift ? shift->adapt(live[e]) : live[e];
-      if (guard.enabled(live[e].exit)) specs.push_back(served[e].head_spec());
-    }
-    heads = engine.make_exit_heads(std::move(specs));
+    heads = engine.make_exit_heads(state.head_specs([&](int exit) { return guard.enabled(exit); }));
   };
-  if (shift) publish();  // checks the prior against the heads before the first request
-  std::vector<PoolSpec> pools(points.size());
-  for (const ExitCache& c : caches.exits) pools[size_t(c.exit)] = c.pool;
+  if (o.prior) publish();  // checks the prior against the heads before the first request
+  const std::vector<PoolSpec> pools = state.pools(int(points.size()));
   // Feedback picks: a hash of the request's position, so they do not depend on the batch.
   auto picked = [&](uint64_t id) {
     uint64_t z = id * 0x9E3779B97F4A7C15ull + o.feedback_seed * 0xBF58476D1CE4E5B9ull;
@@ -213,7 +206,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     const double us_f = std::chrono::duration<double, std::micro>(t2 - t1).count();
     rep.seconds_caches += us_c * 1e-6;
     rep.seconds_full += us_f * 1e-6;
-    bool switched = false;
+    bool switched = false, prior_due = false;
     for (int i = 0; i < nb; ++i) {
       const Request& req = trace.requests[s + size_t(i)];
       RequestRecord r;
@@ -248,7 +241,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
         st.hits++;
         st.hit_agree += r.label == r.full_label;
       }
-      if (shift) shift->observe(r.label);
+      prior_due |= state.observe_answer(r.label);
       rep.requests.push_back(std::move(r));
     }
     // Exits the guard switched off are scored in shadow on the requests the
@@ -265,23 +258,13 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       for (int i = 0; i < nb; ++i) {
         const RequestRecord& r = rep.requests[s + size_t(i)];
         if (r.exit != kFullModel) continue;
+        updated |= state.learn(f, i, r.full_label);
         for (size_t e = 0; e < live.size(); ++e) {
-          ExitCache& c = live[e];
-          const float* feat = f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim);
-          if (o.online && c.kind == HeadKind::kLinear && c.enabled()) {
-            pending_x[e].insert(pending_x[e].end(), feat, feat + c.dim);
-            pending_y[e].push_back(r.full_label);
-            if (int(pending_y[e].size()) == o.online_sgd.batch) {
-              sgd_step(c, pending_x[e].data(), pending_y[e].data(), o.online_sgd.batch, o.online_sgd, velocity[e]);
-              pending_x[e].clear();
-              pending_y[e].clear();
-              ++rep.online_steps;
-              updated = true;
-            }
-          }
+          const ExitCache& c = live[e];
           if (!o.guard || !c.enabled() || guard.enabled(c.exit)) continue;
+          const float* feat = f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim);
           float conf;
-          const int label = served[e].predict(feat, &conf);
+          const int label = state.served()[e].predict(feat, &conf);
           if (conf >= c.threshold) switched |= guard.observe(c.exit, label == r.full_label);
         }
       }
@@ -289,19 +272,19 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     }
     // The prior correction moves with every answer; it is republished every
     // prior_every requests (and whenever the heads change anyway).
-    const bool prior_due = shift && (s + size_t(nb)) / size_t(o.prior_every) > s / size_t(o.prior_every);
     if (switched || updated || prior_due) {
       const auto u0 = clock::now();
       publish();
       cached.heads = heads.get();
-      if (shift) ++rep.prior_updates;
+      if (o.prior) ++rep.prior_updates;
       rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
   rep.guard_events = guard.events();
+  rep.online_steps = state.steps();
   if (o.online) rep.caches_after = live;
-  if (shift) rep.prior_estimate = shift->estimate();
+  if (o.prior) rep.prior_estimate = state.prior_estimate();
   return rep;
 }
 

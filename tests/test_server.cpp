@@ -2,12 +2,14 @@
 // once, with the same exit, label and confidence as a session gives it alone;
 // batches actually form; callbacks that submit again cannot deadlock even
 // with one worker; bad images are refused on the caller's thread; new exit
-// heads take effect; shutdown serves what was queued.
+// heads take effect; shutdown serves what was queued; caches that learn
+// beside the server publish to it.
 #include <atomic>
 #include <cstdint>
 #include <set>
 #include <thread>
 
+#include "cache/online.h"
 #include "engine/server.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -152,6 +154,118 @@ TEST(Server, RejectsBadOptions) {
   so = {};
   so.max_batch = 0;
   EXPECT_GATI_ERROR(Server(world.engine, so), "max_batch = 0");
+}
+
+// Caches for World's model built from its random heads, with a uniform
+// label prior (what online prior adaptation corrects from).
+CacheSet world_caches(const World& world, float threshold) {
+  CacheSet set;
+  set.model_arch = world.engine.arch().name;
+  set.model_fingerprint = fingerprint(world.engine.model());
+  for (const ExitHeadSpec& h : test::random_heads(world.engine.model(), 3, threshold))
+    set.exits.push_back(ExitCache::from_head_spec(h));
+  set.label_prior.assign(size_t(world.engine.arch().num_classes), 1.0f / float(world.engine.arch().num_classes));
+  return set;
+}
+
+// Serves `world`'s images once each through `server`, every answer handed to
+// `online` from the worker's callback; returns how many the full model gave.
+int serve_observed(World& world, Server& server, OnlineCaches& online) {
+  std::atomic<int> done{0}, full{0};
+  for (size_t i = 0; i < world.images.size(); ++i)
+    server.submit(world.images[i], [&, i](const ServeResult* r, std::exception_ptr) {
+      if (r) {
+        full += r->result.exit == kFullModel;
+        online.observe(*r, world.images[i].data());
+      }
+      ++done;
+    });
+  while (done < int(world.images.size())) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  online.flush();
+  return full;
+}
+
+// Learning beside the server: answers arrive from the workers' callbacks,
+// the full model's ones teach the learned heads (one step per SGD batch at
+// every open exit), and what is learned reaches the server: after a flush,
+// its answers are those of the learned heads.
+TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
+  World world(48, 0.999f);
+  // Open (threshold <= 1) but answering only where a head's softmax
+  // saturates to 1: most requests reach the full model and teach the heads.
+  const CacheSet set = world_caches(world, 1.0f);
+  ServerOptions so;
+  so.workers = 2;
+  so.max_batch = 4;
+  so.threads_per_worker = 1;
+  Server server(world.engine, so);
+  OnlineOptions oo;
+  oo.sgd = true;
+  oo.sgd_options.batch = 4;
+  OnlineCaches online(world.engine, set, server, oo);
+  const int full = serve_observed(world, server, online);
+  ASSERT_GE(full, 16) << "too few requests reached the full model to learn from";
+  const OnlineStats st = online.stats();
+  EXPECT_EQ(st.answers, 48);
+  EXPECT_EQ(st.learned, full);
+  EXPECT_EQ(st.dropped, 0);
+  EXPECT_EQ(st.errors, 0) << online.last_error();
+  int open = 0;
+  for (const ExitCache& c : set.exits) open += c.enabled() && c.kind == HeadKind::kLinear;
+  EXPECT_EQ(st.steps, int64_t(full / 4) * open);
+  EXPECT_GE(st.publishes, 2);
+  const CacheSet learned = online.caches();
+  ASSERT_EQ(learned.exits.size(), set.exits.size());
+  for (size_t e = 0; e < set.exits.size(); ++e)
+    if (set.exits[e].enabled()) EXPECT_NE(learned.exits[e].weight, set.exits[e].weight) << set.exits[e].name;
+  // The server now answers as the learned heads do.
+  const auto heads = world.engine.make_exit_heads(learned.head_specs());
+  Session s = world.engine.session();
+  RunOptions ro;
+  ro.heads = heads.get();
+  for (size_t i = 0; i < world.images.size(); i += 5) {
+    SampleResult want;
+    s.run(world.images[i].data(), 1, world.engine.arch().in_channels, world.engine.arch().input_h,
+          world.engine.arch().input_w, &want, nullptr, ro);
+    const ServeResult got = server.submit(world.images[i]).get();
+    EXPECT_EQ(got.result.exit, want.exit) << "image " << i;
+    EXPECT_EQ(got.result.label, want.label) << "image " << i;
+  }
+}
+
+// The prior follows the answers and is republished every prior_every of
+// them; a full queue drops images (counted), not answers; bad pairings and
+// settings are refused before anything is served.
+TEST(Server, OnlineCachesBoundTheirQueueAndRefuseBadSetups) {
+  World world(40, 0.999f);
+  const CacheSet set = world_caches(world, 0.999f);
+  ServerOptions so;
+  so.threads_per_worker = 1;
+  Server server(world.engine, so);
+  OnlineOptions oo;
+  oo.sgd = true;
+  oo.prior = true;
+  oo.prior_every = 5;
+  {
+    OnlineCaches online(world.engine, set, server, oo, 0);  // room for no image
+    const int full = serve_observed(world, server, online);
+    const OnlineStats st = online.stats();
+    EXPECT_EQ(st.answers, 40);
+    EXPECT_EQ(st.dropped, full);
+    EXPECT_EQ(st.learned, 0);
+    EXPECT_EQ(st.steps, 0);
+    EXPECT_GE(st.publishes, 2);  // the first, and the prior's
+    EXPECT_EQ(st.errors, 0) << online.last_error();
+  }
+  CacheSet no_prior = set;
+  no_prior.label_prior.clear();
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, no_prior, server, oo), "carry no label prior");
+  CacheSet other = set;
+  other.model_fingerprint = "0123";
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, other, server, oo), "built for other weights");
+  OnlineOptions bad = oo;
+  bad.prior_every = 0;
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, set, server, bad), "prior_every must be at least 1");
 }
 
 }  // namespace

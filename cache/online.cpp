@@ -1,0 +1,214 @@
+// Caches that learn from the traffic they serve; see online.h.
+#include "cache/online.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "weights/common/error.h"
+
+namespace gati {
+
+OnlineState::OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior,
+                         const OnlineOptions& options)
+    : o_(options),
+      live_(std::move(caches)),
+      served_(live_),
+      velocity_(live_.size()),
+      pending_x_(live_.size()),
+      pending_y_(live_.size()) {
+  if (o_.sgd && o_.sgd_options.batch < 1)
+    fail("online: the SGD batch must be at least 1 request, got ", o_.sgd_options.batch);
+  if (o_.prior) {
+    if (o_.prior_every < 1) fail("online: prior_every must be at least 1 request, got ", o_.prior_every);
+    shift_.emplace(label_prior, o_.prior_options);
+  }
+}
+
+bool OnlineState::observe_answer(int label) {
+  if (!shift_) return false;
+  shift_->observe(label);
+  return ++answers_ % o_.prior_every == 0;
+}
+
+bool OnlineState::learn(const CollectedFeatures& features, int row, int label) {
+  if (!o_.sgd) return false;
+  bool stepped = false;
+  for (size_t e = 0; e < live_.size(); ++e) {
+    ExitCache& c = live_[e];
+    if (c.kind != HeadKind::kLinear || !c.enabled()) continue;
+    const size_t at = size_t(c.exit);
+    if (at >= features.per_exit.size() || features.dims[at] != c.dim)
+      fail("online: the features collected at exit '", c.name, "' do not match its cache (dim ", c.dim, ")");
+    if (row < 0 || size_t(row + 1) * size_t(c.dim) > features.per_exit[at].size())
+      fail("online: no features for request ", row, " at exit '", c.name, "'");
+    const float* feat = features.per_exit[at].data() + size_t(row) * size_t(c.dim);
+    pending_x_[e].insert(pending_x_[e].end(), feat, feat + c.dim);
+    pending_y_[e].push_back(label);
+    if (int(pending_y_[e].size()) == o_.sgd_options.batch) {
+      sgd_step(c, pending_x_[e].data(), pending_y_[e].data(), o_.sgd_options.batch, o_.sgd_options, velocity_[e]);
+      pending_x_[e].clear();
+      pending_y_[e].clear();
+      ++steps_;
+      stepped = true;
+    }
+  }
+  return stepped;
+}
+
+std::vector<ExitHeadSpec> OnlineState::head_specs(const std::function<bool(int exit)>& keep) {
+  std::vector<ExitHeadSpec> specs;
+  for (size_t e = 0; e < live_.size(); ++e) {
+    if (!live_[e].enabled()) continue;  // closed: never served, never scored
+    served_[e] = shift_ ? shift_->adapt(live_[e]) : live_[e];
+    if (!keep || keep(live_[e].exit)) specs.push_back(served_[e].head_spec());
+  }
+  return specs;
+}
+
+std::vector<double> OnlineState::prior_estimate() const { return shift_ ? shift_->estimate() : std::vector<double>{}; }
+
+std::vector<PoolSpec> OnlineState::pools(int exit_points) const {
+  std::vector<PoolSpec> out(size_t(std::max(exit_points, 0)));
+  for (const ExitCache& c : live_)
+    if (c.exit >= 0 && c.exit < exit_points) out[size_t(c.exit)] = c.pool;
+  return out;
+}
+
+// ---- beside a Server ---------------------------------------------------------------
+
+OnlineCaches::OnlineCaches(const Engine& engine, const CacheSet& caches, Server& server, const OnlineOptions& options,
+                           size_t queue_capacity)
+    : engine_(engine),
+      server_(server),
+      options_(options),
+      capacity_(queue_capacity),
+      base_(caches),
+      exit_points_(int(exit_points(engine.model().net).size())),
+      state_(caches.exits, caches.label_prior, options) {
+  if (!caches.model_fingerprint.empty() && caches.model_fingerprint != fingerprint(engine.model()))
+    fail("online: the caches were built for other weights of ", caches.model_arch, " than the engine's model");
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    publish_locked();  // checks the heads against the model before anything is served with them
+  }
+  learner_ = std::thread([this] { learn_loop(); });
+}
+
+OnlineCaches::~OnlineCaches() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  learner_.join();
+}
+
+void OnlineCaches::observe(const ServeResult& result, const float* image) {
+  Item item;
+  item.label = result.result.label;
+  item.full = result.result.exit == kFullModel;
+  const Arch& a = engine_.arch();
+  const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
+  const bool wanted = options_.sgd && item.full && image;
+  if (wanted) item.image.assign(image, image + per);  // copied before the lock
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) fail("online: observe after the learner was stopped");
+    ++stats_.answers;
+    if (wanted && queued_images_ >= capacity_) {
+      ++stats_.dropped;
+      item.image.clear();
+    }
+    if (!item.image.empty()) ++queued_images_;
+    queue_.push_back(std::move(item));
+  }
+  wake_.notify_one();
+}
+
+void OnlineCaches::flush() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+}
+
+OnlineStats OnlineCaches::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+std::string OnlineCaches::last_error() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_error_;
+}
+
+CacheSet OnlineCaches::caches() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CacheSet set = base_;
+  set.exits = state_.live();
+  return set;
+}
+
+void OnlineCaches::publish_locked() {
+  server_.set_exit_heads(engine_.make_exit_heads(state_.head_specs()));
+  ++stats_.publishes;
+}
+
+void OnlineCaches::learn_loop() {
+  const std::vector<PoolSpec> pools = state_.pools(exit_points_);  // fixed: learning moves weights only
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) break;  // stopping, and nothing left to learn from
+    std::vector<Item> items;
+    items.swap(queue_);
+    queued_images_ = 0;
+    busy_ = true;
+    lock.unlock();
+    // The model work, without the lock: every queued image's pooled features.
+    std::vector<float> x;
+    int n = 0;
+    for (const Item& it : items)
+      if (!it.image.empty()) {
+        x.insert(x.end(), it.image.begin(), it.image.end());
+        ++n;
+      }
+    CollectedFeatures f;
+    std::string error;
+    try {
+      if (n > 0) f = collect_features(engine_, x.data(), n, std::min(n, 64), pools);
+    } catch (const Error& e) {
+      error = e.what();
+      n = 0;
+    }
+    lock.lock();
+    try {
+      bool due = false;
+      int row = 0;
+      for (const Item& it : items) {
+        due |= state_.observe_answer(it.label);
+        if (!it.image.empty() && n > 0) {
+          due |= state_.learn(f, row++, it.label);
+          ++stats_.learned;
+        }
+      }
+      stats_.steps = state_.steps();
+      if (due) publish_locked();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    if (!error.empty()) {
+      ++stats_.errors;
+      last_error_ = error;
+    }
+    busy_ = false;
+    idle_.notify_all();
+  }
+  // Stopped: the last answers' prior, if it moved since the last publish.
+  try {
+    publish_locked();
+  } catch (const Error& e) {
+    ++stats_.errors;
+    last_error_ = e.what();
+  }
+}
+
+}  // namespace gati

@@ -1,0 +1,149 @@
+// Caches that learn from the traffic they serve: SGD on the learned heads
+// toward the full model's answers, and the label-shift prior (label_shift.h)
+// following the served class mix.
+//
+// OnlineState holds what both uses share: the caches as they are now, each
+// head's momentum, the mini-batches being gathered and the prior estimate.
+// replay_trace (replay.h) drives it in step with a trace; OnlineCaches
+// drives it beside a Server:
+//
+//   gati::OnlineOptions oo;  oo.sgd = true;  oo.prior = true;
+//   gati::OnlineCaches online(engine, caches, server, oo);   // publishes its heads to the server
+//   server.submit(image, [&, image](const gati::ServeResult* r, std::exception_ptr) {
+//     if (r) online.observe(*r, image.data());               // any thread; never waits on a model
+//   });
+//
+// Design decisions (OnlineCaches):
+// - The thread that served a request only hands the answer over (a lock and
+//   a copy into a bounded queue); a learner thread of its own does the model
+//   work: the pooled features of the requests the full model answered (on
+//   its own session, off the request path, as GATI trains its caches beside
+//   serving), the SGD steps, and the republishing.  Server::set_exit_heads
+//   makes workers take the new heads at their next batch boundary.
+// - Bounded: at most queue_capacity images wait; beyond that an image is
+//   dropped (counted in stats()), its answer still counts for the prior.
+// - Thresholds stay as calibrated; the drift guard (guard.h) is what
+//   watches agreement when heads move.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "cache/features.h"
+#include "cache/label_shift.h"
+#include "cache/learned_cache.h"
+#include "engine/server.h"
+
+namespace gati {
+
+struct OnlineOptions {
+  // SGD on the open learned heads, one step per sgd_options.batch requests
+  // that the full model answered, toward its labels.
+  bool sgd = false;
+  SgdOptions sgd_options = {1, 32, 0.005f, 0.9f, 5e-4f, 0};
+  // The label-shift correction from every answer, republished every
+  // prior_every answers; needs caches that carry their label prior.
+  bool prior = false;
+  LabelShiftOptions prior_options;
+  int prior_every = 32;
+};
+
+class OnlineState {
+ public:
+  // `caches` as built; label_prior: CacheSet::label_prior (needed with prior).
+  OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior, const OnlineOptions& options);
+
+  // One answer served (hits included).  True when the prior is due to be
+  // republished (every prior_every answers).
+  bool observe_answer(int label);
+  // A request the full model answered: `features` holds its pooled features
+  // at every exit point (row `row` of each), `label` the full model's answer.
+  // True when a head took a step.
+  bool learn(const CollectedFeatures& features, int row, int label);
+
+  // The heads as served now (the prior's correction applied), for the
+  // open caches whose exit `keep` accepts; also updates served().
+  std::vector<ExitHeadSpec> head_specs(const std::function<bool(int exit)>& keep = {});
+
+  const std::vector<ExitCache>& live() const { return live_; }      // as learned
+  const std::vector<ExitCache>& served() const { return served_; }  // as last published
+  int64_t steps() const { return steps_; }
+  std::vector<double> prior_estimate() const;
+  // The pooling of each exit point, for collect_features.
+  std::vector<PoolSpec> pools(int exit_points) const;
+
+ private:
+  OnlineOptions o_;
+  std::vector<ExitCache> live_, served_;
+  std::vector<std::vector<float>> velocity_, pending_x_;
+  std::vector<std::vector<int>> pending_y_;
+  std::optional<LabelShift> shift_;
+  int64_t steps_ = 0, answers_ = 0;
+};
+
+struct OnlineStats {
+  int64_t answers = 0;    // observed
+  int64_t learned = 0;    // full-model answers whose features were collected
+  int64_t dropped = 0;    // images dropped because the queue was full
+  int64_t steps = 0;      // SGD steps
+  int64_t publishes = 0;  // heads handed to the server
+  int64_t errors = 0;     // learner failures (the last one in last_error); serving goes on
+};
+
+class OnlineCaches {
+ public:
+  // Publishes the caches' heads to `server` at once.  The engine and the
+  // server must outlive this object (destroy it first: its destructor
+  // publishes a last time).
+  OnlineCaches(const Engine& engine, const CacheSet& caches, Server& server, const OnlineOptions& options,
+               size_t queue_capacity = 1024);
+  // Learns from what is queued, publishes a last time, joins the learner.
+  ~OnlineCaches();
+  OnlineCaches(const OnlineCaches&) = delete;
+  OnlineCaches& operator=(const OnlineCaches&) = delete;
+
+  // An answer the server gave; `image` (the normalised request, the model's
+  // input size) is copied when the full model answered and SGD is on, and
+  // may be null.  Thread-safe; never waits on model work.
+  void observe(const ServeResult& result, const float* image);
+  // Returns once everything observed so far is learned and published.
+  void flush();
+
+  OnlineStats stats() const;
+  std::string last_error() const;
+  // The caches as learned so far (to save them: CacheSet::save).
+  CacheSet caches() const;
+
+ private:
+  struct Item {
+    int label = -1;
+    bool full = false;
+    std::vector<float> image;  // empty: the prior only
+  };
+  void learn_loop();
+  void publish_locked();
+
+  const Engine& engine_;
+  Server& server_;
+  const OnlineOptions options_;
+  const size_t capacity_;
+  CacheSet base_;  // the set as built: its fields besides the exits
+  int exit_points_ = 0;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_, idle_;
+  std::vector<Item> queue_;
+  size_t queued_images_ = 0;
+  bool busy_ = false, stopping_ = false;
+  OnlineState state_;  // the learner's; read under mutex_
+  OnlineStats stats_;
+  std::string last_error_;
+  std::thread learner_;
+};
+
+}  // namespace gati
