@@ -228,6 +228,11 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   std::vector<std::vector<float>> hold_features;
   const std::vector<int> train_labels(all.full_labels.begin(), all.full_labels.begin() + o.train);
   const std::vector<int> hold_labels(all.full_labels.begin() + o.train, all.full_labels.end());
+  const std::vector<float> train_logits =
+      o.sgd.distill_alpha > 0
+          ? std::vector<float>(all.full_logits.begin(),
+                               all.full_logits.begin() + long(size_t(o.train) * size_t(engine.arch().num_classes)))
+          : std::vector<float>{};
   std::vector<size_t> label_count(size_t(engine.arch().num_classes), 0);
   for (int y : train_labels) ++label_count[size_t(y)];
   for (size_t k : label_count) set.label_prior.push_back(float(double(k) / double(train_labels.size())));
@@ -246,7 +251,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     const std::vector<float> train(all.per_exit[e].begin(), split);
     hold_features.emplace_back(split, all.per_exit[e].end());
     if (learned) {
-      out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd));
+      out.loss.push_back(train_exit_cache(c, train, train_labels, o.sgd, train_logits));
     } else {
       ApproxOptions a = o.approx;
       a.kind = *settings[e].kind;

@@ -83,13 +83,16 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   if (f.has("batch")) o.batch = int(f.integer("batch", 1, 4096));
   if (f.has("sgd")) {
     const JsonFields s = f.object("sgd");
-    only_keys(f.at("sgd"), s.where(), {"epochs", "batch", "lr", "momentum", "weight_decay", "seed"});
+    only_keys(f.at("sgd"), s.where(),
+              {"epochs", "batch", "lr", "momentum", "weight_decay", "seed", "distill_alpha", "distill_temperature"});
     if (s.has("epochs")) o.sgd.epochs = int(s.integer("epochs", 1, 1000));
     if (s.has("batch")) o.sgd.batch = int(s.integer("batch", 1, 65536));
     if (s.has("lr")) o.sgd.lr = float(s.number("lr", 1e-8, 10));
     if (s.has("momentum")) o.sgd.momentum = float(s.number("momentum", 0, 0.999));
     if (s.has("weight_decay")) o.sgd.weight_decay = float(s.number("weight_decay", 0, 1));
     if (s.has("seed")) o.sgd.seed = uint32_t(s.integer("seed", 0, UINT32_MAX));
+    if (s.has("distill_alpha")) o.sgd.distill_alpha = float(s.number("distill_alpha", 0, 1));
+    if (s.has("distill_temperature")) o.sgd.distill_temperature = float(s.number("distill_temperature", 0.01, 100));
   }
   if (f.has("approx")) {
     const JsonFields a = f.object("approx");
@@ -182,7 +185,9 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
             {"lr", shortest(o.sgd.lr)},
             {"momentum", shortest(o.sgd.momentum)},
             {"weight_decay", shortest(o.sgd.weight_decay)},
-            {"seed", o.sgd.seed}}},
+            {"seed", o.sgd.seed},
+            {"distill_alpha", shortest(o.sgd.distill_alpha)},
+            {"distill_temperature", shortest(o.sgd.distill_temperature)}}},
           {"approx",
            {{"reduced", o.approx.reduced},
             {"knn_entries", o.approx.knn_entries},

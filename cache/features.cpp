@@ -22,6 +22,9 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
   std::vector<float> host;
   const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
   std::vector<SampleResult> results;
+  std::vector<float> logits;
+  const size_t classes = size_t(a.num_classes);
+  out.full_logits.reserve(size_t(std::max(n, 0)) * classes);
   RunOptions opts;
   opts.observer = [&](const ExitPoint& e, BackendContext& ctx, const float* act, int rows, const int32_t*) {
     const size_t need = size_t(rows) * size_t(out.dims[size_t(e.id)]);
@@ -36,7 +39,9 @@ CollectedFeatures collect_features(const Engine& engine, const float* images, in
   for (int s = 0; s < n; s += batch) {
     const int nb = std::min(batch, n - s);
     results.resize(size_t(nb));
-    session.run(images + size_t(s) * per, nb, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, opts);
+    logits.resize(size_t(nb) * classes);
+    session.run(images + size_t(s) * per, nb, a.in_channels, a.input_h, a.input_w, results.data(), logits.data(), opts);
+    out.full_logits.insert(out.full_logits.end(), logits.begin(), logits.end());
     for (const SampleResult& r : results) {
       out.full_labels.push_back(r.label);
       out.full_conf.push_back(r.confidence);

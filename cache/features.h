@@ -18,6 +18,7 @@ struct CollectedFeatures {
   std::vector<int> dims;                     // features per exit
   std::vector<int> full_labels;              // the full model's argmax
   std::vector<float> full_conf;              // its top softmax probability
+  std::vector<float> full_logits;            // its logits [n, classes] (the teacher when distilling)
 };
 
 // Called with (images done, total).

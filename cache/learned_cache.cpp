@@ -66,12 +66,15 @@ std::vector<ExitHeadSpec> CacheSet::head_specs() const {
 }
 
 double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const SgdOptions& opt,
-                std::vector<float>& velocity) {
+                std::vector<float>& velocity, const float* teacher) {
   const size_t total = c.weight.size() + c.bias.size();
   if (velocity.size() != total) velocity.assign(total, 0.f);
   const LinearHeadMut h{c.dim,           c.classes,     c.mean.data(),  c.inv_std.data(),
                         c.weight.data(), c.bias.data(), velocity.data()};
-  const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay});
+  if (opt.distill_alpha > 0 && !teacher)
+    fail("cache ", c.name, ": distillation asked for without the full model's logits");
+  const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay},
+                                                {teacher, opt.distill_alpha, opt.distill_temperature});
   switch (r.status) {
     case OpStatus::kOk:
       return r.loss;
@@ -114,11 +117,31 @@ size_t fit_standardisation(const float* x, size_t n, int dim, const uint8_t* kee
 }
 
 std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels,
-                                     const SgdOptions& opt) {
+                                     const SgdOptions& opt, const std::vector<float>& full_logits) {
   const int n = int(labels.size());
   if (n == 0) fail("cache ", c.name, ": no training samples");
   if (features.size() != size_t(n) * size_t(c.dim))
     fail("cache ", c.name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
+  // The teacher: the full model's softmax at the distillation temperature.
+  const bool distill = opt.distill_alpha > 0;
+  const size_t K = size_t(c.classes);
+  if (distill) {
+    if (!(opt.distill_alpha <= 1 && opt.distill_temperature > 0 && std::isfinite(opt.distill_temperature)))
+      fail("cache ", c.name, ": distillation alpha ", opt.distill_alpha, " must be in [0, 1] and temperature ",
+           opt.distill_temperature, " > 0");
+    if (full_logits.size() != size_t(n) * K)
+      fail("cache ", c.name, ": distillation needs the full model's logits for ", n, " samples of ", K,
+           " classes, got ", full_logits.size(), " values");
+  }
+  std::vector<float> teacher, tb;
+  if (distill) {
+    teacher.resize(size_t(n) * K);
+    std::vector<float> scaled(K);
+    for (size_t i = 0; i < size_t(n); ++i) {
+      for (size_t k = 0; k < K; ++k) scaled[k] = full_logits[i * K + k] / opt.distill_temperature;
+      cpu::softmax(scaled.data(), int(K), teacher.data() + i * K);
+    }
+  }
   fit_standardisation(features.data(), size_t(n), c.dim, nullptr, &c.mean, &c.inv_std);
   c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
   c.bias.assign(size_t(c.classes), 0.f);
@@ -138,12 +161,14 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
       const int nb = std::min(opt.batch, n - s);
       xb.resize(size_t(nb) * size_t(c.dim));
       yb.resize(size_t(nb));
+      if (distill) tb.resize(size_t(nb) * K);
       for (int i = 0; i < nb; ++i) {
         const int src = order[size_t(s + i)];
         std::copy_n(features.data() + size_t(src) * size_t(c.dim), c.dim, xb.data() + size_t(i) * size_t(c.dim));
         yb[size_t(i)] = labels[size_t(src)];
+        if (distill) std::copy_n(teacher.data() + size_t(src) * K, K, tb.data() + size_t(i) * K);
       }
-      sum += sgd_step(c, xb.data(), yb.data(), nb, o, velocity);
+      sum += sgd_step(c, xb.data(), yb.data(), nb, o, velocity, distill ? tb.data() : nullptr);
       ++batches;
     }
     history.push_back(sum / batches);

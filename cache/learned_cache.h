@@ -52,18 +52,25 @@ struct SgdOptions {
   int batch = 64;
   float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
   uint32_t seed = 0;
+  // Distillation from the full model's logits (GATI: alpha 0.5, T 6); 0:
+  // its labels alone.  Offline training only (train_exit_cache with the
+  // logits); online steps use the labels.
+  float distill_alpha = 0, distill_temperature = 6;
 };
 
 // Fits mean/inv_std on `features` [n, dim] and trains the predictor to the
-// full model's labels.  Returns the mean cross-entropy of each epoch.
+// full model's labels, and with opt.distill_alpha > 0 to its logits
+// `full_logits` [n, classes] as well.  Returns the mean loss of each epoch.
 std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>& features,
-                                     const std::vector<int>& labels, const SgdOptions& opt);
+                                     const std::vector<int>& labels, const SgdOptions& opt,
+                                     const std::vector<float>& full_logits = {});
 
-// One SGD step on a mini-batch (also the online update path).  Returns the
-// batch loss, or throws gati::Error (weights unchanged) if the step would make
-// any weight non-finite.
+// One SGD step on a mini-batch (also the online update path).  `teacher`
+// [n, classes]: the full model's softmax at opt.distill_temperature, used
+// when opt.distill_alpha > 0.  Returns the batch loss, or throws gati::Error
+// (weights unchanged) if the step would make any weight non-finite.
 double sgd_step(ExitCache& cache, const float* features, const int* labels, int n, const SgdOptions& opt,
-                std::vector<float>& velocity);
+                std::vector<float>& velocity, const float* teacher = nullptr);
 
 // Per-feature mean and 1 / sqrt(variance + 1e-6) of the rows of features
 // [n, dim] with keep[i] != 0 (keep null: every row), in double; returns how

@@ -17,6 +17,8 @@
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
 #include "cache/replay.h"
+#include "kernels/cpu/exit_head_cpu.h"
+#include "kernels/cpu/linear_sgd_cpu.h"
 #include "loaders/trace.h"
 #include "random_model.h"
 #include "test_util.h"
@@ -75,6 +77,78 @@ TEST(LearnedCache, TrainingLowersLossAndReportsAgreement) {
   for (int i = 0; i < 2000; ++i) agree += c.predict(x.data() + i * 16, &conf) == y[size_t(i)];
   EXPECT_DOUBLE_EQ(c.train_agreement, agree / 2000.0);
   EXPECT_GT(c.train_agreement, 0.8);
+}
+
+// The distillation step moves the weights down the gradient of the loss it
+// reports, (1 - alpha) CE + alpha T^2 KL(teacher || softmax(z / T)):
+// compared with central differences of that loss.
+TEST(LearnedCache, DistillationStepFollowsTheGradientOfItsLoss) {
+  const int dim = 6, classes = 4, n = 5;
+  const std::vector<float> x = test::random_floats(size_t(n * dim), 31), mean(dim, 0.1f), inv_std(dim, 1.3f);
+  std::vector<float> weight = test::random_floats(size_t(classes * dim), 32), bias = test::random_floats(classes, 33);
+  std::vector<float> teacher(size_t(n * classes));
+  const std::vector<float> zf = test::random_floats(size_t(n * classes), 34);
+  const float T = 3.f;
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> scaled(classes);
+    for (int k = 0; k < classes; ++k) scaled[size_t(k)] = 4 * zf[size_t(i * classes + k)] / T;
+    cpu::softmax(scaled.data(), classes, teacher.data() + size_t(i * classes));
+  }
+  const int labels[n] = {0, 3, 1, 1, 2};
+  const cpu::Distill distill{teacher.data(), 0.7f, T};
+  auto loss_at = [&](const std::vector<float>& w, const std::vector<float>& b) {
+    std::vector<float> ww = w, bb = b, vel(size_t(classes * dim + classes), 0.f);
+    const LinearHeadMut h{dim, classes, mean.data(), inv_std.data(), ww.data(), bb.data(), vel.data()};
+    return cpu::linear_sgd_step(h, x.data(), labels, n, {0.f, 0.f, 0.f}, distill).loss;  // lr 0: the loss only
+  };
+  std::vector<float> w1 = weight, b1 = bias, vel(size_t(classes * dim + classes), 0.f);
+  const LinearHeadMut h{dim, classes, mean.data(), inv_std.data(), w1.data(), b1.data(), vel.data()};
+  ASSERT_EQ(cpu::linear_sgd_step(h, x.data(), labels, n, {1.f, 0.f, 0.f}, distill).status, OpStatus::kOk);
+  const double eps = 1e-2;
+  for (size_t j = 0; j < weight.size(); j += 5) {
+    std::vector<float> up = weight, down = weight;
+    up[j] += float(eps);
+    down[j] -= float(eps);
+    const double numeric = (loss_at(up, bias) - loss_at(down, bias)) / (2 * eps);
+    EXPECT_NEAR(weight[j] - w1[j], numeric, 2e-3) << "weight " << j;  // lr 1: the step is the gradient
+  }
+  for (int k = 0; k < classes; ++k) {
+    std::vector<float> up = bias, down = bias;
+    up[size_t(k)] += float(eps);
+    down[size_t(k)] -= float(eps);
+    const double numeric = (loss_at(weight, up) - loss_at(weight, down)) / (2 * eps);
+    EXPECT_NEAR(bias[size_t(k)] - b1[size_t(k)], numeric, 2e-3) << "bias " << k;
+  }
+}
+
+// With alpha = 1 only the teacher teaches: labels that are all wrong do not
+// matter, and the cache learns the teacher's answers.  Without logits,
+// distillation is refused.
+TEST(LearnedCache, DistillationLearnsTheTeachersAnswers) {
+  std::vector<float> x;
+  std::vector<int> y;
+  blobs(1500, 16, 5, 7, x, y);
+  std::vector<float> logits(size_t(1500 * 5), 0.f);
+  std::vector<int> wrong(y.size());
+  for (size_t i = 0; i < y.size(); ++i) {
+    logits[i * 5 + size_t(y[i])] = 5.f;  // the teacher knows the blob
+    wrong[i] = (y[i] + 1) % 5;
+  }
+  SgdOptions o;
+  o.distill_alpha = 1.f;
+  ExitCache c = fresh(16, 5);
+  train_exit_cache(c, x, wrong, o, logits);
+  int right = 0;
+  for (int i = 0; i < 1500; ++i) {
+    float conf;
+    right += c.predict(x.data() + size_t(i) * 16, &conf) == y[size_t(i)];
+  }
+  EXPECT_GT(right, 1300);
+  EXPECT_LT(c.train_agreement, 0.1);  // against the (wrong) labels it was given
+  ExitCache d = fresh(16, 5);
+  EXPECT_GATI_ERROR(train_exit_cache(d, x, y, o), "distillation needs the full model's logits for 1500 samples");
+  o.distill_temperature = 0;
+  EXPECT_GATI_ERROR(train_exit_cache(d, x, y, o, logits), "temperature 0 > 0");
 }
 
 TEST(LearnedCache, CalibrationMeetsTargetOnHeldOutData) {

@@ -217,7 +217,9 @@ TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
   const CacheSet learned = online.caches();
   ASSERT_EQ(learned.exits.size(), set.exits.size());
   for (size_t e = 0; e < set.exits.size(); ++e)
-    if (set.exits[e].enabled()) EXPECT_NE(learned.exits[e].weight, set.exits[e].weight) << set.exits[e].name;
+    if (set.exits[e].enabled()) {
+      EXPECT_NE(learned.exits[e].weight, set.exits[e].weight) << set.exits[e].name;
+    }
   // The server now answers as the learned heads do.
   const auto heads = world.engine.make_exit_heads(learned.head_specs());
   Session s = world.engine.session();

@@ -305,6 +305,7 @@ struct CacheBuildOpts {
                                                   calibrate = "cascade", cost = "measured", memory = "off",
                                                   memory_pool = "avg2x2", kind = "linear";
   double target = 0.99, traffic_requests = 1000;
+  float distill = 0;
   int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
@@ -330,6 +331,7 @@ BuildOptions build_options(const CacheBuildOpts& o, const CLI::App& app) {
   if (given("--memory-capacity")) b.memory_capacity = o.memory_capacity;
   if (given("--memory-min-confidence")) b.memory_min_confidence = o.memory_min_confidence;
   if (given("--epochs")) b.sgd.epochs = o.epochs;
+  if (given("--distill")) b.sgd.distill_alpha = o.distill;
   if (given("--kind")) b.kind = head_kind(o.kind);
   if (given("--reduced")) b.approx.reduced = o.approx.reduced;
   if (given("--neighbours")) b.approx.neighbours = o.approx.neighbours;
@@ -666,6 +668,12 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
   c_build->add_option("--epochs", cb.epochs, "SGD epochs")->check(CLI::Range(1, 1000))->capture_default_str();
+  c_build
+      ->add_option("--distill", cb.distill,
+                   "learned caches: weight of distillation from the full model's logits at temperature 6 (GATI: "
+                   "0.5); 0 trains on its labels alone")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   c_build
       ->add_option("--memory", cb.memory,
                    "a memory of recent full-model answers at the stem, calibrated on a locality trace over the "

@@ -9,7 +9,8 @@
 
 namespace gati::cpu {
 
-SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* labels, int n, const SgdHyper& hp) {
+SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* labels, int n, const SgdHyper& hp,
+                          const Distill& distill) {
   SgdResult r;
   if (n <= 0) return r;
   const size_t wsize = size_t(h.classes) * size_t(h.dim), total = wsize + size_t(h.classes);
@@ -19,7 +20,10 @@ SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* lab
       r.bad_index = i;
       return r;
     }
-  std::vector<float> grad(total, 0.f), z(size_t(h.classes)), p(size_t(h.classes)), xs(size_t(h.dim));
+  const bool soft = distill.teacher && distill.alpha > 0;
+  const float alpha = soft ? distill.alpha : 0.f, T = distill.temperature;
+  std::vector<float> grad(total, 0.f), z(size_t(h.classes)), p(size_t(h.classes)), zt(size_t(h.classes)),
+      pt(size_t(h.classes)), xs(size_t(h.dim));
   const LinearHeadView view{h.dim, h.classes, h.mean, h.inv_std, h.weight, h.bias, 2.0f, {}};
   double loss = 0;
   for (int i = 0; i < n; ++i) {
@@ -27,9 +31,17 @@ SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* lab
     for (int d = 0; d < h.dim; ++d) xs[size_t(d)] = (xi[d] - h.mean[d]) * h.inv_std[d];
     linear_head_scores(view, xi, z.data());
     softmax(z.data(), h.classes, p.data());
-    loss -= std::log(std::max(p[size_t(labels[i])], 1e-12f));
+    loss -= (1 - alpha) * std::log(std::max(p[size_t(labels[i])], 1e-12f));
+    const float* q = soft ? distill.teacher + size_t(i) * size_t(h.classes) : nullptr;
+    if (soft) {  // d/dz of T^2 KL(q || softmax(z / T)) is T (softmax(z / T) - q)
+      for (int k = 0; k < h.classes; ++k) zt[size_t(k)] = z[size_t(k)] / T;
+      softmax(zt.data(), h.classes, pt.data());
+      for (int k = 0; k < h.classes; ++k)
+        if (q[k] > 0) loss += alpha * T * T * q[k] * std::log(q[k] / std::max(pt[size_t(k)], 1e-12f));
+    }
     for (int k = 0; k < h.classes; ++k) {
-      const float g = p[size_t(k)] - (k == labels[i] ? 1.f : 0.f);
+      float g = (1 - alpha) * (p[size_t(k)] - (k == labels[i] ? 1.f : 0.f));
+      if (soft) g += alpha * T * (pt[size_t(k)] - q[k]);
       float* gw = grad.data() + size_t(k) * size_t(h.dim);
       for (int d = 0; d < h.dim; ++d) gw[d] += g * xs[size_t(d)];
       grad[wsize + size_t(k)] += g;
