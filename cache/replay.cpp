@@ -159,10 +159,10 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   GuardOptions guard_options = o.guard_options;
   guard_options.target = caches.target_agreement;
   DriftGuard guard(int(points.size()), guard_options);
-  // The caches as served now (online updates change them), and the heads
-  // the guard leaves on, republished when either changes.
-  // `served` is `live` as the heads serve it: with the prior correction
-  // when that is on.
+  // The caches as learned (online updates change them) and as served (with
+  // the prior's correction when that is on): OnlineState, shared with
+  // OnlineCaches.  The heads the guard leaves on are republished when
+  // either changes.
   OnlineOptions online;
   online.sgd = o.online;
   online.sgd_options = o.online_sgd;
