@@ -7,17 +7,22 @@
 namespace gati {
 
 CollectedFeatures collect_features(const Engine& engine, const float* images, int n, int batch,
+                                   const std::vector<PoolSpec>& pools, const ProgressFn& progress) {
+  Session session = engine.session();
+  return collect_features(session, images, n, batch, pools, progress);
+}
+
+CollectedFeatures collect_features(Session& session, const float* images, int n, int batch,
                                    const std::vector<PoolSpec>& pools_in, const ProgressFn& progress) {
   if (batch < 1) fail("collect: batch must be at least 1, got ", batch);
-  const Arch& a = engine.arch();
-  const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
+  const Arch& a = session.model().arch();
+  const std::vector<ExitPointInfo> points = exit_points(session.model().net);
   const std::vector<PoolSpec> pools = pools_in.empty() ? std::vector<PoolSpec>(points.size()) : pools_in;
   if (pools.size() != points.size())
     fail("collect: ", pools.size(), " poolings for the model's ", points.size(), " exit points");
   CollectedFeatures out;
   out.per_exit.resize(points.size());
   for (size_t e = 0; e < points.size(); ++e) out.dims.push_back(pools[e].features(points[e].channels));
-  Session session = engine.session();
   std::unique_ptr<Buffer> pooled;
   std::vector<float> host;
   const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);

@@ -29,5 +29,9 @@ using ProgressFn = std::function<void(size_t done, size_t total)>;
 // everywhere) and the full model's labels.
 CollectedFeatures collect_features(const Engine& engine, const float* images, int n, int batch,
                                    const std::vector<PoolSpec>& pools = {}, const ProgressFn& progress = {});
+// The same on a session the caller keeps, so that collecting often (online
+// learning, replay) reuses its plans and scratch instead of making them anew.
+CollectedFeatures collect_features(Session& session, const float* images, int n, int batch,
+                                   const std::vector<PoolSpec>& pools = {}, const ProgressFn& progress = {});
 
 }  // namespace gati

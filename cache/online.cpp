@@ -18,6 +18,9 @@ OnlineState::OnlineState(std::vector<ExitCache> caches, const std::vector<float>
       pending_y_(live_.size()) {
   if (o_.sgd && o_.sgd_options.batch < 1)
     fail("online: the SGD batch must be at least 1 request, got ", o_.sgd_options.batch);
+  if (o_.sgd && o_.sgd_options.distill_alpha > 0)
+    fail("online: distillation (distill_alpha ", o_.sgd_options.distill_alpha,
+         ") is for offline training; online steps learn from the full model's labels");
   if (o_.prior) {
     if (o_.prior_every < 1) fail("online: prior_every must be at least 1 request, got ", o_.prior_every);
     shift_.emplace(label_prior, o_.prior_options);
@@ -44,10 +47,14 @@ bool OnlineState::learn(const CollectedFeatures& features, int row, int label) {
     const float* feat = features.per_exit[at].data() + size_t(row) * size_t(c.dim);
     pending_x_[e].insert(pending_x_[e].end(), feat, feat + c.dim);
     pending_y_[e].push_back(label);
-    if (int(pending_y_[e].size()) == o_.sgd_options.batch) {
-      sgd_step(c, pending_x_[e].data(), pending_y_[e].data(), o_.sgd_options.batch, o_.sgd_options, velocity_[e]);
+    if (int(pending_y_[e].size()) >= o_.sgd_options.batch) {
+      // Taken out first: a rejected step (sgd_step throws, weights
+      // unchanged) must not leave a batch behind that never steps again.
+      const std::vector<float> x = std::move(pending_x_[e]);
+      const std::vector<int> y = std::move(pending_y_[e]);
       pending_x_[e].clear();
       pending_y_[e].clear();
+      sgd_step(c, x.data(), y.data(), int(y.size()), o_.sgd_options, velocity_[e]);
       ++steps_;
       stepped = true;
     }
@@ -87,17 +94,20 @@ OnlineCaches::OnlineCaches(const Engine& engine, const CacheSet& caches, Server&
       state_(caches.exits, caches.label_prior, options) {
   if (!caches.model_fingerprint.empty() && caches.model_fingerprint != fingerprint(engine.model()))
     fail("online: the caches were built for other weights of ", caches.model_arch, " than the engine's model");
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    publish_locked();  // checks the heads against the model before anything is served with them
-  }
+  publish(state_.head_specs());  // checks the heads against the model before anything is served with them
   learner_ = std::thread([this] { learn_loop(); });
 }
 
-OnlineCaches::~OnlineCaches() {
+OnlineCaches::~OnlineCaches() { stop(false); }
+
+void OnlineCaches::close() { stop(true); }
+
+void OnlineCaches::stop(bool publish_last) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
     stopping_ = true;
+    publish_last_ = publish_last;
   }
   wake_.notify_all();
   learner_.join();
@@ -106,14 +116,16 @@ OnlineCaches::~OnlineCaches() {
 void OnlineCaches::observe(const ServeResult& result, const float* image) {
   Item item;
   item.label = result.result.label;
-  item.full = result.result.exit == kFullModel;
   const Arch& a = engine_.arch();
   const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
-  const bool wanted = options_.sgd && item.full && image;
+  const bool wanted = options_.sgd && result.result.exit == kFullModel && image;
   if (wanted) item.image.assign(image, image + per);  // copied before the lock
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) fail("online: observe after the learner was stopped");
+    if (stopping_) {  // a callback still running after close(): nothing to learn with any more
+      ++stats_.late;
+      return;
+    }
     ++stats_.answers;
     if (wanted && queued_images_ >= capacity_) {
       ++stats_.dropped;
@@ -121,13 +133,15 @@ void OnlineCaches::observe(const ServeResult& result, const float* image) {
     }
     if (!item.image.empty()) ++queued_images_;
     queue_.push_back(std::move(item));
+    ++enqueued_;
   }
   wake_.notify_one();
 }
 
 void OnlineCaches::flush() {
   std::unique_lock<std::mutex> lock(mutex_);
-  idle_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  const int64_t upto = enqueued_;  // what was observed before this call, not what comes after
+  done_.wait(lock, [&] { return processed_ >= upto || stopping_; });
 }
 
 OnlineStats OnlineCaches::stats() const {
@@ -141,74 +155,118 @@ std::string OnlineCaches::last_error() const {
 }
 
 CacheSet OnlineCaches::caches() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::mutex> lock(state_mutex_);
   CacheSet set = base_;
   set.exits = state_.live();
   return set;
 }
 
-void OnlineCaches::publish_locked() {
-  server_.set_exit_heads(engine_.make_exit_heads(state_.head_specs()));
+// Called by the constructor and the learner only, never with mutex_ held:
+// uploading the heads is device work that observe() must not wait behind.
+void OnlineCaches::publish(std::vector<ExitHeadSpec> specs) {
+  server_.set_exit_heads(engine_.make_exit_heads(std::move(specs)));
+  std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.publishes;
 }
 
 void OnlineCaches::learn_loop() {
   const std::vector<PoolSpec> pools = state_.pools(exit_points_);  // fixed: learning moves weights only
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) break;  // stopping, and nothing left to learn from
-    std::vector<Item> items;
-    items.swap(queue_);
-    queued_images_ = 0;
-    busy_ = true;
-    lock.unlock();
-    // The model work, without the lock: every queued image's pooled features.
-    std::vector<float> x;
-    int n = 0;
-    for (const Item& it : items)
-      if (!it.image.empty()) {
-        x.insert(x.end(), it.image.begin(), it.image.end());
-        ++n;
-      }
-    CollectedFeatures f;
-    std::string error;
-    try {
-      if (n > 0) f = collect_features(engine_, x.data(), n, std::min(n, 64), pools);
-    } catch (const Error& e) {
-      error = e.what();
-      n = 0;
-    }
-    lock.lock();
-    try {
-      bool due = false;
-      int row = 0;
-      for (const Item& it : items) {
-        due |= state_.observe_answer(it.label);
-        if (!it.image.empty() && n > 0) {
-          due |= state_.learn(f, row++, it.label);
-          ++stats_.learned;
-        }
-      }
-      stats_.steps = state_.steps();
-      if (due) publish_locked();
-    } catch (const Error& e) {
-      error = e.what();
-    }
-    if (!error.empty()) {
-      ++stats_.errors;
-      last_error_ = error;
-    }
-    busy_ = false;
-    idle_.notify_all();
-  }
-  // Stopped: the last answers' prior, if it moved since the last publish.
-  try {
-    publish_locked();
-  } catch (const Error& e) {
+  std::unique_ptr<Session> session;  // one for the learner's life: its plans and scratch are reused
+  auto note = [this](const std::string& what) {
+    std::lock_guard<std::mutex> lock(mutex_);
     ++stats_.errors;
-    last_error_ = e.what();
+    last_error_ = what;
+  };
+  for (;;) {
+    std::vector<Item> items;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break;  // stopping, and nothing left to learn from
+      items.swap(queue_);
+      queued_images_ = 0;
+    }
+    // The model work, without the lock: every queued image's pooled features.
+    bool due = false;
+    std::vector<ExitHeadSpec> specs;
+    try {
+      std::vector<float> x;
+      int n = 0;
+      for (const Item& it : items)
+        if (!it.image.empty()) {
+          x.insert(x.end(), it.image.begin(), it.image.end());
+          ++n;
+        }
+      CollectedFeatures f;
+      if (n > 0) {
+        if (!session) session = std::make_unique<Session>(engine_.session());
+        f = collect_features(*session, x.data(), n, std::min(n, 64), pools);
+      }
+      // The SGD steps under the state's own lock, not the queue's:
+      // observe() never waits behind them.
+      int64_t learned = 0, steps = 0;
+      std::string rejected;
+      {
+        std::lock_guard<std::mutex> lock(state_mutex_);
+        int row = 0;
+        for (const Item& it : items) {
+          due |= state_.observe_answer(it.label);
+          if (it.image.empty()) continue;
+          try {
+            due |= state_.learn(f, row, it.label);
+            ++learned;
+          } catch (const Error& e) {  // a rejected step: the rest of the batch still counts
+            rejected = e.what();
+          }
+          ++row;
+        }
+        steps = state_.steps();
+        if (due) specs = state_.head_specs();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.learned += learned;
+      stats_.steps = steps;
+      if (!rejected.empty()) {
+        ++stats_.errors;
+        last_error_ = rejected;
+      }
+    } catch (const std::exception& e) {
+      note(e.what());
+    } catch (...) {
+      note("online: unknown error in the learner");
+    }
+    if (due) {
+      try {
+        publish(std::move(specs));
+      } catch (const std::exception& e) {
+        note(e.what());
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      processed_ += int64_t(items.size());
+    }
+    done_.notify_all();
   }
+  // close(): the last answers' prior, while the server is still there.
+  bool last = false;
+  std::vector<ExitHeadSpec> specs;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    last = publish_last_;
+  }
+  if (last) {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    specs = state_.head_specs();
+  }
+  if (last) {
+    try {
+      publish(std::move(specs));
+    } catch (const std::exception& e) {
+      note(e.what());
+    }
+  }
+  done_.notify_all();
 }
 
 }  // namespace gati

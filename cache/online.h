@@ -17,13 +17,19 @@
 // - The thread that served a request only hands the answer over (a lock and
 //   a copy into a bounded queue); a learner thread of its own does the model
 //   work: the pooled features of the requests the full model answered (on
-//   its own session, off the request path, as GATI trains its caches beside
-//   serving), the SGD steps, and the republishing.  Server::set_exit_heads
-//   makes workers take the new heads at their next batch boundary.
+//   one session of its own, off the request path, as GATI trains its caches
+//   beside serving), the SGD steps (under a lock of their own, so observe()
+//   never waits behind them), and the republishing, which uploads the heads
+//   with no lock held.  Server::set_exit_heads makes workers take the new
+//   heads at their next batch boundary.
 // - Bounded: at most queue_capacity images wait; beyond that an image is
 //   dropped (counted in stats()), its answer still counts for the prior.
+// - A step the SGD guard rejects (weights would turn non-finite) is counted
+//   with its reason and its batch discarded; learning goes on.
 // - Thresholds stay as calibrated; the drift guard (guard.h) is what
 //   watches agreement when heads move.
+// - Lifetime: the destructor never touches the server (it may be gone);
+//   close() publishes a last time while it is alive (see close()).
 #pragma once
 
 #include <condition_variable>
@@ -89,30 +95,38 @@ class OnlineState {
 
 struct OnlineStats {
   int64_t answers = 0;    // observed
-  int64_t learned = 0;    // full-model answers whose features were collected
+  int64_t learned = 0;    // full-model answers learned from
   int64_t dropped = 0;    // images dropped because the queue was full
   int64_t steps = 0;      // SGD steps
   int64_t publishes = 0;  // heads handed to the server
-  int64_t errors = 0;     // learner failures (the last one in last_error); serving goes on
+  int64_t errors = 0;     // learner failures (the last one in last_error()); serving goes on
+  int64_t late = 0;       // answers observed after close(), ignored
 };
 
 class OnlineCaches {
  public:
-  // Publishes the caches' heads to `server` at once.  The engine and the
-  // server must outlive this object (destroy it first: its destructor
-  // publishes a last time).
+  // Publishes the caches' heads to `server` at once.
   OnlineCaches(const Engine& engine, const CacheSet& caches, Server& server, const OnlineOptions& options,
                size_t queue_capacity = 1024);
-  // Learns from what is queued, publishes a last time, joins the learner.
+  // Stops the learner without touching the server (which may be gone).
   ~OnlineCaches();
   OnlineCaches(const OnlineCaches&) = delete;
   OnlineCaches& operator=(const OnlineCaches&) = delete;
+
+  // Learns from what is queued, publishes a last time and stops; the server
+  // must still be alive.  Lifetime: a callback that calls observe() must not
+  // outlive this object.  Destroy the server first (its destructor serves
+  // what was queued, callbacks included), or wait for every submitted
+  // request's callback, then close() and destroy this.  observe() after
+  // close() is counted (stats().late) and ignored.
+  void close();
 
   // An answer the server gave; `image` (the normalised request, the model's
   // input size) is copied when the full model answered and SGD is on, and
   // may be null.  Thread-safe; never waits on model work.
   void observe(const ServeResult& result, const float* image);
-  // Returns once everything observed so far is learned and published.
+  // Returns once everything observed before the call is learned and any
+  // heads it moved are published.
   void flush();
 
   OnlineStats stats() const;
@@ -123,11 +137,11 @@ class OnlineCaches {
  private:
   struct Item {
     int label = -1;
-    bool full = false;
     std::vector<float> image;  // empty: the prior only
   };
   void learn_loop();
-  void publish_locked();
+  void publish(std::vector<ExitHeadSpec> specs);
+  void stop(bool publish_last);
 
   const Engine& engine_;
   Server& server_;
@@ -135,12 +149,14 @@ class OnlineCaches {
   const size_t capacity_;
   CacheSet base_;  // the set as built: its fields besides the exits
   int exit_points_ = 0;
-  mutable std::mutex mutex_;
-  std::condition_variable wake_, idle_;
+  mutable std::mutex mutex_;  // the queue, the counts, the stats
+  std::condition_variable wake_, done_;
   std::vector<Item> queue_;
   size_t queued_images_ = 0;
-  bool busy_ = false, stopping_ = false;
-  OnlineState state_;  // the learner's; read under mutex_
+  int64_t enqueued_ = 0, processed_ = 0;
+  bool stopping_ = false, publish_last_ = false;
+  mutable std::mutex state_mutex_;  // state_: the learner writes it, caches() reads it
+  OnlineState state_;
   OnlineStats stats_;
   std::string last_error_;
   std::thread learner_;

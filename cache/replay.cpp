@@ -254,7 +254,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     bool updated = false;
     if (any_off || o.online) {
       const auto u0 = clock::now();
-      const CollectedFeatures f = collect_features(engine, x.data(), nb, nb, pools);
+      const CollectedFeatures f = collect_features(session, x.data(), nb, nb, pools);
       for (int i = 0; i < nb; ++i) {
         const RequestRecord& r = rep.requests[s + size_t(i)];
         if (r.exit != kFullModel) continue;

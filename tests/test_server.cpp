@@ -259,6 +259,25 @@ TEST(Server, OnlineCachesBoundTheirQueueAndRefuseBadSetups) {
     EXPECT_GE(st.publishes, 2);  // the first, and the prior's
     EXPECT_EQ(st.errors, 0) << online.last_error();
   }
+  {
+    // A step the SGD guard rejects is counted with its reason; serving and
+    // the prior go on, and close() publishes a last time.
+    OnlineOptions wild = oo;
+    wild.sgd_options.batch = 2;
+    wild.sgd_options.lr = 1e30f;
+    OnlineCaches online(world.engine, set, server, wild);
+    serve_observed(world, server, online);
+    const int64_t published = online.stats().publishes;
+    EXPECT_GE(online.stats().errors, 1);
+    EXPECT_EQ(online.stats().steps, 0);
+    EXPECT_NE(online.last_error().find("SGD step rejected"), std::string::npos) << online.last_error();
+    online.close();
+    EXPECT_EQ(online.stats().publishes, published + 1);
+    ServeResult r;
+    online.observe(r, nullptr);  // after close(): counted, ignored
+    EXPECT_EQ(online.stats().late, 1);
+    EXPECT_EQ(online.stats().answers, 40);
+  }
   CacheSet no_prior = set;
   no_prior.label_prior.clear();
   EXPECT_GATI_ERROR(OnlineCaches(world.engine, no_prior, server, oo), "carry no label prior");
@@ -268,6 +287,9 @@ TEST(Server, OnlineCachesBoundTheirQueueAndRefuseBadSetups) {
   OnlineOptions bad = oo;
   bad.prior_every = 0;
   EXPECT_GATI_ERROR(OnlineCaches(world.engine, set, server, bad), "prior_every must be at least 1");
+  bad = oo;
+  bad.sgd_options.distill_alpha = 0.5f;
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, set, server, bad), "distillation (distill_alpha 0.5) is for offline");
 }
 
 }  // namespace

@@ -57,7 +57,9 @@ float time_epilogue(long rows, int c, bool residual, bool relu, cudaStream_t str
   for (int r = 0; r < 3; ++r) bias_residual_relu(y, rows, c, b, residual ? z : nullptr, relu, stream);
   cudaEventRecord(stop, stream);
   float ms = -1;
-  if (cudaEventSynchronize(stop) == cudaSuccess) cudaEventElapsedTime(&ms, start, stop);
+  // A launch that failed would time as nearly free: no time then.
+  if (cudaEventSynchronize(stop) == cudaSuccess && cudaGetLastError() == cudaSuccess)
+    cudaEventElapsedTime(&ms, start, stop);
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   cudaFree(scratch);
