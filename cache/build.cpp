@@ -283,6 +283,13 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
       hold_features[k].insert(hold_features[k].end(), more.per_exit[built[k]].begin(), more.per_exit[built[k]].end());
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
   }
+  if (o.selector > 0)
+    for (size_t k = 0; k < set.exits.size(); ++k)
+      if (set.exits[k].kind == HeadKind::kLinear)
+        fit_selector(set.exits[k],
+                     std::vector<float>(hold_features[k].begin(),
+                                        hold_features[k].begin() + long(size_t(o.holdout) * size_t(set.exits[k].dim))),
+                     hold_labels, o.selector);
   if (o.cascade && o.rule != ThresholdRule::kZeroError)
     out.cascade = calibrate_cascade(
         set.exits, hold_features, calib_labels, o.target_agreement, o.rule,

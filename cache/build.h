@@ -77,6 +77,11 @@ struct BuildOptions {
   int holdout = 10000;          // calibration images after them
   int batch = 256;              // feature-collection batch
   SgdOptions sgd;
+  // GATI's selector on every learned cache, over the k largest softmax
+  // probabilities (fit_selector, on the held-out images before the
+  // thresholds are calibrated on them); 0: none, the top probability is the
+  // confidence.
+  int selector = 0;
   // Per exit, by name (exit_points' names; build_caches refuses others).
   std::map<std::string, ExitSetting> exits;
   ProgressFn progress;

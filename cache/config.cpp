@@ -64,7 +64,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   const JsonFields f(j, where);
   only_keys(j, where,
             {"format", "kind", "pool", "target_agreement", "rule", "calibrate", "calibrate_on", "traffic_requests",
-             "cost", "auto_pool_budget", "train", "holdout", "batch", "sgd", "approx", "memory", "exits"});
+             "cost", "auto_pool_budget", "train", "holdout", "batch", "selector", "sgd", "approx", "memory", "exits"});
   BuildOptions o;
   if (f.has("format") && f.string("format") != kFormat)
     fail(f.where_of("format"), " is '", f.string("format"), "' (valid: ", kFormat, ")");
@@ -81,6 +81,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   if (f.has("train")) o.train = int(f.integer("train", 1, 60000));
   if (f.has("holdout")) o.holdout = int(f.integer("holdout", 1, 60000));
   if (f.has("batch")) o.batch = int(f.integer("batch", 1, 4096));
+  if (f.has("selector")) o.selector = int(f.integer("selector", 0, kMaxSelectorK));
   if (f.has("sgd")) {
     const JsonFields s = f.object("sgd");
     only_keys(f.at("sgd"), s.where(),
@@ -179,6 +180,7 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
           {"train", o.train},
           {"holdout", o.holdout},
           {"batch", o.batch},
+          {"selector", o.selector},
           {"sgd",
            {{"epochs", o.sgd.epochs},
             {"batch", o.sgd.batch},

@@ -9,7 +9,7 @@
 //     "calibrate": "cascade",                    // cascade | per-exit
 //     "calibrate_on": "clean+shifted",           // clean | clean+shifted
 //     "traffic_requests": 1000, "cost": "measured", "auto_pool_budget": 0.005,
-//     "train": 50000, "holdout": 10000,
+//     "train": 50000, "holdout": 10000, "selector": 0,           // k sorted probabilities (0: none)
 //     "sgd": {"epochs": 10, "batch": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0,
 //             "distill_alpha": 0, "distill_temperature": 6},
 //     "approx": {"reduced": 64, "knn_entries": 10000, "neighbours": 10, "centroids": 1024,

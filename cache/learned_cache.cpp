@@ -35,7 +35,16 @@ int top_class(const float* logits, int classes, float* confidence) {
 }
 
 LinearHeadView ExitCache::view() const {
-  return {dim, classes, mean.data(), inv_std.data(), weight.data(), bias.data(), threshold, pool};
+  return {dim,
+          classes,
+          mean.data(),
+          inv_std.data(),
+          weight.data(),
+          bias.data(),
+          threshold,
+          pool,
+          selector.empty() ? nullptr : selector.data(),
+          selector.empty() ? 0 : int(selector.size()) - 1};
 }
 
 DistanceHeadView ExitCache::distance_view() const {
@@ -48,8 +57,9 @@ int ExitCache::predict(const float* features, float* confidence) const {
   if (kind != HeadKind::kLinear) return cpu::distance_head_predict(distance_view(), features, confidence);
   thread_local std::vector<float> z;
   z.resize(size_t(classes));
-  cpu::linear_head_scores(view(), features, z.data());
-  return cpu::top_softmax(z.data(), classes, confidence);
+  const LinearHeadView v = view();
+  cpu::linear_head_scores(v, features, z.data());
+  return cpu::head_decision(v, z.data(), confidence);
 }
 
 ExitCache ExitCache::from_head_spec(const ExitHeadSpec& h) {
@@ -180,6 +190,75 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
   }
   c.train_agreement = double(agree) / n;
   return history;
+}
+
+void fit_selector(ExitCache& c, const std::vector<float>& features, const std::vector<int>& labels, int k) {
+  if (c.kind != HeadKind::kLinear) fail("cache ", c.name, ": a selector needs a learned linear predictor");
+  if (k < 1 || k > kMaxSelectorK)
+    fail("cache ", c.name, ": selector over ", k, " scores (valid: 1 to ", kMaxSelectorK, ")");
+  const size_t n = labels.size(), P = size_t(k) + 1;
+  if (n == 0 || features.size() != n * size_t(c.dim))
+    fail("cache ", c.name, ": ", features.size(), " feature values for ", n, " samples of dim ", c.dim);
+  // Inputs: the sorted probabilities and a 1 for the bias; targets: right or not.
+  c.selector.clear();  // the predictor's own scores, without a selector
+  std::vector<double> x(n * P, 0.0), t(n);
+  std::vector<float> z(size_t(c.classes)), p(size_t(c.classes));
+  const LinearHeadView v = c.view();
+  for (size_t i = 0; i < n; ++i) {
+    cpu::linear_head_scores(v, features.data() + i * size_t(c.dim), z.data());
+    const int best = cpu::softmax(z.data(), c.classes, p.data());
+    t[i] = best == labels[i] ? 1.0 : 0.0;
+    int j = 0;
+    for (int cls = best; j < k && cls >= 0; ++j, cls = next_in_order(z.data(), c.classes, cls))
+      x[i * P + size_t(j)] = p[size_t(cls)];
+    x[i * P + size_t(k)] = 1.0;
+  }
+  std::vector<double> w(P, 0.0);
+  const double lambda = 1e-2;
+  for (int it = 0; it < 50; ++it) {
+    std::vector<double> g(P, 0.0), H(P * P, 0.0);
+    for (size_t i = 0; i < n; ++i) {
+      double a = 0;
+      for (size_t q = 0; q < P; ++q) a += w[q] * x[i * P + q];
+      const double s = 1.0 / (1.0 + std::exp(-a)), r = s * (1 - s);
+      for (size_t q = 0; q < P; ++q) {
+        g[q] += (s - t[i]) * x[i * P + q];
+        for (size_t u = 0; u < P; ++u) H[q * P + u] += r * x[i * P + q] * x[i * P + u];
+      }
+    }
+    for (size_t q = 0; q < P; ++q) {
+      g[q] = g[q] / double(n) + lambda * w[q];
+      for (size_t u = 0; u < P; ++u) H[q * P + u] /= double(n);
+      H[q * P + q] += lambda;
+    }
+    // Solve H d = g (Gaussian elimination, partial pivoting; H is positive definite).
+    std::vector<double> d = g;
+    for (size_t col = 0; col < P; ++col) {
+      size_t piv = col;
+      for (size_t r = col + 1; r < P; ++r)
+        if (std::fabs(H[r * P + col]) > std::fabs(H[piv * P + col])) piv = r;
+      for (size_t u = 0; u < P; ++u) std::swap(H[col * P + u], H[piv * P + u]);
+      std::swap(d[col], d[piv]);
+      for (size_t r = col + 1; r < P; ++r) {
+        const double f = H[r * P + col] / H[col * P + col];
+        for (size_t u = col; u < P; ++u) H[r * P + u] -= f * H[col * P + u];
+        d[r] -= f * d[col];
+      }
+    }
+    for (size_t col = P; col-- > 0;) {
+      for (size_t u = col + 1; u < P; ++u) d[col] -= H[col * P + u] * d[u];
+      d[col] /= H[col * P + col];
+    }
+    double step = 0;
+    for (size_t q = 0; q < P; ++q) {
+      w[q] -= d[q];
+      step = std::max(step, std::fabs(d[q]));
+    }
+    if (step < 1e-9) break;
+  }
+  c.selector.assign(w.begin(), w.end());  // float: what the kernels read
+  for (float f : c.selector)
+    if (!std::isfinite(f) || std::fabs(f) > 1e6f) fail("cache ", c.name, ": the selector's fit diverged");
 }
 
 ThresholdRule threshold_rule(const std::string& name) {
@@ -516,6 +595,10 @@ void CacheSet::save(const std::string& path) const {
     if (c.kind == HeadKind::kLinear) {
       w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
       w.add_float(p + "bias", {c.classes}, c.bias);
+      if (!c.selector.empty()) {
+        j["selector_k"] = c.selector.size() - 1;
+        w.add_float(p + "selector", {int64_t(c.selector.size())}, c.selector);
+      }
     } else {
       const int64_t entries = c.entries();
       w.add_float(p + "projection", {c.reduced, c.dim}, c.projection);
@@ -639,6 +722,8 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     if (c.kind == HeadKind::kLinear) {
       c.weight = f.read_float(p + "weight", {c.classes, c.dim});
       c.bias = f.read_float(p + "bias", {c.classes});
+      if (e.has("selector_k"))
+        c.selector = f.read_float(p + "selector", {e.integer("selector_k", 1, kMaxSelectorK) + 1});
     } else {
       c.reduced = int(e.integer("reduced", 1, c.dim));
       c.neighbours = int(e.integer("neighbours", 1, 1 << 10));

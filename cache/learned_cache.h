@@ -65,6 +65,16 @@ std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>&
                                      const std::vector<int>& labels, const SgdOptions& opt,
                                      const std::vector<float>& full_logits = {});
 
+// GATI's selector, fed sorted scores: a logistic regression from the k
+// largest softmax probabilities of the trained predictor (descending) to
+// whether its answer is the full model's (`labels`), fitted by Newton's
+// method with an L2 penalty of 1e-2 (k + 1 parameters: over-fitting is not
+// the risk, all-right training data is, hence the penalty).  Sets
+// cache.selector; the head's confidence is then the selector's.  Fit it on
+// data the predictor was not trained on (build_caches: the held-out images),
+// where its mistakes look like the traffic's.
+void fit_selector(ExitCache& cache, const std::vector<float>& features, const std::vector<int>& labels, int k);
+
 // One SGD step on a mini-batch (also the online update path).  `teacher`
 // [n, classes]: the full model's softmax at opt.distill_temperature, used
 // when opt.distill_alpha > 0.  Returns the batch loss, or throws gati::Error

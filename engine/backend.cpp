@@ -82,6 +82,10 @@ void check_head_spec(const std::string& what, const ExitHeadSpec& s) {
       fail(what, ": parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
     finite(s.weight, "weight");
     finite(s.bias, "bias");
+    if (!s.selector.empty() && (s.selector.size() < 2 || s.selector.size() > size_t(kMaxSelectorK) + 1))
+      fail(what, ": selector of ", s.selector.size(), " values (valid: none, or k + 1 with k from 1 to ", kMaxSelectorK,
+           ")");
+    finite(s.selector, "selector");
   } else {
     const size_t r = size_t(std::max(s.reduced, 0)), e = s.labels.size();
     if (s.reduced < 1 || s.reduced > s.dim || e < 1 || s.projection.size() != r * d || s.keys.size() != e * r ||

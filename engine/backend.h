@@ -61,8 +61,9 @@ struct ExitHeadSpec {
   int dim = 0, classes = 0;          // dim = pool.features(the output's channels)
   std::vector<float> mean, inv_std;  // [dim]
   // kLinear
-  std::vector<float> weight;  // [classes, dim]
-  std::vector<float> bias;    // [classes]
+  std::vector<float> weight;    // [classes, dim]
+  std::vector<float> bias;      // [classes]
+  std::vector<float> selector;  // optional: [k + 1], k in [1, kMaxSelectorK] (LinearHeadView::selector)
   // kKnn, kKmeans
   int reduced = 0, neighbours = 1;
   std::vector<float> projection;  // [reduced, dim]

@@ -8,6 +8,7 @@
 // batch of samples still running); samples are the caller's order.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -96,9 +97,11 @@ GATI_HOST_DEVICE inline void record_decision(const ExitState& st, int pos, int r
 }
 
 // A learned linear cache model at one exit (GATI's predictor on pooled
-// features): z = W * ((pooled - mean) * inv_std) + b, hit when the top softmax
-// probability of z reaches `threshold`.  dim = pool.features(channels).
-// Pointers are backend memory.
+// features): z = W * ((pooled - mean) * inv_std) + b, hit when its confidence
+// reaches `threshold`: the top softmax probability of z, or with a selector
+// (GATI's, fed sorted scores) the selector's probability that the predictor
+// is right (selector_confidence).  dim = pool.features(channels).  Pointers
+// are backend memory.
 struct LinearHeadView {
   int dim = 0, classes = 0;
   const float* mean = nullptr;     // [dim]
@@ -107,7 +110,38 @@ struct LinearHeadView {
   const float* bias = nullptr;     // [classes]
   float threshold = 2.0f;          // > 1 never hits
   PoolSpec pool;
+  const float* selector = nullptr;  // [selector_k + 1]: weights of the sorted probabilities, then a bias
+  int selector_k = 0;               // 0: no selector
 };
+
+// Probabilities a selector reads (kept in registers by the CUDA kernel).
+constexpr int kMaxSelectorK = 8;
+
+// The class after `prev` in the order (z descending, class ascending), or
+// -1 when prev is the last.
+GATI_HOST_DEVICE inline int next_in_order(const float* z, int classes, int prev) {
+  int pick = -1;
+  for (int c = 0; c < classes; ++c) {
+    const bool after = z[c] < z[prev] || (z[c] == z[prev] && c > prev);
+    if (after && (pick < 0 || z[c] > z[pick])) pick = c;
+  }
+  return pick;
+}
+
+// The selector's probability that the predictor's answer is the full
+// model's: sigmoid(b + sum_j w_j p_(j)) over the k largest softmax
+// probabilities of z in descending order (ties: lower class first; missing
+// ones, with fewer classes than k, count as 0), from z's argmax `best` and
+// sum_k exp(z_k - z_best) (in double, as the top-softmax confidence).  In
+// double throughout; one definition for the CPU kernel, the CUDA kernel and
+// calibration.
+GATI_HOST_DEVICE inline float selector_confidence(const float* z, int classes, int best, double sum, const float* sel,
+                                                  int k) {
+  double s = sel[k];
+  for (int j = 0, c = best; j < k && c >= 0; ++j, c = next_in_order(z, classes, c))
+    s += double(sel[j]) * (exp(double(z[c]) - double(z[best])) / sum);
+  return float(1.0 / (1.0 + exp(-s)));
+}
 
 // Which cache model an exit head runs: GATI's learned linear predictor, or
 // one of Freeze's approximate caches (k nearest stored training samples, or

@@ -187,6 +187,33 @@ struct HostState {
   }
 };
 
+// A linear head's scores in double for n rows of act [n, h, h, spec.dim]
+// (global average pooling); the pooled features too, where asked.
+std::vector<std::vector<double>> reference_head_scores(const ExitHeadSpec& spec, const std::vector<float>& x, int n,
+                                                       int h, std::vector<double>* pooled_out = nullptr) {
+  const int c = spec.dim;
+  std::vector<double> pooled(size_t(n * c));
+  std::vector<std::vector<double>> out;
+  for (int i = 0; i < n; ++i) {
+    std::vector<double> z(size_t(spec.classes));
+    for (int ch = 0; ch < c; ++ch) {
+      double s = 0;
+      for (int q = 0; q < h * h; ++q) s += x[(size_t(i) * h * h + size_t(q)) * c + size_t(ch)];
+      pooled[size_t(i * c + ch)] = s / (h * h);
+    }
+    for (int k = 0; k < spec.classes; ++k) {
+      double s = spec.bias[size_t(k)];
+      for (int ch = 0; ch < c; ++ch)
+        s += double(spec.weight[size_t(k * c + ch)]) * (pooled[size_t(i * c + ch)] - spec.mean[size_t(ch)]) *
+             spec.inv_std[size_t(ch)];
+      z[size_t(k)] = s;
+    }
+    out.push_back(std::move(z));
+  }
+  if (pooled_out) *pooled_out = std::move(pooled);
+  return out;
+}
+
 TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
   const int classes = 10;
   for (int n : {1, 3, 8}) {
@@ -206,21 +233,10 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     // The reference: pooled -> standardised -> linear -> softmax in double.
     std::vector<double> conf(static_cast<size_t>(n));
     std::vector<int> label(static_cast<size_t>(n));
-    std::vector<double> pooled(size_t(n * c));
+    std::vector<double> pooled;
+    const std::vector<std::vector<double>> scores = reference_head_scores(spec, x, n, h, &pooled);
     for (int i = 0; i < n; ++i) {
-      std::vector<double> z(classes);
-      for (int ch = 0; ch < c; ++ch) {
-        double s = 0;
-        for (int q = 0; q < h * h; ++q) s += x[(size_t(i) * h * h + size_t(q)) * c + size_t(ch)];
-        pooled[size_t(i * c + ch)] = s / (h * h);
-      }
-      for (int k = 0; k < classes; ++k) {
-        double s = spec.bias[size_t(k)];
-        for (int ch = 0; ch < c; ++ch)
-          s += double(spec.weight[size_t(k * c + ch)]) * (pooled[size_t(i * c + ch)] - spec.mean[size_t(ch)]) *
-               spec.inv_std[size_t(ch)];
-        z[size_t(k)] = s;
-      }
+      const std::vector<double>& z = scores[size_t(i)];
       const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
       double sum = 0;
       for (double v : z) sum += std::exp(v - z[size_t(best)]);
@@ -289,6 +305,60 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
       EXPECT_TRUE(std::isnan(hs.st.logits[size_t(s) * classes]));
     }
   }
+}
+
+// With GATI's selector the confidence is sigmoid(b + sum_j w_j p_(j)) over
+// the three largest softmax probabilities in descending order; the label
+// stays the argmax.  Reference in double, half the rows over the threshold.
+TEST_P(BackendOps, ExitHeadWithASelector) {
+  const int classes = 10, n = 8, h = 14, c = 256;  // after a ResNet-18 layer3 block
+  ExitHeadSpec spec;
+  spec.exit = 1;
+  spec.dim = c;
+  spec.classes = classes;
+  spec.mean = random_floats(size_t(c), 15, 0.3f);
+  spec.inv_std = random_floats(size_t(c), 16, 0.3f);
+  for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
+  spec.weight = random_floats(size_t(c * classes), 17, 0.5f);
+  spec.bias = random_floats(size_t(classes), 18, 0.2f);
+  spec.selector = {7.f, -3.f, -2.f, -1.5f};
+  const std::vector<float> x = random_floats(size_t(n * h * h * c), 61, 2.0f);
+  const std::vector<std::vector<double>> scores = reference_head_scores(spec, x, n, h);
+  std::vector<double> conf;
+  std::vector<int> label;
+  for (const std::vector<double>& z : scores) {
+    std::vector<int> order(classes);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return z[size_t(a)] > z[size_t(b)]; });
+    double sum = 0;
+    for (double v : z) sum += std::exp(v - z[size_t(order[0])]);
+    double s = spec.selector[3];
+    for (int j = 0; j < 3; ++j)
+      s += spec.selector[size_t(j)] * std::exp(z[size_t(order[size_t(j)])] - z[size_t(order[0])]) / sum;
+    conf.push_back(1 / (1 + std::exp(-s)));
+    label.push_back(order[0]);
+  }
+  std::vector<double> sorted = conf;
+  std::sort(sorted.begin(), sorted.end());
+  spec.threshold = float(0.5 * (sorted[3] + sorted[4]));
+  const auto heads = device_->upload_exit_heads({spec});
+  HostState hs(*ctx_, n, classes);
+  ctx_->begin_exits(hs.st, n, classes);
+  Guarded act(*ctx_, x.size()), pooled(*ctx_, size_t(n * c));
+  act.upload(x);
+  ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 1, hs.st, 0, pooled.data());
+  ctx_->synchronize();
+  int hits = 0;
+  for (int i = 0; i < n; ++i) {
+    const bool hit = conf[size_t(i)] >= spec.threshold;
+    hits += hit;
+    EXPECT_EQ(hs.st.hit[i], hit ? 1 : 0) << "row " << i;
+    if (hit) {
+      EXPECT_EQ(hs.st.label[i], label[size_t(i)]);
+      EXPECT_NEAR(hs.st.confidence[i], conf[size_t(i)], 1e-5);
+    }
+  }
+  EXPECT_EQ(hits, 4);
 }
 
 // Every backend's upload refuses parameters whose sizes do not match the

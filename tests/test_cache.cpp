@@ -629,6 +629,86 @@ TEST(CacheFiles, KeepTheLabelPriorAndRefuseADamagedOne) {
   std::filesystem::remove_all(dir);
 }
 
+// A selector is kept in the file and changes the confidence predict()
+// gives (the kernels' definition); a damaged one is refused naming the exit.
+TEST(CacheFiles, KeepTheSelectorAndRefuseADamagedOne) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set = random_cache_set(m, 0.9f);
+  set.exits[1].selector = {5.f, -2.f, -1.f};  // k = 2
+  const auto dir = test::scratch_dir("cache_selector");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  const CacheSet back = CacheSet::load(path, m);
+  EXPECT_EQ(back.exits[1].selector, set.exits[1].selector);
+  EXPECT_TRUE(back.exits[0].selector.empty());
+  const std::vector<float> x = test::random_floats(size_t(set.exits[1].dim), 3);
+  float with, without;
+  EXPECT_EQ(back.exits[1].predict(x.data(), &with), set.exits[1].predict(x.data(), &without));
+  ExitCache plain = set.exits[1];
+  plain.selector.clear();
+  float top;
+  const int label = plain.predict(x.data(), &top);
+  std::vector<float> z(size_t(plain.classes)), p(size_t(plain.classes));
+  cpu::linear_head_scores(plain.view(), x.data(), z.data());
+  cpu::softmax(z.data(), plain.classes, p.data());
+  const int second = next_in_order(z.data(), plain.classes, label);
+  const double want = 1 / (1 + std::exp(-(-1.0 + 5.0 * p[size_t(label)] - 2.0 * p[size_t(second)])));
+  EXPECT_NEAR(with, want, 1e-6);
+  EXPECT_NE(with, top);
+  CacheSet bad = set;
+  bad.exits[1].selector = {5.f, std::nanf(""), 1.f};
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "selector[1] is not finite");
+  bad.exits[1].selector.assign(11, 0.5f);  // k = 10 > kMaxSelectorK
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), "'selector_k' must be an integer in [1, 8], got 10");
+  std::filesystem::remove_all(dir);
+}
+
+// The selector fitted on held-out data separates the predictor's right
+// answers from its wrong ones, at least as well as the top probability
+// alone does (AUC), and weighs the top probability up.
+TEST(LearnedCache, TheSelectorSeparatesRightFromWrong) {
+  std::vector<float> x, xh;
+  std::vector<int> y, yh;
+  blobs(3000, 16, 5, 41, x, y);
+  blobs(3000, 16, 5, 42, xh, yh);
+  for (size_t i = 0; i < y.size(); i += 7) y[i] = (y[i] + 1) % 5;  // label noise: mistakes to find
+  for (size_t i = 0; i < yh.size(); i += 7) yh[i] = (yh[i] + 1) % 5;
+  ExitCache c = fresh(16, 5);
+  train_exit_cache(c, x, y, SgdOptions{});
+  ExitCache plain = c;
+  fit_selector(c, xh, yh, 3);
+  ASSERT_EQ(c.selector.size(), 4u);
+  EXPECT_GT(c.selector[0], 0.f);
+  // AUC of a confidence for "right" on a third sample.
+  std::vector<float> xt;
+  std::vector<int> yt;
+  blobs(3000, 16, 5, 43, xt, yt);
+  for (size_t i = 0; i < yt.size(); i += 7) yt[i] = (yt[i] + 1) % 5;
+  auto auc = [&](const ExitCache& cache) {
+    std::vector<std::pair<float, int>> r;
+    for (size_t i = 0; i < yt.size(); ++i) {
+      float conf;
+      const int label = cache.predict(xt.data() + i * 16, &conf);
+      r.emplace_back(conf, label == yt[i]);
+    }
+    double pairs = 0, good = 0;
+    for (const auto& a : r)
+      if (a.second)
+        for (const auto& b : r)
+          if (!b.second) {
+            pairs += 1;
+            good += a.first > b.first ? 1 : a.first == b.first ? 0.5 : 0;
+          }
+    return good / pairs;
+  };
+  const double with = auc(c), without = auc(plain);
+  EXPECT_GT(with, 0.6);
+  EXPECT_GE(with, without - 0.01) << "selector " << with << ", top probability " << without;
+  EXPECT_GATI_ERROR(fit_selector(c, xh, yh, 0), "selector over 0 scores (valid: 1 to 8)");
+}
+
 // Exits are named in the file; the name says which exit point, and an "exit"
 // id that disagrees, a name the model lacks or exits out of order are
 // refused.  Files from before the stem exit ("block" instead of "exit")
@@ -1243,7 +1323,8 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   o.train = 1234;
   o.holdout = 567;
   o.batch = 32;
-  o.sgd = {3, 16, 0.01f, 0.5f, 1e-4f, 7};
+  o.selector = 3;
+  o.sgd = {3, 16, 0.01f, 0.5f, 1e-4f, 7, 0.25f, 4.f};
   o.approx.reduced = 16;
   o.approx.knn_entries = 0;
   o.approx.neighbours = 5;
@@ -1279,6 +1360,9 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   EXPECT_EQ(r.sgd.momentum, 0.5f);
   EXPECT_EQ(r.sgd.weight_decay, 1e-4f);
   EXPECT_EQ(r.sgd.seed, 7u);
+  EXPECT_EQ(r.sgd.distill_alpha, 0.25f);
+  EXPECT_EQ(r.sgd.distill_temperature, 4.f);
+  EXPECT_EQ(r.selector, 3);
   EXPECT_EQ(r.approx.reduced, 16);
   EXPECT_EQ(r.approx.knn_entries, 0);
   EXPECT_EQ(r.approx.neighbours, 5);

@@ -306,7 +306,7 @@ struct CacheBuildOpts {
                                                   memory_pool = "avg2x2", kind = "linear";
   double target = 0.99, traffic_requests = 1000;
   float distill = 0;
-  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024;
+  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
   bool print_config = false;
@@ -332,6 +332,7 @@ BuildOptions build_options(const CacheBuildOpts& o, const CLI::App& app) {
   if (given("--memory-min-confidence")) b.memory_min_confidence = o.memory_min_confidence;
   if (given("--epochs")) b.sgd.epochs = o.epochs;
   if (given("--distill")) b.sgd.distill_alpha = o.distill;
+  if (given("--selector")) b.selector = o.selector;
   if (given("--kind")) b.kind = head_kind(o.kind);
   if (given("--reduced")) b.approx.reduced = o.approx.reduced;
   if (given("--neighbours")) b.approx.neighbours = o.approx.neighbours;
@@ -668,6 +669,12 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::Range(1, 60000))
       ->capture_default_str();
   c_build->add_option("--epochs", cb.epochs, "SGD epochs")->check(CLI::Range(1, 1000))->capture_default_str();
+  c_build
+      ->add_option("--selector", cb.selector,
+                   "learned caches: GATI's selector over the k largest softmax probabilities (fitted on the "
+                   "held-out images) decides hits instead of the top probability; 0: none")
+      ->check(CLI::Range(0, int(kMaxSelectorK)))
+      ->capture_default_str();
   c_build
       ->add_option("--distill", cb.distill,
                    "learned caches: weight of distillation from the full model's logits at temperature 6 (GATI: "

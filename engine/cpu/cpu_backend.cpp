@@ -46,7 +46,16 @@ class CpuExitHeads final : public ExitHeads {
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {}
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = linear_spec(head);
-    return {s.dim, s.classes, s.mean.data(), s.inv_std.data(), s.weight.data(), s.bias.data(), s.threshold, s.pool};
+    return {s.dim,
+            s.classes,
+            s.mean.data(),
+            s.inv_std.data(),
+            s.weight.data(),
+            s.bias.data(),
+            s.threshold,
+            s.pool,
+            s.selector.empty() ? nullptr : s.selector.data(),
+            s.selector.empty() ? 0 : int(s.selector.size()) - 1};
   }
   DistanceHeadView distance_view(int head) const override {
     const ExitHeadSpec& s = distance_spec(head);

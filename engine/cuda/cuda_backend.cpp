@@ -69,8 +69,8 @@ class OwnedBuffer final : public Buffer {
 };
 
 struct DeviceHead {
-  DeviceBuffer mean, inv_std, weight, bias;      // kLinear
-  DeviceBuffer projection, keys, labels, share;  // kKnn, kKmeans
+  DeviceBuffer mean, inv_std, weight, bias, selector;  // kLinear
+  DeviceBuffer projection, keys, labels, share;        // kKnn, kKmeans
 };
 
 class CudaExitHeads final : public ExitHeads {
@@ -85,6 +85,7 @@ class CudaExitHeads final : public ExitHeads {
       if (s.kind == HeadKind::kLinear) {
         d.weight = up(s.weight);
         d.bias = up(s.bias);
+        if (!s.selector.empty()) d.selector = up(s.selector);
       } else {
         d.projection = up(s.projection);
         d.keys = up(s.keys);
@@ -97,8 +98,16 @@ class CudaExitHeads final : public ExitHeads {
   LinearHeadView view(int head) const override {
     const ExitHeadSpec& s = linear_spec(head);
     const DeviceHead& d = heads_.at(size_t(head));
-    return {s.dim,           s.classes,   d.mean.floats(), d.inv_std.floats(), d.weight.floats(),
-            d.bias.floats(), s.threshold, s.pool};
+    return {s.dim,
+            s.classes,
+            d.mean.floats(),
+            d.inv_std.floats(),
+            d.weight.floats(),
+            d.bias.floats(),
+            s.threshold,
+            s.pool,
+            s.selector.empty() ? nullptr : d.selector.floats(),
+            s.selector.empty() ? 0 : int(s.selector.size()) - 1};
   }
   DistanceHeadView distance_view(int head) const override {
     const ExitHeadSpec& s = distance_spec(head);

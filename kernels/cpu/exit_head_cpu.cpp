@@ -67,6 +67,14 @@ int softmax(const float* z, int classes, float* probs) {
   return best;
 }
 
+int head_decision(const LinearHeadView& h, const float* z, float* confidence) {
+  double sum;
+  const int best = argmax_and_sum(z, h.classes, &sum);
+  *confidence =
+      h.selector_k > 0 ? selector_confidence(z, h.classes, best, sum, h.selector, h.selector_k) : float(1.0 / sum);
+  return best;
+}
+
 void begin_exits(const ExitState& st, int n, int classes) {
   for (int i = 0; i < n; ++i) {
     st.position[0][i] = i;
@@ -117,7 +125,7 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   });
   for (int row = 0; row < n; ++row) {
     float conf;
-    const int label = top_softmax(z + size_t(row) * size_t(h.classes), h.classes, &conf);
+    const int label = head_decision(h, z + size_t(row) * size_t(h.classes), &conf);
     record_decision(st, pos, row, exit_id, conf >= h.threshold, label, conf);
   }
 }

@@ -19,6 +19,10 @@ namespace gati::cpu {
 int top_softmax(const float* z, int classes, float* confidence);
 // Full softmax into probs[classes]; returns the argmax (first on ties).
 int softmax(const float* z, int classes, float* probs);
+// A linear head's answer for its scores z[h.classes]: the argmax, and the
+// confidence its threshold is held against (top softmax probability, or the
+// selector's when the head has one).
+int head_decision(const LinearHeadView& h, const float* z, float* confidence);
 
 // Every sample running, rows in caller order, count = n.
 void begin_exits(const ExitState& st, int n, int classes);

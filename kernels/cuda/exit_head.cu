@@ -54,8 +54,9 @@ __global__ void exit_head_kernel(const float* __restrict__ act, int height, int 
   int best;
   double sum;
   dev::block_argmax_sum(z, h.classes, &best, &sum);
-  if (threadIdx.x == 0) {
-    const float conf = float(1.0 / sum);
+  if (threadIdx.x == 0) {  // the selector's k rounds over the classes are few and short: one thread
+    const float conf =
+        h.selector_k > 0 ? selector_confidence(z, h.classes, best, sum, h.selector, h.selector_k) : float(1.0 / sum);
     record_decision(st, pos, row, exit_id, conf >= h.threshold, best, conf);
   }
 }
