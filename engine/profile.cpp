@@ -85,6 +85,13 @@ std::string format_table(const ProfileReport& r) {
   std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%", "total", "", sum, double(macs) / 1e6,
                 total_gflops, 100.0);
   out += line + of_peak(total_gflops) + "\n";
+  if (r.call_ms > 0) {
+    std::snprintf(line, sizeof line,
+                  "whole call without per-layer events: %.4f ms median; %.4f ms (%.1f%%) of it outside the layers "
+                  "(input check and copies, launches, results)\n",
+                  r.call_ms, r.call_ms - sum, r.call_ms > 0 ? 100.0 * (r.call_ms - sum) / r.call_ms : 0.0);
+    out += line;
+  }
   return out;
 }
 
@@ -97,6 +104,7 @@ std::string to_json(const ProfileReport& r) {
   j["repeats"] = r.repeats;
   j["total_ms_median"] = r.total_ms;
   if (r.peak_gflops > 0) j["peak_gflops"] = r.peak_gflops;
+  if (r.call_ms > 0) j["call_ms_median"] = r.call_ms;
   j["layers"] = nlohmann::json::array();
   for (const auto& l : r.layers) {
     j["layers"].push_back({{"name", l.name},

@@ -28,6 +28,11 @@ struct ProfileReport {
   int batch = 0, repeats = 0, input_h = 0, input_w = 0;
   double total_ms = 0;     // median of whole-run times
   double peak_gflops = 0;  // the device's measured GEMM peak (0: not measured)
+  // Median wall-clock time of the same call without per-layer events, as a
+  // caller sees it (input check, copies, launches or recorded graphs,
+  // results back); 0: not measured.  call_ms - total_ms is what the layers
+  // do not account for.
+  double call_ms = 0;
   std::vector<LayerProfile> layers;
 };
 

@@ -151,6 +151,7 @@ def main():
         prof = json.load(open(pj)) if ok else {}
         trace = json.load(open(pt)) if ok else {}
         check("profile table, JSON and trace", ok and len(prof.get("layers", [])) == 24
+              and prof.get("call_ms_median", 0) > 0 and "whole call without per-layer events" in out
               and any(e.get("ph") == "X" for e in trace.get("traceEvents", [])), out + err)
 
         # caches: build on a small slice, replay a trace, reject damaged cache files
