@@ -45,9 +45,11 @@ std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& po
   return out;
 }
 
+const char* cost_model_name(CostModel model) { return model == CostModel::kMacs ? "macs" : "measured"; }
+
 CostModel cost_model(const std::string& name) {
-  if (name == "measured") return CostModel::kMeasured;
-  if (name == "macs") return CostModel::kMacs;
+  for (CostModel m : {CostModel::kMeasured, CostModel::kMacs})
+    if (name == cost_model_name(m)) return m;
   fail("cost model '", name, "' (valid: measured, macs)");
 }
 
@@ -193,12 +195,10 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   // Each exit's kind and pooling: the build's, or its own (o.exits).
   const std::vector<ExitPointInfo> points = exit_points(engine.model().net);
   for (const auto& [name, setting] : o.exits)
-    if (exit_point_id(engine.model().net, name) < 0) {
-      std::string valid;
-      for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
-      fail("cache build: exit '", name, "' in the configuration is not an exit point of the model (valid: ", valid,
+    if (exit_point_id(engine.model().net, name) < 0)
+      fail("cache build: exit '", name,
+           "' in the configuration is not an exit point of the model (valid: ", exit_point_names(engine.model().net),
            ")");
-    }
   std::vector<ExitSetting> settings(points.size());
   bool any = false;
   for (size_t e = 0; e < points.size(); ++e) {
@@ -209,15 +209,22 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   }
   if (!any) fail("cache build: the configuration switches every exit off; there is nothing to build");
   // "auto" pooling weighs each head's cost per feature: its classes (a
-  // linear head) or its reduced dimensions (a distance head).
-  const std::vector<PoolSpec> linear_pools =
-      choose_pooling(engine, o.pool, o.auto_pool_budget, engine.arch().num_classes);
-  const std::vector<PoolSpec> distance_pools = choose_pooling(engine, o.pool, o.auto_pool_budget, o.approx.reduced);
+  // linear head) or its reduced dimensions (a distance head).  Chosen once
+  // per kind of head that needs it.
+  std::vector<PoolSpec> linear_pools, distance_pools;
   std::vector<PoolSpec> pools(points.size());
-  for (size_t e = 0; e < points.size(); ++e)
-    pools[e] = !settings[e].pool.empty()                ? parse_pool(settings[e].pool)
-               : *settings[e].kind == HeadKind::kLinear ? linear_pools[e]
-                                                        : distance_pools[e];
+  for (size_t e = 0; e < points.size(); ++e) {
+    if (!settings[e].pool.empty()) {
+      pools[e] = parse_pool(settings[e].pool);
+      continue;
+    }
+    const bool linear = *settings[e].kind == HeadKind::kLinear;
+    std::vector<PoolSpec>& chosen = linear ? linear_pools : distance_pools;
+    if (chosen.empty())
+      chosen =
+          choose_pooling(engine, o.pool, o.auto_pool_budget, linear ? engine.arch().num_classes : o.approx.reduced);
+    pools[e] = chosen[e];
+  }
   CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, pools, o.progress);
 
   BuildResult out;
@@ -283,7 +290,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
       hold_features[k].insert(hold_features[k].end(), more.per_exit[built[k]].begin(), more.per_exit[built[k]].end());
     calib_labels.insert(calib_labels.end(), more.full_labels.begin(), more.full_labels.end());
   }
-  if (o.selector > 0)
+  if (o.selector > 0)  // on the clean held-out images: the first o.holdout rows
     for (size_t k = 0; k < set.exits.size(); ++k)
       if (set.exits[k].kind == HeadKind::kLinear)
         fit_selector(set.exits[k],

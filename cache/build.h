@@ -24,6 +24,7 @@ enum class CostModel {
 };
 // "measured", "macs"; errors list the valid names.
 CostModel cost_model(const std::string& name);
+const char* cost_model_name(CostModel model);
 
 // One exit's settings over the build's: closed (no cache built there), or
 // another kind or pooling than every other exit's.

@@ -175,7 +175,7 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
           {"calibrate", o.cascade ? "cascade" : "per-exit"},
           {"calibrate_on", o.perturbed_holdout ? "clean+shifted" : "clean"},
           {"traffic_requests", o.traffic_requests},
-          {"cost", o.cost == CostModel::kMacs ? "macs" : "measured"},
+          {"cost", cost_model_name(o.cost)},
           {"auto_pool_budget", o.auto_pool_budget},
           {"train", o.train},
           {"holdout", o.holdout},

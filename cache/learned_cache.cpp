@@ -34,24 +34,9 @@ int top_class(const float* logits, int classes, float* confidence) {
   return cpu::top_softmax(logits, classes, confidence);
 }
 
-LinearHeadView ExitCache::view() const {
-  return {dim,
-          classes,
-          mean.data(),
-          inv_std.data(),
-          weight.data(),
-          bias.data(),
-          threshold,
-          pool,
-          selector.empty() ? nullptr : selector.data(),
-          selector.empty() ? 0 : int(selector.size()) - 1};
-}
+LinearHeadView ExitCache::view() const { return host_linear_view(*this); }
 
-DistanceHeadView ExitCache::distance_view() const {
-  return {dim,           reduced,      entries(),      neighbours,        classes,
-          pool,          mean.data(),  inv_std.data(), projection.data(), keys.data(),
-          labels.data(), share.data(), threshold};
-}
+DistanceHeadView ExitCache::distance_view() const { return host_distance_view(*this); }
 
 int ExitCache::predict(const float* features, float* confidence) const {
   if (kind != HeadKind::kLinear) return cpu::distance_head_predict(distance_view(), features, confidence);
@@ -262,9 +247,8 @@ void fit_selector(ExitCache& c, const std::vector<float>& features, const std::v
 }
 
 ThresholdRule threshold_rule(const std::string& name) {
-  if (name == "bound") return ThresholdRule::kBound;
-  if (name == "target") return ThresholdRule::kTarget;
-  if (name == "zero-error") return ThresholdRule::kZeroError;
+  for (ThresholdRule r : {ThresholdRule::kBound, ThresholdRule::kTarget, ThresholdRule::kZeroError})
+    if (name == threshold_rule_name(r)) return r;
   fail("threshold rule '", name, "' (valid: bound, target, zero-error)");
 }
 
@@ -679,11 +663,7 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     // The name says where; "exit" (its id) must agree where present
     // (files from before the stem exit have "block" instead).
     c.exit = exit_point_id(model.net, c.name);
-    if (c.exit < 0) {
-      std::string valid;
-      for (const ExitPointInfo& p : points) valid += (valid.empty() ? "" : ", ") + p.name;
-      fail(e.where(), " is not an exit point of the model (valid: ", valid, ")");
-    }
+    if (c.exit < 0) fail(e.where(), " is not an exit point of the model (valid: ", exit_point_names(model.net), ")");
     if (e.has("exit")) {
       const int64_t said = e.integer("exit", 0, exits - 1);
       if (said != c.exit) fail(e.where(), " says it is exit ", said, ", the model has it at ", c.exit);

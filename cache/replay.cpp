@@ -163,18 +163,12 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   // the prior's correction when that is on): OnlineState, shared with
   // OnlineCaches.  The heads the guard leaves on are republished when
   // either changes.
-  OnlineOptions online;
-  online.sgd = o.online;
-  online.sgd_options = o.online_sgd;
-  online.prior = o.prior;
-  online.prior_options = o.prior_options;
-  online.prior_every = o.prior_every;
-  OnlineState state(caches.exits, caches.label_prior, online);
+  OnlineState state(caches.exits, caches.label_prior, o.online);
   const std::vector<ExitCache>& live = state.live();
   auto publish = [&] {
     heads = engine.make_exit_heads(state.head_specs([&](int exit) { return guard.enabled(exit); }));
   };
-  if (o.prior) publish();  // checks the prior against the heads before the first request
+  if (o.online.prior) publish();  // checks the prior against the heads before the first request
   const std::vector<PoolSpec> pools = state.pools(int(points.size()));
   // Feedback picks: a hash of the request's position, so they do not depend on the batch.
   auto picked = [&](uint64_t id) {
@@ -247,12 +241,12 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     // Exits the guard switched off are scored in shadow on the requests the
     // full model answered (untimed: pooling there is what serving would add).
     // Online updates learn from the same requests: every open learned cache
-    // takes an SGD step per online_sgd.batch of them, toward the full
+    // takes an SGD step per online.sgd_options.batch of them, toward the full
     // model's label.
     bool any_off = false;
     for (const ExitCache& c : live) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
     bool updated = false;
-    if (any_off || o.online) {
+    if (any_off || o.online.sgd) {
       const auto u0 = clock::now();
       const CollectedFeatures f = collect_features(session, x.data(), nb, nb, pools);
       for (int i = 0; i < nb; ++i) {
@@ -276,15 +270,15 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       const auto u0 = clock::now();
       publish();
       cached.heads = heads.get();
-      if (o.prior) ++rep.prior_updates;
+      if (o.online.prior) ++rep.prior_updates;
       rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
   rep.guard_events = guard.events();
   rep.online_steps = state.steps();
-  if (o.online) rep.caches_after = live;
-  if (o.prior) rep.prior_estimate = state.prior_estimate();
+  if (o.online.sgd) rep.caches_after = live;
+  if (o.online.prior) rep.prior_estimate = state.prior_estimate();
   return rep;
 }
 

@@ -17,6 +17,7 @@
 #include "cache/guard.h"
 #include "cache/label_shift.h"
 #include "cache/learned_cache.h"
+#include "cache/online.h"
 #include "loaders/trace.h"
 
 namespace gati {
@@ -36,21 +37,16 @@ struct ReplayOptions {
   // republished between batches when it switches one.
   bool guard = false;
   GuardOptions guard_options;
-  // Online updates: the open learned caches take SGD steps (online_sgd.lr,
-  // momentum, weight decay; one step per online_sgd.batch requests) on the
-  // pooled features of the requests the full model answered (misses and
-  // feedback) toward its labels; thresholds stay as calibrated, the guard
-  // watches the result.  Untimed, as an update off the request path would
-  // be; its time is reported apart.
-  bool online = false;
-  SgdOptions online_sgd = {1, 32, 0.005f, 0.9f, 5e-4f, 0};
-  // Online prior adaptation (label_shift.h): the learned heads are served
-  // with their bias corrected for the class mix of the answers given so
-  // far, republished every prior_every requests; needs caches that carry
-  // their label prior.  Also untimed, and reported apart.
-  bool prior = false;
-  LabelShiftOptions prior_options;
-  int prior_every = 32;
+  // Online updates (online.h), in step with the trace.  online.sgd: the
+  // open learned caches take SGD steps on the pooled features of the
+  // requests the full model answered (misses and feedback) toward its
+  // labels; thresholds stay as calibrated, the guard watches the result.
+  // online.prior: the learned heads are served with their bias corrected
+  // for the class mix of the answers given so far, republished every
+  // online.prior_every requests; needs caches that carry their label prior.
+  // Both untimed, as an update off the request path would be; their time is
+  // reported apart.
+  OnlineOptions online;
   ProgressFn progress;
 };
 

@@ -64,6 +64,25 @@ HeadKind head_kind(const std::string& name) {
   fail("cache kind '", name, "' (valid: linear, knn, kmeans)");
 }
 
+LinearHeadView host_linear_view(const ExitHeadSpec& s) {
+  return {s.dim,
+          s.classes,
+          s.mean.data(),
+          s.inv_std.data(),
+          s.weight.data(),
+          s.bias.data(),
+          s.threshold,
+          s.pool,
+          s.selector.empty() ? nullptr : s.selector.data(),
+          s.selector_k()};
+}
+
+DistanceHeadView host_distance_view(const ExitHeadSpec& s) {
+  return {s.dim,           s.reduced,      s.entries(),      s.neighbours,        s.classes,
+          s.pool,          s.mean.data(),  s.inv_std.data(), s.projection.data(), s.keys.data(),
+          s.labels.data(), s.share.data(), s.threshold};
+}
+
 void check_head_spec(const std::string& what, const ExitHeadSpec& s) {
   const size_t d = size_t(std::max(s.dim, 0)), k = size_t(std::max(s.classes, 0));
   if (s.dim < 1 || s.classes < 1 || s.mean.size() != d || s.inv_std.size() != d)

@@ -71,6 +71,7 @@ struct ExitHeadSpec {
   std::vector<int32_t> labels;    // [entries]
   std::vector<float> share;       // [entries]
   int entries() const { return int(labels.size()); }
+  int selector_k() const { return selector.empty() ? 0 : int(selector.size()) - 1; }
   float threshold = 2.0f;  // confidence needed to hit; > 1 never hits
 };
 
@@ -84,6 +85,11 @@ HeadKind head_kind(const std::string& name);
 // shares in (0, 1], and every value is finite: the one check for heads
 // handed to a backend and heads read from a cache file.
 void check_head_spec(const std::string& what, const ExitHeadSpec& spec);
+
+// The spec's parameters in place, as the kernels' views over host memory:
+// what the CPU backend runs and what calibration scores with.
+LinearHeadView host_linear_view(const ExitHeadSpec& spec);
+DistanceHeadView host_distance_view(const ExitHeadSpec& spec);
 
 // A pooling's name: "avg" (global average), "mix" (global average and max),
 // "avg4x4", "mix2x2" (a grid of cells); parse_pool is its inverse and its

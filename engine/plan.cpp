@@ -40,6 +40,12 @@ int exit_point_id(const Network& net, const std::string& name) {
   return -1;
 }
 
+std::string exit_point_names(const Network& net) {
+  std::string names;
+  for (const ExitPointInfo& p : exit_points(net)) names += (names.empty() ? "" : ", ") + p.name;
+  return names;
+}
+
 Plan make_plan(const Network& net, int max_batch, int h, int w) {
   if (max_batch < 1) fail("plan: batch size must be at least 1, got ", max_batch);
   if (h < 1 || w < 1) fail("plan: input size ", h, "x", w, " is empty");

@@ -47,6 +47,8 @@ struct ExitPointInfo {
 std::vector<ExitPointInfo> exit_points(const Network& net);
 // The id of the exit point called `name`, or -1.
 int exit_point_id(const Network& net, const std::string& name);
+// "stem, layer1.0, ...": every exit point's name, for errors that list them.
+std::string exit_point_names(const Network& net);
 
 struct ExitPoint {
   int id = 0;          // index into Plan::exits (and exit_points())

@@ -493,11 +493,11 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ro.feedback = o.feedback;
   ro.guard = o.guard == "on";
   ro.guard_options.window = o.guard_window;
-  ro.online = o.online == "on" || o.online == "sgd";
-  ro.online_sgd.lr = o.online_lr;
-  ro.prior = o.online == "on" || o.online == "prior";
-  ro.prior_options.window = o.prior_window;
-  ro.prior_options.max_ratio = o.prior_max_ratio;
+  ro.online.sgd = o.online == "on" || o.online == "sgd";
+  ro.online.sgd_options.lr = o.online_lr;
+  ro.online.prior = o.online == "on" || o.online == "prior";
+  ro.online.prior_options.window = o.prior_window;
+  ro.online.prior_options.max_ratio = o.prior_max_ratio;
   ro.guard_options.min_observations = std::min(50, o.guard_window);
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
               (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),

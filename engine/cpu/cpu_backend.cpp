@@ -44,25 +44,8 @@ class HostBuffer final : public Buffer {
 class CpuExitHeads final : public ExitHeads {
  public:
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {}
-  LinearHeadView view(int head) const override {
-    const ExitHeadSpec& s = linear_spec(head);
-    return {s.dim,
-            s.classes,
-            s.mean.data(),
-            s.inv_std.data(),
-            s.weight.data(),
-            s.bias.data(),
-            s.threshold,
-            s.pool,
-            s.selector.empty() ? nullptr : s.selector.data(),
-            s.selector.empty() ? 0 : int(s.selector.size()) - 1};
-  }
-  DistanceHeadView distance_view(int head) const override {
-    const ExitHeadSpec& s = distance_spec(head);
-    return {s.dim,           s.reduced,      s.entries(),      s.neighbours,        s.classes,
-            s.pool,          s.mean.data(),  s.inv_std.data(), s.projection.data(), s.keys.data(),
-            s.labels.data(), s.share.data(), s.threshold};
-  }
+  LinearHeadView view(int head) const override { return host_linear_view(linear_spec(head)); }
+  DistanceHeadView distance_view(int head) const override { return host_distance_view(distance_spec(head)); }
 };
 
 class CpuDevice final : public BackendDevice {

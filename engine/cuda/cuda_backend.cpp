@@ -107,7 +107,7 @@ class CudaExitHeads final : public ExitHeads {
             s.threshold,
             s.pool,
             s.selector.empty() ? nullptr : d.selector.floats(),
-            s.selector.empty() ? 0 : int(s.selector.size()) - 1};
+            s.selector_k()};
   }
   DistanceHeadView distance_view(int head) const override {
     const ExitHeadSpec& s = distance_spec(head);
