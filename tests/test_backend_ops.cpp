@@ -187,6 +187,22 @@ struct HostState {
   }
 };
 
+// A linear head at exit 1 (exit 0 is the stem) over global-average-pooled
+// features: random mean, scales 0.5 + |noise|, weights of the given scale,
+// bias; seeds seed .. seed + 3.
+ExitHeadSpec random_linear_head(int dim, int classes, uint32_t seed, float weight_scale) {
+  ExitHeadSpec spec;
+  spec.exit = 1;
+  spec.dim = dim;
+  spec.classes = classes;
+  spec.mean = random_floats(size_t(dim), seed, 0.3f);
+  spec.inv_std = random_floats(size_t(dim), seed + 1, 0.3f);
+  for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
+  spec.weight = random_floats(size_t(dim) * size_t(classes), seed + 2, weight_scale);
+  spec.bias = random_floats(size_t(classes), seed + 3, 0.2f);
+  return spec;
+}
+
 // A linear head's scores in double for n rows of act [n, h, h, spec.dim]
 // (global average pooling); the pooled features too, where asked.
 std::vector<std::vector<double>> reference_head_scores(const ExitHeadSpec& spec, const std::vector<float>& x, int n,
@@ -220,15 +236,7 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     SCOPED_TRACE("batch " + std::to_string(n));
     // The exit after a ResNet-18 layer2 block: 28x28x128.
     const int h = 28, c = 128, total = n + 2;  // two samples already left before this exit
-    ExitHeadSpec spec;
-    spec.exit = 1;  // exit 0 is the stem
-    spec.dim = c;
-    spec.classes = classes;
-    spec.mean = random_floats(size_t(c), 5, 0.3f);
-    spec.inv_std = random_floats(size_t(c), 6, 0.3f);
-    for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
-    spec.weight = random_floats(size_t(c * classes), 7, 0.8f);
-    spec.bias = random_floats(size_t(classes), 8, 0.2f);
+    ExitHeadSpec spec = random_linear_head(c, classes, 5, 0.8f);
     const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n + 60), 2.0f);
     // The reference: pooled -> standardised -> linear -> softmax in double.
     std::vector<double> conf(static_cast<size_t>(n));
@@ -312,15 +320,7 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
 // stays the argmax.  Reference in double, half the rows over the threshold.
 TEST_P(BackendOps, ExitHeadWithASelector) {
   const int classes = 10, n = 8, h = 14, c = 256;  // after a ResNet-18 layer3 block
-  ExitHeadSpec spec;
-  spec.exit = 1;
-  spec.dim = c;
-  spec.classes = classes;
-  spec.mean = random_floats(size_t(c), 15, 0.3f);
-  spec.inv_std = random_floats(size_t(c), 16, 0.3f);
-  for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
-  spec.weight = random_floats(size_t(c * classes), 17, 0.5f);
-  spec.bias = random_floats(size_t(classes), 18, 0.2f);
+  ExitHeadSpec spec = random_linear_head(c, classes, 15, 0.5f);
   spec.selector = {7.f, -3.f, -2.f, -1.5f};
   const std::vector<float> x = random_floats(size_t(n * h * h * c), 61, 2.0f);
   const std::vector<std::vector<double>> scores = reference_head_scores(spec, x, n, h);

@@ -52,6 +52,14 @@ ExitCache fresh(int dim, int classes) {
   return c;
 }
 
+// Writes the damaged set `bad` to `path` and expects loading it for `m` to
+// be refused with a message containing `want`.
+void expect_load_refused(const CacheSet& bad, const std::string& path, const Model& m, const std::string& want) {
+  SCOPED_TRACE(want);
+  bad.save(path);
+  EXPECT_GATI_ERROR(CacheSet::load(path, m), want);
+}
+
 // Caches for m (its architecture and fingerprint) with a random linear head
 // at every exit, each with `threshold` (> 1: never hits).
 CacheSet random_cache_set(const Model& m, float threshold, const std::vector<PoolSpec>& pools = {}) {
@@ -498,12 +506,10 @@ TEST(CacheFiles, KeepEachExitsPoolingAndRefuseOnesThatDoNotFit) {
   }
   CacheSet bad = set;
   bad.exits[1].pool.grid = 12;  // written as "avg12x12"
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].name + "': pooling 'avg12x12'");
+  expect_load_refused(bad, path, m, "exit '" + set.exits[1].name + "': pooling 'avg12x12'");
   bad = set;
   bad.exits[0].pool = parse_pool("avg");  // the file's tensors are mix4x4-sized
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  expect_load_refused(bad, path, m, "pooled avg give");
   std::filesystem::remove_all(dir);
 }
 
@@ -584,20 +590,16 @@ TEST(CacheFiles, KeepTheMemoryAndRefuseADamagedOne) {
   EXPECT_EQ(back.memory->mean, spec.mean);
   CacheSet bad = set;
   bad.memory->name = "layer7.0";
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory at 'layer7.0', which is not an exit point");
+  expect_load_refused(bad, path, m, "memory at 'layer7.0', which is not an exit point");
   bad = set;
   bad.memory->pool = parse_pool("avg");  // the tensors are avg2x2-sized
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "pooled avg give");
+  expect_load_refused(bad, path, m, "pooled avg give");
   bad = set;
   bad.memory->capacity = 0;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory': 'capacity' must be an integer in [1, 2147483647], got 0");
+  expect_load_refused(bad, path, m, "memory': 'capacity' must be an integer in [1, 2147483647], got 0");
   bad = set;
   bad.memory->min_confidence = 2.f;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "memory': 'min_confidence' must be a number in [0, 1], got 2");
+  expect_load_refused(bad, path, m, "memory': 'min_confidence' must be a number in [0, 1], got 2");
   std::filesystem::remove_all(dir);
 }
 
@@ -615,17 +617,13 @@ TEST(CacheFiles, KeepTheLabelPriorAndRefuseADamagedOne) {
   EXPECT_EQ(CacheSet::load(path, m).label_prior, set.label_prior);
   CacheSet bad = set;
   bad.label_prior = {0.5f, 0.5f, 0.5f, 0.f, 0.f};
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior sums to 1.5, not 1");
+  expect_load_refused(bad, path, m, "label_prior sums to 1.5, not 1");
   bad.label_prior = {1.2f, -0.2f, 0.f, 0.f, 0.f};
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior of class 0 is 1.2");
+  expect_load_refused(bad, path, m, "label_prior of class 0 is 1.2");
   bad.label_prior = {0.5f, 0.5f};
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior");
+  expect_load_refused(bad, path, m, "label_prior");
   bad.label_prior = {0.5f, std::nanf(""), 0.5f, 0.f, 0.f};
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "label_prior of class 1 is nan");
+  expect_load_refused(bad, path, m, "label_prior of class 1 is nan");
   std::filesystem::remove_all(dir);
 }
 
@@ -657,11 +655,9 @@ TEST(CacheFiles, KeepTheSelectorAndRefuseADamagedOne) {
   EXPECT_NE(with, top);
   CacheSet bad = set;
   bad.exits[1].selector = {5.f, std::nanf(""), 1.f};
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "selector[1] is not finite");
+  expect_load_refused(bad, path, m, "selector[1] is not finite");
   bad.exits[1].selector.assign(11, 0.5f);  // k = 10 > kMaxSelectorK
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "'selector_k' must be an integer in [1, 8], got 10");
+  expect_load_refused(bad, path, m, "'selector_k' must be an integer in [1, 8], got 10");
   std::filesystem::remove_all(dir);
 }
 
@@ -745,17 +741,13 @@ TEST(CacheFiles, NameTheirExitPoints) {
 
   CacheSet bad = set;
   bad.exits[1].exit = 3;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit '" + set.exits[1].name + "' says it is exit 3");
+  expect_load_refused(bad, path, m, "exit '" + set.exits[1].name + "' says it is exit 3");
   bad = set;
   bad.exits[2].name = "layer9.0";
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m),
-                    "exit 'layer9.0' is not an exit point of the model (valid: stem, layer1.0");
+  expect_load_refused(bad, path, m, "exit 'layer9.0' is not an exit point of the model (valid: stem, layer1.0");
   bad = set;
   std::swap(bad.exits[0], bad.exits[1]);
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "in the model's order");
+  expect_load_refused(bad, path, m, "in the model's order");
   std::filesystem::remove_all(dir);
 }
 
@@ -961,16 +953,13 @@ TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
 
   CacheSet bad = set;
   bad.exits[0].labels[3] = 99;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "exit 'stem': entry 3 has label 99");
+  expect_load_refused(bad, path, m, "exit 'stem': entry 3 has label 99");
   bad = set;
   bad.exits[1].share[0] = 0.f;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "entry 0 has share 0");
+  expect_load_refused(bad, path, m, "entry 0 has share 0");
   bad = set;
   bad.exits[0].keys[5] = NAN;
-  bad.save(path);
-  EXPECT_GATI_ERROR(CacheSet::load(path, m), "keys[5] is not finite");
+  expect_load_refused(bad, path, m, "keys[5] is not finite");
 
   // The metadata disagrees with the tensors, or names a kind nobody knows.
   set.save(path);
@@ -1144,9 +1133,9 @@ TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
   EXPECT_EQ(hits(still, 0, 600, &agree), 0);
   EXPECT_EQ(still.online_steps, 0);
   // Hits stop the learning from misses; feedback keeps it going.
-  o.online = true;
-  o.online_sgd.lr = 0.01f;
-  o.online_sgd.batch = 8;
+  o.online.sgd = true;
+  o.online.sgd_options.lr = 0.01f;
+  o.online.sgd_options.batch = 8;
   o.feedback = 0.25;
   const ReplayReport learned = replay_trace(engine, set, d, trace, o);
   EXPECT_EQ(hits(learned, 0, 8, &agree), 0);  // no step before the first 8 answers
@@ -1284,9 +1273,9 @@ TEST(Replay, PriorAdaptationRaisesHitsOnDrift) {
   const Trace drift = make_trace("drift", d, 1500, 31, tp);
   ReplayOptions o;
   const ReplayReport plain = replay_trace(engine, set, d, drift, o);
-  o.prior = true;
-  o.prior_options.window = 50;
-  o.prior_options.max_ratio = 2.0;
+  o.online.prior = true;
+  o.online.prior_options.window = 50;
+  o.online.prior_options.max_ratio = 2.0;
   const ReplayReport adapted = replay_trace(engine, set, d, drift, o);
   EXPECT_EQ(adapted.prior_updates, 1500 / 32) << "every 32 requests";
   EXPECT_GT(adapted.hit_rate(), plain.hit_rate() + 0.03) << plain.hit_rate() << " -> " << adapted.hit_rate();
@@ -1295,9 +1284,9 @@ TEST(Replay, PriorAdaptationRaisesHitsOnDrift) {
   EXPECT_GT(*std::max_element(adapted.prior_estimate.begin(), adapted.prior_estimate.end()), 0.25);
 
   const Trace uniform = make_trace("uniform", d, 1500, 31);
-  o.prior = false;
+  o.online.prior = false;
   const ReplayReport u_plain = replay_trace(engine, set, d, uniform, o);
-  o.prior = true;
+  o.online.prior = true;
   const ReplayReport u_adapted = replay_trace(engine, set, d, uniform, o);
   EXPECT_NEAR(u_adapted.hit_rate(), u_plain.hit_rate(), 0.05);
 
