@@ -9,7 +9,9 @@
 // immutable too, replaced as a whole (a new version is published at a batch
 // boundary), so a run never reads half-updated weights.
 //
-// All activations are NHWC.  Context calls may be asynchronous (a CUDA
+// Activations are in the context's layout(): NHWC on the CPU, NCHW or NHWC
+// on CUDA (kernels/exit_state.h, Layout); a sample is contiguous in both, so
+// only the ops that index inside one care.  Context calls may be asynchronous (a CUDA
 // context enqueues on its stream): synchronize() is the only full barrier,
 // alive() is the only point where the host waits for a device-side count
 // (batch > 1, after a compaction), and to_host() is the only copy out.
@@ -31,7 +33,8 @@ struct Model;
 // executors, which name the device memory a recorded graph reads.
 uint64_t next_object_id();
 
-// An activation's shape, NHWC.
+// An activation's shape: batch, height, width, channels (its memory order is
+// the context's layout()).
 struct Act {
   int n = 0, h = 0, w = 0, c = 0;
   size_t per_sample() const { return size_t(h) * size_t(w) * size_t(c); }
@@ -156,11 +159,15 @@ class BackendContext {
   // Raw copies between host and backend memory (test staging, parameters).
   virtual void from_host(const void* host, size_t bytes, void* dst) = 0;
 
-  // Host NCHW (the PyTorch convention) into backend NHWC, in two halves so
-  // that a run can be recorded as a CUDA graph: stage_input is the host's
-  // part (a copy into pinned memory on CUDA; the CPU only remembers the
-  // pointer) and runs on every run; input_from_stage is the backend's part
-  // (the transpose into dst), which a recorded graph replays.
+  // How this context stores activations.
+  virtual Layout layout() const { return Layout::kNhwc; }
+
+  // Host NCHW (the PyTorch convention) into the backend's layout, in two
+  // halves so that a run can be recorded as a CUDA graph: stage_input is
+  // the host's part (a copy into pinned memory on CUDA; the CPU only
+  // remembers the pointer) and runs on every run; input_from_stage is the
+  // backend's part (a copy or a transpose into dst), which a recorded graph
+  // replays.
   virtual void stage_input(const float* host, const Act& shape) = 0;
   virtual void input_from_stage(const Act& shape, float* dst) = 0;
   // Model convolution `conv` (index into Network::convs) with folded bias,
@@ -178,9 +185,9 @@ class BackendContext {
     return {};
   }
   virtual void max_pool(const float* in, const Act& in_shape, int kernel, int stride, int pad, float* out) = 0;
-  // [n, h, w, c] -> [n, c]
+  // (n, h, w, c) -> [n, c]
   virtual void global_avg_pool(const float* in, const Act& shape, float* out) = 0;
-  // An exit's features, [n, h, w, c] -> [n, pool.features(c)], pooled as
+  // An exit's features, (n, h, w, c) -> [n, pool.features(c)], pooled as
   // the exit head pools them (feature collection for cache building).
   virtual void pool_features(const float* in, const Act& shape, const PoolSpec& pool, float* out) = 0;
   // The model's fully connected layer: [n, features] -> [n, classes]

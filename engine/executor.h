@@ -39,7 +39,7 @@ struct SampleResult {
 };
 
 // Called at each exit point (after the stem and after each residual block)
-// with the output there in backend memory (NHWC, the `n` rows still running; row r is caller sample
+// with the output there in backend memory (in ctx.layout(), the `n` rows still running; row r is caller sample
 // positions[r]).  For feature collection and debugging: it synchronises the
 // backend before it is called, so it costs time on the fast path.
 using ExitObserver = std::function<void(const ExitPoint& exit, BackendContext& ctx, const float* activations, int n,

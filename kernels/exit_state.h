@@ -62,6 +62,16 @@ inline ExitState exit_state_at(void* buffer, int batch) {
 #define GATI_HOST_DEVICE
 #endif
 
+// How a backend stores one sample's activation of h x w pixels and c
+// channels: NHWC, element (y, x, ch) at (y*w + x)*c + ch (the CPU backend;
+// the CUDA backend with TF32), or NCHW, at (ch*h + y)*w + x (PyTorch's
+// order; the CUDA backend in FP32, where cuDNN's fastest FFMA kernels are
+// NCHW ones).  The batch is outermost in both, so a sample is contiguous.
+enum class Layout : int { kNhwc, kNchw };
+GATI_HOST_DEVICE inline long act_offset(Layout layout, int h, int w, int c, int y, int x, int ch) {
+  return layout == Layout::kNchw ? (long(ch) * h + y) * w + x : (long(y) * w + x) * c + ch;
+}
+
 // How an exit pools a block's output [h, w, c] into the cache model's
 // features: adaptive average pooling over a grid x grid of cells (as
 // PyTorch's adaptive_avg_pool2d: cell i spans rows floor(i*h/grid) to

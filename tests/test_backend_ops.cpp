@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "engine/backend.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/memory.h"
 #include "kernels/cpu/conv2d_cpu.h"
 #include "random_model.h"
@@ -64,6 +65,32 @@ Model conv_model() {
   return m;
 }
 
+// An NHWC activation in `layout`, and back.
+std::vector<float> from_nhwc(const std::vector<float>& nhwc, const Act& s, Layout layout) {
+  EXPECT_EQ(nhwc.size(), s.elems());
+  if (layout == Layout::kNhwc) return nhwc;
+  std::vector<float> out(nhwc.size());
+  for (int i = 0; i < s.n; ++i)
+    for (int y = 0; y < s.h; ++y)
+      for (int x = 0; x < s.w; ++x)
+        for (int ch = 0; ch < s.c; ++ch)
+          out[size_t(i) * s.per_sample() + size_t(act_offset(layout, s.h, s.w, s.c, y, x, ch))] =
+              nhwc[size_t(i) * s.per_sample() + size_t(act_offset(Layout::kNhwc, s.h, s.w, s.c, y, x, ch))];
+  return out;
+}
+std::vector<float> to_nhwc(const std::vector<float>& v, const Act& s, Layout layout) {
+  EXPECT_EQ(v.size(), s.elems());
+  if (layout == Layout::kNhwc) return v;
+  std::vector<float> out(v.size());
+  for (int i = 0; i < s.n; ++i)
+    for (int y = 0; y < s.h; ++y)
+      for (int x = 0; x < s.w; ++x)
+        for (int ch = 0; ch < s.c; ++ch)
+          out[size_t(i) * s.per_sample() + size_t(act_offset(Layout::kNhwc, s.h, s.w, s.c, y, x, ch))] =
+              v[size_t(i) * s.per_sample() + size_t(act_offset(layout, s.h, s.w, s.c, y, x, ch))];
+  return out;
+}
+
 // A backend buffer with sentinels around `floats` payload floats.
 struct Guarded {
   std::unique_ptr<Buffer> buf;
@@ -76,6 +103,9 @@ struct Guarded {
   }
   float* data() { return buf->floats() + kGuard; }
   void upload(const std::vector<float>& v) { ctx->from_host(v.data(), v.size() * sizeof(float), data()); }
+  // An activation given NHWC, stored in the context's layout.
+  void upload_act(const std::vector<float>& nhwc, const Act& s) { upload(from_nhwc(nhwc, s, ctx->layout())); }
+  std::vector<float> download_act(const Act& s) { return to_nhwc(download(), s, ctx->layout()); }
   std::vector<float> download() {
     std::vector<float> all(floats + 2 * kGuard);
     ctx->to_host(buf->data(), all.size() * sizeof(float), all.data());
@@ -94,7 +124,13 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
     static const Model model = conv_model();
     model_ = &model;
     try {
-      device_ = make_backend_device(GetParam(), model);
+      if (GetParam() == "cuda_nhwc") {  // the CUDA backend in its other layout
+        CudaOptions o;
+        o.layout = Layout::kNhwc;
+        device_ = make_cuda_device(model, o);
+      } else {
+        device_ = make_backend_device(GetParam(), model);
+      }
     } catch (const Error& e) {
       GTEST_SKIP() << "backend '" << GetParam() << "' not available: " << e.what();
     }
@@ -120,10 +156,11 @@ TEST_P(BackendOps, ConvolutionsOnResNetShapes) {
         const std::vector<float> x = random_floats(in_n, uint32_t(ci * 10 + size_t(n)));
         const std::vector<float> r = random_floats(out_n, uint32_t(ci * 10 + size_t(n) + 500));
         Guarded in(*ctx_, in_n), out(*ctx_, out_n), res(*ctx_, out_n);
-        in.upload(x);
-        res.upload(r);
-        ctx_->conv(int(ci), in.data(), {n, c.h, c.h, c.cin}, out.data(), residual ? res.data() : nullptr, relu);
-        const std::vector<float> got = out.download();
+        const Act in_shape{n, c.h, c.h, c.cin}, out_shape{n, oh, oh, c.cout};
+        in.upload_act(x, in_shape);
+        res.upload_act(r, out_shape);
+        ctx_->conv(int(ci), in.data(), in_shape, out.data(), residual ? res.data() : nullptr, relu);
+        const std::vector<float> got = out.download_act(out_shape);
         std::vector<float> want(out_n);
         const cpu::ConvParams p{c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups};
         cpu::conv2d_nhwc_reference(p, model_->convs[ci].weight.data(), model_->convs[ci].bias.data(), x.data(), n, c.h,
@@ -141,10 +178,10 @@ TEST_P(BackendOps, PoolsAndClassifier) {
     const int h = 112, c = 64, oh = 56;
     const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n));
     Guarded in(*ctx_, x.size()), mp(*ctx_, size_t(n * oh * oh * c)), gap(*ctx_, size_t(n * c));
-    in.upload(x);
+    in.upload_act(x, {n, h, h, c});
     ctx_->max_pool(in.data(), {n, h, h, c}, 3, 2, 1, mp.data());
     ctx_->global_avg_pool(in.data(), {n, h, h, c}, gap.data());
-    const std::vector<float> got_mp = mp.download(), got_gap = gap.download();
+    const std::vector<float> got_mp = mp.download_act({n, oh, oh, c}), got_gap = gap.download();
     for (int i = 0; i < n; ++i)
       for (int ch = 0; ch < c; ++ch) {
         double sum = 0;
@@ -265,12 +302,12 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     for (int i = 0; i < n; ++i) samples[size_t(i)] = 1 + (i * 5) % n;
     for (int i = 0; i < n; ++i) hs.st.position[1][i] = samples[size_t(i)];
     Guarded act(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * c));
-    act.upload(x);
+    act.upload_act(x, {n, h, h, c});
     ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 4, hs.st, 1, pooled_buf.data());
     ctx_->compact(act.data(), {n, h, h, c}, hs.st, 1, 0);
     const int alive = ctx_->alive(hs.st);
     const std::vector<float> got_pooled = pooled_buf.download();
-    const std::vector<float> got_out = act.download();
+    const std::vector<float> got_out = act.download_act({n, h, h, c});
     int want_alive = 0;
     for (int i = 0; i < n; ++i) {
       EXPECT_NEAR(got_pooled[size_t(i * c)], pooled[size_t(i * c)], 1e-5);
@@ -345,7 +382,7 @@ TEST_P(BackendOps, ExitHeadWithASelector) {
   HostState hs(*ctx_, n, classes);
   ctx_->begin_exits(hs.st, n, classes);
   Guarded act(*ctx_, x.size()), pooled(*ctx_, size_t(n * c));
-  act.upload(x);
+  act.upload_act(x, {n, h, h, c});
   ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 1, hs.st, 0, pooled.data());
   ctx_->synchronize();
   int hits = 0;
@@ -453,7 +490,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
     }
     AnswerMemory memory(*ctx_, spec);
     Guarded act(*ctx_, x.size()), pooled(*ctx_, size_t(n * spec.dim));
-    act.upload(x);
+    act.upload_act(x, {n, k.h, k.h, k.c});
     HostState hs(*ctx_, n, classes);
 
     // 1. Empty: nobody hits; each sample's standardised features wait in pending.
@@ -494,7 +531,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
     std::vector<float> reversed(x.size());
     for (int i = 0; i < n; ++i)
       std::memcpy(&reversed[size_t(i) * per], &x[size_t(n - 1 - i) * per], per * sizeof(float));
-    act.upload(reversed);
+    act.upload_act(reversed, {n, k.h, k.h, k.c});
     for (const double threshold : {0.5 * d1, 2.0 * d1}) {
       SCOPED_TRACE("threshold " + std::to_string(threshold));
       AnswerMemory m2(*ctx_, [&] {
@@ -512,7 +549,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
         hs.st.confidence[i] = conf[n - 1 - i];
       }
       ctx_->memory_insert(v2, hs.st, n);
-      act.upload(x);
+      act.upload_act(x, {n, k.h, k.h, k.c});
       ctx_->begin_exits(hs.st, n, classes);
       ctx_->memory_lookup(v2, act.data(), {n, k.h, k.h, k.c}, 6, hs.st, 0, pooled.data());
       ctx_->synchronize();
@@ -529,7 +566,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
       if (hit1) {
         EXPECT_EQ(hs.st.label[1], label[nearest_of_1]);
       }
-      act.upload(reversed);
+      act.upload_act(reversed, {n, k.h, k.h, k.c});
     }
 
     // 4. Round-robin: more confident answers than capacity keep `capacity`.
@@ -562,7 +599,7 @@ TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
     const std::vector<float> x = random_floats(size_t(n * k.h * k.h * k.c), uint32_t(k.h + k.c), 2.0f);
     const std::vector<double> ref = reference_pool(x, n, k.h, k.h, k.c, pool);
     Guarded act(*ctx_, x.size()), feats(*ctx_, size_t(n * dim)), head_pooled(*ctx_, size_t(n * dim));
-    act.upload(x);
+    act.upload_act(x, {n, k.h, k.h, k.c});
     ctx_->pool_features(act.data(), {n, k.h, k.h, k.c}, pool, feats.data());
     const std::vector<float> got = feats.download();
     for (size_t i = 0; i < ref.size(); ++i)
@@ -625,7 +662,7 @@ TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
   HostState hs(*ctx_, n, classes);
   ctx_->begin_exits(hs.st, n, classes);
   Guarded act(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * c));
-  act.upload(x);
+  act.upload_act(x, {n, 7, 7, c});
   ctx_->exit_head(*heads, 0, act.data(), {n, 7, 7, c}, 3, hs.st, 0, pooled_buf.data());
   ctx_->synchronize();
   const std::vector<float> pooled = pooled_buf.download();
@@ -729,7 +766,7 @@ TEST_P(BackendOps, DistanceHeadMatchesTheReference) {
     HostState hs(*ctx_, n, classes);
     ctx_->begin_exits(hs.st, n, classes);
     Guarded act(*ctx_, x.size()), pooled_buf(*ctx_, size_t(n * spec.dim));
-    act.upload(x);
+    act.upload_act(x, {n, h, h, c});
     ctx_->exit_head(*heads, 0, act.data(), {n, h, h, c}, 1, hs.st, 0, pooled_buf.data());
     ctx_->synchronize();
     const std::vector<float> pooled = pooled_buf.download();
@@ -855,7 +892,7 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda"),
+INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda", "cuda_nhwc"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace

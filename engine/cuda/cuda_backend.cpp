@@ -1,8 +1,13 @@
 // The CUDA backend: kernels/cuda behind the backend interface.
 //
-// The device uploads the folded weights once (convolution filters repacked
-// from PyTorch's OIHW to cuDNN's NHWC filter order, KRSC) and is shared,
-// read-only, by every context.  A context is one worker's stream, cuDNN
+// The device uploads the folded weights once and is shared, read-only, by
+// every context.  Activations are NCHW in FP32, where cuDNN's fastest FFMA
+// kernels (and its FFT and Winograd ones) are NCHW ones: on an H100,
+// ResNet-50's convolutions at batch 64 took 22-23 ms NCHW against 26-30 ms
+// NHWC (bench/results/h100-2026-11-22d).  With TF32 they are NHWC, the
+// tensor cores' layout.  GATI_CUDA_LAYOUT=nhwc|nchw overrides the choice.
+// The filters follow: PyTorch's OIHW is cuDNN's KCRS as it is, and is
+// repacked to KRSC for NHWC.  A context is one worker's stream, cuDNN
 // handle, workspace, scratch and timing events; every op only enqueues on
 // its stream.  The host waits in exactly three places: alive() (batch > 1,
 // after a compaction), synchronize(), and the copies out (to_host, the SGD
@@ -134,7 +139,7 @@ class CudaExitHeads final : public ExitHeads {
 struct DeviceConv {
   std::string name;
   cuda::ConvGeometry g;
-  DeviceBuffer weight, bias;  // KRSC, [cout]
+  DeviceBuffer weight, bias;  // KRSC (NHWC) or KCRS (NCHW), [cout]
 };
 
 // OIHW [cout, cin/groups, k, k] -> KRSC [cout, k, k, cin/groups].
@@ -149,9 +154,21 @@ std::vector<float> oihw_to_krsc(const std::vector<float>& w, int cout, int cin_g
   return out;
 }
 
+Layout choose_layout(const CudaOptions& opt) {
+  if (opt.layout) return *opt.layout;
+  const bool tf32 = opt.tf32;
+  const char* v = std::getenv("GATI_CUDA_LAYOUT");
+  const std::string want = v ? v : "";
+  if (want.empty()) return tf32 ? Layout::kNhwc : Layout::kNchw;
+  if (want == "nchw") return Layout::kNchw;
+  if (want == "nhwc") return Layout::kNhwc;
+  fail("GATI_CUDA_LAYOUT='", want, "' is not nchw or nhwc");
+}
+
 class CudaDevice final : public BackendDevice {
  public:
-  CudaDevice(const Model& model, const CudaOptions& opt) : opt_(opt), exits_(int(exit_points(model.net).size())) {
+  CudaDevice(const Model& model, const CudaOptions& opt)
+      : opt_(opt), layout_(choose_layout(opt)), exits_(int(exit_points(model.net).size())) {
     std::string why;
     const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
     if (devs.empty()) fail("device 'cuda': ", why, "; use --device cpu");
@@ -161,7 +178,7 @@ class CudaDevice final : public BackendDevice {
     if (!d.has_code)
       fail("device 'cuda': ", d.name, " (sm_", d.major, d.minor, ") has no code in this build; rebuild with ",
            "-DCMAKE_CUDA_ARCHITECTURES=", d.major, d.minor, ", or use --device cpu");
-    name_ = str_cat("cuda:", d.index, " (", d.name, ")");
+    name_ = str_cat("cuda:", d.index, " (", d.name, ", ", layout_ == Layout::kNchw ? "NCHW" : "NHWC", ")");
     cuda::DeviceScope scope(opt.device);
     for (size_t i = 0; i < model.net.convs.size(); ++i) {
       const ConvSpec& s = model.net.convs[i];
@@ -171,10 +188,11 @@ class CudaDevice final : public BackendDevice {
       if (w.weight.size() != want || w.bias.size() != size_t(s.cout))
         fail(s.name, ": weight has ", w.weight.size(), " values and bias ", w.bias.size(), ", expected ", want, " and ",
              s.cout);
-      const std::vector<float> krsc = oihw_to_krsc(w.weight, s.cout, cin_g, s.kernel);
+      const std::vector<float> filter =
+          layout_ == Layout::kNhwc ? oihw_to_krsc(w.weight, s.cout, cin_g, s.kernel) : w.weight;
       convs_.push_back({s.name,
                         {s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups},
-                        cuda::upload(krsc.data(), krsc.size() * sizeof(float), s.name + ".weight"),
+                        cuda::upload(filter.data(), filter.size() * sizeof(float), s.name + ".weight"),
                         cuda::upload(w.bias.data(), w.bias.size() * sizeof(float), s.name + ".bias")});
     }
     classes_ = model.arch().num_classes;
@@ -193,6 +211,7 @@ class CudaDevice final : public BackendDevice {
   }
 
   const CudaOptions& options() const { return opt_; }
+  Layout layout() const { return layout_; }
   const DeviceConv& conv(int i) const {
     if (i < 0 || size_t(i) >= convs_.size())
       fail("conv: index ", i, " is not in the model (", convs_.size(), " convs)");
@@ -205,6 +224,7 @@ class CudaDevice final : public BackendDevice {
 
  private:
   CudaOptions opt_;
+  Layout layout_;
   int exits_;  // exit points
   std::string name_;
   std::vector<DeviceConv> convs_;
@@ -217,7 +237,8 @@ class CudaContext final : public BackendContext {
   explicit CudaContext(std::shared_ptr<const CudaDevice> device)
       : index_(select(device->options().device)),
         device_(std::move(device)),
-        conv_(stream_.get(), device_->options().tf32) {}
+        layout_(device_->layout()),
+        conv_(stream_.get(), device_->options().tf32, layout_) {}
 
   ~CudaContext() override {
     if (recording_) {  // an exception left a recording open: end it before the stream goes
@@ -226,6 +247,8 @@ class CudaContext final : public BackendContext {
     }
     cudaStreamSynchronize(stream_.get());  // nothing in flight touches freed scratch
   }
+
+  Layout layout() const override { return layout_; }
 
   std::unique_ptr<Buffer> allocate(size_t bytes) override {
     cuda::DeviceScope scope(index_);
@@ -248,7 +271,7 @@ class CudaContext final : public BackendContext {
   //
   // A large input (ResNet-50 at batch 64: 38 MB) goes over in chunks issued
   // here, before any segment, so the DMA of one chunk overlaps the host's
-  // copy of the next; the segment then only transposes it.  A small one
+  // copy of the next; the segment then only moves it into place.  A small one
   // (the demo at batch 1: 3 KB) is copied inside the segment, where a
   // recorded graph carries the copy at no launch of its own.  Both the
   // recording and the replay of a segment see the same batch, so the same
@@ -279,7 +302,13 @@ class CudaContext final : public BackendContext {
     cuda::DeviceScope scope(index_);
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
     if (!input_pinned_ || input_pinned_->bytes() < bytes) fail("input_from_stage: no input of ", s.n, " staged");
-    if (bytes <= kChunkedInputBytes)  // else stage_input has issued the copy already
+    const bool staged = bytes > kChunkedInputBytes;  // stage_input has issued the copy into staging_
+    if (layout_ == Layout::kNchw) {                  // the caller's layout: a copy
+      CUDA_CHECK(cudaMemcpyAsync(dst, staged ? staging_.data() : input_pinned_->data(), bytes, cudaMemcpyDefault,
+                                 stream_.get()));
+      return;
+    }
+    if (!staged)
       CUDA_CHECK(cudaMemcpyAsync(staging_.data(), input_pinned_->data(), bytes, cudaMemcpyHostToDevice, stream_.get()));
     cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
   }
@@ -305,17 +334,17 @@ class CudaContext final : public BackendContext {
 
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out, stream_.get());
+    cuda::max_pool(in, s.n, s.h, s.w, s.c, layout_, kernel, stride, pad, out, stream_.get());
   }
 
   void global_avg_pool(const float* in, const Act& s, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::global_avg_pool_nhwc(in, s.n, s.h * s.w, s.c, out, stream_.get());
+    cuda::global_avg_pool(in, s.n, s.h * s.w, s.c, layout_, out, stream_.get());
   }
 
   void pool_features(const float* in, const Act& s, const PoolSpec& pool, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::pool_features_nhwc(in, s.n, s.h, s.w, s.c, pool, out, stream_.get());
+    cuda::pool_features(in, s.n, s.h, s.w, s.c, layout_, pool, out, stream_.get());
   }
 
   void classifier(const float* pooled, int n, float* logits) override {
@@ -336,9 +365,10 @@ class CudaContext final : public BackendContext {
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     check_exit_head_fits(heads, head, s);
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
-      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, heads.view(head), exit_id, st, pos, pooled, stream_.get());
+      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, heads.view(head), exit_id, st, pos, pooled,
+                             stream_.get());
     else
-      cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, heads.distance_view(head), exit_id, st, pos, pooled,
+      cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, layout_, heads.distance_view(head), exit_id, st, pos, pooled,
                                stream_.get());
   }
 
@@ -366,7 +396,7 @@ class CudaContext final : public BackendContext {
                      float* pooled) override {
     cuda::DeviceScope scope(index_);
     check_pool_fits("memory at exit " + std::to_string(exit_id), m.dim, m.pool, s.c);
-    cuda::memory_lookup(act, s.n, s.h, s.w, s.c, m, exit_id, st, pos, pooled, stream_.get());
+    cuda::memory_lookup(act, s.n, s.h, s.w, s.c, layout_, m, exit_id, st, pos, pooled, stream_.get());
   }
   void memory_insert(const MemoryView& m, const ExitState& st, int n) override {
     cuda::DeviceScope scope(index_);
@@ -551,6 +581,7 @@ class CudaContext final : public BackendContext {
   int index_;            // first: selects the device the members below are created on
   cuda::Stream stream_;  // every member below enqueues on it
   std::shared_ptr<const CudaDevice> device_;
+  Layout layout_;
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "engine/backend.h"
 
@@ -12,6 +13,9 @@ namespace gati {
 struct CudaOptions {
   int device = 0;     // CUDA device index
   bool tf32 = false;  // allow TF32 tensor cores in FP32 convolutions (off: FP32 within 1e-4 of the CPU)
+  // Activation layout; unset: GATI_CUDA_LAYOUT=nchw|nhwc if set, else NCHW
+  // in FP32 and NHWC with TF32 (cuda_backend.cpp says why).
+  std::optional<Layout> layout;
 };
 
 // Uploads the model's folded weights to the device; throws gati::Error when

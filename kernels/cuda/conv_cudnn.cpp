@@ -1,14 +1,18 @@
 // cuDNN convolutions; see conv_cudnn.h.
 //
-// The legacy descriptor API (cudnn_cnn, still shipped with cuDNN 9) covers
-// NHWC float convolutions with groups and the fused bias/residual/ReLU call;
-// the graph API with pointwise ops is the alternative the GPU speed issue
-// measures against it.  Every cuDNN call is checked, and its error names the
-// layer and the shape.
+// Two APIs, both tuned per shape and weighed against each other: the graph
+// API (conv_graph.h: cuDNN's engines, bias/residual/ReLU fused where an
+// engine takes them) and the legacy descriptor API (cudnn_cnn, still
+// shipped with cuDNN 9: cudnnFindConvolutionForwardAlgorithm, PyTorch's
+// cudnn.benchmark path, whose FFT and Winograd algorithms the graph
+// heuristics rarely offer).  On an H100 in FP32 neither wins everywhere
+// (bench/results/h100-2026-11-22d).  Every cuDNN call is checked, and its
+// error names the layer and the shape.
 #include "kernels/cuda/conv_cudnn.h"
 
 #include <cudnn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -39,8 +43,8 @@ bool env_flag(const char* name) {
 
 // Our epilogue kernel's time per run on `stream` over scratch buffers of the
 // layer's output size; -1 where the scratch cannot be had.
-float time_epilogue(long rows, int c, bool residual, bool relu, cudaStream_t stream) {
-  const size_t ys = size_t(rows) * size_t(c), floats = 2 * ys + size_t(c);
+float time_epilogue(int n, long hw, int c, Layout layout, bool residual, bool relu, cudaStream_t stream) {
+  const size_t ys = size_t(n) * size_t(hw) * size_t(c), floats = 2 * ys + size_t(c);
   void* scratch = nullptr;
   if (cudaMalloc(&scratch, floats * sizeof(float)) != cudaSuccess) {
     cudaGetLastError();
@@ -52,9 +56,9 @@ float time_epilogue(long rows, int c, bool residual, bool relu, cudaStream_t str
   cudaEvent_t start = nullptr, stop = nullptr;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  bias_residual_relu(y, rows, c, b, residual ? z : nullptr, relu, stream);  // warm-up
+  bias_residual_relu(y, n, hw, c, layout, b, residual ? z : nullptr, relu, stream);  // warm-up
   cudaEventRecord(start, stream);
-  for (int r = 0; r < 3; ++r) bias_residual_relu(y, rows, c, b, residual ? z : nullptr, relu, stream);
+  for (int r = 0; r < 3; ++r) bias_residual_relu(y, n, hw, c, layout, b, residual ? z : nullptr, relu, stream);
   cudaEventRecord(stop, stream);
   float ms = -1;
   // A launch that failed would time as nearly free: no time then.
@@ -83,6 +87,10 @@ struct CudnnConv::Plan {
   cudnnActivationDescriptor_t act = nullptr;
   cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
   int oh = 0, ow = 0;
+  size_t legacy_workspace = 0;
+  float legacy_ms = -1;  // cudnnFind's time of the chosen algorithm; -1: not timed
+  cudnnMathType_t legacy_math = CUDNN_FMA_MATH;
+  std::string where;  // cudnnFind's time of the chosen algorithm; -1: not timed
   ConvChoice choice;
   std::unique_ptr<GraphConv> graph;  // the backend-API plan; null: the legacy calls above
   bool graph_epilogue = false;       // bias, residual and ReLU inside the graph (else our epilogue kernel)
@@ -97,17 +105,20 @@ struct CudnnConv::Plan {
   }
 };
 
-CudnnConv::CudnnConv(cudaStream_t stream, bool tf32) : stream_(stream), tf32_(tf32) {
-  // GATI_CUDNN_API=legacy|graph-unfused|graph (default) and GATI_CUDNN_TUNE=0
-  // (first ranked engine, untimed): switches for the speed work.
+CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout) : stream_(stream), tf32_(tf32), layout_(layout) {
+  // GATI_CUDNN_API=legacy|graph-unfused|graph|both (default: both, timed
+  // against each other) and GATI_CUDNN_TUNE=0 (first ranked engine,
+  // untimed): switches for the speed work.
   const char* api = std::getenv("GATI_CUDNN_API");
-  const std::string a = api ? api : "graph";
+  const std::string a = api ? api : "both";
   if (a == "legacy")
     api_ = Api::kLegacy;
   else if (a == "graph-unfused")
     api_ = Api::kGraphUnfused;
-  else if (a != "graph")
-    fail("GATI_CUDNN_API='", a, "' is not legacy, graph-unfused or graph");
+  else if (a == "graph")
+    api_ = Api::kGraph;
+  else if (a != "both")
+    fail("GATI_CUDNN_API='", a, "' is not legacy, graph-unfused, graph or both");
   const char* tune = std::getenv("GATI_CUDNN_TUNE");
   tune_ = !(tune && std::string(tune) == "0");
   cudnnHandle_t h = nullptr;
@@ -139,7 +150,31 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   p->ow = (w + 2 * g.pad - g.kernel) / g.stride + 1;
   if (p->oh < 1 || p->ow < 1) fail(where, ": the input is smaller than the kernel");
   if (api_ != Api::kLegacy) build_graph(*p, g, n, h, w, relu, residual, timed, where);
-  if (!p->graph) build_legacy(*p, g, n, h, w, relu, timed, where);
+  if (!p->graph) {
+    build_legacy(*p, g, n, h, w, timed, where);
+    use_legacy(*p, relu);
+  } else if (api_ == Api::kBoth && timed && p->graph->timed_ms() >= 0) {
+    // The legacy algorithms, timed by cudnnFind, against the graph plan
+    // (its time includes our epilogue kernel where it does not fuse).
+    // Legacy's epilogue is cuDNN's fused call or ours: counted as ours.
+    try {
+      build_legacy(*p, g, n, h, w, true, where);
+    } catch (const Error&) {
+      p->legacy_ms = -1;  // no legacy algorithm for this shape: the graph stays
+    }
+    const float epilogue_ms =
+        p->legacy_ms >= 0 ? time_epilogue(n, long(p->oh) * p->ow, g.cout, layout_, residual, relu, stream_) : -1;
+    const float graph_ms = p->graph->timed_ms() + (p->graph_epilogue ? 0.f : std::max(epilogue_ms, 0.f));
+    const bool legacy_wins = epilogue_ms >= 0 && p->legacy_ms + epilogue_ms < graph_ms;
+    if (env_flag("GATI_CUDNN_LOG"))
+      std::fprintf(stderr, "[cudnn] %s: graph %g ms vs legacy algo %d %g + epilogue %g ms: %s\n", where.c_str(),
+                   graph_ms, int(p->algo), p->legacy_ms, epilogue_ms, legacy_wins ? "legacy" : "graph");
+    if (legacy_wins) {
+      p->graph.reset();
+      p->graph_epilogue = false;
+      use_legacy(*p, relu);
+    }
+  }
   return *plans_.emplace(key, std::move(p)).first->second;
 }
 
@@ -148,6 +183,7 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
 void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                             const std::string& where) {
   GraphConvShape gs;
+  gs.layout = layout_;
   gs.g = g;
   gs.n = n;
   gs.h = h;
@@ -169,8 +205,9 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
     // convolution alone took 0.03-0.1 ms): weigh it against the convolution
     // alone plus our epilogue kernel, both timed, and keep the faster.
     std::unique_ptr<GraphConv> plain = GraphConv::build(handle_, stream_, alone, tf32_, true, &why_alone);
-    const float epilogue_ms =
-        plain && plain->timed_ms() >= 0 ? time_epilogue(long(n) * p.oh * p.ow, g.cout, residual, relu, stream_) : -1;
+    const float epilogue_ms = plain && plain->timed_ms() >= 0
+                                  ? time_epilogue(n, long(p.oh) * p.ow, g.cout, layout_, residual, relu, stream_)
+                                  : -1;
     if (epilogue_ms >= 0) {
       const float fused_ms = p.graph->timed_ms(), split_ms = plain->timed_ms() + epilogue_ms;
       weighed = str_cat("; fused ", fused_ms, " ms vs alone ", plain->timed_ms(), " + epilogue ", epilogue_ms, " ms");
@@ -195,7 +232,7 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }
 
-void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool timed,
+void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed,
                              const std::string& where) {
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.x), where);
@@ -204,10 +241,10 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
   CUDNN_CHECK_AT(cudnnCreateFilterDescriptor(&p.f), where);
   CUDNN_CHECK_AT(cudnnCreateConvolutionDescriptor(&p.conv), where);
   CUDNN_CHECK_AT(cudnnCreateActivationDescriptor(&p.act), where);
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
-  CUDNN_CHECK_AT(cudnnSetFilter4dDescriptor(p.f, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.cout, g.cin / g.groups,
-                                            g.kernel, g.kernel),
-                 where);
+  const cudnnTensorFormat_t layout = layout_ == Layout::kNchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.x, layout, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
+  CUDNN_CHECK_AT(
+      cudnnSetFilter4dDescriptor(p.f, CUDNN_DATA_FLOAT, layout, g.cout, g.cin / g.groups, g.kernel, g.kernel), where);
   CUDNN_CHECK_AT(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
                                                  CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
                  where);
@@ -217,17 +254,17 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
   CUDNN_CHECK_AT(cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.f, &on, &oc, &ohh, &oww), where);
   p.oh = ohh;
   p.ow = oww;
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.y, layout, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.bias, layout, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
   CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p.act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
 
-  // cuDNN's heuristics rank the algorithms.  Candidates, in order: each
+  // cuDNN ranks the algorithms: timed on this shape when `timed`
+  // (cudnnFindConvolutionForwardAlgorithm, PyTorch's cudnn.benchmark, or
+  // GATI_CUDNN_FIND=1), else by its heuristics.  Candidates, in order: each
   // ranked one that succeeded within the workspace limit and, with TF32 off,
-  // uses FMA math and is neither FFT nor Winograd (whose FP32 rounding can
-  // approach the 1e-4 parity bound); then the two implicit GEMMs, which run
-  // every shape.  The first whose workspace query succeeds is kept.
-  // GATI_CUDNN_FIND=1 times every algorithm on this shape instead
-  // (cudnnFindConvolutionForwardAlgorithm, PyTorch's cudnn.benchmark).
+  // uses FMA math (FFT and Winograd only where transforms_allowed()); then
+  // the two implicit GEMMs, which run every shape.  The first whose
+  // workspace query succeeds is kept.
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
   if (timed || env_flag("GATI_CUDNN_FIND")) {
@@ -242,20 +279,21 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
   struct Candidate {
     cudnnConvolutionFwdAlgo_t algo;
     cudnnMathType_t math;
+    float ms;
   };
   std::vector<Candidate> candidates;
   for (int i = 0; i < returned; ++i) {
     const cudnnConvolutionFwdAlgoPerf_t& q = perf[i];
     if (q.status != CUDNN_STATUS_SUCCESS || q.memory > kMaxWorkspace) continue;
     if (q.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;  // would round FP32 data to FP16
-    if (!tf32_ && (q.mathType != CUDNN_FMA_MATH || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT ||
-                   q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
-                   q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED))
-      continue;
-    candidates.push_back({q.algo, q.mathType});
+    const bool transform =
+        q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+        q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    if (!tf32_ && (q.mathType != CUDNN_FMA_MATH || (transform && !transforms_allowed()))) continue;
+    candidates.push_back({q.algo, q.mathType, timed ? q.time : -1.f});
   }
-  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH});
-  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH});
+  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH, -1.f});
+  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH, -1.f});
   size_t ws = 0;
   bool found = false;
   for (const Candidate& c : candidates) {
@@ -264,24 +302,31 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
         ws > kMaxWorkspace)
       continue;
     p.algo = c.algo;
-    p.choice.tensor_ops = c.math != CUDNN_FMA_MATH;
+    p.legacy_math = c.math;
+    p.legacy_ms = c.ms;
+    p.legacy_workspace = ws;
     found = true;
     break;
   }
   if (!found) fail(where, ": cuDNN has no forward algorithm");
-  workspace_.reserve(ws, str_cat("the cuDNN workspace of ", where));
-  p.choice.algo = int(p.algo);
-  p.choice.workspace_bytes = ws;
-  p.choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
+  p.where = where;
   if (env_flag("GATI_CUDNN_LOG")) {
     std::string ranked;
     for (int i = 0; i < returned; ++i)
       ranked += str_cat(" ", int(perf[i].algo), "/", int(perf[i].mathType), perf[i].status ? "!" : "", "(",
                         perf[i].time >= 0 ? perf[i].time : -1.f, ")");
-    std::fprintf(stderr, "[cudnn] %s: algo %d tensor_ops %d workspace %zu fused %d; ranked%s\n", where.c_str(),
-                 int(p.algo), int(p.choice.tensor_ops), ws, int(p.choice.fused), ranked.c_str());
+    std::fprintf(stderr, "[cudnn] %s: legacy algo %d math %d workspace %zu; ranked%s\n", where.c_str(), int(p.algo),
+                 int(p.legacy_math), ws, ranked.c_str());
   }
-  p.choice.engine = str_cat("legacy algo ", int(p.algo), p.choice.fused ? " fused" : "");
+}
+
+void CudnnConv::use_legacy(Plan& p, bool relu) {
+  workspace_.reserve(p.legacy_workspace, str_cat("the cuDNN workspace of ", p.where));
+  p.choice.algo = int(p.algo);
+  p.choice.workspace_bytes = p.legacy_workspace;
+  p.choice.tensor_ops = p.legacy_math != CUDNN_FMA_MATH;
+  p.choice.fused = relu && !env_flag("GATI_CUDNN_UNFUSED");
+  p.choice.engine = str_cat("legacy algo ", int(p.algo), p.choice.fused ? " fused" : " + epilogue kernel");
 }
 
 const ConvChoice& CudnnConv::prepare(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
@@ -298,7 +343,8 @@ void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in,
   const float one = 1.f, zero = 0.f;
   if (p.graph) {
     p.graph->run(handle_, in, weight, bias, residual, out, workspace_.data());
-    if (!p.graph_epilogue) bias_residual_relu(out, long(n) * p.oh * p.ow, g.cout, bias, residual, relu, stream_);
+    if (!p.graph_epilogue)
+      bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, bias, residual, relu, stream_);
     return;
   }
   if (p.choice.fused) {
@@ -314,7 +360,7 @@ void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in,
   CUDNN_CHECK_AT(cudnnConvolutionForward(handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(),
                                          workspace_.bytes(), &zero, p.y, out),
                  str_cat(name, " ", shape_text(g, n, h, w)));
-  bias_residual_relu(out, long(n) * p.oh * p.ow, g.cout, bias, residual, relu, stream_);
+  bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, bias, residual, relu, stream_);
 }
 
 }  // namespace gati::cuda

@@ -21,6 +21,15 @@
 #include "weights/common/error.h"
 
 namespace gati::cuda {
+
+bool transforms_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("GATI_CUDNN_TRANSFORMS");
+    return !(v && std::string(v) == "0");
+  }();
+  return allowed;
+}
+
 namespace {
 
 // Why a graph or a configuration was refused: caught inside build(), never
@@ -72,14 +81,15 @@ class Desc {
 constexpr int64_t kAlignment = 16;
 enum Uid : int64_t { kX = 1, kW, kBias, kZ, kY, kAfterConv, kAfterBias, kAfterResidual };
 
-// A float tensor [n, c, h, w] stored NHWC (or, for the filter, KRSC).
-Desc tensor(int64_t uid, int64_t n, int64_t c, int64_t h, int64_t w, bool is_virtual) {
+// A float tensor [n, c, h, w] stored NHWC or NCHW (for the filter: KRSC or KCRS).
+Desc tensor(int64_t uid, int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, bool is_virtual) {
   Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
   const cudnnDataType_t type = CUDNN_DATA_FLOAT;
   const bool virt = is_virtual;
   t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type)
       .set_int(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, h, w})
-      .set_int(CUDNN_ATTR_TENSOR_STRIDES, {h * w * c, 1, w * c, c})
+      .set_int(CUDNN_ATTR_TENSOR_STRIDES, layout == Layout::kNchw ? std::vector<int64_t>{c * h * w, h * w, w, 1}
+                                                                  : std::vector<int64_t>{h * w * c, 1, w * c, c})
       .set_int(CUDNN_ATTR_TENSOR_UNIQUE_ID, {uid})
       .set_int(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, {kAlignment})
       .set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt)
@@ -178,11 +188,11 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     // ---- the operation graph
     std::vector<Desc> keep;
     const int64_t n = s.n, cin = g.cin, cout = g.cout, k = g.kernel;
-    Desc x = tensor(kX, n, cin, s.h, s.w, false);
-    Desc w = tensor(kW, cout, cin / g.groups, k, k, false);
-    Desc y = tensor(kY, n, cout, s.oh, s.ow, false);
+    Desc x = tensor(kX, n, cin, s.h, s.w, s.layout, false);
+    Desc w = tensor(kW, cout, cin / g.groups, k, k, s.layout, false);
+    Desc y = tensor(kY, n, cout, s.oh, s.ow, s.layout, false);
     const bool epilogue = s.bias || s.residual || s.relu;
-    Desc conv_out = epilogue ? tensor(kAfterConv, n, cout, s.oh, s.ow, true) : std::move(y);
+    Desc conv_out = epilogue ? tensor(kAfterConv, n, cout, s.oh, s.ow, s.layout, true) : std::move(y);
 
     Desc conv(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
     const cudnnDataType_t comp = CUDNN_DATA_FLOAT;
@@ -222,13 +232,13 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       const bool final_step = i + 1 == steps.size();
       const Desc* operand = nullptr;
       if (steps[i].operand_uid == kBias) {
-        tensors.push_back(tensor(kBias, 1, cout, 1, 1, false));
+        tensors.push_back(tensor(kBias, 1, cout, 1, 1, s.layout, false));
         operand = &tensors.back();
       } else if (steps[i].operand_uid == kZ) {
-        tensors.push_back(tensor(kZ, n, cout, s.oh, s.ow, false));
+        tensors.push_back(tensor(kZ, n, cout, s.oh, s.ow, s.layout, false));
         operand = &tensors.back();
       }
-      tensors.push_back(final_step ? std::move(y) : tensor(steps[i].out_uid, n, cout, s.oh, s.ow, true));
+      tensors.push_back(final_step ? std::move(y) : tensor(steps[i].out_uid, n, cout, s.oh, s.ow, s.layout, true));
       Desc* out = &tensors.back();
       keep.push_back(pointwise_op(steps[i].mode, *last, operand, *out));
       ops.push_back(keep.back().get());
@@ -287,11 +297,10 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     };
     std::vector<Candidate> candidates;
     std::string refusals;
-    // GATI_CUDNN_TRANSFORMS=1 lets Winograd and FFT engines compete (the
-    // speed work's experiment: PyTorch's cudnn.benchmark allows them in FP32).
-    const char* transforms_env = std::getenv("GATI_CUDNN_TRANSFORMS");
-    const bool allow_transforms = transforms_env && std::string(transforms_env) == "1";
-    const size_t max_candidates = tune ? 6 : 1;
+    const bool allow_transforms = transforms_allowed();
+    // GATI_CUDNN_CANDIDATES=N times the first N usable configurations (default 6).
+    const char* candidates_env = std::getenv("GATI_CUDNN_CANDIDATES");
+    const size_t max_candidates = tune ? size_t(std::clamp(candidates_env ? std::atoi(candidates_env) : 6, 1, 64)) : 1;
     for (int64_t i = 0; i < got && candidates.size() < max_candidates; ++i) {
       try {
         Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
@@ -354,7 +363,11 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
                    ys = size_t(n) * size_t(cout) * size_t(s.oh) * size_t(s.ow);
       int64_t max_ws = 0;
       for (const Candidate& c : candidates) max_ws = std::max(max_ws, c.workspace);
-      const size_t floats = (xs + wsz + size_t(cout) + 2 * ys + 63) / 64 * 64;
+      // Each tensor starts 256-byte aligned, so the total is the sum of the
+      // rounded sizes (rounding the sum instead left the output 64 floats
+      // short: compute-sanitizer caught the write past the end).
+      auto r64 = [](size_t v) { return (v + 63) / 64 * 64; };
+      const size_t floats = r64(xs) + r64(wsz) + r64(size_t(cout)) + 2 * r64(ys);
       void* scratch = nullptr;
       if (cudaMalloc(&scratch, floats * sizeof(float) + size_t(max_ws)) != cudaSuccess) {
         cudaGetLastError();
@@ -363,8 +376,8 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       }
       if (scratch) {
         float* f = static_cast<float*>(scratch);
-        float *fw = f + (xs + 63) / 64 * 64, *fb = fw + (wsz + 63) / 64 * 64, *fz = fb + (size_t(cout) + 63) / 64 * 64;
-        float* fy = fz + (ys + 63) / 64 * 64;
+        float *fw = f + r64(xs), *fb = fw + r64(wsz), *fz = fb + r64(size_t(cout));
+        float* fy = fz + r64(ys);
         void* wsp = f + floats;
         cudaEvent_t start = nullptr, stop = nullptr;
         cudaEventCreate(&start);

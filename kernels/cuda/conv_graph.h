@@ -11,8 +11,8 @@
 //
 // A graph is built once per (shape, epilogue); cuDNN's heuristics rank the
 // engine configurations, those whose numerics FP32 forbids are dropped
-// (tensor cores and down-converted inputs unless TF32 is allowed, FFT and
-// Winograd always: their rounding can approach the parity bound), and with
+// (tensor cores and down-converted inputs unless TF32 is allowed; FFT and
+// Winograd unless transforms_allowed() says no), and with
 // `tune` the survivors are timed on the stream and the fastest kept, as
 // PyTorch's cudnn.benchmark does.  When no engine takes the fused graph, the
 // convolution alone is tried and the caller runs the epilogue.
@@ -22,6 +22,8 @@
 
 #include <memory>
 #include <string>
+
+#include "kernels/exit_state.h"
 
 namespace gati::cuda {
 
@@ -33,7 +35,13 @@ struct GraphConvShape {
   ConvGeometry g;
   int n = 0, h = 0, w = 0, oh = 0, ow = 0;
   bool bias = true, residual = false, relu = false;  // the epilogue inside the graph; all false: conv alone
+  Layout layout = Layout::kNhwc;                     // of x, y and the residual; the filter is KRSC or KCRS
 };
+
+// FFT and Winograd convolutions in FP32: allowed, as PyTorch's
+// cudnn.benchmark allows them (the CUDA parity tests hold them to the CPU
+// within 1e-4); GATI_CUDNN_TRANSFORMS=0 refuses them, in both APIs.
+bool transforms_allowed();
 
 class GraphConv {
  public:

@@ -41,10 +41,11 @@ inline void check_scores_smem(const char* what, int dim, int classes) {
 }
 
 // Feature f of one sample's pooled features (PoolSpec's order: averages
-// [cell][c], then maxima [cell][c]) from its activation src [h, w, c]: the
+// [cell][c], then maxima [cell][c]) from its activation src (h x w x c, in `layout`): the
 // CPU twin's pool_features_nhwc, cell summed row by row with rounded adds
 // and scaled by the correctly rounded 1/count.
-__device__ inline float pool_feature(const float* __restrict__ src, int h, int w, int c, PoolSpec pool, int f) {
+__device__ inline float pool_feature(const float* __restrict__ src, int h, int w, int c, Layout layout, PoolSpec pool,
+                                     int f) {
   const int g = pool.grid, cells = pool.cells();
   const int ch = f % c, rest = f / c, cell = rest % cells;
   const bool is_max = rest >= cells;
@@ -53,7 +54,7 @@ __device__ inline float pool_feature(const float* __restrict__ src, int h, int w
   float acc = is_max ? -INFINITY : 0.f;
   for (int y = y0; y < y1; ++y)
     for (int x = x0; x < x1; ++x) {
-      const float v = src[(long(y) * w + x) * c + ch];
+      const float v = src[act_offset(layout, h, w, c, y, x, ch)];
       acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
     }
   return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
@@ -61,16 +62,17 @@ __device__ inline float pool_feature(const float* __restrict__ src, int h, int w
 
 __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
 
-// One row's features: pooled from src [h, w, c] into pooled_row[dim]
+// One row's features: pooled from src (h x w x c, in `layout`) into pooled_row[dim]
 // (device) and standardised, (pooled - mean) * inv_std, into xs[padded_dim]
 // (zero past dim).  Every thread of the block must call it; a barrier must
 // follow before xs is read.
-__device__ inline void pool_and_standardise(const float* __restrict__ src, int h, int w, int c, PoolSpec pool, int dim,
-                                            const float* __restrict__ mean, const float* __restrict__ inv_std,
-                                            float* __restrict__ pooled_row, float* xs) {
+__device__ inline void pool_and_standardise(const float* __restrict__ src, int h, int w, int c, Layout layout,
+                                            PoolSpec pool, int dim, const float* __restrict__ mean,
+                                            const float* __restrict__ inv_std, float* __restrict__ pooled_row,
+                                            float* xs) {
   for (int f = threadIdx.x; f < padded_dim(dim); f += blockDim.x) {
     if (f < dim) {
-      const float p = pool_feature(src, h, w, c, pool, f);
+      const float p = pool_feature(src, h, w, c, layout, pool, f);
       pooled_row[f] = p;
       xs[f] = __fmul_rn(__fsub_rn(p, mean[f]), inv_std[f]);
     } else {

@@ -22,7 +22,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void distance_head_kernel(const float* __restrict__ act, int height, int width, int channels,
+__global__ void distance_head_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
                                      DistanceHeadView h, int exit_id, ExitState st, int pos,
                                      float* __restrict__ pooled) {
   extern __shared__ float smem[];
@@ -32,8 +32,8 @@ __global__ void distance_head_kernel(const float* __restrict__ act, int height, 
   __shared__ float s_d2[kMaxNeighbours];
   __shared__ int s_idx[kMaxNeighbours];
   const int row = blockIdx.x, tid = threadIdx.x;
-  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, h.pool, dim, h.mean,
-                            h.inv_std, pooled + long(row) * dim, xs);
+  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, layout, h.pool, dim,
+                            h.mean, h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
   dev::linear_scores(h.projection, nullptr, xs, dim, h.reduced, y);
   __syncthreads();
@@ -101,8 +101,9 @@ __global__ void distance_head_kernel(const float* __restrict__ act, int height, 
 
 }  // namespace
 
-void exit_head_distance(const float* act, int n, int height, int width, int channels, const DistanceHeadView& h,
-                        int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void exit_head_distance(const float* act, int n, int height, int width, int channels, Layout layout,
+                        const DistanceHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                        cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.dim != h.pool.features(channels))
     fail("distance exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", dim ", h.dim, ")");
   if (h.reduced < 1 || h.entries < 1 || h.neighbours < 1 || h.neighbours > kMaxNeighbours || h.classes < 1)
@@ -111,7 +112,7 @@ void exit_head_distance(const float* act, int n, int height, int width, int chan
   if (pos != 0 && pos != 1) fail("distance exit head: position array ", pos, " is not 0 or 1");
   dev::check_scores_smem("distance exit head", h.dim, h.reduced);
   distance_head_kernel<<<unsigned(n), kThreads, dev::scores_smem_bytes(h.dim, h.reduced), stream>>>(
-      act, height, width, channels, h, exit_id, st, pos, pooled);
+      act, height, width, channels, layout, h, exit_id, st, pos, pooled);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -9,11 +9,12 @@
 
 namespace gati::cuda {
 
-// One launch: pool each row of act [n, height, width, channels] as h.pool
+// One launch: pool each row of act (n, height, width, channels, in `layout`) as h.pool
 // says into pooled [n, h.dim] (device), standardise, project, find the
 // h.neighbours nearest keys, vote, and decide (hit[row]; exit, label,
 // confidence of sample position[pos][row]).
-void exit_head_distance(const float* act, int n, int height, int width, int channels, const DistanceHeadView& h,
-                        int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream);
+void exit_head_distance(const float* act, int n, int height, int width, int channels, Layout layout,
+                        const DistanceHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                        cudaStream_t stream);
 
 }  // namespace gati::cuda

@@ -8,37 +8,44 @@
 namespace gati::cuda {
 namespace {
 
-template <bool kResidual, bool kRelu>
-__global__ void epilogue_kernel(float* __restrict__ out, long total, int c, const float* __restrict__ bias,
+// Element i's channel: i % c in NHWC, (i / hw) % c in NCHW.
+template <Layout kLayout, bool kResidual, bool kRelu>
+__global__ void epilogue_kernel(float* __restrict__ out, long total, int c, long hw, const float* __restrict__ bias,
                                 const float* __restrict__ residual) {
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < total; i += long(gridDim.x) * blockDim.x) {
-    float v = __fadd_rn(out[i], bias[i % c]);
+    const long ch = kLayout == Layout::kNhwc ? i % c : i / hw % c;
+    float v = __fadd_rn(out[i], bias[ch]);
     if (kResidual) v = __fadd_rn(v, residual[i]);
     if (kRelu) v = fmaxf(v, 0.f);
     out[i] = v;
   }
 }
 
-void launch_epilogue(float* out, long total, int c, const float* bias, const float* residual, bool relu,
+template <Layout kLayout>
+void launch_epilogue(float* out, long total, int c, long hw, const float* bias, const float* residual, bool relu,
                      cudaStream_t stream) {
   const int threads = 256;
   const unsigned blocks = grid_for(total, threads);
   if (residual && relu)
-    epilogue_kernel<true, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+    epilogue_kernel<kLayout, true, true><<<blocks, threads, 0, stream>>>(out, total, c, hw, bias, residual);
   else if (residual)
-    epilogue_kernel<true, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+    epilogue_kernel<kLayout, true, false><<<blocks, threads, 0, stream>>>(out, total, c, hw, bias, residual);
   else if (relu)
-    epilogue_kernel<false, true><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+    epilogue_kernel<kLayout, false, true><<<blocks, threads, 0, stream>>>(out, total, c, hw, bias, residual);
   else
-    epilogue_kernel<false, false><<<blocks, threads, 0, stream>>>(out, total, c, bias, residual);
+    epilogue_kernel<kLayout, false, false><<<blocks, threads, 0, stream>>>(out, total, c, hw, bias, residual);
 }
 
 }  // namespace
 
-void bias_residual_relu(float* out, long rows, int c, const float* bias, const float* residual, bool relu,
-                        cudaStream_t stream) {
-  if (rows < 1 || c < 1) fail("conv epilogue: bad shape (", rows, " rows, ", c, " channels)");
-  launch_epilogue(out, rows * c, c, bias, residual, relu, stream);
+void bias_residual_relu(float* out, int n, long hw, int c, Layout layout, const float* bias, const float* residual,
+                        bool relu, cudaStream_t stream) {
+  if (n < 1 || hw < 1 || c < 1) fail("conv epilogue: bad shape (n ", n, ", ", hw, " pixels, ", c, " channels)");
+  const long total = long(n) * hw * c;
+  if (layout == Layout::kNchw)
+    launch_epilogue<Layout::kNchw>(out, total, c, hw, bias, residual, relu, stream);
+  else
+    launch_epilogue<Layout::kNhwc>(out, total, c, hw, bias, residual, relu, stream);
   CUDA_CHECK_LAUNCH();
 }
 

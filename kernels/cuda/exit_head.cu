@@ -39,15 +39,15 @@ __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
   }
 }
 
-__global__ void exit_head_kernel(const float* __restrict__ act, int height, int width, int channels, LinearHeadView h,
-                                 int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
+__global__ void exit_head_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
+                                 LinearHeadView h, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float smem[];
   const int dim = h.dim, padded = dev::padded_dim(dim);
   float* xs = smem;          // [padded] standardised features
   float* z = smem + padded;  // [classes] scores
   const int row = blockIdx.x;
-  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, h.pool, dim, h.mean,
-                            h.inv_std, pooled + long(row) * dim, xs);
+  dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, layout, h.pool, dim,
+                            h.mean, h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
   dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
   __syncthreads();
@@ -127,10 +127,11 @@ void launch_begin_exits(const ExitState& st, int n, long logits, cudaStream_t st
   begin_exits_kernel<<<grid_for(logits > n ? logits : n, 256), 256, 0, stream>>>(st, n, logits);
 }
 
-void launch_exit_head(const float* act, int n, int height, int width, int channels, const LinearHeadView& h,
-                      int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void launch_exit_head(const float* act, int n, int height, int width, int channels, Layout layout,
+                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                      cudaStream_t stream) {
   exit_head_kernel<<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(
-      act, height, width, channels, h, exit_id, st, pos, pooled);
+      act, height, width, channels, layout, h, exit_id, st, pos, pooled);
 }
 
 void launch_compact(float* act, int n, long row_floats, const ExitState& st, int pos_in, int pos_out,
@@ -155,15 +156,16 @@ void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-void exit_head_linear(const float* act, int n, int height, int width, int channels, const LinearHeadView& h,
-                      int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void exit_head_linear(const float* act, int n, int height, int width, int channels, Layout layout,
+                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                      cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.classes < 1 || h.pool.grid < 1 ||
       h.pool.grid > kMaxPoolGrid || h.dim != h.pool.features(channels))
     fail("exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", pool grid ", h.pool.grid, ", dim ",
          h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
   dev::check_scores_smem("exit head", h.dim, h.classes);
-  launch_exit_head(act, n, height, width, channels, h, exit_id, st, pos, pooled, stream);
+  launch_exit_head(act, n, height, width, channels, layout, h, exit_id, st, pos, pooled, stream);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -16,12 +16,13 @@ namespace gati::cuda {
 
 void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream);
 
-// One launch: pooling of each row of act [n, height, width, channels] as
+// One launch: pooling of each row of act (n, height, width, channels, in `layout`) as
 // h.pool says into pooled [n, h.dim] (device), standardise, linear scores,
 // top softmax, and the hit decision (hit[row]; exit, label, confidence of
 // sample position[pos][row]).
-void exit_head_linear(const float* act, int n, int height, int width, int channels, const LinearHeadView& h,
-                      int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream);
+void exit_head_linear(const float* act, int n, int height, int width, int channels, Layout layout,
+                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                      cudaStream_t stream);
 
 // Device scratch for compaction: `rows` ints and rows * row_floats floats.
 struct CompactScratch {

@@ -1,4 +1,4 @@
-// Layout change for the network input: host NCHW (PyTorch's) to NHWC on the device.
+// The network input into an NHWC context: host NCHW (PyTorch's) to NHWC on the device.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -18,14 +18,14 @@ namespace {
 constexpr int kLookupThreads = 256;
 constexpr int kInsertThreads = 256;
 
-__global__ void memory_lookup_kernel(const float* __restrict__ act, int height, int width, int channels, MemoryView m,
-                                     int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
+__global__ void memory_lookup_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
+                                     MemoryView m, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float x[];  // [dim] standardised features
   const int row = blockIdx.x, tid = threadIdx.x;
   const int sample = st.position[pos][row];
   const float* src = act + long(row) * height * width * channels;
   for (int f = tid; f < m.dim; f += blockDim.x) {
-    const float p = dev::pool_feature(src, height, width, channels, m.pool, f);
+    const float p = dev::pool_feature(src, height, width, channels, layout, m.pool, f);
     pooled[long(row) * m.dim + f] = p;
     x[f] = __fmul_rn(__fsub_rn(p, m.mean[f]), m.inv_std[f]);
     m.pending[long(sample) * m.dim + f] = x[f];
@@ -73,10 +73,11 @@ __global__ void memory_insert_kernel(MemoryView m, ExitState st, int n) {
   }
 }
 
-void launch_memory_lookup(const float* act, int n, int height, int width, int channels, const MemoryView& m,
-                          int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void launch_memory_lookup(const float* act, int n, int height, int width, int channels, Layout layout,
+                          const MemoryView& m, int exit_id, const ExitState& st, int pos, float* pooled,
+                          cudaStream_t stream) {
   memory_lookup_kernel<<<unsigned(n), kLookupThreads, size_t(m.dim) * sizeof(float), stream>>>(
-      act, height, width, channels, m, exit_id, st, pos, pooled);
+      act, height, width, channels, layout, m, exit_id, st, pos, pooled);
 }
 
 void launch_memory_insert(const MemoryView& m, const ExitState& st, int n, cudaStream_t stream) {
@@ -92,13 +93,13 @@ void check_memory(const char* what, const MemoryView& m) {
 
 }  // namespace
 
-void memory_lookup(const float* act, int n, int height, int width, int channels, const MemoryView& m, int exit_id,
-                   const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void memory_lookup(const float* act, int n, int height, int width, int channels, Layout layout, const MemoryView& m,
+                   int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
   check_memory("memory lookup", m);
   if (n < 1 || height < 1 || width < 1 || channels < 1 || m.dim != m.pool.features(channels))
     fail("memory lookup: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", dim ", m.dim, ")");
   if (pos != 0 && pos != 1) fail("memory lookup: position array ", pos, " is not 0 or 1");
-  launch_memory_lookup(act, n, height, width, channels, m, exit_id, st, pos, pooled, stream);
+  launch_memory_lookup(act, n, height, width, channels, layout, m, exit_id, st, pos, pooled, stream);
   CUDA_CHECK_LAUNCH();
 }
 

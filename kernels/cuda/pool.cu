@@ -1,7 +1,8 @@
 // Pooling kernels; see pool.cuh.
 //
-// Both kernels put consecutive threads on consecutive channels, so every
-// warp reads and writes contiguous NHWC memory.  The average pool sums each
+// In NHWC consecutive threads take consecutive channels, so every warp reads
+// and writes contiguous memory; in NCHW the max-pool's consecutive threads
+// take consecutive pixels of one channel.  The average pool sums each
 // channel in the CPU twin's order with explicitly rounded adds (__fadd_rn
 // cannot be contracted into an FMA), so the exit heads, which pool the same
 // way, see the same features as the CPU backend.
@@ -16,16 +17,27 @@
 namespace gati::cuda {
 namespace {
 
+template <Layout kLayout>
 __global__ void max_pool_kernel(const float* __restrict__ in, int n, int h, int w, int c, int kernel, int stride,
                                 int pad, int oh, int ow, float* __restrict__ out) {
   const long total = long(n) * oh * ow * c;
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < total; i += long(gridDim.x) * blockDim.x) {
-    const int ch = int(i % c);
-    long rest = i / c;
-    const int ox = int(rest % ow);
-    rest /= ow;
-    const int oy = int(rest % oh);
-    const long img = rest / oh;
+    int ch, ox, oy;
+    long img;
+    if (kLayout == Layout::kNhwc) {
+      ch = int(i % c);
+      const long rest = i / c;
+      ox = int(rest % ow);
+      oy = int(rest / ow % oh);
+      img = rest / ow / oh;
+    } else {
+      ox = int(i % ow);
+      const long rest = i / ow;
+      oy = int(rest % oh);
+      ch = int(rest / oh % c);
+      img = rest / oh / c;
+    }
+    const float* src = in + img * h * w * c;
     float m = -FLT_MAX;
     bool any = false;
     for (int ky = 0; ky < kernel; ++ky) {
@@ -34,7 +46,7 @@ __global__ void max_pool_kernel(const float* __restrict__ in, int n, int h, int 
       for (int kx = 0; kx < kernel; ++kx) {
         const int ix = ox * stride - pad + kx;
         if (ix < 0 || ix >= w) continue;
-        const float v = in[((img * h + iy) * w + ix) * c + ch];
+        const float v = src[act_offset(kLayout, h, w, c, iy, ix, ch)];
         m = any ? fmaxf(m, v) : v;
         any = true;
       }
@@ -43,70 +55,75 @@ __global__ void max_pool_kernel(const float* __restrict__ in, int n, int h, int 
   }
 }
 
-__global__ void global_avg_pool_kernel(const float* __restrict__ in, int hw, int c, float inv,
+__global__ void global_avg_pool_kernel(const float* __restrict__ in, int hw, int c, Layout layout, float inv,
                                        float* __restrict__ out) {
   const int img = blockIdx.y;
   const float* src = in + long(img) * hw * c;
+  // pixel p of channel ch: NHWC p*c + ch, NCHW ch*hw + p
+  const long pixel_step = layout == Layout::kNhwc ? c : 1, channel_step = layout == Layout::kNhwc ? 1 : hw;
   for (int ch = blockIdx.x * blockDim.x + threadIdx.x; ch < c; ch += gridDim.x * blockDim.x) {
     float acc = 0.f;
-    for (int p = 0; p < hw; ++p) acc = __fadd_rn(acc, src[long(p) * c + ch]);
+    for (int p = 0; p < hw; ++p) acc = __fadd_rn(acc, src[long(p) * pixel_step + long(ch) * channel_step]);
     out[long(img) * c + ch] = __fmul_rn(acc, inv);
   }
 }
 
-__global__ void pool_features_kernel(const float* __restrict__ in, int h, int w, int c, PoolSpec pool, int dim,
-                                     float* __restrict__ out) {
+__global__ void pool_features_kernel(const float* __restrict__ in, int h, int w, int c, Layout layout, PoolSpec pool,
+                                     int dim, float* __restrict__ out) {
   const int img = blockIdx.y;
   const float* src = in + long(img) * h * w * c;
   for (int f = blockIdx.x * blockDim.x + threadIdx.x; f < dim; f += gridDim.x * blockDim.x)
-    out[long(img) * dim + f] = dev::pool_feature(src, h, w, c, pool, f);
+    out[long(img) * dim + f] = dev::pool_feature(src, h, w, c, layout, pool, f);
 }
 
-void launch_max_pool(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, int oh, int ow,
-                     float* out, cudaStream_t stream) {
-  max_pool_kernel<<<grid_for(long(n) * oh * ow * c, 256), 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow,
-                                                                            out);
+void launch_max_pool(const float* in, int n, int h, int w, int c, Layout layout, int kernel, int stride, int pad,
+                     int oh, int ow, float* out, cudaStream_t stream) {
+  const unsigned blocks = grid_for(long(n) * oh * ow * c, 256);
+  if (layout == Layout::kNchw)
+    max_pool_kernel<Layout::kNchw><<<blocks, 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow, out);
+  else
+    max_pool_kernel<Layout::kNhwc><<<blocks, 256, 0, stream>>>(in, n, h, w, c, kernel, stride, pad, oh, ow, out);
 }
 
-void launch_global_avg_pool(const float* in, int n, int hw, int c, float* out, cudaStream_t stream) {
+void launch_global_avg_pool(const float* in, int n, int hw, int c, Layout layout, float* out, cudaStream_t stream) {
   const int threads = c >= 256 ? 256 : ((c + 31) / 32) * 32;
   const dim3 grid(unsigned((c + threads - 1) / threads), unsigned(n));
-  global_avg_pool_kernel<<<grid, threads, 0, stream>>>(in, hw, c, 1.0f / float(hw), out);
+  global_avg_pool_kernel<<<grid, threads, 0, stream>>>(in, hw, c, layout, 1.0f / float(hw), out);
 }
 
-void launch_pool_features(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out,
+void launch_pool_features(const float* in, int n, int h, int w, int c, Layout layout, const PoolSpec& pool, float* out,
                           cudaStream_t stream) {
   const int dim = pool.features(c), threads = 256;
   const dim3 grid(unsigned((dim + threads - 1) / threads), unsigned(n));
-  pool_features_kernel<<<grid, threads, 0, stream>>>(in, h, w, c, pool, dim, out);
+  pool_features_kernel<<<grid, threads, 0, stream>>>(in, h, w, c, layout, pool, dim, out);
 }
 
 }  // namespace
 
-void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, float* out,
-                   cudaStream_t stream) {
+void max_pool(const float* in, int n, int h, int w, int c, Layout layout, int kernel, int stride, int pad, float* out,
+              cudaStream_t stream) {
   if (n < 1 || h < 1 || w < 1 || c < 1 || kernel < 1 || stride < 1 || pad < 0 || pad >= kernel)
     fail("max_pool: bad shape or window (n ", n, ", ", h, "x", w, "x", c, ", kernel ", kernel, ", stride ", stride,
          ", pad ", pad, ")");
   const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
   if (oh < 1 || ow < 1) fail("max_pool: ", h, "x", w, " is smaller than the window");
-  launch_max_pool(in, n, h, w, c, kernel, stride, pad, oh, ow, out, stream);
+  launch_max_pool(in, n, h, w, c, layout, kernel, stride, pad, oh, ow, out, stream);
   CUDA_CHECK_LAUNCH();
 }
 
-void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out, cudaStream_t stream) {
+void global_avg_pool(const float* in, int n, int hw, int c, Layout layout, float* out, cudaStream_t stream) {
   if (n < 1 || hw < 1 || c < 1) fail("global_avg_pool: bad shape (n ", n, ", hw ", hw, ", c ", c, ")");
   if (n > 65535) fail("global_avg_pool: batch ", n, " exceeds 65535");
-  launch_global_avg_pool(in, n, hw, c, out, stream);
+  launch_global_avg_pool(in, n, hw, c, layout, out, stream);
   CUDA_CHECK_LAUNCH();
 }
 
-void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out,
-                        cudaStream_t stream) {
+void pool_features(const float* in, int n, int h, int w, int c, Layout layout, const PoolSpec& pool, float* out,
+                   cudaStream_t stream) {
   if (n < 1 || h < 1 || w < 1 || c < 1 || pool.grid < 1 || pool.grid > kMaxPoolGrid)
     fail("pool_features: bad shape or pool (n ", n, ", ", h, "x", w, "x", c, ", grid ", pool.grid, ")");
   if (n > 65535) fail("pool_features: batch ", n, " exceeds 65535");
-  launch_pool_features(in, n, h, w, c, pool, out, stream);
+  launch_pool_features(in, n, h, w, c, layout, pool, out, stream);
   CUDA_CHECK_LAUNCH();
 }
 
