@@ -3,7 +3,8 @@
 //   bench_gpu --models=a.safetensors,b.safetensors [--batches=1,8,64,256] [--exits] [benchmark flags]
 //
 // Whole-model latency through the Engine on the GPU (host input in, results
-// out, one synchronisation per run: what a caller sees), the cost of
+// out, one synchronisation per run: what a caller sees; and with the input
+// already in device memory, model_device_input/), the cost of
 // consulting caches that never hit (--exits), and the exit-point ops alone,
 // timed with CUDA events (manual time): the fused exit head, compaction and
 // the SGD step at ResNet shapes, with bytes/s counters to hold against the
@@ -102,7 +103,7 @@ void BM_SgdStep(benchmark::State& state) {
   auto labels = rig.ctx->allocate(size_t(n) * sizeof(int32_t));
   std::vector<float> init = random_floats(2 * size_t(dim) + 2 * total, 6);
   for (size_t i = 0; i < total; ++i) init[2 * size_t(dim) + total + i] = 0.f;  // velocity
-  for (size_t i = size_t(dim); i < 2 * size_t(dim); ++i) init[i] = 1.f;         // inv_std
+  for (size_t i = size_t(dim); i < 2 * size_t(dim); ++i) init[i] = 1.f;        // inv_std
   std::vector<int32_t> y(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) y[size_t(i)] = i % classes;
   const std::vector<float> f = random_floats(size_t(n) * size_t(dim), 7);
@@ -110,8 +111,8 @@ void BM_SgdStep(benchmark::State& state) {
   rig.ctx->from_host(f.data(), f.size() * sizeof(float), feats->data());
   rig.ctx->from_host(y.data(), y.size() * sizeof(int32_t), labels->data());
   float* p = params->floats();
-  const gati::LinearHeadMut h{dim, classes, p, p + dim, p + 2 * dim, p + 2 * dim + size_t(dim) * size_t(classes),
-                              p + 2 * dim + total};
+  const gati::LinearHeadMut h{
+      dim, classes, p, p + dim, p + 2 * dim, p + 2 * dim + size_t(dim) * size_t(classes), p + 2 * dim + total};
   const gati::SgdHyper hp{1e-4f, 0.9f, 5e-4f};
   rig.time(state, [&] {
     double loss = 0;
@@ -128,6 +129,39 @@ BENCHMARK(BM_SgdStep)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// model_device_input/<arch>/batch:<b>: the input already in device memory
+// (RunOptions::input_on_device; checked there), logits back to the host: the
+// like-for-like of PyTorch with its input on the GPU.
+void BM_ModelDeviceInput(benchmark::State& state, std::shared_ptr<gati::Engine> engine, int batch) {
+  const gati::Arch& a = engine->arch();
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  gati::Session session = engine->session();
+  std::unique_ptr<gati::Buffer> input = session.context().allocate(x.size() * sizeof(float));
+  session.context().from_host(x.data(), x.size() * sizeof(float), input->data());
+  session.context().synchronize();
+  gati::RunOptions opts;
+  opts.input_on_device = true;
+  session.infer(input->floats(), batch, a.in_channels, a.input_h, a.input_w, opts);  // plan + warm caches
+  for (auto _ : state)
+    benchmark::DoNotOptimize(session.infer(input->floats(), batch, a.in_channels, a.input_h, a.input_w, opts));
+  state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_device_input(const gati::bench::Args& args) {
+  for (const std::string& path : args.models) {
+    gati::EngineOptions eo;
+    eo.device = "cuda";
+    auto engine = std::make_shared<gati::Engine>(path, eo);
+    for (int b : args.batches)
+      benchmark::RegisterBenchmark(
+          ("model_device_input/" + engine->arch().name + "/batch:" + std::to_string(b)).c_str(), BM_ModelDeviceInput,
+          engine, b)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,6 +175,7 @@ int main(int argc, char** argv) {
   gati::bench::Args args = gati::bench::parse_args(argc, argv);
   try {
     gati::bench::register_models(args, "cuda");
+    register_device_input(args);
   } catch (const gati::Error& e) {
     std::fprintf(stderr, "bench_gpu: %s\n", e.what());
     return 1;

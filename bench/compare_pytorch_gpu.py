@@ -110,22 +110,23 @@ def header(args):
     return {"gpu": torch.cuda.get_device_name(0), "nvidia_smi": smi, "torch": torch.__version__,
             "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "commit": commit,
             "repeats": args.repeats, "command": " ".join(["bench/compare_pytorch_gpu.py"] + sys.argv[1:]),
-            "timing": "medians; PyTorch: CUDA events with the input on the GPU, and wall clock host input to host logits (host_io_*); gati: bench_gpu real time, host input to results"}
+            "timing": "medians; PyTorch: CUDA events with the input on the GPU, and wall clock host input to host logits (host_io_*); gati: bench_gpu real time, host input to results (gati_ms) and device input to host logits (gati_device_input_ms)"}
 
 
 def gati_medians(bench, paths, batches, repeats):
     out = subprocess.run([bench, "--models=" + ",".join(paths), "--batches=" + ",".join(map(str, batches)),
-                          "--benchmark_filter=model/", f"--benchmark_repetitions={repeats}",
+                          "--benchmark_filter=^model", f"--benchmark_repetitions={repeats}",
                           "--benchmark_min_time=0.05", "--benchmark_report_aggregates_only=true",
                           "--benchmark_format=json"], capture_output=True, text=True)
     if out.returncode != 0:
         print(f"bench_gpu failed ({out.returncode}): {out.stderr.strip()[-2000:]}", flush=True)
         return {}
-    medians = {}
+    medians = {}  # (model, batch) -> host input ms; (model, batch, "device") -> device input ms
     for b in json.loads(out.stdout)["benchmarks"]:
         if b.get("aggregate_name") == "median":
-            _, model, batch = b["run_name"].split("/")[:3]
-            medians[(model, int(batch.split(":")[1]))] = b["real_time"]
+            kind, model, batch = b["run_name"].split("/")[:3]
+            key = (model, int(batch.split(":")[1]))
+            medians[key + (("device",) if kind == "model_device_input" else ())] = b["real_time"]
     return medians
 
 
@@ -165,10 +166,11 @@ def main():
 
     medians = gati_medians(args.bench, paths, args.batches, max(5, args.repeats // 5))
     print(f"\n{'model':<12} {'batch':>5} {'prec':>5} {'gati ms':>9} {'torch io':>9} {'ratio io':>9} "
-          f"{'torch gpu':>10} {'config':>14} {'ratio gpu':>10}")
+          f"{'torch gpu':>10} {'config':>14} {'ratio gpu':>10} {'gati dev':>9} {'ratio dev':>10}")
     for r in rows:
         if r["precision"] in GATI_PRECISIONS:
             r["gati_ms"] = medians.get((r["model"], r["batch"]))
+            r["gati_device_input_ms"] = medians.get((r["model"], r["batch"], "device"))
         t = r["pytorch_ms"]
         best_cfg, best = min(((k, v) for k, v in t.items() if v is not None and k not in HOST_IO),
                              key=lambda kv: kv[1])
@@ -176,14 +178,20 @@ def main():
         if r["gati_ms"] is not None:
             r["ratio_best"] = r["gati_ms"] / best
             r["ratio_host_io"] = r["gati_ms"] / io
+        if r.get("gati_device_input_ms") is not None:
+            r["ratio_device_input"] = r["gati_device_input_ms"] / best
         g = f"{r['gati_ms']:.3f}" if r["gati_ms"] is not None else "-"
         ratio = f"{r['ratio_best']:.2f}" if r["ratio_best"] is not None else "-"
         ratio_io = f"{r['ratio_host_io']:.2f}" if r.get("ratio_host_io") is not None else "-"
+        dev = r.get("gati_device_input_ms")
+        g_dev = f"{dev:.3f}" if dev is not None else "-"
+        ratio_dev = f"{r['ratio_device_input']:.2f}" if dev is not None else "-"
         print(f"{r['model']:<12} {r['batch']:>5} {r['precision']:>5} {g:>9} {io:>9.3f} {ratio_io:>9} "
-              f"{best:>10.3f} {best_cfg:>14} {ratio:>10}")
+              f"{best:>10.3f} {best_cfg:>14} {ratio:>10} {g_dev:>9} {ratio_dev:>10}")
     print("(medians.  gati: host input in, logits out, wall clock.  ratio io = gati / PyTorch doing the same\n"
           " (input from host memory, logits back); ratio gpu = gati / PyTorch's fastest configuration with the\n"
-          " input already on the GPU.  Below 1.0 gati is faster.)")
+          " input already on the GPU.  gati dev: gati with its input already on the GPU too (input_on_device),\n"
+          " logits back to the host; ratio dev = gati dev / that PyTorch configuration.  Below 1.0 gati is faster.)")
     if args.out:
         record = {"header": header(args), "rows": rows}
         with open(args.out, "w") as f:

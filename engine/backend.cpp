@@ -148,6 +148,11 @@ PoolSpec parse_pool(const std::string& name) {
   return p;
 }
 
+size_t BackendContext::stage_device_input(const float*, const Act&) {
+  fail("input on the device (RunOptions::input_on_device): this backend reads its input from host memory; ",
+       "use a CUDA session, or pass host memory");
+}
+
 void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int channels) {
   if (dim != pool.features(channels))
     fail(what, ": dim ", dim, ", but ", channels, " channels pooled ", pool_name(pool), " give ",

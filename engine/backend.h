@@ -170,6 +170,12 @@ class BackendContext {
   // replays.
   virtual void stage_input(const float* host, const Act& shape) = 0;
   virtual void input_from_stage(const Act& shape, float* dst) = 0;
+  // An input already in this backend's memory (NCHW at `device`), staged as
+  // stage_input stages a host one and checked where it is: waits for the
+  // check and returns the flat index of the first NaN or infinity, or
+  // shape.elems() when every value is finite.  A backend that reads host
+  // memory only (the CPU) refuses.
+  virtual size_t stage_device_input(const float* device, const Act& shape);
   // Model convolution `conv` (index into Network::convs) with folded bias,
   // optional residual (same shape as the output) and ReLU.
   virtual void conv(int conv, const float* in, const Act& in_shape, float* out, const float* residual, bool relu) = 0;

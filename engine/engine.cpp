@@ -13,17 +13,19 @@ void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w
   if (!x) fail("input: null data");
 }
 
+[[noreturn]] void non_finite_input(size_t i, float value, int c, int h, int w) {
+  const size_t hw = size_t(h) * size_t(w);
+  fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
+       i % size_t(w), "] is ", value, "; inputs must be finite");
+}
+
 // Reads every value: call only once the size is known to be sane (a plan
 // for it exists), never on an absurd h x w.
 void check_input_values(const float* x, int n, int c, int h, int w) {
   const size_t total =
       mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"), "input");
   const size_t i = first_non_finite(x, total);
-  if (i < total) {
-    const size_t hw = size_t(h) * size_t(w);
-    fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
-         i % size_t(w), "] is ", x[i], "; inputs must be finite");
-  }
+  if (i < total) non_finite_input(i, x[i], c, h, w);
 }
 
 }  // namespace
@@ -179,7 +181,18 @@ void Session::run(const float* input, int n, int c, int h, int w, SampleResult* 
     ~Release() { b = false; }
   } release{busy_};
   Executor& ex = executor_for(n, h, w);  // checks the size before a value is read
-  check_input_values(input, n, c, h, w);
+  if (opts.input_on_device) {
+    const Act shape{n, h, w, c};
+    const size_t i = ctx_->stage_device_input(input, shape);
+    if (i < shape.elems()) {
+      float value = 0;
+      ctx_->to_host(input + i, sizeof value, &value);
+      ctx_->synchronize();
+      non_finite_input(i, value, c, h, w);
+    }
+  } else {
+    check_input_values(input, n, c, h, w);
+  }
   ex.run(input, n, results, logits, opts);
 }
 

@@ -104,9 +104,11 @@ class Session {
   const Model& model() const { return *model_; }
   BackendContext& context() { return *ctx_; }
 
-  // results[n] in caller order; logits (may be null) [n, classes], NaN rows
-  // for samples that exited early.  Not re-entrant: calling it from inside
-  // its own observer throws (use another session).
+  // input_nchw in host memory, or in the backend's device memory with
+  // opts.input_on_device (CUDA; no copy from the host, checked on the
+  // device).  results[n] in caller order; logits (may be null, host memory)
+  // [n, classes], NaN rows for samples that exited early.  Not re-entrant:
+  // calling it from inside its own observer throws (use another session).
   void run(const float* input_nchw, int n, int c, int h, int w, SampleResult* results, float* logits,
            const RunOptions& opts = {});
   // Logits of every sample (NaN rows for samples that exited, when

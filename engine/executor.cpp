@@ -120,7 +120,7 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
   // Before staging: a backend may issue the input's copy there (CUDA, large
   // inputs), and the profile's first entry should carry it.
   if (opts.timings) ctx_.timing_begin();
-  ctx_.stage_input(input_nchw, plan_.input.with_batch(n));
+  if (!opts.input_on_device) ctx_.stage_input(input_nchw, plan_.input.with_batch(n));
   if (seg.issue(0, n, 0)) ctx_.begin_exits(st_, n, classes);
 
   // Timing: one mark per recorded entry; names and sizes kept alongside.

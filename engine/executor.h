@@ -55,6 +55,10 @@ struct RunOptions {
   AnswerMemory* memory = nullptr;
   ExitObserver observer;
   std::vector<LayerTiming>* timings = nullptr;  // non-null: record a timing mark after every step
+  // The input is device memory of the session's backend (CUDA), not host
+  // memory: no copy from the host, and the finiteness check runs on the
+  // device (one wait for its answer before the forward pass).
+  bool input_on_device = false;
 };
 
 class Executor {
@@ -68,7 +72,9 @@ class Executor {
   const Plan& plan() const { return plan_; }
   size_t arena_bytes() const { return arena_->bytes() + state_->bytes() + (exit_pooled_ ? exit_pooled_->bytes() : 0); }
 
-  // input: host NCHW [n, C, H, W], normalised.  results[n] in caller order;
+  // input: NCHW [n, C, H, W], normalised, in host memory (or, with
+  // opts.input_on_device, staged by the caller's stage_device_input: Session
+  // does that).  results[n] in caller order;
   // logits (may be null): host [n, classes], NaN rows for samples that exited.
   // Without timings, observer or memory, the ops between two host waits run
   // as recorded segments where the backend has them (CUDA graphs:

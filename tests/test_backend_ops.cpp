@@ -892,6 +892,40 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
   }
 }
 
+// An input already in backend memory is checked where it is: the index of
+// its first NaN or infinity, wherever it sits; a host-only backend refuses.
+TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {
+  const Act shape{3, 40, 40, 3};
+  std::vector<float> x = random_floats(shape.elems(), 90);
+  Guarded in(*ctx_, x.size());
+  if (GetParam() == "cpu") {
+    EXPECT_GATI_ERROR(ctx_->stage_device_input(in.data(), shape), "reads its input from host memory");
+    return;
+  }
+  in.upload(x);
+  EXPECT_EQ(ctx_->stage_device_input(in.data(), shape), shape.elems());
+  for (const size_t at : {size_t(0), size_t(4321), shape.elems() - 1}) {
+    SCOPED_TRACE("first bad value at " + std::to_string(at));
+    x[at] = NAN;
+    x[shape.elems() - 1] = INFINITY;  // later ones do not matter
+    in.upload(x);
+    EXPECT_EQ(ctx_->stage_device_input(in.data(), shape), at);
+    x = random_floats(shape.elems(), 90);
+  }
+  // The staged input is what input_from_stage places, in the context's layout.
+  in.upload(x);
+  ASSERT_EQ(ctx_->stage_device_input(in.data(), shape), shape.elems());
+  Guarded placed(*ctx_, x.size());
+  ctx_->input_from_stage(shape, placed.data());
+  std::vector<float> nhwc(x.size());
+  const size_t hw = size_t(shape.h) * size_t(shape.w);
+  for (size_t i = 0; i < x.size(); ++i) {  // x is NCHW
+    const size_t img = i / (hw * size_t(shape.c)), ch = i / hw % size_t(shape.c), p = i % hw;
+    nhwc[(img * hw + p) * size_t(shape.c) + ch] = x[i];
+  }
+  EXPECT_EQ(placed.download_act(shape), nhwc);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda", "cuda_nhwc"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 

@@ -13,6 +13,7 @@
 #include "engine/server.h"
 #include "kernels/cuda/cuda_device.h"
 #include "random_model.h"
+#include "test_util.h"
 #include "weights/common/error.h"
 
 namespace gati {
@@ -127,6 +128,42 @@ TEST(CudaBackend, ExitDecisionsMatchTheCpu) {
       EXPECT_LE(max_rel_error(lg, lc), 1e-4);
     }
     std::printf("[cuda exits] %s: %d samples exited early, %d ran the full model\n", a.name.c_str(), exited, full);
+  }
+}
+
+// RunOptions::input_on_device: no host copy, the same answers bit for bit
+// (host and device inputs alternate, so a graph recorded for one replays for
+// the other), the check on the device names the bad value like the host's,
+// and the session serves on after a refusal.
+TEST(CudaBackend, InputAlreadyOnTheDeviceAnswersAsFromTheHostAndIsChecked) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(kBottleneckArch, 400);
+  Engine e(m, {"cuda", 0});
+  const Arch& a = m.arch();
+  Session s = e.session();
+  RunOptions on_device;
+  on_device.input_on_device = true;
+  const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
+  for (int n : {1, 8}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    std::vector<float> x = random_floats(per * size_t(n), 401 + uint32_t(n));
+    std::unique_ptr<Buffer> dev = s.context().allocate(x.size() * sizeof(float));
+    s.context().from_host(x.data(), x.size() * sizeof(float), dev->data());
+    s.context().synchronize();
+    const std::vector<float> want = s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w);
+    for (int round = 0; round < 3; ++round) {
+      EXPECT_EQ(s.infer(dev->floats(), n, a.in_channels, a.input_h, a.input_w, on_device), want) << "round " << round;
+      EXPECT_EQ(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w), want) << "round " << round;
+    }
+    if (n < 2) continue;
+    x[per + 2 * size_t(a.input_h) * size_t(a.input_w) + 5 * size_t(a.input_w) + 7] = NAN;  // sample 1, channel 2
+    s.context().from_host(x.data(), x.size() * sizeof(float), dev->data());
+    s.context().synchronize();
+    EXPECT_GATI_ERROR(s.infer(dev->floats(), n, a.in_channels, a.input_h, a.input_w, on_device),
+                      "value at [1,2,5,7] is nan");
+    EXPECT_GATI_ERROR(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w, on_device), "is not device memory");
+    x[per + 2 * size_t(a.input_h) * size_t(a.input_w) + 5 * size_t(a.input_w) + 7] = 0.f;
+    EXPECT_EQ(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w).size(), size_t(n) * size_t(a.num_classes));
   }
 }
 

@@ -234,6 +234,11 @@ TEST_F(ModelFiles, BadInputsAreRejectedAndEngineStaysUsable) {
   EXPECT_GATI_ERROR(e.infer(x.data(), 3), "value at [2,0,1,5] is nan");
   x[2 * 144 + 17] = 0.f;
   EXPECT_EQ(e.infer(x.data(), 3).size(), 15u);
+  Session s = e.session();
+  RunOptions on_device;
+  on_device.input_on_device = true;
+  EXPECT_GATI_ERROR(s.infer(x.data(), 3, 1, 12, 12, on_device), "reads its input from host memory");
+  EXPECT_EQ(s.infer(x.data(), 3, 1, 12, 12).size(), 15u);
   // A different input size gets its own plan.
   const auto big = test::random_floats(20 * 20, 10);
   EXPECT_EQ(e.infer(big.data(), 1, 1, 20, 20).size(), 5u);

@@ -264,19 +264,15 @@ class CudaContext final : public BackendContext {
     if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyDefault, stream_.get()));
   }
 
-  // The host's half: into pinned memory, which a recorded copy reads (a
-  // graph cannot copy from pageable memory) and which the DMA engine reads
-  // at full speed.  The previous run has finished (the executor ends each
-  // run with synchronize()), so the buffer is free to overwrite.
-  //
-  // A large input (ResNet-50 at batch 64: 38 MB) goes over in chunks issued
-  // here, before any segment, so the DMA of one chunk overlaps the host's
-  // copy of the next; the segment then only moves it into place.  A small one
-  // (the demo at batch 1: 3 KB) is copied inside the segment, where a
-  // recorded graph carries the copy at no launch of its own.  Both the
-  // recording and the replay of a segment see the same batch, so the same
-  // choice.
-  static constexpr size_t kChunkedInputBytes = size_t(1) << 20, kInputChunk = size_t(4) << 20;
+  // The host's half: into pinned memory (the DMA engine reads it at full
+  // speed), then to the device's staging buffer, in chunks issued here,
+  // before any segment, so the DMA of one chunk overlaps the host's copy of
+  // the next (ResNet-50 at batch 64: 38 MB).  The segment then only moves
+  // the staged input into place, whichever way it arrived: from the host
+  // here or from device memory (stage_device_input), so a recorded segment
+  // serves both.  The previous run has finished (the executor ends each run
+  // with synchronize()), so the buffers are free to overwrite.
+  static constexpr size_t kInputChunk = size_t(4) << 20;
   void stage_input(const float* host, const Act& s) override {
     cuda::DeviceScope scope(index_);
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
@@ -286,10 +282,6 @@ class CudaContext final : public BackendContext {
     }
     staging_.reserve(bytes, "the input staging buffer");
     auto* pinned = static_cast<unsigned char*>(input_pinned_->data());
-    if (bytes <= kChunkedInputBytes) {
-      std::memcpy(pinned, host, bytes);
-      return;
-    }
     auto* device = static_cast<unsigned char*>(staging_.data());
     const auto* from = reinterpret_cast<const unsigned char*>(host);
     for (size_t at = 0; at < bytes; at += kInputChunk) {
@@ -297,20 +289,37 @@ class CudaContext final : public BackendContext {
       std::memcpy(pinned + at, from + at, n);
       CUDA_CHECK(cudaMemcpyAsync(device + at, pinned + at, n, cudaMemcpyHostToDevice, stream_.get()));
     }
+    staged_bytes_ = bytes;
+  }
+  size_t stage_device_input(const float* input, const Act& s) override {
+    cuda::DeviceScope scope(index_);
+    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, input) != cudaSuccess) cudaGetLastError();
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+      fail("input on the device: ", static_cast<const void*>(input), " is not device memory (",
+           attr.type == cudaMemoryTypeHost ? "pinned host memory" : "unregistered host memory",
+           "); pass it without input_on_device");
+    if (attr.device != index_)
+      fail("input on the device: the input is on cuda:", attr.device, ", this session runs on cuda:", index_);
+    staging_.reserve(bytes, "the input staging buffer");
+    CUDA_CHECK(cudaMemcpyAsync(staging_.data(), input, bytes, cudaMemcpyDeviceToDevice, stream_.get()));
+    if (!input_check_) input_check_ = std::make_unique<cuda::MappedBuffer>(sizeof(uint64_t), "the input check");
+    auto* first = static_cast<unsigned long long*>(input_check_->data());
+    *first = s.elems();
+    cuda::first_non_finite(staging_.floats(), s.elems(), first, stream_.get());
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    staged_bytes_ = bytes;
+    return size_t(*first);
   }
   void input_from_stage(const Act& s, float* dst) override {
     cuda::DeviceScope scope(index_);
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
-    if (!input_pinned_ || input_pinned_->bytes() < bytes) fail("input_from_stage: no input of ", s.n, " staged");
-    const bool staged = bytes > kChunkedInputBytes;  // stage_input has issued the copy into staging_
-    if (layout_ == Layout::kNchw) {                  // the caller's layout: a copy
-      CUDA_CHECK(cudaMemcpyAsync(dst, staged ? staging_.data() : input_pinned_->data(), bytes, cudaMemcpyDefault,
-                                 stream_.get()));
-      return;
-    }
-    if (!staged)
-      CUDA_CHECK(cudaMemcpyAsync(staging_.data(), input_pinned_->data(), bytes, cudaMemcpyHostToDevice, stream_.get()));
-    cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
+    if (staged_bytes_ < bytes) fail("input_from_stage: no input of ", s.n, " staged");
+    if (layout_ == Layout::kNchw)  // the caller's layout: a copy
+      CUDA_CHECK(cudaMemcpyAsync(dst, staging_.data(), bytes, cudaMemcpyDeviceToDevice, stream_.get()));
+    else
+      cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
   }
 
   void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
@@ -585,7 +594,8 @@ class CudaContext final : public BackendContext {
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;
-  std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_;
+  std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_, input_check_;
+  size_t staged_bytes_ = 0;  // of the input in staging_
   std::vector<cuda::Event> events_;
   size_t used_ = 0;
   // Recorded segments (members after the buffers they point into: destroyed first).

@@ -1,5 +1,8 @@
-// NCHW -> NHWC; see layout.cuh.  The input is small (a few channels), so one
-// thread per output element, reading strided and writing coalesced, is enough.
+// The input's transpose and finiteness check; see layout.cuh.  The input is
+// small (a few channels), so one thread per output element, reading strided
+// and writing coalesced, is enough for the transpose.  The check tests the
+// exponent bits (all ones: NaN or infinity), as the host's first_non_finite
+// does, and keeps the smallest index with an atomic min.
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/grid.cuh"
 #include "kernels/cuda/layout.cuh"
@@ -17,11 +20,26 @@ __global__ void nchw_to_nhwc_kernel(const float* __restrict__ in, long total, in
   }
 }
 
+__global__ void first_non_finite_kernel(const float* __restrict__ x, unsigned long long n, unsigned long long* first) {
+  for (unsigned long long i = blockIdx.x * 1ull * blockDim.x + threadIdx.x; i < n; i += 1ull * gridDim.x * blockDim.x)
+    if ((__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u) atomicMin(first, i);
+}
+
 void launch_nchw_to_nhwc(const float* in, long total, int c, int hw, float* out, cudaStream_t stream) {
   nchw_to_nhwc_kernel<<<grid_for(total, 256), 256, 0, stream>>>(in, total, c, hw, out);
 }
 
+void launch_first_non_finite(const float* x, size_t n, unsigned long long* first, cudaStream_t stream) {
+  first_non_finite_kernel<<<grid_for(long(n), 256), 256, 0, stream>>>(x, n, first);
+}
+
 }  // namespace
+
+void first_non_finite(const float* x, size_t n, unsigned long long* first, cudaStream_t stream) {
+  if (n == 0) return;
+  launch_first_non_finite(x, n, first, stream);
+  CUDA_CHECK_LAUNCH();
+}
 
 void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out, cudaStream_t stream) {
   if (n < 1 || c < 1 || h < 1 || w < 1) fail("nchw_to_nhwc: bad shape [", n, ",", c, ",", h, ",", w, "]");
