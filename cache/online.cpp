@@ -8,7 +8,15 @@
 
 namespace gati {
 
-OnlineState::OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior,
+bool feedback_picked(uint64_t position, double share, uint64_t seed) {
+  uint64_t z = position * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 11) * 0x1.0p-53 < share;
+}
+
+OnlineState::OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior, double target,
                          const OnlineOptions& options)
     : o_(options),
       live_(std::move(caches)),
@@ -25,6 +33,45 @@ OnlineState::OnlineState(std::vector<ExitCache> caches, const std::vector<float>
     if (o_.prior_every < 1) fail("online: prior_every must be at least 1 request, got ", o_.prior_every);
     shift_.emplace(label_prior, o_.prior_options);
   }
+  if (!(o_.feedback >= 0 && o_.feedback <= 1)) fail("online: feedback ", o_.feedback, " must be in [0, 1]");
+  if (o_.guard) {
+    if (o_.feedback <= 0) fail("online: the drift guard needs feedback (a share > 0 of the exits' answers checked)");
+    GuardOptions g = o_.guard_options;
+    g.target = target;
+    int exits = 0;
+    for (const ExitCache& c : live_) exits = std::max(exits, c.exit + 1);
+    guard_.emplace(exits, g);
+  }
+}
+
+bool OnlineState::check(int exit, bool agree) { return guard_ && guard_->observe(exit, agree); }
+
+bool OnlineState::score_off_exits(const CollectedFeatures& features, int row, int full_label) {
+  if (!guard_) return false;
+  bool switched = false;
+  for (size_t e = 0; e < live_.size(); ++e) {
+    const ExitCache& c = live_[e];
+    if (!c.enabled() || guard_->enabled(c.exit)) continue;
+    const size_t at = size_t(c.exit);
+    if (at >= features.per_exit.size() || features.dims[at] != c.dim ||
+        size_t(row + 1) * size_t(c.dim) > features.per_exit[at].size())
+      fail("online: no features for request ", row, " at exit '", c.name, "' (dim ", c.dim, ")");
+    float conf = 0;
+    const int label = served_[e].predict(features.per_exit[at].data() + size_t(row) * size_t(c.dim), &conf);
+    if (conf >= c.threshold) switched |= guard_->observe(c.exit, label == full_label);
+  }
+  return switched;
+}
+
+bool OnlineState::any_off() const {
+  if (!guard_) return false;
+  for (const ExitCache& c : live_)
+    if (c.enabled() && !guard_->enabled(c.exit)) return true;
+  return false;
+}
+
+std::vector<GuardEvent> OnlineState::guard_events() const {
+  return guard_ ? guard_->events() : std::vector<GuardEvent>{};
 }
 
 bool OnlineState::observe_answer(int label) {
@@ -62,12 +109,12 @@ bool OnlineState::learn(const CollectedFeatures& features, int row, int label) {
   return stepped;
 }
 
-std::vector<ExitHeadSpec> OnlineState::head_specs(const std::function<bool(int exit)>& keep) {
+std::vector<ExitHeadSpec> OnlineState::head_specs() {
   std::vector<ExitHeadSpec> specs;
   for (size_t e = 0; e < live_.size(); ++e) {
     if (!live_[e].enabled()) continue;  // closed: never served, never scored
     served_[e] = shift_ ? shift_->adapt(live_[e]) : live_[e];
-    if (!keep || keep(live_[e].exit)) specs.push_back(served_[e].head_spec());
+    if (!guard_ || guard_->enabled(live_[e].exit)) specs.push_back(served_[e].head_spec());
   }
   return specs;
 }
@@ -91,7 +138,7 @@ OnlineCaches::OnlineCaches(const Engine& engine, const CacheSet& caches, Server&
       capacity_(queue_capacity),
       base_(caches),
       exit_points_(int(exit_points(engine.model().net).size())),
-      state_(caches.exits, caches.label_prior, options) {
+      state_(caches.exits, caches.label_prior, caches.target_agreement, options) {
   if (!caches.model_fingerprint.empty() && caches.model_fingerprint != fingerprint(engine.model()))
     fail("online: the caches were built for other weights of ", caches.model_arch, " than the engine's model");
   publish(state_.head_specs());  // checks the heads against the model before anything is served with them
@@ -118,7 +165,19 @@ void OnlineCaches::observe(const ServeResult& result, const float* image) {
   item.label = result.result.label;
   const Arch& a = engine_.arch();
   const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
-  const bool wanted = options_.sgd && result.result.exit == kFullModel && image;
+  const bool full = result.result.exit == kFullModel, by_exit = result.result.exit >= 0 && !result.result.from_memory;
+  int64_t position = 0;
+  bool shadow = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    position = positions_++;
+    shadow = any_off_;
+  }
+  // The full model's requests teach SGD and feed the shadow of exits the
+  // guard switched off; a feedback pick of an exit's answer is checked.
+  if (by_exit && options_.guard && feedback_picked(uint64_t(position), options_.feedback, options_.feedback_seed))
+    item.check_exit = result.result.exit;
+  const bool wanted = image && (item.check_exit >= 0 || (full && (options_.sgd || shadow)));
   if (wanted) item.image.assign(image, image + per);  // copied before the lock
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -130,6 +189,7 @@ void OnlineCaches::observe(const ServeResult& result, const float* image) {
     if (wanted && queued_images_ >= capacity_) {
       ++stats_.dropped;
       item.image.clear();
+      item.check_exit = -1;
     }
     if (!item.image.empty()) ++queued_images_;
     queue_.push_back(std::move(item));
@@ -147,6 +207,11 @@ void OnlineCaches::flush() {
 OnlineStats OnlineCaches::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return stats_;
+}
+
+std::vector<GuardEvent> OnlineCaches::guard_events() const {
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  return state_.guard_events();
 }
 
 std::string OnlineCaches::last_error() const {
@@ -204,7 +269,9 @@ void OnlineCaches::learn_loop() {
       }
       // The SGD steps under the state's own lock, not the queue's:
       // observe() never waits behind them.
-      int64_t learned = 0, steps = 0;
+      int64_t learned = 0, steps = 0, checked = 0, agreed = 0;
+      size_t switches = 0;
+      bool any_off = false;
       std::string rejected;
       {
         std::lock_guard<std::mutex> lock(state_mutex_);
@@ -212,20 +279,35 @@ void OnlineCaches::learn_loop() {
         for (const Item& it : items) {
           due |= state_.observe_answer(it.label);
           if (it.image.empty()) continue;
-          try {
-            due |= state_.learn(f, row, it.label);
-            ++learned;
-          } catch (const Error& e) {  // a rejected step: the rest of the batch still counts
-            rejected = e.what();
+          const int full_label = f.full_labels.at(size_t(row));
+          if (it.check_exit >= 0) {
+            ++checked;
+            agreed += it.label == full_label;
+            due |= state_.check(it.check_exit, it.label == full_label);
+          }
+          due |= state_.score_off_exits(f, row, full_label);
+          if (options_.sgd) {
+            try {
+              due |= state_.learn(f, row, full_label);
+              ++learned;
+            } catch (const Error& e) {  // a rejected step: the rest of the batch still counts
+              rejected = e.what();
+            }
           }
           ++row;
         }
         steps = state_.steps();
+        switches = state_.guard_events().size();
+        any_off = state_.any_off();
         if (due) specs = state_.head_specs();
       }
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.learned += learned;
       stats_.steps = steps;
+      stats_.checked += checked;
+      stats_.check_agreed += agreed;
+      stats_.switches = int64_t(switches);
+      any_off_ = any_off;
       if (!rejected.empty()) {
         ++stats_.errors;
         last_error_ = rejected;

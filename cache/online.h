@@ -27,7 +27,9 @@
 // - A step the SGD guard rejects (weights would turn non-finite) is counted
 //   with its reason and its batch discarded; learning goes on.
 // - Thresholds stay as calibrated; the drift guard (guard.h) is what
-//   watches agreement when heads move.
+//   watches agreement when heads move.  Its feedback never delays a client:
+//   a picked answer is served as it is, and the learner runs the full model
+//   on a copy of the request to check it.
 // - Lifetime: the destructor never touches the server (it may be gone);
 //   close() publishes a last time while it is alive (see close()).
 #pragma once
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include "cache/features.h"
+#include "cache/guard.h"
 #include "cache/label_shift.h"
 #include "cache/learned_cache.h"
 #include "engine/server.h"
@@ -58,12 +61,32 @@ struct OnlineOptions {
   bool prior = false;
   LabelShiftOptions prior_options;
   int prior_every = 32;
+  // Feedback: this share of the answers an exit gives (picked by a hash of
+  // the answer's position and feedback_seed: feedback_picked) is checked
+  // against the full model's, so each exit's agreement is measured while
+  // serving.  replay_trace keeps such a request running to the end;
+  // OnlineCaches checks it on the learner's session, after its client has
+  // the answer.
+  double feedback = 0;
+  uint64_t feedback_seed = 1;
+  // The drift guard (guard.h) over that feedback and over the exits it
+  // switched off, scored in shadow on requests whose full answer is known;
+  // judged against the cache set's target agreement (guard_options.target
+  // is ignored); needs feedback > 0.  The heads it leaves open are
+  // republished when it switches one.
+  bool guard = false;
+  GuardOptions guard_options;
 };
+
+// Whether the answer at `position` is one the feedback share checks.
+bool feedback_picked(uint64_t position, double share, uint64_t seed);
 
 class OnlineState {
  public:
-  // `caches` as built; label_prior: CacheSet::label_prior (needed with prior).
-  OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior, const OnlineOptions& options);
+  // `caches` as built (CacheSet::exits); label_prior: CacheSet::label_prior
+  // (needed with prior); target: CacheSet::target_agreement (the guard's).
+  OnlineState(std::vector<ExitCache> caches, const std::vector<float>& label_prior, double target,
+              const OnlineOptions& options);
 
   // One answer served (hits included).  True when the prior is due to be
   // republished (every prior_every answers).
@@ -73,9 +96,22 @@ class OnlineState {
   // True when a head took a step.
   bool learn(const CollectedFeatures& features, int row, int label);
 
-  // The heads as served now (the prior's correction applied), for the
-  // open caches whose exit `keep` accepts; also updates served().
-  std::vector<ExitHeadSpec> head_specs(const std::function<bool(int exit)>& keep = {});
+  // The drift guard, when options.guard: a feedback-checked answer of
+  // `exit` agreed with the full model or not.  True when the guard switched
+  // the exit by it.
+  bool check(int exit, bool agree);
+  // The exits the guard has switched off, scored in shadow on a request the
+  // full model answered: features at every exit point (row `row`), its
+  // label.  True when the guard switched one.
+  bool score_off_exits(const CollectedFeatures& features, int row, int full_label);
+  // Some open cache is switched off by the guard (its shadow needs the
+  // full model's requests).
+  bool any_off() const;
+  std::vector<GuardEvent> guard_events() const;
+
+  // The heads as served now (the prior's correction applied), for the open
+  // caches the guard has not switched off; also updates served().
+  std::vector<ExitHeadSpec> head_specs();
 
   const std::vector<ExitCache>& live() const { return live_; }      // as learned
   const std::vector<ExitCache>& served() const { return served_; }  // as last published
@@ -90,6 +126,7 @@ class OnlineState {
   std::vector<std::vector<float>> velocity_, pending_x_;
   std::vector<std::vector<int>> pending_y_;
   std::optional<LabelShift> shift_;
+  std::optional<DriftGuard> guard_;
   int64_t steps_ = 0, answers_ = 0;
 };
 
@@ -101,6 +138,9 @@ struct OnlineStats {
   int64_t publishes = 0;  // heads handed to the server
   int64_t errors = 0;     // learner failures (the last one in last_error()); serving goes on
   int64_t late = 0;       // answers observed after close(), ignored
+  int64_t checked = 0;    // exits' answers checked against the full model (feedback)
+  int64_t check_agreed = 0;
+  int64_t switches = 0;  // exits the drift guard switched off or on
 };
 
 class OnlineCaches {
@@ -130,6 +170,8 @@ class OnlineCaches {
   void flush();
 
   OnlineStats stats() const;
+  // The drift guard's switches so far (GuardEvent::exit: an exit point id).
+  std::vector<GuardEvent> guard_events() const;
   std::string last_error() const;
   // The caches as learned so far (to save them: CacheSet::save).
   CacheSet caches() const;
@@ -137,6 +179,7 @@ class OnlineCaches {
  private:
   struct Item {
     int label = -1;
+    int check_exit = -1;       // >= 0: an answer of this exit, checked against the full model's
     std::vector<float> image;  // empty: the prior only
   };
   void learn_loop();
@@ -153,7 +196,8 @@ class OnlineCaches {
   std::condition_variable wake_, done_;
   std::vector<Item> queue_;
   size_t queued_images_ = 0;
-  int64_t enqueued_ = 0, processed_ = 0;
+  int64_t enqueued_ = 0, processed_ = 0, positions_ = 0;  // positions_: answers seen, for feedback_picked
+  bool any_off_ = false;  // the guard has an exit off: full-model answers feed its shadow
   bool stopping_ = false, publish_last_ = false;
   mutable std::mutex state_mutex_;  // state_: the learner writes it, caches() reads it
   OnlineState state_;

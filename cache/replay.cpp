@@ -126,8 +126,6 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   for (const Request& r : trace.requests)
     if (r.index < 0 || r.index >= test.n) fail("replay: trace item ", r.index, " is outside ", test.name);
   const Arch& a = engine.arch();
-  if (!(o.feedback >= 0 && o.feedback <= 1)) fail("replay: feedback ", o.feedback, " must be in [0, 1]");
-  if (o.guard && o.feedback <= 0) fail("replay: the drift guard needs feedback (a share > 0 of hits run to the end)");
   std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
   Session session = engine.session();
   std::unique_ptr<AnswerMemory> memory;
@@ -154,30 +152,17 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     rep.has_memory = true;
     rep.memory = {caches.memory->name + ":memory", true, caches.memory->threshold, 0, 0};
   }
-  rep.feedback = o.feedback;
-  rep.guard = o.guard;
-  GuardOptions guard_options = o.guard_options;
-  guard_options.target = caches.target_agreement;
-  DriftGuard guard(int(points.size()), guard_options);
+  rep.feedback = o.online.feedback;
+  rep.guard = o.online.guard;
   // The caches as learned (online updates change them) and as served (with
   // the prior's correction when that is on): OnlineState, shared with
   // OnlineCaches.  The heads the guard leaves on are republished when
   // either changes.
-  OnlineState state(caches.exits, caches.label_prior, o.online);
+  OnlineState state(caches.exits, caches.label_prior, caches.target_agreement, o.online);
   const std::vector<ExitCache>& live = state.live();
-  auto publish = [&] {
-    heads = engine.make_exit_heads(state.head_specs([&](int exit) { return guard.enabled(exit); }));
-  };
+  auto publish = [&] { heads = engine.make_exit_heads(state.head_specs()); };
   if (o.online.prior) publish();  // checks the prior against the heads before the first request
   const std::vector<PoolSpec> pools = state.pools(int(points.size()));
-  // Feedback picks: a hash of the request's position, so they do not depend on the batch.
-  auto picked = [&](uint64_t id) {
-    uint64_t z = id * 0x9E3779B97F4A7C15ull + o.feedback_seed * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return double(z >> 11) * 0x1.0p-53 < o.feedback;
-  };
   const size_t per = test.image_floats();
   const size_t total = trace.requests.size();
   std::vector<float> x;
@@ -216,12 +201,14 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
       r.macs = macs.cost(r.exit, with[size_t(i)].from_memory);
       r.latency_us = us_c;
       r.full_latency_us = us_f;
-      if (r.exit >= 0 && !with[size_t(i)].from_memory && o.feedback > 0 && picked(uint64_t(r.id))) {
+      // Feedback picks hash the request's position, so they do not depend on the batch.
+      if (r.exit >= 0 && !with[size_t(i)].from_memory && o.online.feedback > 0 &&
+          feedback_picked(uint64_t(r.id), o.online.feedback, o.online.feedback_seed)) {
         // Kept running: the full model answers, at its cost; the exit's answer is checked.
         ExitStats& st = rep.exits[size_t(cache_of_exit[size_t(r.exit)])];
         st.feedback++;
         st.feedback_agree += r.label == r.full_label;
-        if (o.guard) switched |= guard.observe(r.exit, r.label == r.full_label);
+        switched |= state.check(r.exit, r.label == r.full_label);
         r.feedback_exit = r.exit;
         r.exit = kFullModel;
         r.exit_name = "full";
@@ -243,24 +230,15 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     // Online updates learn from the same requests: every open learned cache
     // takes an SGD step per online.sgd_options.batch of them, toward the full
     // model's label.
-    bool any_off = false;
-    for (const ExitCache& c : live) any_off |= o.guard && c.enabled() && !guard.enabled(c.exit);
     bool updated = false;
-    if (any_off || o.online.sgd) {
+    if (state.any_off() || o.online.sgd) {
       const auto u0 = clock::now();
       const CollectedFeatures f = collect_features(session, x.data(), nb, nb, pools);
       for (int i = 0; i < nb; ++i) {
         const RequestRecord& r = rep.requests[s + size_t(i)];
         if (r.exit != kFullModel) continue;
         updated |= state.learn(f, i, r.full_label);
-        for (size_t e = 0; e < live.size(); ++e) {
-          const ExitCache& c = live[e];
-          if (!o.guard || !c.enabled() || guard.enabled(c.exit)) continue;
-          const float* feat = f.per_exit[size_t(c.exit)].data() + size_t(i) * size_t(c.dim);
-          float conf;
-          const int label = state.served()[e].predict(feat, &conf);
-          if (conf >= c.threshold) switched |= guard.observe(c.exit, label == r.full_label);
-        }
+        switched |= state.score_off_exits(f, i, r.full_label);
       }
       rep.seconds_updates += std::chrono::duration<double>(clock::now() - u0).count();
     }
@@ -275,7 +253,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     }
     if (o.progress) o.progress(s + size_t(nb), total);
   }
-  rep.guard_events = guard.events();
+  rep.guard_events = state.guard_events();
   rep.online_steps = state.steps();
   if (o.online.sgd) rep.caches_after = live;
   if (o.online.prior) rep.prior_estimate = state.prior_estimate();

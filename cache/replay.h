@@ -25,19 +25,11 @@ namespace gati {
 struct ReplayOptions {
   int batch = 1;
   bool memory = true;  // use the cache set's memory of recent answers, when it has one
-  // Feedback: this share of the requests an exit answers keep running to
-  // the end (chosen by a hash of the request's position and feedback_seed),
-  // so the exit's agreement is measured while serving.  Such a request is
-  // answered by the full model and charged the batch's full-model latency.
-  double feedback = 0;
-  uint64_t feedback_seed = 1;
-  // The drift guard (guard.h) over that feedback and over exits scored in
-  // shadow while off, judged against the cache set's target agreement
-  // (guard_options.target is ignored); needs feedback > 0.  Heads are
-  // republished between batches when it switches one.
-  bool guard = false;
-  GuardOptions guard_options;
-  // Online updates (online.h), in step with the trace.  online.sgd: the
+  // Online updates, feedback and the drift guard (online.h), in step with
+  // the trace.  online.feedback: that share of the requests an exit answers
+  // keep running to the end, answered by the full model and charged the
+  // batch's full-model latency.  online.guard: heads are republished
+  // between batches when it switches an exit.  online.sgd: the
   // open learned caches take SGD steps on the pooled features of the
   // requests the full model answered (misses and feedback) toward its
   // labels; thresholds stay as calibrated, the guard watches the result.

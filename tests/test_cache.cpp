@@ -1070,11 +1070,11 @@ TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
   const Trace trace = make_trace("uniform", d, 400, 9);
 
   ReplayOptions o;
-  o.feedback = 0.5;
-  o.guard_options.window = 40;
-  o.guard_options.min_observations = 10;
+  o.online.feedback = 0.5;
+  o.online.guard_options.window = 40;
+  o.online.guard_options.min_observations = 10;
   const ReplayReport unguarded = replay_trace(engine, set, d, trace, o);
-  o.guard = true;
+  o.online.guard = true;
   const ReplayReport guarded = replay_trace(engine, set, d, trace, o);
   auto hits_after = [](const ReplayReport& r, size_t from) {
     int h = 0;
@@ -1100,7 +1100,7 @@ TEST(Replay, GuardSwitchesOffAnExitForcedToDisagree) {
   EXPECT_EQ(fed, unguarded.exits[1].feedback);
   EXPECT_GT(fed, 100);
   EXPECT_LT(double(unguarded.exits[1].feedback_agree) / double(fed), 0.5);
-  o.feedback = 0;
+  o.online.feedback = 0;
   EXPECT_GATI_ERROR(replay_trace(engine, set, d, trace, o), "the drift guard needs feedback");
 }
 
@@ -1136,7 +1136,7 @@ TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
   o.online.sgd = true;
   o.online.sgd_options.lr = 0.01f;
   o.online.sgd_options.batch = 8;
-  o.feedback = 0.25;
+  o.online.feedback = 0.25;
   const ReplayReport learned = replay_trace(engine, set, d, trace, o);
   EXPECT_EQ(hits(learned, 0, 8, &agree), 0);  // no step before the first 8 answers
   EXPECT_GT(hits(learned, 400, 600, &agree), 50);

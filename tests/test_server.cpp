@@ -235,6 +235,57 @@ TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
   }
 }
 
+// The drift guard beside a server: the first exit answers every request
+// with a class of its own choosing (agreeing with the full model about as
+// often as chance), feedback checks its answers on the learner's session,
+// the guard switches it off, and once that is published the server stops
+// answering there; clients were never held back for the check.
+TEST(Server, OnlineGuardSwitchesOffAnExitThatDisagrees) {
+  World world(60, 0.999f);
+  CacheSet set = world_caches(world, 1.0f);  // open, rarely confident: most answers come from the full model
+  ExitCache& bad = set.exits.front();
+  std::fill(bad.weight.begin(), bad.weight.end(), 0.f);
+  std::fill(bad.bias.begin(), bad.bias.end(), 0.f);
+  int wrong = 0;  // the class the full model gives least often
+  {
+    std::vector<int> count(size_t(world.engine.arch().num_classes), 0);
+    for (const SampleResult& w : world.want) ++count.at(size_t(w.label));
+    wrong = int(std::min_element(count.begin(), count.end()) - count.begin());
+  }
+  bad.bias[size_t(wrong)] = 20.f;  // softmax ~1 for `wrong`, whatever the input
+  bad.threshold = 0.5f;
+  ServerOptions so;
+  so.workers = 2;
+  so.max_batch = 4;
+  so.threads_per_worker = 1;
+  Server server(world.engine, so);
+  OnlineOptions oo;
+  oo.guard = true;
+  oo.feedback = 1.0;
+  oo.guard_options.window = 20;
+  oo.guard_options.min_observations = 10;
+  OnlineCaches online(world.engine, set, server, oo);
+  serve_observed(world, server, online);
+  const OnlineStats st = online.stats();
+  EXPECT_EQ(st.errors, 0) << online.last_error();
+  EXPECT_GE(st.checked, 10);
+  EXPECT_LT(st.check_agreed, st.checked / 2);
+  const std::vector<GuardEvent> events = online.guard_events();
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front().exit, bad.exit);
+  EXPECT_FALSE(events.front().on);
+  EXPECT_EQ(st.switches, int64_t(events.size()));
+  for (const GuardEvent& ev : events) EXPECT_FALSE(ev.on) << "its shadow never agrees";
+  for (size_t i = 0; i < world.images.size(); i += 3)
+    EXPECT_NE(server.submit(world.images[i]).get().result.exit, bad.exit) << "image " << i;
+  online.close();
+  // No feedback, no guard.
+  oo.feedback = 0;
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, set, server, oo), "the drift guard needs feedback");
+  oo.feedback = 1.5;
+  EXPECT_GATI_ERROR(OnlineCaches(world.engine, set, server, oo), "feedback 1.5 must be in [0, 1]");
+}
+
 // The prior follows the answers and is republished every prior_every of
 // them; a full queue drops images (counted), not answers; bad pairings and
 // settings are refused before anything is served.

@@ -490,15 +490,15 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ReplayOptions ro;
   ro.batch = o.batch;
   ro.memory = o.memory == "on";
-  ro.feedback = o.feedback;
-  ro.guard = o.guard == "on";
-  ro.guard_options.window = o.guard_window;
+  ro.online.feedback = o.feedback;
+  ro.online.guard = o.guard == "on";
+  ro.online.guard_options.window = o.guard_window;
   ro.online.sgd = o.online == "on" || o.online == "sgd";
   ro.online.sgd_options.lr = o.online_lr;
   ro.online.prior = o.online == "on" || o.online == "prior";
   ro.online.prior_options.window = o.prior_window;
   ro.online.prior_options.max_ratio = o.prior_max_ratio;
-  ro.guard_options.min_observations = std::min(50, o.guard_window);
+  ro.online.guard_options.min_observations = std::min(50, o.guard_window);
   std::printf("trace %s (seed %llu, %zu requests, batch %d) on %s, model %s\n", trace.kind.c_str(),
               (unsigned long long)trace.seed, trace.requests.size(), o.batch, ds.name.c_str(),
               engine.arch().name.c_str());
