@@ -65,29 +65,17 @@ Model conv_model() {
   return m;
 }
 
-// An NHWC activation in `layout`, and back.
-std::vector<float> from_nhwc(const std::vector<float>& nhwc, const Act& s, Layout layout) {
-  EXPECT_EQ(nhwc.size(), s.elems());
-  if (layout == Layout::kNhwc) return nhwc;
-  std::vector<float> out(nhwc.size());
-  for (int i = 0; i < s.n; ++i)
-    for (int y = 0; y < s.h; ++y)
-      for (int x = 0; x < s.w; ++x)
-        for (int ch = 0; ch < s.c; ++ch)
-          out[size_t(i) * s.per_sample() + size_t(act_offset(layout, s.h, s.w, s.c, y, x, ch))] =
-              nhwc[size_t(i) * s.per_sample() + size_t(act_offset(Layout::kNhwc, s.h, s.w, s.c, y, x, ch))];
-  return out;
-}
-std::vector<float> to_nhwc(const std::vector<float>& v, const Act& s, Layout layout) {
+// An activation stored in layout `from`, restored in layout `to`.
+std::vector<float> relayout(const std::vector<float>& v, const Act& s, Layout from, Layout to) {
   EXPECT_EQ(v.size(), s.elems());
-  if (layout == Layout::kNhwc) return v;
+  if (from == to) return v;
   std::vector<float> out(v.size());
   for (int i = 0; i < s.n; ++i)
     for (int y = 0; y < s.h; ++y)
       for (int x = 0; x < s.w; ++x)
         for (int ch = 0; ch < s.c; ++ch)
-          out[size_t(i) * s.per_sample() + size_t(act_offset(Layout::kNhwc, s.h, s.w, s.c, y, x, ch))] =
-              v[size_t(i) * s.per_sample() + size_t(act_offset(layout, s.h, s.w, s.c, y, x, ch))];
+          out[size_t(i) * s.per_sample() + size_t(act_offset(to, s.h, s.w, s.c, y, x, ch))] =
+              v[size_t(i) * s.per_sample() + size_t(act_offset(from, s.h, s.w, s.c, y, x, ch))];
   return out;
 }
 
@@ -104,8 +92,10 @@ struct Guarded {
   float* data() { return buf->floats() + kGuard; }
   void upload(const std::vector<float>& v) { ctx->from_host(v.data(), v.size() * sizeof(float), data()); }
   // An activation given NHWC, stored in the context's layout.
-  void upload_act(const std::vector<float>& nhwc, const Act& s) { upload(from_nhwc(nhwc, s, ctx->layout())); }
-  std::vector<float> download_act(const Act& s) { return to_nhwc(download(), s, ctx->layout()); }
+  void upload_act(const std::vector<float>& nhwc, const Act& s) {
+    upload(relayout(nhwc, s, Layout::kNhwc, ctx->layout()));
+  }
+  std::vector<float> download_act(const Act& s) { return relayout(download(), s, ctx->layout(), Layout::kNhwc); }
   std::vector<float> download() {
     std::vector<float> all(floats + 2 * kGuard);
     ctx->to_host(buf->data(), all.size() * sizeof(float), all.data());

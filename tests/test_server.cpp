@@ -168,6 +168,15 @@ CacheSet world_caches(const World& world, float threshold) {
   return set;
 }
 
+// Two workers of one thread, batches of up to 4: the online learners' servers.
+ServerOptions two_small_workers() {
+  ServerOptions so;
+  so.workers = 2;
+  so.max_batch = 4;
+  so.threads_per_worker = 1;
+  return so;
+}
+
 // Serves `world`'s images once each through `server`, every answer handed to
 // `online` from the worker's callback; returns how many the full model gave.
 int serve_observed(World& world, Server& server, OnlineCaches& online) {
@@ -194,11 +203,7 @@ TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
   // Open (threshold <= 1) but answering only where a head's softmax
   // saturates to 1: most requests reach the full model and teach the heads.
   const CacheSet set = world_caches(world, 1.0f);
-  ServerOptions so;
-  so.workers = 2;
-  so.max_batch = 4;
-  so.threads_per_worker = 1;
-  Server server(world.engine, so);
+  Server server(world.engine, two_small_workers());
   OnlineOptions oo;
   oo.sgd = true;
   oo.sgd_options.batch = 4;
@@ -254,11 +259,7 @@ TEST(Server, OnlineGuardSwitchesOffAnExitThatDisagrees) {
   }
   bad.bias[size_t(wrong)] = 20.f;  // softmax ~1 for `wrong`, whatever the input
   bad.threshold = 0.5f;
-  ServerOptions so;
-  so.workers = 2;
-  so.max_batch = 4;
-  so.threads_per_worker = 1;
-  Server server(world.engine, so);
+  Server server(world.engine, two_small_workers());
   OnlineOptions oo;
   oo.guard = true;
   oo.feedback = 1.0;
