@@ -90,7 +90,7 @@ struct CudnnConv::Plan {
   size_t legacy_workspace = 0;
   float legacy_ms = -1;  // cudnnFind's time of the chosen algorithm; -1: not timed
   cudnnMathType_t legacy_math = CUDNN_FMA_MATH;
-  std::string where;  // cudnnFind's time of the chosen algorithm; -1: not timed
+  std::string where;  // the layer and its shape, for errors
   ConvChoice choice;
   std::unique_ptr<GraphConv> graph;  // the backend-API plan; null: the legacy calls above
   bool graph_epilogue = false;       // bias, residual and ReLU inside the graph (else our epilogue kernel)
