@@ -70,8 +70,9 @@ bool OnlineState::any_off() const {
   return false;
 }
 
-std::vector<GuardEvent> OnlineState::guard_events() const {
-  return guard_ ? guard_->events() : std::vector<GuardEvent>{};
+const std::vector<GuardEvent>& OnlineState::guard_events() const {
+  static const std::vector<GuardEvent> none;
+  return guard_ ? guard_->events() : none;
 }
 
 bool OnlineState::observe_answer(int label) {
@@ -166,13 +167,8 @@ void OnlineCaches::observe(const ServeResult& result, const float* image) {
   const Arch& a = engine_.arch();
   const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
   const bool full = result.result.exit == kFullModel, by_exit = result.result.exit >= 0 && !result.result.from_memory;
-  int64_t position = 0;
-  bool shadow = false;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    position = positions_++;
-    shadow = any_off_;
-  }
+  const int64_t position = positions_++;
+  const bool shadow = any_off_;
   // The full model's requests teach SGD and feed the shadow of exits the
   // guard switched off; a feedback pick of an exit's answer is checked.
   if (by_exit && options_.guard && feedback_picked(uint64_t(position), options_.feedback, options_.feedback_seed))

@@ -34,6 +34,7 @@
 //   close() publishes a last time while it is alive (see close()).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -107,7 +108,7 @@ class OnlineState {
   // Some open cache is switched off by the guard (its shadow needs the
   // full model's requests).
   bool any_off() const;
-  std::vector<GuardEvent> guard_events() const;
+  const std::vector<GuardEvent>& guard_events() const;
 
   // The heads as served now (the prior's correction applied), for the open
   // caches the guard has not switched off; also updates served().
@@ -196,8 +197,9 @@ class OnlineCaches {
   std::condition_variable wake_, done_;
   std::vector<Item> queue_;
   size_t queued_images_ = 0;
-  int64_t enqueued_ = 0, processed_ = 0, positions_ = 0;  // positions_: answers seen, for feedback_picked
-  bool any_off_ = false;  // the guard has an exit off: full-model answers feed its shadow
+  int64_t enqueued_ = 0, processed_ = 0;
+  std::atomic<int64_t> positions_{0};  // answers seen, for feedback_picked
+  std::atomic<bool> any_off_{false};   // the guard has an exit off: full-model answers feed its shadow
   bool stopping_ = false, publish_last_ = false;
   mutable std::mutex state_mutex_;  // state_: the learner writes it, caches() reads it
   OnlineState state_;

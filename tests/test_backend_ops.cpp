@@ -907,13 +907,7 @@ TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {
   ASSERT_EQ(ctx_->stage_device_input(in.data(), shape), shape.elems());
   Guarded placed(*ctx_, x.size());
   ctx_->input_from_stage(shape, placed.data());
-  std::vector<float> nhwc(x.size());
-  const size_t hw = size_t(shape.h) * size_t(shape.w);
-  for (size_t i = 0; i < x.size(); ++i) {  // x is NCHW
-    const size_t img = i / (hw * size_t(shape.c)), ch = i / hw % size_t(shape.c), p = i % hw;
-    nhwc[(img * hw + p) * size_t(shape.c) + ch] = x[i];
-  }
-  EXPECT_EQ(placed.download_act(shape), nhwc);
+  EXPECT_EQ(placed.download_act(shape), relayout(x, shape, Layout::kNchw, Layout::kNhwc));  // x is NCHW
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda", "cuda_nhwc"),

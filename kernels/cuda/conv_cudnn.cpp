@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,7 +91,8 @@ struct CudnnConv::Plan {
   size_t legacy_workspace = 0;
   float legacy_ms = -1;  // cudnnFind's time of the chosen algorithm; -1: not timed
   cudnnMathType_t legacy_math = CUDNN_FMA_MATH;
-  std::string where;  // the layer and its shape, for errors
+  std::string where;                 // the layer and its shape, for errors
+  std::optional<float> epilogue_ms;  // our epilogue kernel at this shape, once timed (-1: could not be)
   ConvChoice choice;
   std::unique_ptr<GraphConv> graph;  // the backend-API plan; null: the legacy calls above
   bool graph_epilogue = false;       // bias, residual and ReLU inside the graph (else our epilogue kernel)
@@ -162,8 +164,7 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
     } catch (const Error&) {
       p->legacy_ms = -1;  // no legacy algorithm for this shape: the graph stays
     }
-    const float epilogue_ms =
-        p->legacy_ms >= 0 ? time_epilogue(n, long(p->oh) * p->ow, g.cout, layout_, residual, relu, stream_) : -1;
+    const float epilogue_ms = p->legacy_ms >= 0 ? epilogue_time(*p, n, g.cout, residual, relu) : -1;
     const float graph_ms = p->graph->timed_ms() + (p->graph_epilogue ? 0.f : std::max(epilogue_ms, 0.f));
     const bool legacy_wins = epilogue_ms >= 0 && p->legacy_ms + epilogue_ms < graph_ms;
     if (env_flag("GATI_CUDNN_LOG"))
@@ -205,9 +206,7 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
     // convolution alone took 0.03-0.1 ms): weigh it against the convolution
     // alone plus our epilogue kernel, both timed, and keep the faster.
     std::unique_ptr<GraphConv> plain = GraphConv::build(handle_, stream_, alone, tf32_, true, &why_alone);
-    const float epilogue_ms = plain && plain->timed_ms() >= 0
-                                  ? time_epilogue(n, long(p.oh) * p.ow, g.cout, layout_, residual, relu, stream_)
-                                  : -1;
+    const float epilogue_ms = plain && plain->timed_ms() >= 0 ? epilogue_time(p, n, g.cout, residual, relu) : -1;
     if (epilogue_ms >= 0) {
       const float fused_ms = p.graph->timed_ms(), split_ms = plain->timed_ms() + epilogue_ms;
       weighed = str_cat("; fused ", fused_ms, " ms vs alone ", plain->timed_ms(), " + epilogue ", epilogue_ms, " ms");
@@ -230,6 +229,11 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
                  p.graph ? str_cat(p.graph->description(), ", ", p.graph->details()).c_str() : "legacy (no graph plan)",
                  weighed.c_str(), why_fused.empty() ? "" : str_cat("; fused graph refused: ", why_fused).c_str(),
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
+}
+
+float CudnnConv::epilogue_time(Plan& p, int n, int cout, bool residual, bool relu) {
+  if (!p.epilogue_ms) p.epilogue_ms = time_epilogue(n, long(p.oh) * p.ow, cout, layout_, residual, relu, stream_);
+  return *p.epilogue_ms;
 }
 
 void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed,

@@ -65,6 +65,9 @@ class CudnnConv {
                  const std::string& name);
   void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed, const std::string& where);
   void use_legacy(Plan& p, bool relu);  // the legacy algorithm runs this shape
+  // Our epilogue kernel's time at the plan's shape, timed once per plan
+  // (both the fused-or-split and the graph-or-legacy choices need it).
+  float epilogue_time(Plan& p, int n, int cout, bool residual, bool relu);
   void build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                    const std::string& where);
 
