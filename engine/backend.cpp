@@ -153,6 +153,10 @@ size_t BackendContext::stage_device_input(const float*, const Act&) {
        "use a CUDA session, or pass host memory");
 }
 
+void BackendContext::skip_unless_alive(const ExitState&) {
+  fail("skip_unless_alive: this backend has no device-side skip (device_skip() is false)");
+}
+
 void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int channels) {
   if (dim != pool.features(channels))
     fail(what, ": dim ", dim, ", but ", channels, " channels pooled ", pool_name(pool), " give ",

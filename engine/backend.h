@@ -260,6 +260,15 @@ class BackendContext {
     return Segment::kDirect;
   }
   virtual bool segment_end() { return true; }
+  // Device-side skip (CUDA conditional graph nodes): whether one recorded
+  // segment can hold a whole batch-1 run, each exit's host wait replaced by
+  // skip_unless_alive.  While recording, the ops issued after
+  // skip_unless_alive(st) run, when the segment replays, only if *st.alive
+  // is non-zero at that point on the device; segment_end closes every skip
+  // the segment opened.  Errors throw (the recording is then abandoned as by
+  // segment_abort).
+  virtual bool device_skip() const { return false; }
+  virtual void skip_unless_alive(const ExitState& st);
   virtual void segment_abort() noexcept {}
   virtual void forget_segments(uint64_t owner) { (void)owner; }
   // Graphs launched so far (replays), for tests and the benchmark's report.

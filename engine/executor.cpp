@@ -16,11 +16,13 @@ namespace {
 // Brackets the ops between two host waits as one recorded segment
 // (BackendContext::segment_begin).  issue() says whether to enqueue an op
 // (false while a recorded graph stands for them); close() ends the segment
-// before a host wait.
+// before a host wait.  whole(): at batch 1 on a backend with device-side
+// skip, one segment holds the whole run and continue_if_alive() stands for
+// each exit's wait.
 class Segments {
  public:
-  Segments(BackendContext& ctx, bool on, uint64_t owner, uint64_t heads, bool* aborted)
-      : ctx_(ctx), on_(on), owner_(owner), heads_(heads), aborted_(aborted) {}
+  Segments(BackendContext& ctx, bool on, uint64_t owner, uint64_t heads, bool whole, bool* aborted)
+      : ctx_(ctx), on_(on), whole_(on && whole), owner_(owner), heads_(heads), aborted_(aborted) {}
   ~Segments() {  // still recording here only when an exception left the segment
     if (open_ && state_ == BackendContext::Segment::kRecording) {
       ctx_.segment_abort();
@@ -34,9 +36,26 @@ class Segments {
     if (!on_) return true;
     if (!open_) {
       open_ = true;
-      state_ = ctx_.segment_begin({owner_, heads_, step, alive, pos});
+      // A whole run's key: step -1, apart from the per-exit segments'.
+      state_ = ctx_.segment_begin({owner_, heads_, whole_ ? -1 : step, alive, pos});
     }
     return state_ != BackendContext::Segment::kReplayed;
+  }
+  bool whole() const { return whole_; }
+  // Whole runs, after an exit's compaction: the rows still running (the
+  // host waits for the count only in a direct run; a recording skips on the
+  // device, and a replay has decided already).
+  int continue_if_alive(const ExitState& st, int alive) {
+    switch (state_) {
+      case BackendContext::Segment::kDirect:
+        return ctx_.alive(st);
+      case BackendContext::Segment::kRecording:
+        ctx_.skip_unless_alive(st);
+        return alive;
+      case BackendContext::Segment::kReplayed:
+        return alive;
+    }
+    return alive;
   }
   // False when the segment's recording failed: its ops did not run.
   bool close() {
@@ -47,7 +66,7 @@ class Segments {
 
  private:
   BackendContext& ctx_;
-  bool on_;
+  bool on_, whole_;
   uint64_t owner_, heads_;
   bool* aborted_;
   bool open_ = false;
@@ -116,7 +135,8 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
 bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts,
                         bool recorded) {
   const int classes = plan_.classes;
-  Segments seg(ctx_, recorded, id_, opts.heads ? opts.heads->id() : 0, &aborted_recording_);
+  Segments seg(ctx_, recorded, id_, opts.heads ? opts.heads->id() : 0, n == 1 && ctx_.device_skip(),
+               &aborted_recording_);
   // Before staging: a backend may issue the input's copy there (CUDA, large
   // inputs), and the profile's first entry should carry it.
   if (opts.timings) ctx_.timing_begin();
@@ -186,9 +206,13 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
     // and the host waits for their count (the end of a segment).
     auto compact = [&](const std::string& what) {
       if (seg.issue(int(i), alive, pos)) ctx_.compact(slot(e.slot), e.shape.with_batch(alive), st_, pos, 1 - pos);
-      if (!seg.close()) return false;
+      if (seg.whole()) {
+        alive = seg.continue_if_alive(st_, alive);
+      } else {
+        if (!seg.close()) return false;
+        alive = ctx_.alive(st_);
+      }
       pos = 1 - pos;
-      alive = ctx_.alive(st_);
       mark(what, "compact", e.block, 0);
       finished_early = alive == 0;
       return true;
@@ -221,6 +245,7 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
     if (!seg.close()) return false;
     if (opts.memory) ctx_.memory_insert(memory, st_, n);
   }
+  if (!seg.close()) return false;  // a whole run that ended early, directly
   ctx_.synchronize();
 
   for (int i = 0; i < n; ++i) {

@@ -7,6 +7,7 @@
 // the one that checks what a user without a GPU is told.
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <thread>
 
 #include "engine/engine.h"
@@ -248,6 +249,54 @@ TEST(CudaBackend, RecordedGraphsAnswerWhatTheCpuAnswers) {
   EXPECT_GT(exited, 0) << "no sample left early: the heads' segments were not exercised";
   std::printf("[cuda graphs] %lld graph launches over %zu runs\n",
               static_cast<long long>(gs.context().graph_launches()), std::size(runs));
+}
+
+// Device-side skip: at batch 1 one recorded graph holds the whole run, each
+// exit a conditional node, so from the third run on every run is one graph
+// launch whichever exit answers, and the answers are the CPU's: samples that
+// leave at the first exits, later ones, and at the end replay the same graph.
+TEST(CudaBackend, BatchOneSkipsTheRestOnTheDeviceInOneLaunch) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(kBottleneckArch, 600);
+  Pair p(m);
+  const Arch& a = m.arch();
+  const auto specs = test::random_heads(m, 601, 1.5f / float(a.num_classes));
+  const auto cpu_heads = p.cpu.make_exit_heads(specs), gpu_heads = p.gpu.make_exit_heads(specs);
+  Session cs = p.cpu.session(), gs = p.gpu.session();
+  if (!gs.context().device_skip())
+    std::printf(
+        "[cuda skip] no device-side skip in this context (GATI_CUDA_SKIP=0, graphs off, or CUDA < 12.4): "
+        "one graph per exit\n");
+  std::map<int, int> exits;  // exit -> replayed runs that answered there
+  uint32_t seed = 610;
+  for (int k = 0; k < 40; ++k) {
+    SCOPED_TRACE("run " + std::to_string(k));
+    const std::vector<float> x =
+        random_floats(size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
+    SampleResult rc, rg;
+    std::vector<float> lc(size_t(a.num_classes)), lg(lc.size());
+    RunOptions oc, og;
+    oc.heads = cpu_heads.get();
+    og.heads = gpu_heads.get();
+    cs.run(x.data(), 1, a.in_channels, a.input_h, a.input_w, &rc, lc.data(), oc);
+    const int64_t before = gs.context().graph_launches();
+    gs.run(x.data(), 1, a.in_channels, a.input_h, a.input_w, &rg, lg.data(), og);
+    const int64_t launches = gs.context().graph_launches() - before;
+    EXPECT_EQ(rg.exit, rc.exit);
+    EXPECT_EQ(rg.label, rc.label);
+    EXPECT_NEAR(rg.confidence, rc.confidence, 1e-5);
+    EXPECT_LE(max_rel_error(lg, lc), 1e-4);
+    if (k >= 2) {
+      ++exits[rc.exit];
+      if (gs.context().device_skip()) {
+        EXPECT_EQ(launches, 1) << "a replayed batch-1 run is one graph launch";
+      }
+    }
+  }
+  EXPECT_GE(exits.size(), 2u) << "every replayed run answered at the same exit: the skip was not exercised";
+  std::string seen;
+  for (const auto& [exit, count] : exits) seen += " " + std::to_string(exit) + ":" + std::to_string(count);
+  std::printf("[cuda skip] replayed runs by exit (-1 = full model):%s\n", seen.c_str());
 }
 
 TEST(CudaBackend, ProfileTimesEveryLayerWithEvents) {

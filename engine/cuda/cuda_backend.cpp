@@ -19,7 +19,11 @@
 // in place of a hundred cuDNN and kernel calls.  A graph holds the device
 // addresses it was recorded with, so the context drops every graph when
 // one of its scratch buffers moves (they only grow) and the executor when
-// its own memory does.
+// its own memory does.  At batch 1 one graph holds the whole run: each exit
+// is a conditional node whose body is the rest of the network
+// (kernels/cuda/skip.cuh), so an exit that fires skips it on the device and
+// the host waits once (GATI_CUDA_SKIP=0: one graph per exit, the host
+// waiting after each).
 #include "engine/cuda/cuda_backend.h"
 
 #include <cuda_runtime.h>
@@ -49,6 +53,7 @@
 #include "kernels/cuda/linear_sgd.cuh"
 #include "kernels/cuda/memory.cuh"
 #include "kernels/cuda/pool.cuh"
+#include "kernels/cuda/skip.cuh"
 #include "weights/common/checked.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
@@ -241,10 +246,7 @@ class CudaContext final : public BackendContext {
         conv_(stream_.get(), device_->options().tf32, layout_) {}
 
   ~CudaContext() override {
-    if (recording_) {  // an exception left a recording open: end it before the stream goes
-      cudaGraph_t g = nullptr;
-      if (cudaStreamEndCapture(stream_.get(), &g) == cudaSuccess && g) cudaGraphDestroy(g);
-    }
+    if (recording_) end_recording();       // an exception left a recording open: end it before the stream goes
     cudaStreamSynchronize(stream_.get());  // nothing in flight touches freed scratch
   }
 
@@ -498,8 +500,9 @@ class CudaContext final : public BackendContext {
     }
     if (++r.seen < 2) return Segment::kDirect;
     // Thread-local: another thread's context keeps working while this one records.
-    CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+    CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), kCaptureMode));
     recording_ = true;
+    root_ = nullptr;
     recording_key_ = key;
     return Segment::kRecording;
   }
@@ -507,9 +510,8 @@ class CudaContext final : public BackendContext {
   bool segment_end() override {
     if (!recording_) return true;
     cuda::DeviceScope scope(index_);
-    recording_ = false;
     cudaGraph_t graph = nullptr;
-    cudaError_t e = cudaStreamEndCapture(stream_.get(), &graph);
+    cudaError_t e = end_recording(&graph);
     cudaGraphExec_t exec = nullptr;
     if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
     if (graph) cudaGraphDestroy(graph);
@@ -531,10 +533,31 @@ class CudaContext final : public BackendContext {
   void segment_abort() noexcept override {
     if (!recording_) return;
     cuda::DeviceScope scope(index_);
-    recording_ = false;
-    cudaGraph_t graph = nullptr;
-    if (cudaStreamEndCapture(stream_.get(), &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    end_recording();
+    if (skip_failed_) {  // graphs stay on, one per exit from now on
+      skip_failed_ = false;
+      cudaGetLastError();
+      graphs_.erase(recording_key_);
+      return;
+    }
     graphs_off("an error interrupted a recording");
+  }
+
+  bool device_skip() const override { return graphs_on_ && skip_on_; }
+  void skip_unless_alive(const ExitState& st) override {
+    if (!recording_ || !skip_on_) fail("skip_unless_alive: no recording with device-side skip is open");
+    cuda::DeviceScope scope(index_);
+    cudaGraph_t captured = nullptr;
+    const cudaError_t e = cuda::capture_rest_if_alive(stream_.get(), st.alive, kCaptureMode, &captured);
+    if (!root_) root_ = captured;  // the first skip ends the root's capture; later ones end bodies it owns
+    if (e != cudaSuccess) {        // the executor abandons the recording (segment_abort) and runs the ops directly
+      skip_on_ = false;
+      skip_failed_ = true;
+      std::fprintf(stderr,
+                   "gati: device-side skip off for this context (a conditional graph node: %s); one graph per exit\n",
+                   cudaGetErrorString(e));
+      fail("recording a conditional graph node: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
+    }
   }
 
   void forget_segments(uint64_t owner) override {
@@ -563,6 +586,22 @@ class CudaContext final : public BackendContext {
     scratch_ = now;
     return moved;
   }
+  // Ends the open capture.  *graph receives the root graph, owned by the
+  // caller (a body the capture ended in belongs to it); without `graph` the
+  // recording is dropped.
+  cudaError_t end_recording(cudaGraph_t* graph = nullptr) {
+    recording_ = false;
+    cudaGraph_t last = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_.get(), &last);
+    cudaGraph_t root = root_ ? root_ : (e == cudaSuccess ? last : nullptr);
+    root_ = nullptr;
+    if (graph && e == cudaSuccess) {
+      *graph = root;
+      return e;
+    }
+    if (root) cudaGraphDestroy(root);
+    return e;
+  }
   void graphs_off(const std::string& why) {
     cudaGetLastError();  // a failed capture leaves its error behind
     graphs_.clear();
@@ -573,6 +612,11 @@ class CudaContext final : public BackendContext {
     const char* v = std::getenv("GATI_CUDA_GRAPHS");
     return !(v && std::string(v) == "0");
   }
+  static bool skip_wanted() {
+    const char* v = std::getenv("GATI_CUDA_SKIP");
+    return !(v && std::string(v) == "0") && cuda::conditional_nodes_available();
+  }
+  static constexpr cudaStreamCaptureMode kCaptureMode = cudaStreamCaptureModeThreadLocal;
 
   void record() {
     if (used_ == events_.size()) events_.emplace_back();
@@ -600,6 +644,8 @@ class CudaContext final : public BackendContext {
   size_t used_ = 0;
   // Recorded segments (members after the buffers they point into: destroyed first).
   bool graphs_on_ = graphs_wanted(), recording_ = false;
+  bool skip_on_ = skip_wanted(), skip_failed_ = false;
+  cudaGraph_t root_ = nullptr;  // while recording with skips: the graph the first skip ended
   SegmentKey recording_key_;
   std::map<SegmentKey, Recorded> graphs_;
   std::array<const void*, 5> scratch_{};
