@@ -25,15 +25,6 @@ std::string listed(std::initializer_list<const char*> names) {
   return s;
 }
 
-// Refuses a key of `j` that is not in `valid`, listing the valid ones.
-void only_keys(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> valid) {
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    bool known = false;
-    for (const char* v : valid) known = known || it.key() == v;
-    if (!known) fail(where, ": unknown key '", it.key(), "' (valid: ", listed(valid), ")");
-  }
-}
-
 // A string that must be one of `valid`.
 std::string one_of(const JsonFields& f, const std::string& key, std::initializer_list<const char*> valid) {
   const std::string v = f.string(key);
@@ -62,9 +53,10 @@ HeadKind kind_of(const JsonFields& f, const std::string& key) {
 
 BuildOptions build_options_from_json(const nlohmann::json& j, const std::string& where) {
   const JsonFields f(j, where);
-  only_keys(j, where,
-            {"format", "kind", "pool", "target_agreement", "rule", "calibrate", "calibrate_on", "traffic_requests",
-             "cost", "auto_pool_budget", "train", "holdout", "batch", "selector", "sgd", "approx", "memory", "exits"});
+  json_only_keys(
+      j, where,
+      {"format", "kind", "pool", "target_agreement", "rule", "calibrate", "calibrate_on", "traffic_requests", "cost",
+       "auto_pool_budget", "train", "holdout", "batch", "selector", "sgd", "approx", "memory", "exits"});
   BuildOptions o;
   if (f.has("format") && f.string("format") != kFormat)
     fail(f.where_of("format"), " is '", f.string("format"), "' (valid: ", kFormat, ")");
@@ -84,8 +76,9 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   if (f.has("selector")) o.selector = int(f.integer("selector", 0, kMaxSelectorK));
   if (f.has("sgd")) {
     const JsonFields s = f.object("sgd");
-    only_keys(f.at("sgd"), s.where(),
-              {"epochs", "batch", "lr", "momentum", "weight_decay", "seed", "distill_alpha", "distill_temperature"});
+    json_only_keys(
+        f.at("sgd"), s.where(),
+        {"epochs", "batch", "lr", "momentum", "weight_decay", "seed", "distill_alpha", "distill_temperature"});
     if (s.has("epochs")) o.sgd.epochs = int(s.integer("epochs", 1, 1000));
     if (s.has("batch")) o.sgd.batch = int(s.integer("batch", 1, 65536));
     if (s.has("lr")) o.sgd.lr = float(s.number("lr", 1e-8, 10));
@@ -97,8 +90,8 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   }
   if (f.has("approx")) {
     const JsonFields a = f.object("approx");
-    only_keys(f.at("approx"), a.where(),
-              {"reduced", "knn_entries", "neighbours", "centroids", "kmeans_samples", "iterations", "seed"});
+    json_only_keys(f.at("approx"), a.where(),
+                   {"reduced", "knn_entries", "neighbours", "centroids", "kmeans_samples", "iterations", "seed"});
     if (a.has("reduced")) o.approx.reduced = int(a.integer("reduced", 1, 4096));
     if (a.has("knn_entries")) o.approx.knn_entries = int(a.integer("knn_entries", 0, 60000));
     if (a.has("neighbours")) o.approx.neighbours = int(a.integer("neighbours", 1, kMaxNeighbours));
@@ -109,7 +102,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   }
   if (f.has("memory")) {
     const JsonFields m = f.object("memory");
-    only_keys(f.at("memory"), m.where(), {"enabled", "pool", "capacity", "min_confidence", "requests"});
+    json_only_keys(f.at("memory"), m.where(), {"enabled", "pool", "capacity", "min_confidence", "requests"});
     if (m.has("enabled")) o.memory = m.boolean("enabled");
     if (m.has("pool")) o.memory_pool = pool_of(m, "pool", false);
     if (m.has("capacity")) o.memory_capacity = int(m.integer("capacity", 1, 1 << 20));
@@ -121,7 +114,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
     const nlohmann::json& exits = f.at("exits");
     for (auto it = exits.begin(); it != exits.end(); ++it) {
       const JsonFields e(it.value(), str_cat(all.where(), " '", it.key(), "'"));
-      only_keys(it.value(), e.where(), {"enabled", "kind", "pool"});
+      json_only_keys(it.value(), e.where(), {"enabled", "kind", "pool"});
       ExitSetting s;
       if (e.has("enabled")) s.enabled = e.boolean("enabled");
       if (e.has("kind")) s.kind = kind_of(e, "kind");

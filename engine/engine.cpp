@@ -13,6 +13,14 @@ void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w
   if (!x) fail("input: null data");
 }
 
+void check_plan_fits(const Plan& plan, int n, const SessionOptions& options) {
+  const size_t bytes = plan.arena_floats * sizeof(float) + plan.exit_state.bytes;
+  if (bytes > options.max_arena_bytes)
+    fail("run: batch ", n, " at ", plan.input.h, "x", plan.input.w, " needs ", bytes >> 20,
+         " MiB of activations, over the session's limit of ", options.max_arena_bytes >> 20,
+         " MiB (SessionOptions::max_arena_bytes)");
+}
+
 [[noreturn]] void non_finite_input(size_t i, float value, int c, int h, int w) {
   const size_t hw = size_t(h) * size_t(w);
   fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
@@ -107,6 +115,11 @@ std::vector<float> Engine::profile(const float* input, int n, int c, int h, int 
   return logits;
 }
 
+void Engine::check_size(int n, int h, int w, const SessionOptions& options) const {
+  if (n < 1) fail("input: empty batch (n = ", n, ")");
+  check_plan_fits(make_plan(model_->net, n, h, w), n, options);
+}
+
 void Engine::check_input(const float* x, int n, int c, int h, int w) const {
   check_input_shape(arch(), x, n, c, h, w);
   make_plan(model_->net, n, h, w);  // rejects sizes that overflow before any value is read
@@ -116,12 +129,23 @@ void Engine::check_input(const float* x, int n, int c, int h, int w) const {
 void Engine::normalize(float* x, int n) const {
   const Arch& a = arch();
   const size_t hw = size_t(a.input_h) * size_t(a.input_w);
+  check_input_values(x, n, a.in_channels, a.input_h, a.input_w);
   for (int i = 0; i < n; ++i)
     for (int ch = 0; ch < a.in_channels; ++ch) {
       float* p = x + (size_t(i) * size_t(a.in_channels) + size_t(ch)) * hw;
       const float m = a.mean[size_t(ch)], inv = 1.0f / a.std[size_t(ch)];
       for (size_t k = 0; k < hw; ++k) p[k] = (p[k] - m) * inv;
     }
+  // Finite values can leave float's range here (3e38 with a std below 1):
+  // say so, rather than let the run blame its input.
+  const size_t total = size_t(n) * size_t(a.in_channels) * hw;
+  const size_t i = first_non_finite(x, total);
+  if (i < total) {
+    const size_t ch = (i / hw) % size_t(a.in_channels);
+    fail("normalize: the value at [", i / (hw * size_t(a.in_channels)), ",", ch, ",", (i % hw) / size_t(a.input_w), ",",
+         i % size_t(a.input_w), "] leaves float's range in (x - mean) / std with the model's mean ", a.mean[ch],
+         " and std ", a.std[ch], "; raw inputs are expected in [0, 1]");
+  }
 }
 
 // ---- Session -------------------------------------------------------------------
@@ -160,11 +184,7 @@ Executor& Session::executor_for(int n, int h, int w) {
   while (cap < n) cap = cap > (1 << 29) ? n : cap * 2;
   if (it != plans_.end()) plans_.erase(it);  // free the old arena first
   Plan plan = make_plan(model_->net, cap, h, w);
-  const size_t bytes = plan.arena_floats * sizeof(float) + plan.exit_state.bytes;
-  if (bytes > options_.max_arena_bytes)
-    fail("run: batch ", n, " at ", h, "x", w, " needs ", bytes >> 20,
-         " MiB of activations, over the session's limit of ", options_.max_arena_bytes >> 20,
-         " MiB (SessionOptions::max_arena_bytes)");
+  check_plan_fits(plan, n, options_);
   while (int(plans_.size()) >= options_.max_plans) plans_.pop_back();
   plans_.push_front({h, w, std::make_unique<Executor>(*ctx_, std::move(plan))});
   return *plans_.front().executor;

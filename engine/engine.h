@@ -81,8 +81,12 @@ class Engine {
   std::vector<float> profile(const float* input_nchw, int n, int c, int h, int w,
                              std::vector<LayerTiming>* timings) const;
 
-  // x = (x - mean[c]) / std[c] in place, for NCHW data at the model's input size.
+  // x = (x - mean[c]) / std[c] in place, for NCHW data at the model's input size;
+  // throws, naming the value, where x is not finite before or after.
   void normalize(float* nchw, int n) const;
+  // Throws unless a batch of n at h x w fits a session with these options
+  // (sizes, and the activations' memory), without allocating anything.
+  void check_size(int n, int h, int w, const SessionOptions& options = {}) const;
   // Throws unless the input is [n>=1, in_channels, h>=1, w>=1] and finite.
   void check_input(const float* input_nchw, int n, int c, int h, int w) const;
 

@@ -85,7 +85,15 @@ std::string format_table(const ProfileReport& r) {
   std::snprintf(line, sizeof line, "%-26s %-8s %10.4f %12.2f %10.2f %6.1f%%", "total", "", sum, double(macs) / 1e6,
                 total_gflops, 100.0);
   out += line + of_peak(total_gflops) + "\n";
-  if (r.call_ms > 0) {
+  if (r.call_ms > 0 && r.call_ms < sum) {
+    // Per-layer events slow nothing down, so this means noise: too few
+    // repeats, or a cold first run (--warmup 0) among them.
+    std::snprintf(line, sizeof line,
+                  "whole call without per-layer events: %.4f ms median, less than the layers' sum (too few repeats "
+                  "or warm-up runs to compare them)\n",
+                  r.call_ms);
+    out += line;
+  } else if (r.call_ms > 0) {
     std::snprintf(line, sizeof line,
                   "whole call without per-layer events: %.4f ms median; %.4f ms (%.1f%%) of it outside the layers "
                   "(input check and copies, launches, results)\n",

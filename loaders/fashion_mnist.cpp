@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "weights/common/error.h"
 #include "weights/common/file_write.h"
@@ -73,7 +74,10 @@ std::vector<unsigned char> read_gzip_file(const std::string& path) {
   return out;
 }
 
-Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int limit) {
+namespace {
+
+// The split's images and labels files.
+std::pair<std::string, std::string> split_files(const std::string& dir, const std::string& split) {
   std::string prefix;
   if (split == "train") {
     prefix = "train";
@@ -82,8 +86,23 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int
   } else {
     fail("fashion-mnist: unknown split '", split, "' (valid: train, test)");
   }
-  const std::string ipath = dir + "/" + prefix + "-images-idx3-ubyte.gz";
-  const std::string lpath = dir + "/" + prefix + "-labels-idx1-ubyte.gz";
+  return {dir + "/" + prefix + "-images-idx3-ubyte.gz", dir + "/" + prefix + "-labels-idx1-ubyte.gz"};
+}
+
+}  // namespace
+
+std::vector<std::string> fashion_mnist_files(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const char* split : {"train", "test"}) {
+    const auto [images, labels] = split_files(dir, split);
+    files.push_back(images);
+    files.push_back(labels);
+  }
+  return files;
+}
+
+Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int limit) {
+  const auto [ipath, lpath] = split_files(dir, split);
   const std::vector<unsigned char> ib = read_gzip_file(ipath);
   const std::vector<unsigned char> lb = read_gzip_file(lpath);
   const std::vector<uint32_t> idims = idx_header(ib, 3, ipath);

@@ -25,6 +25,9 @@ std::string default_fashion_mnist_dir();
 
 // split: "train" (60000) or "test" (10000); limit > 0 keeps the first `limit`.
 Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int limit = 0);
+// The data set's four files in `dir` (both splits, images and labels), so
+// that a command can refuse to write over any of them.
+std::vector<std::string> fashion_mnist_files(const std::string& dir);
 
 // Reads a whole gzip (or plain) file; errors name the path.
 std::vector<unsigned char> read_gzip_file(const std::string& path);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -104,6 +105,11 @@ void save_trace(const std::string& path, const Trace& t) {
 
 Trace load_trace(const std::string& path, const Dataset& data) {
   require_regular_file(path, "trace");
+  std::error_code ec;
+  const uintmax_t bytes = std::filesystem::file_size(path, ec);
+  if (!ec && bytes > kMaxTraceBytes)
+    fail(path, ": ", bytes, " bytes, more than a trace of ", kMaxTraceRequests, " requests needs (at most ",
+         kMaxTraceBytes, ")");
   std::ifstream f(path);
   if (!f) fail(path, ": cannot open trace");
   nlohmann::json j;
@@ -114,6 +120,7 @@ Trace load_trace(const std::string& path, const Dataset& data) {
   }
   Trace t;
   const JsonFields top(j, path);
+  json_only_keys(j, path, {"format", "kind", "seed", "params", "source", "source_size", "requests"});
   if (top.string("format") != "gati-trace/1") fail(path, ": unknown trace format (expected gati-trace/1)");
   t.kind = top.string("kind");
   t.seed = uint64_t(top.integer("seed", 0, INT64_MAX));
@@ -137,6 +144,8 @@ Trace load_trace(const std::string& path, const Dataset& data) {
     t.requests.push_back(q);
   }
   if (t.source != data.name) fail(path, ": trace was made for ", t.source, ", replaying on ", data.name);
+  if (t.source_size != data.n)
+    fail(path, ": trace was made for ", t.source, " with ", t.source_size, " items; ", data.name, " has ", data.n);
   return t;
 }
 

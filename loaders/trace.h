@@ -20,7 +20,10 @@
 namespace gati {
 
 // The most requests one trace file may hold (about 40 bytes each in memory).
-constexpr size_t kMaxTraceRequests = 10'000'000;
+constexpr size_t kMaxTraceRequests = 1'000'000;
+// A saved trace's largest file: 64 bytes a request is more than the longest
+// request gati writes ([index, dx, dy, noise, noise_seed] at full width).
+constexpr size_t kMaxTraceBytes = kMaxTraceRequests * 64 + (size_t(1) << 16);
 
 struct Request {
   int index = 0;       // item in the data set

@@ -245,6 +245,77 @@ def main():
                                                                   "fashion-mnist", "--config", cfg, "--out", cfg],
                      "--out")
 
+        # outputs never destroy inputs: data files, one output named twice, an
+        # unwritable output refused before any other is written, and numbers
+        # that must not wrap (issue 12's reproducers)
+        import hashlib
+        data = os.path.join(tmp, "data")
+        os.mkdir(data)
+        src = os.environ.get("GATI_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
+        for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                  "t10k-labels-idx1-ubyte.gz"):
+            shutil.copy(os.path.join(src, f), data)
+        digest = lambda: {f: hashlib.sha256(open(os.path.join(data, f), "rb").read()).hexdigest() for f in os.listdir(data)}
+        before = digest()
+        expect_error(gati, "run --json over a data file", ["run", "--model", args.demo, "--data", "fashion-mnist",
+                                                           "--data-dir", data, "--limit", "3", "--json",
+                                                           os.path.join(data, "t10k-labels-idx1-ubyte.gz")],
+                     "is the input file")
+        expect_error(gati, "serve-sim --json over a data file",
+                     ["serve-sim", "--model", args.demo, "--caches", caches, "--trace", "uniform", "--requests", "5",
+                      "--data-dir", data, "--json", os.path.join(data, "t10k-images-idx3-ubyte.gz")], "is the input file")
+        expect_error(gati, "cache build --out over a data file",
+                     ["cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--data-dir", data, "--train",
+                      "50", "--holdout", "20", "--out", os.path.join(data, "train-images-idx3-ubyte.gz")],
+                     "is the input file")
+        check("data files unchanged", digest() == before)
+        same = os.path.join(tmp, "same.json")
+        expect_error(gati, "profile --json and --trace the same file",
+                     ["profile", "--model", args.demo, "--repeats", "1", "--json", same, "--trace", same],
+                     "is also --json's file")
+        fifo = os.path.join(tmp, "fifo")
+        os.mkfifo(fifo)
+        good = os.path.join(tmp, "good.json")
+        expect_error(gati, "serve-sim with one output a pipe",
+                     ["serve-sim", "--model", args.demo, "--caches", caches, "--trace", "uniform", "--requests", "5",
+                      "--json", good, "--per-request", fifo], "not a regular file")
+        check("a refused command wrote none of its outputs", not os.path.exists(good))
+        for size in ("4294967324x28", "4294967297x1", "28x28x28", "28"):
+            expect_error(gati, f"profile --size {size}", ["profile", "--model", args.demo, "--size", size],
+                         "--size must be 'HxW'")
+        expect_error(gati, "profile at a size over the memory limit",
+                     ["profile", "--model", args.demo, "--size", "16384x16384", "--batch", "4096"],
+                     "over the session's limit")
+        big = os.path.join(tmp, "in-big.safetensors")
+        safetensors_io.save(big, {"input": torch.full((1, 1, 28, 28), 3e38)})
+        expect_error(gati, "infer --normalize overflowing float",
+                     ["infer", "--model", args.demo, "--input", big, "--output", os.path.join(tmp, "o.safetensors"),
+                      "--normalize"], "in-big.safetensors: normalize: the value at [0,0,0,0] leaves float's range")
+        dtensors, dmeta = safetensors_io.load(args.demo)
+        arch = json.loads(dmeta["gati.arch"])
+        arch["std"] = [1e-45]
+        dmeta = dict(dmeta, **{"gati.arch": json.dumps(arch)})
+        safetensors_io.save(os.path.join(tmp, "tiny-std.safetensors"), dtensors, dmeta)
+        expect_error(gati, "a model whose std is subnormal", ["info", os.path.join(tmp, "tiny-std.safetensors")],
+                     "'std' values must be in [1e-06, 1e+06]")
+        saved = json.load(open(tr))
+        saved["pad"] = [0] * 10
+        open(os.path.join(tmp, "padded.json"), "w").write(json.dumps(saved))
+        expect_error(gati, "trace with an unknown key", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                        "--trace", os.path.join(tmp, "padded.json")],
+                     "padded.json: unknown key 'pad'")
+        saved = json.load(open(tr))
+        saved["source_size"] = 123
+        open(os.path.join(tmp, "size.json"), "w").write(json.dumps(saved))
+        expect_error(gati, "trace for a data set of another size", ["serve-sim", "--model", args.demo, "--caches",
+                                                                   caches, "--trace", os.path.join(tmp, "size.json")],
+                     "size.json: trace was made for fashion-mnist/test with 123 items")
+        huge = os.path.join(tmp, "huge.json")
+        with open(huge, "wb") as f:
+            f.truncate(100 << 20)  # sparse: no disk used, refused by its size before it is read
+        expect_error(gati, "trace file over the size limit", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                             "--trace", huge], "more than a trace of 1000000 requests")
+
         rc, out, _ = run(gati, "info", args.demo, "--json")
         check("info --json", rc == 0 and json.loads(out)["name"] == "resnet20" and len(json.loads(out)["blocks"]) == 9)
         rc, out, _ = run(gati, "devices")

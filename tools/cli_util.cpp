@@ -50,13 +50,39 @@ void Progress::finish() {
   finished_ = true;
 }
 
-void refuse_overwrite(const std::string& option, const std::string& out, const std::vector<std::string>& inputs) {
-  std::error_code ec;
-  for (const std::string& in : inputs) {
-    if (in.empty()) continue;
-    const bool same =
-        fs::equivalent(out, in, ec) || (!ec && fs::weakly_canonical(out, ec) == fs::weakly_canonical(in, ec));
-    if (same) fail(option, " '", out, "' is the input file '", in, "'; refusing to overwrite it");
+namespace {
+
+// The same file, or (for files not there yet) the same path once links
+// and dots are resolved.
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code e1, e2, e3;
+  if (fs::equivalent(a, b, e1)) return true;
+  const fs::path ca = fs::weakly_canonical(a, e2), cb = fs::weakly_canonical(b, e3);
+  return !e2 && !e3 && ca == cb;
+}
+
+}  // namespace
+
+void check_outputs(const std::vector<Output>& outputs, const std::vector<std::string>& inputs) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const Output& o = outputs[i];
+    if (o.path.empty()) continue;
+    std::error_code ec;
+    const fs::file_status st = fs::status(o.path, ec);
+    if (fs::exists(st) && !fs::is_regular_file(st))
+      fail(o.option, " '", o.path, "': exists and is not a regular file (a directory, device or pipe); ",
+           "refusing to replace it");
+    if (!fs::exists(st) && fs::is_symlink(fs::symlink_status(o.path, ec)))
+      fail(o.option, " '", o.path, "': is a symbolic link whose target does not exist");
+    const fs::path folder = fs::path(o.path).parent_path();
+    if (!folder.empty() && !fs::is_directory(folder, ec))
+      fail(o.option, " '", o.path, "': the folder '", folder.string(), "' does not exist");
+    for (const std::string& in : inputs)
+      if (!in.empty() && same_file(o.path, in))
+        fail(o.option, " '", o.path, "' is the input file '", in, "'; refusing to overwrite it");
+    for (size_t j = 0; j < i; ++j)
+      if (!outputs[j].path.empty() && same_file(o.path, outputs[j].path))
+        fail(o.option, " '", o.path, "' is also ", outputs[j].option, "'s file; give each output its own");
   }
 }
 

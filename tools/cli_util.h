@@ -24,9 +24,15 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_;
 };
 
-// Throws unless `out` names a different file than every one of `inputs`
-// (the same path, a link to it, or the same file by another name).
-void refuse_overwrite(const std::string& option, const std::string& out, const std::vector<std::string>& inputs);
+// A file a command will write, and the option that named it.
+struct Output {
+  std::string option, path;  // an empty path: not asked for
+};
+// Checked before a command starts its work, so that a refusal writes
+// nothing: every output is absent or a regular file (or a link to one) in
+// a folder that exists, none is one of `inputs` (the same path, a link to
+// it, or the same file by another name), and no two outputs are one file.
+void check_outputs(const std::vector<Output>& outputs, const std::vector<std::string>& inputs);
 
 // Writes `text` to a temporary file beside `path`, checks the write, then
 // renames it over `path`.

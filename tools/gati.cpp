@@ -135,7 +135,7 @@ struct InferOpts {
 };
 
 int cmd_infer(const InferOpts& o) {
-  cli::refuse_overwrite("--output", o.output, {o.input, o.model});
+  cli::check_outputs({{"--output", o.output}}, {o.input, o.model});
   Engine engine(o.model, o.common.engine());
   const SafeTensorsFile in = SafeTensorsFile::open(o.input);
   if (!in.contains("input"))
@@ -149,10 +149,17 @@ int cmd_infer(const InferOpts& o) {
     if (h != engine.arch().input_h || w != engine.arch().input_w)
       fail("--normalize: input is ", h, "x", w, " but the model's normalisation is for ", engine.arch().input_h, "x",
            engine.arch().input_w);
-    engine.check_input(x.data(), n, c, h, w);
-    engine.normalize(x.data(), n);
   }
-  const std::vector<float> logits = engine.infer(x.data(), n, c, h, w);
+  std::vector<float> logits;
+  try {
+    if (o.normalize) {
+      engine.check_input(x.data(), n, c, h, w);
+      engine.normalize(x.data(), n);
+    }
+    logits = engine.infer(x.data(), n, c, h, w);
+  } catch (const Error& e) {
+    fail(o.input, ": ", e.what());
+  }
   SafeTensorsWriter out;
   out.add_float("logits", {n, engine.arch().num_classes}, logits);
   out.set_metadata("gati.model", o.model);
@@ -170,10 +177,13 @@ struct RunOpts {
 };
 
 int cmd_run(const RunOpts& o) {
-  if (!o.json.empty()) cli::refuse_overwrite("--json", o.json, {o.model, o.caches});
+  const std::string data_dir = o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir;
+  std::vector<std::string> inputs = fashion_mnist_files(data_dir);
+  inputs.push_back(o.model);
+  inputs.push_back(o.caches);
+  cli::check_outputs({{"--json", o.json}}, inputs);
   Engine engine(o.model, o.common.engine());
-  const Dataset ds =
-      load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, o.split, o.limit);
+  const Dataset ds = load_fashion_mnist(data_dir, o.split, o.limit);
   check_data_fits(engine, ds, o.model);
   const Arch& arch = engine.arch();
   std::shared_ptr<const ExitHeads> heads;
@@ -251,19 +261,22 @@ int cmd_profile(const ProfileOpts& o) {
   const Arch& arch = engine.arch();
   int h = arch.input_h, w = arch.input_w;
   if (!o.size.empty()) {
-    // --size takes "HxW" or "H W".
-    std::string s = o.size;
-    for (char& ch : s)
-      if (ch == 'x') ch = ' ';
-    char extra = 0;
-    if (std::sscanf(s.c_str(), "%d %d %c", &h, &w, &extra) != 2 || h < 1 || w < 1 || h > 16384 || w > 16384)
+    // --size takes "HxW": two decimal numbers, each from 1 to 16384 (read
+    // in full before the range check, so no value wraps).
+    auto number = [](const std::string& t, int* v) {
+      if (t.empty() || t.size() > 5 || t.find_first_not_of("0123456789") != std::string::npos) return false;
+      *v = std::stoi(t);
+      return *v >= 1 && *v <= 16384;
+    };
+    const size_t x = o.size.find('x');
+    if (x == std::string::npos || !number(o.size.substr(0, x), &h) || !number(o.size.substr(x + 1), &w))
       fail("--size must be 'HxW' with 1 <= H, W <= 16384, got '", o.size, "'");
   }
   const std::string base = str_cat("profile-", arch.name, "-b", o.batch);
   const std::string json_path = o.json.empty() ? base + ".json" : o.json;
   const std::string trace_path = o.trace.empty() ? base + ".trace.json" : o.trace;
-  cli::refuse_overwrite("--json", json_path, {o.model});
-  cli::refuse_overwrite("--trace", trace_path, {o.model, json_path});
+  cli::check_outputs({{"--json", json_path}, {"--trace", trace_path}}, {o.model});
+  engine.check_size(o.batch, h, w);  // before the input is allocated
   std::mt19937 rng(1234);
   std::normal_distribution<float> dist(0.f, 1.f);
   std::vector<float> x(size_t(o.batch) * size_t(arch.in_channels) * size_t(h) * size_t(w));
@@ -358,9 +371,13 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
   }
   if (o.model.empty() || o.data.empty() || o.out.empty())
     fail("cache build: --model, --data and --out are required (or --print-config)");
-  cli::refuse_overwrite("--out", o.out, {o.model, o.config});
+  const std::string data_dir = o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir;
+  std::vector<std::string> inputs = fashion_mnist_files(data_dir);
+  inputs.push_back(o.model);
+  inputs.push_back(o.config);
+  cli::check_outputs({{"--out", o.out}}, inputs);
   Engine engine(o.model, o.common.engine());
-  const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "train");
+  const Dataset ds = load_fashion_mnist(data_dir, "train");
   cli::Progress progress(size_t(b.train + b.holdout), "collect");
   b.progress = [&](size_t done, size_t) { progress.update(done); };
   const BuildResult r = build_caches(engine, ds, b);
@@ -471,20 +488,19 @@ void print_replay(const ReplayReport& r) {
 }
 
 int cmd_serve_sim(const ServeSimOpts& o) {
-  std::vector<std::string> inputs = o.caches;
+  const std::string data_dir = o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir;
+  std::vector<std::string> inputs = fashion_mnist_files(data_dir);
+  inputs.insert(inputs.end(), o.caches.begin(), o.caches.end());
   inputs.push_back(o.model);
-  inputs.push_back(o.trace);
-  for (const auto& [opt, path] : {std::pair<std::string, std::string>{"--save-trace", o.save_trace},
-                                  {"--json", o.json},
-                                  {"--per-request", o.per_request}})
-    if (!path.empty()) cli::refuse_overwrite(opt, path, inputs);
+  const bool is_kind = std::find(trace_kinds().begin(), trace_kinds().end(), o.trace) != trace_kinds().end();
+  if (!is_kind) inputs.push_back(o.trace);
+  cli::check_outputs({{"--save-trace", o.save_trace}, {"--json", o.json}, {"--per-request", o.per_request}}, inputs);
   if (o.caches.size() > 1 && !o.per_request.empty())
     fail("serve-sim: --per-request takes one --caches file (given ", o.caches.size(), ")");
   Engine engine(o.model, o.common.engine());
   std::vector<CacheSet> sets;
   for (const std::string& path : o.caches) sets.push_back(CacheSet::load(path, engine.model()));
-  const Dataset ds = load_fashion_mnist(o.data_dir.empty() ? default_fashion_mnist_dir() : o.data_dir, "test");
-  const bool is_kind = std::find(trace_kinds().begin(), trace_kinds().end(), o.trace) != trace_kinds().end();
+  const Dataset ds = load_fashion_mnist(data_dir, "test");
   const Trace trace = is_kind ? make_trace(o.trace, ds, o.requests, uint64_t(o.seed)) : load_trace(o.trace, ds);
   if (!o.save_trace.empty()) save_trace(o.save_trace, trace);
   ReplayOptions ro;

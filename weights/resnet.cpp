@@ -1,6 +1,7 @@
 // Architecture record parsing and the network builder; see resnet.h.
 #include "weights/resnet.h"
 
+#include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 
@@ -73,8 +74,12 @@ Arch Arch::from_json(const std::string& text) {
   a.std = float_list(f, "std");
   if (int(a.mean.size()) != a.in_channels || int(a.std.size()) != a.in_channels)
     fail("architecture: 'mean' and 'std' need one value per input channel (", a.in_channels, ")");
+  // A normalisation outside these bounds scales inputs by more than a
+  // million: refused here rather than blamed on the data later.
   for (float s : a.std)
-    if (!(s > 0)) fail("architecture: 'std' values must be positive");
+    if (!(s >= 1e-6f && s <= 1e6f)) fail("architecture: 'std' values must be in [1e-06, 1e+06], got ", s);
+  for (float m : a.mean)
+    if (!(std::abs(m) <= 1e6f)) fail("architecture: 'mean' values must be in [-1e+06, 1e+06], got ", m);
   if (f.has("bn_eps")) {
     a.bn_eps = f.number("bn_eps", 0, 1);
     if (!(a.bn_eps > 0)) fail("architecture: 'bn_eps' must be positive");

@@ -19,7 +19,8 @@ void require_regular_file(const std::string& path, const char* what) {
   const fs::file_status st = fs::status(path, ec);
   if (!fs::exists(st)) return;  // the caller's open reports it, with its own hint
   if (fs::is_directory(st)) fail(path, ": is a folder, not a ", what, " file");
-  if (!fs::is_regular_file(st)) fail(path, ": is not a regular file (a device or pipe?); a ", what, " file is expected");
+  if (!fs::is_regular_file(st))
+    fail(path, ": is not a regular file (a device or pipe?); the ", what, " file must be one");
 }
 
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& fill) {

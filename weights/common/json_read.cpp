@@ -43,6 +43,17 @@ std::string json_string(const nlohmann::json& v, const std::string& where) {
   return v.get<std::string>();
 }
 
+void json_only_keys(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> valid) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool known = false;
+    for (const char* v : valid) known = known || it.key() == v;
+    if (known) continue;
+    std::string list;
+    for (const char* v : valid) list += (list.empty() ? "" : ", ") + std::string(v);
+    fail(where, ": unknown key '", it.key(), "' (valid: ", list, ")");
+  }
+}
+
 JsonFields::JsonFields(const nlohmann::json& j, std::string where) : j_(j), where_(std::move(where)) {
   if (!j_.is_object()) fail(where_, " must be a JSON object, got ", shown(j_));
 }

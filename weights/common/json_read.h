@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -21,6 +22,9 @@ namespace gati {
 int64_t json_integer(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi);
 double json_number(const nlohmann::json& v, const std::string& where, double lo, double hi);
 std::string json_string(const nlohmann::json& v, const std::string& where);
+// Refuses a key of the object `j` that is not in `valid`, listing the valid
+// ones: "<where>: unknown key 'x' (valid: a, b)".
+void json_only_keys(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> valid);
 
 class JsonFields {
  public:
