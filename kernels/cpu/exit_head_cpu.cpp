@@ -43,6 +43,24 @@ float lane_dot(const float* w, const float* x, int dim) {
 
 namespace {
 
+// lane_dot of kRows weight rows with one x: each row's sum is lane_dot's,
+// lane for lane and in the same order (its CUDA twin reproduces it), but
+// the rows' independent adds overlap instead of each waiting on the last.
+constexpr int kRows = 4;
+void lane_dot_rows(const float* w, size_t stride, const float* x, int dim, float* out) {
+  const int full = dim / kLanes * kLanes;
+  float lane[kRows][kLanes] = {};
+  for (int d = 0; d < full; d += kLanes)
+    for (int r = 0; r < kRows; ++r)
+      for (int l = 0; l < kLanes; ++l) lane[r][l] += w[size_t(r) * stride + size_t(d + l)] * x[d + l];
+  for (int r = 0; r < kRows; ++r) {
+    for (int d = full; d < dim; ++d) lane[r][d - full] += w[size_t(r) * stride + size_t(d)] * x[d];
+    float s = 0;
+    for (int l = 0; l < kLanes; ++l) s += lane[r][l];
+    out[r] = s;
+  }
+}
+
 // (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
 void standardise(const LinearHeadView& h, const float* pooled, int padded, float* out) {
   for (int d = 0; d < h.dim; ++d) out[d] = (pooled[d] - h.mean[d]) * h.inv_std[d];
@@ -117,11 +135,22 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   float* const z = z_buf.data();
   for (int row = 0; row < n; ++row)
     standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs + size_t(row) * size_t(padded));
-  parallel_for(h.classes, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int k) {
-    const float* w = h.weight + size_t(k) * size_t(h.dim);
-    for (int row = 0; row < n; ++row)
-      z[size_t(row) * size_t(h.classes) + size_t(k)] =
-          lane_dot(w, xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
+  const int groups = (h.classes + kRows - 1) / kRows;
+  parallel_for(groups, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int g) {
+    const int k0 = g * kRows;
+    const float* w = h.weight + size_t(k0) * size_t(h.dim);
+    for (int row = 0; row < n; ++row) {
+      float* zr = z + size_t(row) * size_t(h.classes);
+      const float* x = xs + size_t(row) * size_t(padded);
+      if (k0 + kRows <= h.classes) {
+        float dots[kRows];
+        lane_dot_rows(w, size_t(h.dim), x, h.dim, dots);
+        for (int r = 0; r < kRows; ++r) zr[k0 + r] = dots[r] + h.bias[k0 + r];
+      } else {
+        for (int k = k0; k < h.classes; ++k)
+          zr[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), x, h.dim) + h.bias[k];
+      }
+    }
   });
   for (int row = 0; row < n; ++row) {
     float conf;

@@ -12,17 +12,20 @@ namespace gati::cpu {
 
 namespace {
 
-// One cell of one image: avg[c] (and mx[c] when not null) over rows y0..y1,
-// columns x0..x1 of img [h, w, c].  Channels in blocks of 16 whose sums stay
-// in a register across the cell (summing into memory would make every add
-// wait for the previous store); the order of the adds is the same either way.
-void pool_cell(const float* __restrict img, int w, int c, int y0, int y1, int x0, int x1, float* __restrict avg,
-               float* __restrict mx) {
+// One cell of one image, channels [ch_begin, ch_end): avg[ch] (and mx[ch]
+// with kMax) over rows y0..y1, columns x0..x1 of img [h, w, c].  Channels
+// in blocks of 16 whose sums stay in a register across the cell (summing
+// into memory would make every add wait for the previous store); each
+// channel's adds run over the pixels in order, so how the channels are
+// split (here, and between threads) never changes a result.
+template <bool kMax>
+void pool_cell(const float* __restrict img, int w, int c, int y0, int y1, int x0, int x1, int ch_begin, int ch_end,
+               float* __restrict avg, float* __restrict mx) {
   constexpr int kBlock = 16;
   const float inv = 1.0f / float((y1 - y0) * (x1 - x0));
   const float lowest = -std::numeric_limits<float>::infinity();
-  int ch0 = 0;
-  for (; ch0 + kBlock <= c; ch0 += kBlock) {
+  int ch0 = ch_begin;
+  for (; ch0 + kBlock <= ch_end; ch0 += kBlock) {
     float a[kBlock], m[kBlock];
     for (int l = 0; l < kBlock; ++l) a[l] = 0.f, m[l] = lowest;
     for (int y = y0; y < y1; ++y)
@@ -31,25 +34,32 @@ void pool_cell(const float* __restrict img, int w, int c, int y0, int y1, int x0
 #pragma omp simd
         for (int l = 0; l < kBlock; ++l) {
           a[l] += src[l];
-          m[l] = m[l] < src[l] ? src[l] : m[l];
+          if constexpr (kMax) m[l] = m[l] < src[l] ? src[l] : m[l];
         }
       }
     for (int l = 0; l < kBlock; ++l) avg[ch0 + l] = a[l] * inv;
-    if (mx)
+    if constexpr (kMax)
       for (int l = 0; l < kBlock; ++l) mx[ch0 + l] = m[l];
   }
-  if (ch0 == c) return;
-  for (int ch = ch0; ch < c; ++ch) avg[ch] = 0.f;
-  if (mx)
-    for (int ch = ch0; ch < c; ++ch) mx[ch] = lowest;
+  if (ch0 == ch_end) return;
+  for (int ch = ch0; ch < ch_end; ++ch) avg[ch] = 0.f;
+  if constexpr (kMax)
+    for (int ch = ch0; ch < ch_end; ++ch) mx[ch] = lowest;
   for (int y = y0; y < y1; ++y)
     for (int x = x0; x < x1; ++x) {
       const float* __restrict src = img + (size_t(y) * size_t(w) + size_t(x)) * size_t(c);
-      for (int ch = ch0; ch < c; ++ch) avg[ch] += src[ch];
-      if (mx)
-        for (int ch = ch0; ch < c; ++ch) mx[ch] = mx[ch] < src[ch] ? src[ch] : mx[ch];
+      for (int ch = ch0; ch < ch_end; ++ch) avg[ch] += src[ch];
+      if constexpr (kMax)
+        for (int ch = ch0; ch < ch_end; ++ch) mx[ch] = mx[ch] < src[ch] ? src[ch] : mx[ch];
     }
-  for (int ch = ch0; ch < c; ++ch) avg[ch] *= inv;
+  for (int ch = ch0; ch < ch_end; ++ch) avg[ch] *= inv;
+}
+
+void pool_cell(const float* img, int w, int c, int y0, int y1, int x0, int x1, float* avg, float* mx) {
+  if (mx)
+    pool_cell<true>(img, w, c, y0, y1, x0, x1, 0, c, avg, mx);
+  else
+    pool_cell<false>(img, w, c, y0, y1, x0, x1, 0, c, avg, nullptr);
 }
 
 }  // namespace
@@ -76,8 +86,14 @@ void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int 
 }
 
 void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out) {
-  parallel_for(n, size_t(n) * size_t(hw) * size_t(c) > 65536, [&](int img) {
-    pool_cell(in + size_t(img) * size_t(hw) * size_t(c), hw, c, 0, 1, 0, hw, out + size_t(img) * size_t(c), nullptr);
+  // Images and chunks of 64 channels split between threads: at batch 1 an
+  // exit after ResNet-50's layer1 pools 56x56x256 values.
+  constexpr int kChunk = 64;
+  const int chunks = (c + kChunk - 1) / kChunk;
+  parallel_for(n * chunks, size_t(n) * size_t(hw) * size_t(c) > 65536, [&](int k) {
+    const int img = k / chunks, ch0 = (k % chunks) * kChunk;
+    pool_cell<false>(in + size_t(img) * size_t(hw) * size_t(c), hw, c, 0, 1, 0, hw, ch0, std::min(c, ch0 + kChunk),
+                     out + size_t(img) * size_t(c), nullptr);
   });
 }
 
