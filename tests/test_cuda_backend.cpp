@@ -7,12 +7,16 @@
 // the one that checks what a user without a GPU is told.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
 #include "engine/engine.h"
 #include "engine/server.h"
 #include "kernels/cuda/cuda_device.h"
+#include "kernels/cuda/plan_store.h"
 #include "random_model.h"
 #include "test_util.h"
 #include "weights/common/error.h"
@@ -249,6 +253,169 @@ TEST(CudaBackend, RecordedGraphsAnswerWhatTheCpuAnswers) {
   EXPECT_GT(exited, 0) << "no sample left early: the heads' segments were not exercised";
   std::printf("[cuda graphs] %lld graph launches over %zu runs\n",
               static_cast<long long>(gs.context().graph_launches()), std::size(runs));
+}
+
+// ---- the cuDNN plan cache: its file on every machine, its use on a GPU ----
+
+cuda::PlanRecord graph_record(int rank, int64_t engine, bool fused) {
+  cuda::PlanRecord r;
+  r.graph = true;
+  r.rank = rank;
+  r.engine = engine;
+  r.fused = fused;
+  r.ms = 0.25f;
+  return r;
+}
+
+cuda::PlanRecord legacy_record(int algo, bool fused) {
+  cuda::PlanRecord r;
+  r.graph = false;
+  r.algo = algo;
+  r.math = 1;
+  r.fused = fused;
+  r.ms = 0.5f;
+  return r;
+}
+
+TEST(PlanStore, KeepsTimedChoicesAcrossARestart) {
+  const auto dir = test::scratch_dir("plans_restart");
+  const std::string path = (dir / "sub" / "plans.json").string();  // the folder is made on save
+  {
+    cuda::PlanStore s(path, "H100 sm_90, cudnn 91900");
+    EXPECT_FALSE(s.find("64,64,3,1,1,1 n1 56x56 relu").has_value());
+    s.put("64,64,3,1,1,1 n1 56x56 relu", graph_record(2, 11, true));
+    s.put("256,64,1,1,0,1 n8 56x56", legacy_record(1, false));
+    EXPECT_TRUE(s.save());
+  }
+  cuda::PlanStore again(path, "H100 sm_90, cudnn 91900");
+  EXPECT_EQ(again.ignored(), "");
+  EXPECT_EQ(again.size(), 2u);
+  ASSERT_TRUE(again.find("64,64,3,1,1,1 n1 56x56 relu").has_value());
+  EXPECT_TRUE(*again.find("64,64,3,1,1,1 n1 56x56 relu") == graph_record(2, 11, true));
+  EXPECT_TRUE(*again.find("256,64,1,1,0,1 n8 56x56") == legacy_record(1, false));
+  EXPECT_FALSE(again.find("256,64,1,1,0,1 n8 56x56 relu").has_value());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PlanStore, IgnoresAFileOfAnotherContextOrADamagedOneAndRewritesIt) {
+  const auto dir = test::scratch_dir("plans_damaged");
+  const std::string path = (dir / "plans.json").string();
+  {
+    cuda::PlanStore s(path, "GPU A");
+    s.put("k", graph_record(0, 3, false));
+    ASSERT_TRUE(s.save());
+  }
+  cuda::PlanStore other(path, "GPU B");  // another GPU or cuDNN: nothing of it is used
+  EXPECT_EQ(other.size(), 0u);
+  EXPECT_NE(other.ignored().find("written for another context: GPU A"), std::string::npos) << other.ignored();
+
+  const std::pair<const char*, const char*> damaged[] = {
+      {"{\"format\": \"gati-cudnn-plans/1\", \"context\": \"GPU A\", \"plans\": {", "not valid JSON"},
+      {"[1, 2]", "must be a JSON object"},
+      {"{\"format\": \"gati-cudnn-plans/9\", \"context\": \"GPU A\", \"plans\": {}}", "format is not"},
+      {"{\"format\": \"gati-cudnn-plans/1\", \"context\": \"GPU A\", \"plans\": {\"k\": {\"api\": \"tpu\", "
+       "\"fused\": true, \"ms\": 1}}}",
+       "'api' is 'tpu'"},
+      {"{\"format\": \"gati-cudnn-plans/1\", \"context\": \"GPU A\", \"plans\": {\"k\": {\"api\": \"graph\", "
+       "\"fused\": true, \"rank\": 3.5, \"engine\": 1, \"ms\": 1}}}",
+       "'rank' must be an integer"},
+      {"{\"format\": \"gati-cudnn-plans/1\", \"context\": \"GPU A\", \"plans\": {}, \"extra\": 1}",
+       "unknown key 'extra'"},
+  };
+  for (const auto& [text, needle] : damaged) {
+    SCOPED_TRACE(text);
+    std::ofstream(path, std::ios::trunc) << text;
+    cuda::PlanStore s(path, "GPU A");
+    EXPECT_EQ(s.size(), 0u);
+    EXPECT_NE(s.ignored().find(needle), std::string::npos) << s.ignored();
+    s.put("k", legacy_record(0, true));
+    ASSERT_TRUE(s.save());  // rewritten whole
+    cuda::PlanStore fixed(path, "GPU A");
+    EXPECT_EQ(fixed.ignored(), "");
+    EXPECT_EQ(fixed.size(), 1u);
+  }
+  // A folder where the file should be: ignored on load, a warning on save.
+  const std::string folder = (dir / "a_folder").string();
+  std::filesystem::create_directories(folder);
+  cuda::PlanStore f(folder, "GPU A");
+  EXPECT_NE(f.ignored().find("is a folder"), std::string::npos) << f.ignored();
+  f.put("k", legacy_record(0, true));
+  EXPECT_FALSE(f.save());
+  EXPECT_TRUE(std::filesystem::is_directory(folder));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PlanStore, MergesWhatAnotherProcessSavedMeanwhile) {
+  const auto dir = test::scratch_dir("plans_merge");
+  const std::string path = (dir / "plans.json").string();
+  cuda::PlanStore a(path, "ctx"), b(path, "ctx");  // both started before either saved
+  a.put("ka", graph_record(1, 7, true));
+  ASSERT_TRUE(a.save());
+  b.put("kb", legacy_record(6, false));
+  ASSERT_TRUE(b.save());
+  cuda::PlanStore c(path, "ctx");
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_TRUE(c.find("ka").has_value());
+  EXPECT_TRUE(c.find("kb").has_value());
+  cuda::PlanStore memory_only("", "ctx");  // no file: nothing read or written
+  memory_only.put("k", legacy_record(0, false));
+  EXPECT_TRUE(memory_only.save());
+  EXPECT_TRUE(memory_only.find("k").has_value());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PlanStore, DefaultPathFollowsTheEnvironment) {
+  const char* saved = std::getenv("GATI_CUDNN_PLANS");
+  const std::string keep = saved ? saved : "";
+  setenv("GATI_CUDNN_PLANS", "off", 1);
+  EXPECT_EQ(cuda::default_plan_store_path(), "");
+  setenv("GATI_CUDNN_PLANS", "/tmp/somewhere/plans.json", 1);
+  EXPECT_EQ(cuda::default_plan_store_path(), "/tmp/somewhere/plans.json");
+  unsetenv("GATI_CUDNN_PLANS");
+  if (std::getenv("HOME") || std::getenv("XDG_CACHE_HOME")) {
+    EXPECT_NE(cuda::default_plan_store_path().find("gati/cudnn-plans.json"), std::string::npos);
+  }
+  if (saved) setenv("GATI_CUDNN_PLANS", keep.c_str(), 1);
+}
+
+// A second engine on the same GPU rebuilds every convolution from the file
+// the first one wrote, untimed, and answers bit for bit as it did.
+TEST(CudaBackend, PlanCacheSkipsTheSearchOnRestart) {
+  SKIP_WITHOUT_GPU();
+  const auto dir = test::scratch_dir("plans_gpu");
+  const std::string path = (dir / "plans.json").string();
+  const char* saved = std::getenv("GATI_CUDNN_PLANS");
+  const std::string keep = saved ? saved : "";
+  setenv("GATI_CUDNN_PLANS", path.c_str(), 1);
+  const Model m = test::random_model(kBottleneckArch, 700);
+  const Arch& a = m.arch();
+  const std::vector<float> x = random_floats(size_t(3 * a.in_channels * a.input_h * a.input_w), 701);
+  std::vector<LayerTiming> first, second;
+  std::vector<float> l1, l2;
+  {
+    Engine e(m, {"cuda", 0});
+    l1 = e.profile(x.data(), 3, a.in_channels, a.input_h, a.input_w, &first);
+  }
+  ASSERT_TRUE(std::filesystem::exists(path)) << "the first engine saved no plan cache";
+  {
+    Engine e(m, {"cuda", 0});
+    l2 = e.profile(x.data(), 3, a.in_channels, a.input_h, a.input_w, &second);
+  }
+  if (saved)
+    setenv("GATI_CUDNN_PLANS", keep.c_str(), 1);
+  else
+    unsetenv("GATI_CUDNN_PLANS");
+  ASSERT_EQ(first.size(), second.size());
+  int convs = 0;
+  for (size_t i = 0; i < first.size(); ++i) {
+    if (first[i].kind != "conv") continue;
+    ++convs;
+    EXPECT_EQ(first[i].method.find("[cached]"), std::string::npos) << first[i].name << ": " << first[i].method;
+    EXPECT_EQ(second[i].method, first[i].method + " [cached]") << second[i].name;
+  }
+  EXPECT_GT(convs, 0);
+  EXPECT_EQ(l1, l2) << "the same choices must give the same logits";
+  std::filesystem::remove_all(dir);
 }
 
 // Device-side skip: at batch 1 one recorded graph holds the whole run, each

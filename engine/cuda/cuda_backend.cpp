@@ -184,6 +184,9 @@ class CudaDevice final : public BackendDevice {
       fail("device 'cuda': ", d.name, " (sm_", d.major, d.minor, ") has no code in this build; rebuild with ",
            "-DCMAKE_CUDA_ARCHITECTURES=", d.major, d.minor, ", or use --device cpu");
     name_ = str_cat("cuda:", d.index, " (", d.name, ", ", layout_ == Layout::kNchw ? "NCHW" : "NHWC", ")");
+    plans_ = std::make_shared<cuda::PlanStore>(
+        opt.plan_cache ? *opt.plan_cache : cuda::default_plan_store_path(),
+        str_cat(d.name, " sm_", d.major, d.minor, ", ", cuda::CudnnConv::settings(opt.tf32, layout_)));
     cuda::DeviceScope scope(opt.device);
     for (size_t i = 0; i < model.net.convs.size(); ++i) {
       const ConvSpec& s = model.net.convs[i];
@@ -216,6 +219,7 @@ class CudaDevice final : public BackendDevice {
   }
 
   const CudaOptions& options() const { return opt_; }
+  cuda::PlanStore* plans() const { return plans_.get(); }
   Layout layout() const { return layout_; }
   const DeviceConv& conv(int i) const {
     if (i < 0 || size_t(i) >= convs_.size())
@@ -235,6 +239,7 @@ class CudaDevice final : public BackendDevice {
   std::vector<DeviceConv> convs_;
   int classes_ = 0, features_ = 0;
   DeviceBuffer fc_weight_, fc_bias_;
+  std::shared_ptr<cuda::PlanStore> plans_;  // shared by the contexts' convolutions
 };
 
 class CudaContext final : public BackendContext {
@@ -243,7 +248,7 @@ class CudaContext final : public BackendContext {
       : index_(select(device->options().device)),
         device_(std::move(device)),
         layout_(device_->layout()),
-        conv_(stream_.get(), device_->options().tf32, layout_) {}
+        conv_(stream_.get(), device_->options().tf32, layout_, device_->plans()) {}
 
   ~CudaContext() override {
     if (recording_) end_recording();       // an exception left a recording open: end it before the stream goes

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "engine/backend.h"
 
@@ -16,6 +17,10 @@ struct CudaOptions {
   // Activation layout; unset: GATI_CUDA_LAYOUT=nchw|nhwc if set, else NCHW
   // in FP32 and NHWC with TF32 (cuda_backend.cpp says why).
   std::optional<Layout> layout;
+  // The file where timed convolution choices are kept across restarts
+  // (kernels/cuda/plan_store.h); unset: GATI_CUDNN_PLANS, else
+  // ~/.cache/gati/cudnn-plans.json; "": in memory only.
+  std::optional<std::string> plan_cache;
 };
 
 // Uploads the model's folded weights to the device; throws gati::Error when

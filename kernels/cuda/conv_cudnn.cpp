@@ -107,7 +107,18 @@ struct CudnnConv::Plan {
   }
 };
 
-CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout) : stream_(stream), tf32_(tf32), layout_(layout) {
+std::string CudnnConv::settings(bool tf32, Layout layout) {
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "");
+  };
+  return str_cat("cudnn ", cudnnGetVersion(), ", ", layout == Layout::kNchw ? "NCHW" : "NHWC", ", tf32 ", tf32 ? 1 : 0,
+                 ", api '", env("GATI_CUDNN_API"), "', transforms ", transforms_allowed() ? 1 : 0, ", candidates '",
+                 env("GATI_CUDNN_CANDIDATES"), "', unfused '", env("GATI_CUDNN_UNFUSED"), "'");
+}
+
+CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout, PlanStore* store)
+    : stream_(stream), tf32_(tf32), store_(store), layout_(layout) {
   // GATI_CUDNN_API=legacy|graph-unfused|graph|both (default: both, timed
   // against each other) and GATI_CUDNN_TUNE=0 (first ranked engine,
   // untimed): switches for the speed work.
@@ -151,6 +162,17 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   p->oh = (h + 2 * g.pad - g.kernel) / g.stride + 1;
   p->ow = (w + 2 * g.pad - g.kernel) / g.stride + 1;
   if (p->oh < 1 || p->ow < 1) fail(where, ": the input is smaller than the kernel");
+  // A choice timed before (this run or an earlier one): rebuilt, untimed.
+  const std::string stored_as = str_cat(g.cin, ",", g.cout, ",", g.kernel, ",", g.stride, ",", g.pad, ",", g.groups,
+                                        " n", n, " ", h, "x", w, relu ? " relu" : "", residual ? " residual" : "");
+  if (timed && store_)
+    if (const std::optional<PlanRecord> r = store_->find(stored_as)) {
+      auto restored = std::make_unique<Plan>();
+      restored->oh = p->oh;
+      restored->ow = p->ow;
+      if (restore(*restored, *r, g, n, h, w, relu, residual, where))
+        return *plans_.emplace(key, std::move(restored)).first->second;
+    }
   if (api_ != Api::kLegacy) build_graph(*p, g, n, h, w, relu, residual, timed, where);
   if (!p->graph) {
     build_legacy(*p, g, n, h, w, timed, where);
@@ -176,13 +198,29 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
       use_legacy(*p, relu);
     }
   }
+  if (timed && store_) {  // only choices that were timed are worth keeping
+    PlanRecord r;
+    r.graph = p->graph != nullptr;
+    r.fused = p->graph ? p->graph_epilogue : p->choice.fused;
+    if (p->graph) {
+      r.rank = p->graph->pick().rank;
+      r.engine = p->graph->pick().engine;
+      r.ms = p->graph->timed_ms();
+    } else {
+      r.algo = int(p->algo);
+      r.math = int(p->legacy_math);
+      r.ms = p->legacy_ms;
+    }
+    if (r.ms >= 0) {
+      store_->put(stored_as, r);
+      store_->save();  // now: a server may run for months before its contexts end
+    }
+  }
   return *plans_.emplace(key, std::move(p)).first->second;
 }
 
-// The graph: fused epilogue first, then the convolution alone; the legacy
-// plan stays for when neither is offered.
-void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
-                            const std::string& where) {
+GraphConvShape CudnnConv::graph_shape(const Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu,
+                                      bool residual) const {
   GraphConvShape gs;
   gs.layout = layout_;
   gs.g = g;
@@ -193,6 +231,45 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
   gs.ow = p.ow;
   gs.residual = residual;
   gs.relu = relu;
+  return gs;
+}
+
+bool CudnnConv::restore(Plan& p, const PlanRecord& r, const ConvGeometry& g, int n, int h, int w, bool relu,
+                        bool residual, const std::string& where) {
+  std::string why;
+  if (r.graph) {
+    GraphConvShape gs = graph_shape(p, g, n, h, w, relu, residual);
+    if (!r.fused) gs.bias = gs.residual = gs.relu = false;
+    const GraphPick pick{r.rank, r.engine};
+    p.graph = GraphConv::build(handle_, stream_, gs, tf32_, false, &why, &pick);
+    if (p.graph) {
+      p.graph_epilogue = r.fused;
+      describe_graph(p, where);
+    }
+  } else {
+    try {
+      build_legacy(p, g, n, h, w, false, where, &r);
+      use_legacy(p, relu);
+      p.choice.fused = p.choice.fused && r.fused;
+      p.choice.engine = str_cat("legacy algo ", int(p.algo), p.choice.fused ? " fused" : " + epilogue kernel");
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  const bool ok = why.empty() && (p.graph || !r.graph);
+  if (ok) p.choice.engine += " [cached]";
+  if (env_flag("GATI_CUDNN_LOG"))
+    std::fprintf(stderr, "[cudnn] %s: %s\n", where.c_str(),
+                 ok ? str_cat("from the plan cache: ", p.choice.engine, " (timed ", r.ms, " ms)").c_str()
+                    : str_cat("the plan cache's choice no longer builds (", why, "); timing again").c_str());
+  return ok;
+}
+
+// The graph: fused epilogue first, then the convolution alone; the legacy
+// plan stays for when neither is offered.
+void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
+                            const std::string& where) {
+  const GraphConvShape gs = graph_shape(p, g, n, h, w, relu, residual);
   std::string why_fused, why_alone, weighed;
   if (api_ != Api::kGraphUnfused) p.graph = GraphConv::build(handle_, stream_, gs, tf32_, timed, &why_fused);
   p.graph_epilogue = p.graph != nullptr;
@@ -216,14 +293,7 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
       }
     }
   }
-  if (p.graph) {
-    workspace_.reserve(p.graph->workspace_bytes(), str_cat("the cuDNN workspace of ", where));
-    p.choice.algo = -1;
-    p.choice.workspace_bytes = p.graph->workspace_bytes();
-    p.choice.fused = p.graph_epilogue;
-    p.choice.tensor_ops = p.graph->tensor_ops();
-    p.choice.engine = p.graph->description() + (p.graph_epilogue ? "" : " + epilogue kernel");
-  }
+  if (p.graph) describe_graph(p, where);
   if (env_flag("GATI_CUDNN_LOG"))
     std::fprintf(stderr, "[cudnn] %s: %s%s%s%s\n", where.c_str(),
                  p.graph ? str_cat(p.graph->description(), ", ", p.graph->details()).c_str() : "legacy (no graph plan)",
@@ -231,13 +301,22 @@ void CudnnConv::build_graph(Plan& p, const ConvGeometry& g, int n, int h, int w,
                  why_alone.empty() ? "" : str_cat("; plain graph refused: ", why_alone).c_str());
 }
 
+void CudnnConv::describe_graph(Plan& p, const std::string& where) {
+  workspace_.reserve(p.graph->workspace_bytes(), str_cat("the cuDNN workspace of ", where));
+  p.choice.algo = -1;
+  p.choice.workspace_bytes = p.graph->workspace_bytes();
+  p.choice.fused = p.graph_epilogue;
+  p.choice.tensor_ops = p.graph->tensor_ops();
+  p.choice.engine = p.graph->description() + (p.graph_epilogue ? "" : " + epilogue kernel");
+}
+
 float CudnnConv::epilogue_time(Plan& p, int n, int cout, bool residual, bool relu) {
   if (!p.epilogue_ms) p.epilogue_ms = time_epilogue(n, long(p.oh) * p.ow, cout, layout_, residual, relu, stream_);
   return *p.epilogue_ms;
 }
 
-void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed,
-                             const std::string& where) {
+void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed, const std::string& where,
+                             const PlanRecord* forced) {
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_);
   CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.x), where);
   CUDNN_CHECK_AT(cudnnCreateTensorDescriptor(&p.y), where);
@@ -271,7 +350,9 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
   // workspace query succeeds is kept.
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int returned = 0;
-  if (timed || env_flag("GATI_CUDNN_FIND")) {
+  if (forced) {
+    // the stored choice alone (below)
+  } else if (timed || env_flag("GATI_CUDNN_FIND")) {
     CUDNN_CHECK_AT(cudnnFindConvolutionForwardAlgorithm(handle, p.x, p.f, p.conv, p.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                                                         &returned, perf),
                    where);
@@ -296,8 +377,14 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
     if (!tf32_ && (q.mathType != CUDNN_FMA_MATH || (transform && !transforms_allowed()))) continue;
     candidates.push_back({q.algo, q.mathType, timed ? q.time : -1.f});
   }
-  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH, -1.f});
-  candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH, -1.f});
+  if (forced) {
+    if (forced->algo < 0 || forced->algo >= CUDNN_CONVOLUTION_FWD_ALGO_COUNT)
+      fail(where, ": the stored algorithm ", forced->algo, " is not one of cuDNN's");
+    candidates.push_back({cudnnConvolutionFwdAlgo_t(forced->algo), cudnnMathType_t(forced->math), forced->ms});
+  } else {
+    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH, -1.f});
+    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH, -1.f});
+  }
   size_t ws = 0;
   bool found = false;
   for (const Candidate& c : candidates) {

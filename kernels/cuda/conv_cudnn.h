@@ -11,7 +11,9 @@
 // graph engine without it; the legacy API without ReLU, where cuDNN's
 // fused call supports an identity activation with one algorithm only), our
 // epilogue kernel adds bias and residual.  FP32 with cuDNN's FMA math, so
-// TF32 tensor cores are used only when asked for.
+// TF32 tensor cores are used only when asked for.  With a PlanStore, a
+// timed choice is recorded there and a shape it already holds is rebuilt
+// from it untimed (a restart does not search again).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,6 +25,7 @@
 
 #include "kernels/cuda/conv_graph.h"
 #include "kernels/cuda/cuda_memory.h"
+#include "kernels/cuda/plan_store.h"
 
 namespace gati::cuda {
 
@@ -37,7 +40,11 @@ struct ConvChoice {
 
 class CudnnConv {
  public:
-  CudnnConv(cudaStream_t stream, bool tf32, Layout layout);
+  // `store` (may be null) outlives this object.
+  CudnnConv(cudaStream_t stream, bool tf32, Layout layout, PlanStore* store = nullptr);
+  // What the choices depend on besides the GPU: cuDNN's version, the layout,
+  // TF32 and the GATI_CUDNN_* switches (a PlanStore's context).
+  static std::string settings(bool tf32, Layout layout);
   ~CudnnConv();
   CudnnConv(const CudnnConv&) = delete;
   CudnnConv& operator=(const CudnnConv&) = delete;
@@ -63,8 +70,16 @@ class CudnnConv {
   // shape first seen in run()).
   Plan& plan_for(const ConvGeometry& g, int n, int h, int w, bool relu, bool residual, bool timed,
                  const std::string& name);
-  void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed, const std::string& where);
-  void use_legacy(Plan& p, bool relu);  // the legacy algorithm runs this shape
+  // `forced`: that algorithm and math type, not cuDNN's ranking.
+  void build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w, bool timed, const std::string& where,
+                    const PlanRecord* forced = nullptr);
+  // A stored choice rebuilt; false (p untouched but for the legacy
+  // descriptors) when it no longer builds.
+  bool restore(Plan& p, const PlanRecord& r, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual,
+               const std::string& where);
+  GraphConvShape graph_shape(const Plan& p, const ConvGeometry& g, int n, int h, int w, bool relu, bool residual) const;
+  void describe_graph(Plan& p, const std::string& where);  // p.choice and the workspace for p.graph
+  void use_legacy(Plan& p, bool relu);                     // the legacy algorithm runs this shape
   // Our epilogue kernel's time at the plan's shape, timed once per plan
   // (both the fused-or-split and the graph-or-legacy choices need it).
   float epilogue_time(Plan& p, int n, int cout, bool residual, bool relu);
@@ -73,6 +88,7 @@ class CudnnConv {
 
   cudaStream_t stream_;
   bool tf32_;
+  PlanStore* store_;
   Layout layout_;
   Api api_ = Api::kBoth;
   bool tune_ = true;

@@ -157,6 +157,7 @@ struct GraphConv::Impl {
   int64_t workspace = 0;
   bool tensor_ops = false;
   float timed_ms = -1;  // the chosen plan's time per run where it was timed
+  GraphPick pick;
   GraphConvShape shape;
   std::string description, details;
 };
@@ -168,9 +169,11 @@ bool GraphConv::tensor_ops() const { return impl_->tensor_ops; }
 const std::string& GraphConv::description() const { return impl_->description; }
 const std::string& GraphConv::details() const { return impl_->details; }
 float GraphConv::timed_ms() const { return impl_->timed_ms; }
+GraphPick GraphConv::pick() const { return impl_->pick; }
 
 std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t stream, const GraphConvShape& s, bool tf32,
-                                            bool tune, std::string* why) {
+                                            bool tune, std::string* why, const GraphPick* pick) {
+  if (pick) tune = false;
   const cudnnHandle_t handle = static_cast<cudnnHandle_t>(handle_ptr);
   const ConvGeometry& g = s.g;
   // Where the build's time goes (the log shows it): heuristics, finalizing
@@ -294,6 +297,7 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       Desc plan;
       int64_t workspace, engine;
       bool tensor_ops;
+      int rank;
     };
     std::vector<Candidate> candidates;
     std::string refusals;
@@ -301,7 +305,9 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     // GATI_CUDNN_CANDIDATES=N times the first N usable configurations (default 6).
     const char* candidates_env = std::getenv("GATI_CUDNN_CANDIDATES");
     const size_t max_candidates = tune ? size_t(std::clamp(candidates_env ? std::atoi(candidates_env) : 6, 1, 64)) : 1;
-    for (int64_t i = 0; i < got && candidates.size() < max_candidates; ++i) {
+    if (pick && (pick->rank < 0 || pick->rank >= got))
+      throw Refused{str_cat("the stored choice is configuration ", pick->rank, ", cuDNN ranks ", got)};
+    for (int64_t i = pick ? pick->rank : 0; i < got && candidates.size() < max_candidates; ++i) {
       try {
         Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
         cudnnBackendDescriptor_t engine_raw = engine.get();
@@ -313,6 +319,9 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
         check(cudnnBackendGetAttribute(engine.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &one_count,
                                        &index),
               "engine index");
+        if (pick && index != pick->engine)
+          throw Refused{
+              str_cat("the stored choice is engine ", pick->engine, ", cuDNN now ranks engine ", index, " there")};
         bool tensor_ops = false, forbidden = false;
         const Notes notes = numerical_notes(engine);
         for (int64_t j = 0; j < notes.count; ++j) {
@@ -328,6 +337,7 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
             forbidden = true;
         }
         if (forbidden) {
+          if (pick) throw Refused{"the stored choice's numerics are not allowed now"};
           refusals += str_cat(" ", index, ":numerics");
           continue;
         }
@@ -340,13 +350,16 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
                                        &one_count, &ws),
               "workspace size");
         if (ws > (int64_t(256) << 20)) {
+          if (pick) throw Refused{"the stored choice's workspace is over the limit"};
           refusals += str_cat(" ", index, ":workspace");
           continue;
         }
-        candidates.push_back({std::move(plan), ws, index, tensor_ops});
+        candidates.push_back({std::move(plan), ws, index, tensor_ops, int(i)});
       } catch (const Refused& r) {
+        if (pick) throw;
         refusals += str_cat(" ", i, ":", r.why);
       }
+      if (pick) break;
     }
     if (candidates.empty()) throw Refused{str_cat("none of ", got, " ranked configurations is usable:", refusals)};
     plans_ms = lap();
@@ -415,12 +428,14 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     impl->workspace = candidates[best].workspace;
     impl->tensor_ops = candidates[best].tensor_ops;
     impl->timed_ms = best_ms < 0 ? -1 : best_ms / 3;
+    impl->pick = {candidates[best].rank, candidates[best].engine};
     impl->description = str_cat("graph engine ", candidates[best].engine, epilogue ? " fused" : "");
     const double timing_ms = lap();
-    impl->details = str_cat("built in ", int(graph_ms + heuristics_ms + plans_ms + timing_ms), " ms (graph ",
-                            int(graph_ms), ", heuristics ", int(heuristics_ms), ", plans ", int(plans_ms), ", timing ",
-                            int(timing_ms), ")", timing.empty() ? std::string() : str_cat("; timed:", timing),
-                            refusals.empty() ? std::string() : str_cat("; refused:", refusals));
+    impl->details =
+        str_cat(pick ? "from the plan cache; " : "", "built in ", int(graph_ms + heuristics_ms + plans_ms + timing_ms),
+                " ms (graph ", int(graph_ms), ", heuristics ", int(heuristics_ms), ", plans ", int(plans_ms),
+                ", timing ", int(timing_ms), ")", timing.empty() ? std::string() : str_cat("; timed:", timing),
+                refusals.empty() ? std::string() : str_cat("; refused:", refusals));
     keep.push_back(std::move(x));
     keep.push_back(std::move(w));
     keep.push_back(std::move(conv_out));

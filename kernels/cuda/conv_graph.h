@@ -20,6 +20,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -43,6 +44,13 @@ struct GraphConvShape {
 // within 1e-4); GATI_CUDNN_TRANSFORMS=0 refuses them, in both APIs.
 bool transforms_allowed();
 
+// A configuration chosen before (PlanStore): its place in the ranked list
+// and its engine's global index, checked when it is rebuilt.
+struct GraphPick {
+  int rank = -1;
+  int64_t engine = -1;
+};
+
 class GraphConv {
  public:
   ~GraphConv();
@@ -51,9 +59,11 @@ class GraphConv {
 
   // The best plan cuDNN offers for the shape, or null with the reason in
   // `why` (no engine supports the graph, or none with allowed numerics).
-  // `handle` is the cudnnHandle_t bound to `stream`.
+  // `handle` is the cudnnHandle_t bound to `stream`.  With `pick`, that
+  // configuration only, untimed (refused when its engine is not the one
+  // recorded: another cuDNN ranks differently).
   static std::unique_ptr<GraphConv> build(void* handle, cudaStream_t stream, const GraphConvShape& s, bool tf32,
-                                          bool tune, std::string* why);
+                                          bool tune, std::string* why, const GraphPick* pick = nullptr);
 
   size_t workspace_bytes() const;
   bool tensor_ops() const;
@@ -64,6 +74,8 @@ class GraphConv {
   // The plan's time per run on the stream, measured when it was built with
   // `tune`; -1 where it was not timed.
   float timed_ms() const;
+  // The chosen configuration, for the plan store.
+  GraphPick pick() const;
 
   // Every pointer 16-byte aligned (the graph's tensors promise it); `bias`
   // and `residual` ignored where the graph has no such term.

@@ -44,6 +44,7 @@ std::string json_string(const nlohmann::json& v, const std::string& where) {
 }
 
 void json_only_keys(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> valid) {
+  if (!j.is_object()) fail(where, " must be a JSON object, got ", shown(j));
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* v : valid) known = known || it.key() == v;
