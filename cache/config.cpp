@@ -133,12 +133,7 @@ BuildOptions load_build_config(const std::string& path) {
   text << in.rdbuf();
   if (text.str().size() > kMaxConfigBytes)
     fail(path, ": ", text.str().size(), " bytes, more than a cache configuration's limit of ", kMaxConfigBytes);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": the cache configuration is not valid JSON (", e.what(), ")");
-  }
+  const nlohmann::json j = json_parse(text.str(), path + ": the cache configuration");
   return build_options_from_json(j, path);
 }
 

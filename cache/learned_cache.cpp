@@ -620,12 +620,7 @@ constexpr int64_t kMaxFeatures = int64_t(1) << 24;
 
 CacheSet CacheSet::load(const std::string& path, const Model& model) {
   const SafeTensorsFile f = SafeTensorsFile::open(path);
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(f.metadata_at("gati.caches"));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": metadata 'gati.caches' is not valid JSON (", e.what(), ")");
-  }
+  const nlohmann::json meta = json_parse(f.metadata_at("gati.caches"), path + ": metadata 'gati.caches'");
   if (!meta.is_object() || meta.value("format", "") != kFormat)
     fail(path, ": not a gati cache file of format ", kFormat);
   CacheSet s;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -110,14 +111,10 @@ Trace load_trace(const std::string& path, const Dataset& data) {
   if (!ec && bytes > kMaxTraceBytes)
     fail(path, ": ", bytes, " bytes, more than a trace of ", kMaxTraceRequests, " requests needs (at most ",
          kMaxTraceBytes, ")");
-  std::ifstream f(path);
+  std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, ": cannot open trace");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": trace is not valid JSON (", e.what(), ")");
-  }
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const nlohmann::json j = json_parse(text, path + ": trace");
   Trace t;
   const JsonFields top(j, path);
   json_only_keys(j, path, {"format", "kind", "seed", "params", "source", "source_size", "requests"});

@@ -70,6 +70,23 @@ TEST(JsonFields, RefuseWhatGetWouldCoerceAndNameTheKey) {
   EXPECT_GATI_ERROR(f.object("obj").integer("k", 2, 3), "f.json: 'obj': 'k' must be an integer in [2, 3], got 1");
 }
 
+// Every reader parses through json_parse: a key given twice in one object
+// is refused (nlohmann alone keeps the last, so a trace or a header could
+// say two things at once), in nested objects too, and repeated keys in
+// different objects are fine.
+TEST(JsonFields, ParseRefusesAKeyGivenTwice) {
+  EXPECT_EQ(json_parse(R"({"a": 1, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]})", "ok.json")["b"]["a"], 2);
+  EXPECT_GATI_ERROR(json_parse(R"({"seed": 1, "seed": 2})", "t.json: trace"),
+                    "t.json: trace: key 'seed' appears twice in one object");
+  EXPECT_GATI_ERROR(json_parse(R"({"x": {"k": 1, "k": 1}})", "f"), "key 'k' appears twice");
+  EXPECT_GATI_ERROR(json_parse(R"([{"k": 1}, {"k": 2, "k": 3}])", "f"), "key 'k' appears twice");
+  EXPECT_GATI_ERROR(json_parse("{\"a\": ", "f.json"), "f.json is not valid JSON");
+  EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32",)"
+                                    R"("shape":[2],"data_offsets":[0,8]}})",
+                                    {})),
+                    "key 'a' appears twice");
+}
+
 TEST(SafeTensors, RoundTripThroughWriter) {
   const auto dir = test::scratch_dir("st");
   SafeTensorsWriter w;

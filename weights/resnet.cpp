@@ -32,12 +32,7 @@ std::vector<float> float_list(const JsonFields& j, const char* key) {
 }  // namespace
 
 Arch Arch::from_json(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail("architecture: not valid JSON (", e.what(), ")");
-  }
+  const json j = json_parse(text, "architecture");
   const JsonFields f(j, "architecture");
   Arch a;
   a.name = f.has("name") ? f.string("name") : std::string("resnet");

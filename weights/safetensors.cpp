@@ -9,9 +9,11 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "weights/common/error.h"
 #include "weights/common/file_write.h"
+#include "weights/common/json_read.h"
 
 namespace gati {
 namespace {
@@ -145,12 +147,8 @@ SafeTensorsFile SafeTensorsFile::from_bytes(std::vector<uint8_t> bytes, const st
   f.data_base_ = 8 + header_len;
   const uint64_t data_size = size - f.data_base_;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(f.bytes_.begin() + 8, f.bytes_.begin() + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    fail(origin, ": header is not valid JSON (", e.what(), ")");
-  }
+  const nlohmann::json header = json_parse(
+      std::string_view(reinterpret_cast<const char*>(f.bytes_.data()) + 8, size_t(header_len)), origin + ": header");
   if (!header.is_object()) fail(origin, ": header must be a JSON object");
 
   std::vector<const TensorInfo*> by_offset;

@@ -83,12 +83,7 @@ std::optional<std::map<std::string, PlanRecord>> PlanStore::read(std::string* wh
     if (!in) fail("cannot open it");
     std::stringstream text;
     text << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::exception& e) {
-      fail("not valid JSON: ", e.what());
-    }
+    const nlohmann::json j = json_parse(text.str(), "the file");
     json_only_keys(j, path_, {"format", "context", "plans"});
     const JsonFields top(j, path_);
     if (top.string("format") != kFormat) fail("format is not ", kFormat);

@@ -1,6 +1,9 @@
 // Strict JSON field reads; see json_read.h.
 #include "weights/common/json_read.h"
 
+#include <set>
+#include <vector>
+
 #include <cmath>
 #include <utility>
 
@@ -41,6 +44,29 @@ double json_number(const nlohmann::json& v, const std::string& where, double lo,
 std::string json_string(const nlohmann::json& v, const std::string& where) {
   if (!v.is_string()) fail(where, " must be a string, got ", shown(v));
   return v.get<std::string>();
+}
+
+nlohmann::json json_parse(std::string_view text, const std::string& what) {
+  // Keys seen in each object being parsed, innermost last.
+  std::vector<std::set<std::string>> open;
+  const nlohmann::json::parser_callback_t check = [&](int, nlohmann::json::parse_event_t event,
+                                                      nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (event == E::object_start) {
+      open.emplace_back();
+    } else if (event == E::object_end) {
+      if (!open.empty()) open.pop_back();
+    } else if (event == E::key && !open.empty()) {
+      const std::string key = parsed.get<std::string>();
+      if (!open.back().insert(key).second) fail(what, ": key '", key, "' appears twice in one object");
+    }
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(text.begin(), text.end(), check);
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, " is not valid JSON (", e.what(), ")");
+  }
 }
 
 void json_only_keys(const nlohmann::json& j, const std::string& where, std::initializer_list<const char*> valid) {

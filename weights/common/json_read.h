@@ -15,8 +15,14 @@
 #include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace gati {
+
+// Parses `text`, strictly: invalid JSON, and a key given twice in one object
+// (where nlohmann would keep the last silently), fail naming `what`
+// ("t.json: trace is not valid JSON (...)", "...: key 'a' appears twice").
+nlohmann::json json_parse(std::string_view text, const std::string& what);
 
 // A single value (an array's entry): `where` names it in the error.
 int64_t json_integer(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi);
