@@ -110,6 +110,7 @@ struct Args {
   std::vector<std::string> models;
   std::vector<int> batches = {1};
   bool exits = false;
+  bool fp16 = false;        // CUDA: FP16 storage (EngineOptions::fp16)
   std::vector<char*> rest;  // for Google Benchmark
 };
 
@@ -123,6 +124,8 @@ inline Args parse_args(int argc, char** argv) {
       for (const auto& b : split(argv[i] + 10)) a.batches.push_back(std::stoi(b));
     } else if (std::strcmp(argv[i], "--exits") == 0) {
       a.exits = true;
+    } else if (std::strcmp(argv[i], "--fp16") == 0) {
+      a.fp16 = true;
     } else {
       a.rest.push_back(argv[i]);
     }
@@ -135,6 +138,7 @@ inline void register_models(const Args& a, const std::string& device) {
   for (const std::string& path : a.models) {
     EngineOptions eo;
     eo.device = device;
+    eo.fp16 = a.fp16;
     auto engine = std::make_shared<Engine>(path, eo);
     for (int b : a.batches)
       benchmark::RegisterBenchmark(("model/" + engine->arch().name + "/batch:" + std::to_string(b)).c_str(), BM_Model,

@@ -1,6 +1,6 @@
 // Google Benchmark suite for the CUDA backend.
 //
-//   bench_gpu --models=a.safetensors,b.safetensors [--batches=1,8,64,256] [--exits] [benchmark flags]
+//   bench_gpu --models=a.safetensors,b.safetensors [--batches=1,8,64,256] [--exits] [--fp16] [benchmark flags]
 //
 // Whole-model latency through the Engine on the GPU (host input in, results
 // out, one synchronisation per run: what a caller sees; and with the input
@@ -152,6 +152,7 @@ void register_device_input(const gati::bench::Args& args) {
   for (const std::string& path : args.models) {
     gati::EngineOptions eo;
     eo.device = "cuda";
+    eo.fp16 = args.fp16;
     auto engine = std::make_shared<gati::Engine>(path, eo);
     for (int b : args.batches)
       benchmark::RegisterBenchmark(

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 import convert  # noqa: E402
 
-GATI_PRECISIONS = {"fp32"}  # what the CUDA backend runs today
+GATI_PRECISIONS = {"fp32", "fp16"}  # bench_gpu, and bench_gpu --fp16 (FP16 storage, FP32 accumulation)
 
 
 def time_cuda(fn, repeats, warmup):
@@ -113,11 +113,12 @@ def header(args):
             "timing": "medians; PyTorch: CUDA events with the input on the GPU, and wall clock host input to host logits (host_io_*); gati: bench_gpu real time, host input to results (gati_ms) and device input to host logits (gati_device_input_ms)"}
 
 
-def gati_medians(bench, paths, batches, repeats):
+def gati_medians(bench, paths, batches, repeats, precision):
     out = subprocess.run([bench, "--models=" + ",".join(paths), "--batches=" + ",".join(map(str, batches)),
                           "--benchmark_filter=^model", f"--benchmark_repetitions={repeats}",
                           "--benchmark_min_time=0.05", "--benchmark_report_aggregates_only=true",
-                          "--benchmark_format=json"], capture_output=True, text=True)
+                          "--benchmark_format=json"] + (["--fp16"] if precision == "fp16" else []),
+                         capture_output=True, text=True)
     if out.returncode != 0:
         print(f"bench_gpu failed ({out.returncode}): {out.stderr.strip()[-2000:]}", flush=True)
         return {}
@@ -125,7 +126,7 @@ def gati_medians(bench, paths, batches, repeats):
     for b in json.loads(out.stdout)["benchmarks"]:
         if b.get("aggregate_name") == "median":
             kind, model, batch = b["run_name"].split("/")[:3]
-            key = (model, int(batch.split(":")[1]))
+            key = (model, int(batch.split(":")[1]), precision)
             medians[key + (("device",) if kind == "model_device_input" else ())] = b["real_time"]
     return medians
 
@@ -164,13 +165,15 @@ def main():
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in t.items() if v is not None)
                 print(f"pytorch {arch['name']} b{batch} {precision}: {shown} ms", flush=True)
 
-    medians = gati_medians(args.bench, paths, args.batches, max(5, args.repeats // 5))
+    medians = {}
+    for precision in sorted(GATI_PRECISIONS & set(args.precisions)):
+        medians.update(gati_medians(args.bench, paths, args.batches, max(5, args.repeats // 5), precision))
     print(f"\n{'model':<12} {'batch':>5} {'prec':>5} {'gati ms':>9} {'torch io':>9} {'ratio io':>9} "
           f"{'torch gpu':>10} {'config':>14} {'ratio gpu':>10} {'gati dev':>9} {'ratio dev':>10}")
     for r in rows:
         if r["precision"] in GATI_PRECISIONS:
-            r["gati_ms"] = medians.get((r["model"], r["batch"]))
-            r["gati_device_input_ms"] = medians.get((r["model"], r["batch"], "device"))
+            r["gati_ms"] = medians.get((r["model"], r["batch"], r["precision"]))
+            r["gati_device_input_ms"] = medians.get((r["model"], r["batch"], r["precision"], "device"))
         t = r["pytorch_ms"]
         best_cfg, best = min(((k, v) for k, v in t.items() if v is not None and k not in HOST_IO),
                              key=lambda kv: kv[1])

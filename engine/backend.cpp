@@ -168,10 +168,15 @@ void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape) {
   check_pool_fits("exit head '" + s.name + "' on these activations", s.dim, s.pool, shape.c);
 }
 
-std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model, bool tf32) {
+std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model, bool tf32,
+                                                         bool fp16) {
   CudaOptions cuda_options;
   cuda_options.tf32 = tf32;
-  if (device == "cpu") return make_cpu_device(model);
+  cuda_options.fp16 = fp16;
+  if (device == "cpu") {
+    if (fp16) fail("device 'cpu': FP16 is a CUDA option (the CPU backend computes and stores FP32)");
+    return make_cpu_device(model);
+  }
   if (device == "cuda") return make_cuda_device(model, cuda_options);
   if (device == "auto") {
     // The first CUDA device when this build can run on it, else the CPU.

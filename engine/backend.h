@@ -159,8 +159,10 @@ class BackendContext {
   // Raw copies between host and backend memory (test staging, parameters).
   virtual void from_host(const void* host, size_t bytes, void* dst) = 0;
 
-  // How this context stores activations.
+  // How this context stores activations: their layout and precision (an
+  // FP16 context stores halves; from_host/to_host copy raw bytes).
   virtual Layout layout() const { return Layout::kNhwc; }
+  virtual Precision precision() const { return Precision::kF32; }
 
   // Host NCHW (the PyTorch convention) into the backend's layout, in two
   // halves so that a run can be recorded as a CUDA graph: stage_input is
@@ -288,8 +290,10 @@ class BackendDevice : public std::enable_shared_from_this<BackendDevice> {
 std::shared_ptr<const BackendDevice> make_cpu_device(const Model& model);
 // "cpu", "cuda" or "auto" (CUDA when this build has a CUDA backend and a
 // device, else the CPU); errors list the valid choices.  tf32 lets CUDA FP32
-// convolutions use TF32 tensor cores (off: FP32 within 1e-4 of the CPU).
+// convolutions use TF32 tensor cores (off: FP32 within 1e-4 of the CPU);
+// fp16 stores CUDA activations and weights as halves (refused on the CPU; an
+// "auto" that falls back to the CPU runs FP32).
 std::shared_ptr<const BackendDevice> make_backend_device(const std::string& device, const Model& model,
-                                                         bool tf32 = false);
+                                                         bool tf32 = false, bool fp16 = false);
 
 }  // namespace gati

@@ -70,7 +70,7 @@ Engine::Engine(const std::string& model_path, const EngineOptions& options) : En
 
 Engine::Engine(Model model, const EngineOptions& options)
     : model_(std::make_shared<const Model>(std::move(model))),
-      device_(make_backend_device(options.device, *model_, options.tf32)),
+      device_(make_backend_device(options.device, *model_, options.tf32, options.fp16)),
       options_(options),
       pool_(std::make_unique<SessionPool>(4)) {
   if (options.threads < 0) fail("engine: threads must be >= 0 (0 = all cores), got ", options.threads);

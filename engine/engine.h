@@ -40,6 +40,7 @@ struct EngineOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "auto" (CUDA when a usable GPU is present)
   int threads = 0;             // CPU threads per session unless the session says otherwise; 0 = all cores
   bool tf32 = false;           // CUDA: TF32 tensor cores in FP32 convolutions (faster, ~1e-3 relative)
+  bool fp16 = false;           // CUDA: FP16 activations and weights, FP32 accumulation (~1e-2 relative)
 };
 
 struct SessionOptions {

@@ -72,6 +72,15 @@ GATI_HOST_DEVICE inline long act_offset(Layout layout, int h, int w, int c, int 
   return layout == Layout::kNchw ? (long(ch) * h + y) * w + x : (long(y) * w + x) * c + ch;
 }
 
+// What one stored activation value is: an FP32 float (the CPU; the CUDA
+// backend by default), or an IEEE half (the CUDA backend with FP16 storage,
+// FP32 arithmetic inside every op).  Activation buffers are sized in floats
+// either way; half values fill the first half of theirs.  Everything that is
+// not an activation (pooled features, logits, exit state, cache models) is
+// FP32 in both.
+enum class Precision : int { kF32, kF16 };
+GATI_HOST_DEVICE inline int precision_bytes(Precision p) { return p == Precision::kF16 ? 2 : 4; }
+
 // How an exit pools a block's output [h, w, c] into the cache model's
 // features: adaptive average pooling over a grid x grid of cells (as
 // PyTorch's adaptive_avg_pool2d: cell i spans rows floor(i*h/grid) to

@@ -21,6 +21,7 @@
 #include "test_util.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
+#include "weights/safetensors.h"
 
 namespace gati {
 namespace {
@@ -91,11 +92,29 @@ struct Guarded {
   }
   float* data() { return buf->floats() + kGuard; }
   void upload(const std::vector<float>& v) { ctx->from_host(v.data(), v.size() * sizeof(float), data()); }
-  // An activation given NHWC, stored in the context's layout.
+  // An activation given NHWC, stored in the context's layout and precision
+  // (FP16 contexts take values that are halves already: act_floats).
   void upload_act(const std::vector<float>& nhwc, const Act& s) {
-    upload(relayout(nhwc, s, Layout::kNhwc, ctx->layout()));
+    const std::vector<float> v = relayout(nhwc, s, Layout::kNhwc, ctx->layout());
+    if (ctx->precision() == Precision::kF32) return upload(v);
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      h[i] = float_to_half(v[i]);
+      if (!(half_to_float(h[i]) == v[i]) && !std::isnan(v[i]))
+        ADD_FAILURE() << "test value " << v[i] << " is not a half";
+    }
+    ctx->from_host(h.data(), h.size() * sizeof(uint16_t), data());
   }
-  std::vector<float> download_act(const Act& s) { return relayout(download(), s, ctx->layout(), Layout::kNhwc); }
+  std::vector<float> download_act(const Act& s) {
+    std::vector<float> v = download();
+    if (ctx->precision() == Precision::kF16) {
+      std::vector<uint16_t> h(s.elems());
+      std::memcpy(h.data(), v.data(), h.size() * sizeof(uint16_t));
+      v.resize(h.size());
+      for (size_t i = 0; i < h.size(); ++i) v[i] = half_to_float(h[i]);
+    }
+    return relayout(v, s, ctx->layout(), Layout::kNhwc);
+  }
   std::vector<float> download() {
     std::vector<float> all(floats + 2 * kGuard);
     ctx->to_host(buf->data(), all.size() * sizeof(float), all.data());
@@ -118,6 +137,10 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
         CudaOptions o;
         o.layout = Layout::kNhwc;
         device_ = make_cuda_device(model, o);
+      } else if (GetParam() == "cuda_fp16") {  // FP16 storage (NHWC)
+        CudaOptions o;
+        o.fp16 = true;
+        device_ = make_cuda_device(model, o);
       } else {
         device_ = make_backend_device(GetParam(), model);
       }
@@ -126,6 +149,18 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
     }
     ctx_ = device_->make_context(0);
   }
+  // Random activations; in an FP16 context rounded to halves, so that the
+  // ops that only read activations (pools, exit heads, lookups) give what
+  // the FP32 reference computes from the same values.
+  std::vector<float> act_floats(size_t n, uint32_t seed, float scale = 1.0f) const {
+    std::vector<float> v = random_floats(n, seed, scale);
+    if (ctx_->precision() == Precision::kF16)
+      for (float& x : v) x = half_to_float(float_to_half(x));
+    return v;
+  }
+  // The tolerance of ops that write activations: FP16 rounds every output
+  // (and the convolution's weights), accumulating in FP32.
+  double write_tol() const { return ctx_->precision() == Precision::kF16 ? 1e-2 : 1e-4; }
   const Model* model_ = nullptr;
   std::shared_ptr<const BackendDevice> device_;
   std::unique_ptr<BackendContext> ctx_;
@@ -143,8 +178,8 @@ TEST_P(BackendOps, ConvolutionsOnResNetShapes) {
                      (relu ? " +relu" : ""));
         const size_t in_n = size_t(n) * size_t(c.h) * size_t(c.h) * size_t(c.cin);
         const size_t out_n = size_t(n) * size_t(oh) * size_t(oh) * size_t(c.cout);
-        const std::vector<float> x = random_floats(in_n, uint32_t(ci * 10 + size_t(n)));
-        const std::vector<float> r = random_floats(out_n, uint32_t(ci * 10 + size_t(n) + 500));
+        const std::vector<float> x = act_floats(in_n, uint32_t(ci * 10 + size_t(n)));
+        const std::vector<float> r = act_floats(out_n, uint32_t(ci * 10 + size_t(n) + 500));
         Guarded in(*ctx_, in_n), out(*ctx_, out_n), res(*ctx_, out_n);
         const Act in_shape{n, c.h, c.h, c.cin}, out_shape{n, oh, oh, c.cout};
         in.upload_act(x, in_shape);
@@ -155,7 +190,7 @@ TEST_P(BackendOps, ConvolutionsOnResNetShapes) {
         const cpu::ConvParams p{c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups};
         cpu::conv2d_nhwc_reference(p, model_->convs[ci].weight.data(), model_->convs[ci].bias.data(), x.data(), n, c.h,
                                    c.h, want.data(), residual ? r.data() : nullptr, relu);
-        EXPECT_TRUE(test::all_close(got.data(), want.data(), out_n, 1e-4, 1e-4));
+        EXPECT_TRUE(test::all_close(got.data(), want.data(), out_n, write_tol(), write_tol()));
       }
     }
   }
@@ -166,7 +201,7 @@ TEST_P(BackendOps, PoolsAndClassifier) {
     SCOPED_TRACE("batch " + std::to_string(n));
     // 3x3/2 max-pool after the ImageNet stem (112x112x64 -> 56x56x64).
     const int h = 112, c = 64, oh = 56;
-    const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n));
+    const std::vector<float> x = act_floats(size_t(n * h * h * c), uint32_t(n));
     Guarded in(*ctx_, x.size()), mp(*ctx_, size_t(n * oh * oh * c)), gap(*ctx_, size_t(n * c));
     in.upload_act(x, {n, h, h, c});
     ctx_->max_pool(in.data(), {n, h, h, c}, 3, 2, 1, mp.data());
@@ -264,7 +299,7 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
     // The exit after a ResNet-18 layer2 block: 28x28x128.
     const int h = 28, c = 128, total = n + 2;  // two samples already left before this exit
     ExitHeadSpec spec = random_linear_head(c, classes, 5, 0.8f);
-    const std::vector<float> x = random_floats(size_t(n * h * h * c), uint32_t(n + 60), 2.0f);
+    const std::vector<float> x = act_floats(size_t(n * h * h * c), uint32_t(n + 60), 2.0f);
     // The reference: pooled -> standardised -> linear -> softmax in double.
     std::vector<double> conf(static_cast<size_t>(n));
     std::vector<int> label(static_cast<size_t>(n));
@@ -349,7 +384,7 @@ TEST_P(BackendOps, ExitHeadWithASelector) {
   const int classes = 10, n = 8, h = 14, c = 256;  // after a ResNet-18 layer3 block
   ExitHeadSpec spec = random_linear_head(c, classes, 15, 0.5f);
   spec.selector = {7.f, -3.f, -2.f, -1.5f};
-  const std::vector<float> x = random_floats(size_t(n * h * h * c), 61, 2.0f);
+  const std::vector<float> x = act_floats(size_t(n * h * h * c), 61, 2.0f);
   const std::vector<std::vector<double>> scores = reference_head_scores(spec, x, n, h);
   std::vector<double> conf;
   std::vector<int> label;
@@ -471,7 +506,7 @@ TEST_P(BackendOps, MemoryLookupAndInsertMatchTheReference) {
     for (float& v : spec.inv_std) v = 0.5f + std::abs(v);
     spec.min_confidence = 0.9f;
     const size_t per = size_t(k.h) * size_t(k.h) * size_t(k.c);
-    const std::vector<float> x = random_floats(size_t(n) * per, uint32_t(k.h), 2.0f);
+    const std::vector<float> x = act_floats(size_t(n) * per, uint32_t(k.h), 2.0f);
     const std::vector<double> ref = reference_pool(x, n, k.h, k.h, k.c, spec.pool);
     std::vector<double> key(ref.size());  // standardised
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -586,7 +621,7 @@ TEST_P(BackendOps, GridPoolingAndItsExitHeadsMatchTheReference) {
                  std::to_string(k.c));
     const PoolSpec pool = parse_pool(k.pool);
     const int dim = pool.features(k.c);
-    const std::vector<float> x = random_floats(size_t(n * k.h * k.h * k.c), uint32_t(k.h + k.c), 2.0f);
+    const std::vector<float> x = act_floats(size_t(n * k.h * k.h * k.c), uint32_t(k.h + k.c), 2.0f);
     const std::vector<double> ref = reference_pool(x, n, k.h, k.h, k.c, pool);
     Guarded act(*ctx_, x.size()), feats(*ctx_, size_t(n * dim)), head_pooled(*ctx_, size_t(n * dim));
     act.upload_act(x, {n, k.h, k.h, k.c});
@@ -647,7 +682,7 @@ TEST_P(BackendOps, WideExitHeadMatchesTheReference) {
   spec.weight = random_floats(size_t(c) * size_t(classes), 72, 0.05f);
   spec.bias = random_floats(size_t(classes), 73, 0.2f);
   spec.threshold = 0.0f;  // every row hits, so every label and confidence is written
-  const std::vector<float> x = random_floats(size_t(n * hw * c), 74, 2.0f);
+  const std::vector<float> x = act_floats(size_t(n * hw * c), 74, 2.0f);
   const auto heads = device_->upload_exit_heads({spec});
   HostState hs(*ctx_, n, classes);
   ctx_->begin_exits(hs.st, n, classes);
@@ -712,7 +747,7 @@ TEST_P(BackendOps, DistanceHeadMatchesTheReference) {
                                                     : 0.2f + 0.8f * std::fmod(std::abs(u[size_t(2 * j + 1)]), 1.f));
     }
     const size_t per = size_t(h) * size_t(h) * size_t(c);
-    const std::vector<float> x = random_floats(size_t(n) * per, 86, 2.0f);
+    const std::vector<float> x = act_floats(size_t(n) * per, 86, 2.0f);
     const std::vector<double> ref = reference_pool(x, n, h, h, c, spec.pool);
 
     std::vector<int> want_label(n);
@@ -886,7 +921,7 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
 // its first NaN or infinity, wherever it sits; a host-only backend refuses.
 TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {
   const Act shape{3, 40, 40, 3};
-  std::vector<float> x = random_floats(shape.elems(), 90);
+  std::vector<float> x = act_floats(shape.elems(), 90);
   Guarded in(*ctx_, x.size());
   if (GetParam() == "cpu") {
     EXPECT_GATI_ERROR(ctx_->stage_device_input(in.data(), shape), "reads its input from host memory");
@@ -900,7 +935,7 @@ TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {
     x[shape.elems() - 1] = INFINITY;  // later ones do not matter
     in.upload(x);
     EXPECT_EQ(ctx_->stage_device_input(in.data(), shape), at);
-    x = random_floats(shape.elems(), 90);
+    x = act_floats(shape.elems(), 90);
   }
   // The staged input is what input_from_stage places, in the context's layout.
   in.upload(x);
@@ -910,7 +945,7 @@ TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {
   EXPECT_EQ(placed.download_act(shape), relayout(x, shape, Layout::kNchw, Layout::kNhwc));  // x is NCHW
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda", "cuda_nhwc"),
+INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu", "cuda", "cuda_nhwc", "cuda_fp16"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace

@@ -136,6 +136,49 @@ TEST(CudaBackend, ExitDecisionsMatchTheCpu) {
   }
 }
 
+// FP16 storage (CudaOptions::fp16): activations and convolution weights as
+// halves, FP32 arithmetic inside every op, NHWC: logits within 1e-2 of the
+// CPU's for every block kind and stem, and exit decisions the CPU's except
+// where a confidence sits within FP16's rounding of the threshold.
+TEST(CudaBackend, Fp16LogitsAndExitsFollowTheCpu) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 800;
+  for (const char* arch : {test::kTinyArch, test::kSmallArch, kBottleneckArch}) {
+    const Model m = test::random_model(arch, seed++);
+    const Arch& a = m.arch();
+    EngineOptions half;
+    half.device = "cuda";
+    half.fp16 = true;
+    Engine cpu(m, {"cpu", 0}), gpu(m, half);
+    EXPECT_NE(gpu.device_name().find("FP16"), std::string::npos) << gpu.device_name();
+    const float threshold = 1.5f / float(a.num_classes);
+    const auto specs = test::random_heads(m, seed++, threshold);
+    const auto cpu_heads = cpu.make_exit_heads(specs), gpu_heads = gpu.make_exit_heads(specs);
+    Session cs = cpu.session(), gs = gpu.session();
+    int same = 0, total = 0;
+    for (int n : {1, 3, 8}) {
+      SCOPED_TRACE(a.name + " batch " + std::to_string(n));
+      const std::vector<float> x =
+          random_floats(size_t(n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
+      EXPECT_LE(max_rel_error(gpu.infer(x.data(), n), cpu.infer(x.data(), n)), 1e-2);
+      std::vector<SampleResult> rc(static_cast<size_t>(n)), rg(static_cast<size_t>(n));
+      RunOptions oc, og;
+      oc.heads = cpu_heads.get();
+      og.heads = gpu_heads.get();
+      cs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rc.data(), nullptr, oc);
+      gs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rg.data(), nullptr, og);
+      for (int i = 0; i < n; ++i) {
+        ++total;
+        if (rg[size_t(i)].exit != rc[size_t(i)].exit || rg[size_t(i)].label != rc[size_t(i)].label) continue;
+        ++same;
+        EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-2) << "sample " << i;
+      }
+    }
+    EXPECT_GE(same, total * 3 / 4) << "FP16 changed most exit decisions";
+    std::printf("[cuda fp16] %s: %d of %d exit decisions as on the CPU\n", a.name.c_str(), same, total);
+  }
+}
+
 // RunOptions::input_on_device: no host copy, the same answers bit for bit
 // (host and device inputs alternate, so a graph recorded for one replays for
 // the other), the check on the device names the bad value like the host's,

@@ -14,7 +14,8 @@
 namespace gati {
 namespace {
 
-void check_every_architecture(const std::string& device) {
+// PyTorch's FP32 logits against ours within `tol` of the largest logit.
+void check_every_architecture(const std::string& device, bool fp16 = false, double tol = 1e-4) {
   const char* dir = std::getenv("GATI_REFS");
   ASSERT_TRUE(dir && *dir) << "GATI_REFS is not set; run through ctest, which makes the references first";
   std::ifstream f(std::string(dir) + "/manifest.json");
@@ -25,6 +26,7 @@ void check_every_architecture(const std::string& device) {
     const std::string arch = entry["arch"];
     EngineOptions opts;
     opts.device = device;
+    opts.fp16 = fp16;
     Engine engine(entry["model"].get<std::string>(), opts);
     for (const auto& b : entry["batches"]) {
       const SafeTensorsFile in = SafeTensorsFile::open(b["input"]);
@@ -41,10 +43,10 @@ void check_every_architecture(const std::string& device) {
         max_err = std::max(max_err, std::abs(double(got[i]) - double(want[i])));
       }
       ASSERT_GT(max_ref, 0) << arch << ": reference logits are all zero";
-      EXPECT_LE(max_err / max_ref, 1e-4) << arch << " batch " << b["n"] << ": max error " << max_err
-                                         << " against max |ref| " << max_ref;
-      std::printf("[parity %s] %-16s batch %d: max error / max |ref| = %.2e\n", device.c_str(), arch.c_str(), b["n"].get<int>(),
-                  max_err / max_ref);
+      EXPECT_LE(max_err / max_ref, tol) << arch << " batch " << b["n"] << ": max error " << max_err
+                                        << " against max |ref| " << max_ref;
+      std::printf("[parity %s%s] %-16s batch %d: max error / max |ref| = %.2e\n", device.c_str(), fp16 ? " fp16" : "",
+                  arch.c_str(), b["n"].get<int>(), max_err / max_ref);
     }
   }
 }
@@ -58,6 +60,15 @@ TEST(Parity, EveryArchitectureMatchesPyTorchOnCuda) {
   if (devs.empty()) GTEST_SKIP() << "no usable CUDA device: " << why;
   if (!devs.front().has_code) GTEST_SKIP() << "this build has no code for " << devs.front().name;
   check_every_architecture("cuda");
+}
+
+// FP16 storage (FP32 accumulation) against PyTorch's FP32 logits: within 1e-2.
+TEST(Parity, EveryArchitectureMatchesPyTorchOnCudaInFp16) {
+  std::string why;
+  const std::vector<cuda::DeviceInfo> devs = cuda::devices(&why);
+  if (devs.empty()) GTEST_SKIP() << "no usable CUDA device: " << why;
+  if (!devs.front().has_code) GTEST_SKIP() << "this build has no code for " << devs.front().name;
+  check_every_architecture("cuda", true, 1e-2);
 }
 
 }  // namespace

@@ -35,12 +35,13 @@ using clock_type = std::chrono::steady_clock;
 struct Common {
   std::string device = "cpu";
   int threads = 0;
-  bool tf32 = false;
+  bool tf32 = false, fp16 = false;
   EngineOptions engine() const {
     EngineOptions o;
     o.device = device;
     o.threads = threads;
     o.tf32 = tf32;
+    o.fp16 = fp16;
     return o;
   }
 };
@@ -51,6 +52,8 @@ void add_common(CLI::App* app, Common& c) {
       ->capture_default_str();
   app->add_option("--threads", c.threads, "CPU threads (0 = all cores)")->check(CLI::Range(0, 1024));
   app->add_flag("--tf32", c.tf32, "CUDA: allow TF32 tensor cores in FP32 convolutions");
+  app->add_flag("--fp16", c.fp16,
+                "CUDA: FP16 activations and weights (tensor cores, FP32 accumulation, NHWC; within 1e-2 of FP32)");
 }
 
 void data_option(CLI::App* app, std::string& data, std::string& dir, bool required = true) {

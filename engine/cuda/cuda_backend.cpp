@@ -5,7 +5,9 @@
 // kernels (and its FFT and Winograd ones) are NCHW ones: on an H100,
 // ResNet-50's convolutions at batch 64 took 22-23 ms NCHW against 26-30 ms
 // NHWC (bench/results/h100-2026-11-22d).  With TF32 they are NHWC, the
-// tensor cores' layout.  GATI_CUDA_LAYOUT=nhwc|nchw overrides the choice.
+// tensor cores' layout; with FP16 (CudaOptions::fp16) NHWC halves, the
+// convolution weights and biases halves too, every op computing in FP32
+// between an FP16 load and an FP16 store (kernels/cuda/act_type.cuh).  GATI_CUDA_LAYOUT=nhwc|nchw overrides the choice.
 // The filters follow: PyTorch's OIHW is cuDNN's KCRS as it is, and is
 // repacked to KRSC for NHWC.  A context is one worker's stream, cuDNN
 // handle, workspace, scratch and timing events; every op only enqueues on
@@ -57,6 +59,7 @@
 #include "weights/common/checked.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
+#include "weights/safetensors.h"
 
 namespace gati {
 
@@ -144,8 +147,20 @@ class CudaExitHeads final : public ExitHeads {
 struct DeviceConv {
   std::string name;
   cuda::ConvGeometry g;
-  DeviceBuffer weight, bias;  // KRSC (NHWC) or KCRS (NCHW), [cout]
+  DeviceBuffer weight, bias;  // KRSC (NHWC) or KCRS (NCHW), [cout]; in the activations' precision
 };
+
+// Values as the device stores them: FP32 as they are, FP16 rounded to nearest even.
+DeviceBuffer upload_values(const std::vector<float>& v, Precision p, const std::string& what) {
+  if (p == Precision::kF32) return cuda::upload(v.data(), v.size() * sizeof(float), what);
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    h[i] = float_to_half(v[i]);
+    if ((h[i] & 0x7c00u) == 0x7c00u)  // a finite weight past FP16's 65504
+      fail(what, ": value ", v[i], " at ", i, " does not fit FP16 (largest 65504); run this model in FP32");
+  }
+  return cuda::upload(h.data(), h.size() * sizeof(uint16_t), what);
+}
 
 // OIHW [cout, cin/groups, k, k] -> KRSC [cout, k, k, cin/groups].
 std::vector<float> oihw_to_krsc(const std::vector<float>& w, int cout, int cin_g, int k) {
@@ -160,6 +175,10 @@ std::vector<float> oihw_to_krsc(const std::vector<float>& w, int cout, int cin_g
 }
 
 Layout choose_layout(const CudaOptions& opt) {
+  if (opt.fp16) {  // tensor cores read NHWC
+    if (opt.layout && *opt.layout != Layout::kNhwc) fail("device 'cuda': FP16 activations are NHWC, not NCHW");
+    return Layout::kNhwc;
+  }
   if (opt.layout) return *opt.layout;
   const bool tf32 = opt.tf32;
   const char* v = std::getenv("GATI_CUDA_LAYOUT");
@@ -183,10 +202,11 @@ class CudaDevice final : public BackendDevice {
     if (!d.has_code)
       fail("device 'cuda': ", d.name, " (sm_", d.major, d.minor, ") has no code in this build; rebuild with ",
            "-DCMAKE_CUDA_ARCHITECTURES=", d.major, d.minor, ", or use --device cpu");
-    name_ = str_cat("cuda:", d.index, " (", d.name, ", ", layout_ == Layout::kNchw ? "NCHW" : "NHWC", ")");
+    name_ = str_cat("cuda:", d.index, " (", d.name, ", ", layout_ == Layout::kNchw ? "NCHW" : "NHWC",
+                    opt.fp16 ? ", FP16" : "", ")");
     plans_ = std::make_shared<cuda::PlanStore>(
         opt.plan_cache ? *opt.plan_cache : cuda::default_plan_store_path(),
-        str_cat(d.name, " sm_", d.major, d.minor, ", ", cuda::CudnnConv::settings(opt.tf32, layout_)));
+        str_cat(d.name, " sm_", d.major, d.minor, ", ", cuda::CudnnConv::settings(opt.tf32, layout_, precision())));
     cuda::DeviceScope scope(opt.device);
     for (size_t i = 0; i < model.net.convs.size(); ++i) {
       const ConvSpec& s = model.net.convs[i];
@@ -200,8 +220,8 @@ class CudaDevice final : public BackendDevice {
           layout_ == Layout::kNhwc ? oihw_to_krsc(w.weight, s.cout, cin_g, s.kernel) : w.weight;
       convs_.push_back({s.name,
                         {s.cin, s.cout, s.kernel, s.stride, s.pad, s.groups},
-                        cuda::upload(filter.data(), filter.size() * sizeof(float), s.name + ".weight"),
-                        cuda::upload(w.bias.data(), w.bias.size() * sizeof(float), s.name + ".bias")});
+                        upload_values(filter, precision(), s.name + ".weight"),
+                        upload_values(w.bias, precision(), s.name + ".bias")});
     }
     classes_ = model.arch().num_classes;
     features_ = model.net.features;
@@ -221,6 +241,7 @@ class CudaDevice final : public BackendDevice {
   const CudaOptions& options() const { return opt_; }
   cuda::PlanStore* plans() const { return plans_.get(); }
   Layout layout() const { return layout_; }
+  Precision precision() const { return opt_.fp16 ? Precision::kF16 : Precision::kF32; }
   const DeviceConv& conv(int i) const {
     if (i < 0 || size_t(i) >= convs_.size())
       fail("conv: index ", i, " is not in the model (", convs_.size(), " convs)");
@@ -248,7 +269,8 @@ class CudaContext final : public BackendContext {
       : index_(select(device->options().device)),
         device_(std::move(device)),
         layout_(device_->layout()),
-        conv_(stream_.get(), device_->options().tf32, layout_, device_->plans()) {}
+        precision_(device_->precision()),
+        conv_(stream_.get(), device_->options().tf32, layout_, precision_, device_->plans()) {}
 
   ~CudaContext() override {
     if (recording_) end_recording();       // an exception left a recording open: end it before the stream goes
@@ -256,6 +278,7 @@ class CudaContext final : public BackendContext {
   }
 
   Layout layout() const override { return layout_; }
+  Precision precision() const override { return precision_; }
 
   std::unique_ptr<Buffer> allocate(size_t bytes) override {
     cuda::DeviceScope scope(index_);
@@ -323,10 +346,10 @@ class CudaContext final : public BackendContext {
     cuda::DeviceScope scope(index_);
     const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
     if (staged_bytes_ < bytes) fail("input_from_stage: no input of ", s.n, " staged");
-    if (layout_ == Layout::kNchw)  // the caller's layout: a copy
+    if (layout_ == Layout::kNchw)  // the caller's layout: a copy (FP16 is NHWC)
       CUDA_CHECK(cudaMemcpyAsync(dst, staging_.data(), bytes, cudaMemcpyDeviceToDevice, stream_.get()));
     else
-      cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, stream_.get());
+      cuda::nchw_to_nhwc(staging_.floats(), s.n, s.c, s.h, s.w, dst, precision_, stream_.get());
   }
 
   void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
@@ -350,17 +373,17 @@ class CudaContext final : public BackendContext {
 
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::max_pool(in, s.n, s.h, s.w, s.c, layout_, kernel, stride, pad, out, stream_.get());
+    cuda::max_pool(in, s.n, s.h, s.w, s.c, layout_, precision_, kernel, stride, pad, out, stream_.get());
   }
 
   void global_avg_pool(const float* in, const Act& s, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::global_avg_pool(in, s.n, s.h * s.w, s.c, layout_, out, stream_.get());
+    cuda::global_avg_pool(in, s.n, s.h * s.w, s.c, layout_, precision_, out, stream_.get());
   }
 
   void pool_features(const float* in, const Act& s, const PoolSpec& pool, float* out) override {
     cuda::DeviceScope scope(index_);
-    cuda::pool_features(in, s.n, s.h, s.w, s.c, layout_, pool, out, stream_.get());
+    cuda::pool_features(in, s.n, s.h, s.w, s.c, layout_, precision_, pool, out, stream_.get());
   }
 
   void classifier(const float* pooled, int n, float* logits) override {
@@ -381,16 +404,21 @@ class CudaContext final : public BackendContext {
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     check_exit_head_fits(heads, head, s);
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
-      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, heads.view(head), exit_id, st, pos, pooled,
+      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, heads.view(head), exit_id, st, pos, pooled,
                              stream_.get());
     else
-      cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, layout_, heads.distance_view(head), exit_id, st, pos, pooled,
-                               stream_.get());
+      cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, layout_, precision_, heads.distance_view(head), exit_id, st,
+                               pos, pooled, stream_.get());
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {
     cuda::DeviceScope scope(index_);
-    const size_t row_floats = s.per_sample();
+    // Rows move as 4-byte words: an FP16 row (an even count at every exit
+    // of a ResNet, whose widths are even) is half as many.
+    const size_t row_bytes = mul_size(s.per_sample(), size_t(precision_bytes(precision_)), "compaction");
+    if (row_bytes % sizeof(float))
+      fail("compact: a row of ", s.per_sample(), " FP16 values is not a whole number of words");
+    const size_t row_floats = row_bytes / sizeof(float);
     compact_rows_.reserve(mul_size(s.elems(), sizeof(float), "compaction scratch"), "the compaction scratch");
     compact_index_.reserve((size_t(s.n) + 1) * sizeof(int32_t), "the compaction index");
     cuda::compact_rows(act, s.n, row_floats, st, pos_in, pos_out,
@@ -412,7 +440,7 @@ class CudaContext final : public BackendContext {
                      float* pooled) override {
     cuda::DeviceScope scope(index_);
     check_pool_fits("memory at exit " + std::to_string(exit_id), m.dim, m.pool, s.c);
-    cuda::memory_lookup(act, s.n, s.h, s.w, s.c, layout_, m, exit_id, st, pos, pooled, stream_.get());
+    cuda::memory_lookup(act, s.n, s.h, s.w, s.c, layout_, precision_, m, exit_id, st, pos, pooled, stream_.get());
   }
   void memory_insert(const MemoryView& m, const ExitState& st, int n) override {
     cuda::DeviceScope scope(index_);
@@ -640,6 +668,7 @@ class CudaContext final : public BackendContext {
   cuda::Stream stream_;  // every member below enqueues on it
   std::shared_ptr<const CudaDevice> device_;
   Layout layout_;
+  Precision precision_;
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;

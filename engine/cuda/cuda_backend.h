@@ -17,6 +17,9 @@ struct CudaOptions {
   // Activation layout; unset: GATI_CUDA_LAYOUT=nchw|nhwc if set, else NCHW
   // in FP32 and NHWC with TF32 (cuda_backend.cpp says why).
   std::optional<Layout> layout;
+  // FP16 activations and convolution weights (tensor cores, FP32
+  // accumulation in every op; NHWC); off: FP32.  Within 1e-2 of the CPU.
+  bool fp16 = false;
   // The file where timed convolution choices are kept across restarts
   // (kernels/cuda/plan_store.h); unset: GATI_CUDNN_PLANS, else
   // ~/.cache/gati/cudnn-plans.json; "": in memory only.

@@ -44,7 +44,8 @@ bool env_flag(const char* name) {
 
 // Our epilogue kernel's time per run on `stream` over scratch buffers of the
 // layer's output size; -1 where the scratch cannot be had.
-float time_epilogue(int n, long hw, int c, Layout layout, bool residual, bool relu, cudaStream_t stream) {
+float time_epilogue(int n, long hw, int c, Layout layout, Precision precision, bool residual, bool relu,
+                    cudaStream_t stream) {
   const size_t ys = size_t(n) * size_t(hw) * size_t(c), floats = 2 * ys + size_t(c);
   void* scratch = nullptr;
   if (cudaMalloc(&scratch, floats * sizeof(float)) != cudaSuccess) {
@@ -57,9 +58,10 @@ float time_epilogue(int n, long hw, int c, Layout layout, bool residual, bool re
   cudaEvent_t start = nullptr, stop = nullptr;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  bias_residual_relu(y, n, hw, c, layout, b, residual ? z : nullptr, relu, stream);  // warm-up
+  bias_residual_relu(y, n, hw, c, layout, precision, b, residual ? z : nullptr, relu, stream);  // warm-up
   cudaEventRecord(start, stream);
-  for (int r = 0; r < 3; ++r) bias_residual_relu(y, n, hw, c, layout, b, residual ? z : nullptr, relu, stream);
+  for (int r = 0; r < 3; ++r)
+    bias_residual_relu(y, n, hw, c, layout, precision, b, residual ? z : nullptr, relu, stream);
   cudaEventRecord(stop, stream);
   float ms = -1;
   // A launch that failed would time as nearly free: no time then.
@@ -107,18 +109,20 @@ struct CudnnConv::Plan {
   }
 };
 
-std::string CudnnConv::settings(bool tf32, Layout layout) {
+std::string CudnnConv::settings(bool tf32, Layout layout, Precision precision) {
   auto env = [](const char* name) {
     const char* v = std::getenv(name);
     return std::string(v ? v : "");
   };
-  return str_cat("cudnn ", cudnnGetVersion(), ", ", layout == Layout::kNchw ? "NCHW" : "NHWC", ", tf32 ", tf32 ? 1 : 0,
-                 ", api '", env("GATI_CUDNN_API"), "', transforms ", transforms_allowed() ? 1 : 0, ", candidates '",
+  return str_cat("cudnn ", cudnnGetVersion(), ", ", layout == Layout::kNchw ? "NCHW" : "NHWC",
+                 precision == Precision::kF16 ? ", FP16" : ", FP32", ", tf32 ", tf32 ? 1 : 0, ", api '",
+                 env("GATI_CUDNN_API"), "', transforms ", transforms_allowed() ? 1 : 0, ", candidates '",
                  env("GATI_CUDNN_CANDIDATES"), "', unfused '", env("GATI_CUDNN_UNFUSED"), "'");
 }
 
-CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout, PlanStore* store)
-    : stream_(stream), tf32_(tf32), store_(store), layout_(layout) {
+CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout, Precision precision, PlanStore* store)
+    : stream_(stream), tf32_(tf32), precision_(precision), store_(store), layout_(layout) {
+  if (precision == Precision::kF16 && layout == Layout::kNchw) fail("cuDNN convolutions: FP16 runs NHWC only");
   // GATI_CUDNN_API=legacy|graph-unfused|graph|both (default: both, timed
   // against each other) and GATI_CUDNN_TUNE=0 (first ranked engine,
   // untimed): switches for the speed work.
@@ -231,6 +235,7 @@ GraphConvShape CudnnConv::graph_shape(const Plan& p, const ConvGeometry& g, int 
   gs.ow = p.ow;
   gs.residual = residual;
   gs.relu = relu;
+  gs.precision = precision_;
   return gs;
 }
 
@@ -311,7 +316,8 @@ void CudnnConv::describe_graph(Plan& p, const std::string& where) {
 }
 
 float CudnnConv::epilogue_time(Plan& p, int n, int cout, bool residual, bool relu) {
-  if (!p.epilogue_ms) p.epilogue_ms = time_epilogue(n, long(p.oh) * p.ow, cout, layout_, residual, relu, stream_);
+  if (!p.epilogue_ms)
+    p.epilogue_ms = time_epilogue(n, long(p.oh) * p.ow, cout, layout_, precision_, residual, relu, stream_);
   return *p.epilogue_ms;
 }
 
@@ -325,20 +331,25 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
   CUDNN_CHECK_AT(cudnnCreateConvolutionDescriptor(&p.conv), where);
   CUDNN_CHECK_AT(cudnnCreateActivationDescriptor(&p.act), where);
   const cudnnTensorFormat_t layout = layout_ == Layout::kNchw ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.x, layout, CUDNN_DATA_FLOAT, n, g.cin, h, w), where);
-  CUDNN_CHECK_AT(
-      cudnnSetFilter4dDescriptor(p.f, CUDNN_DATA_FLOAT, layout, g.cout, g.cin / g.groups, g.kernel, g.kernel), where);
+  // FP16 data with FP32 arithmetic (cuDNN's "pseudo-half" configuration).
+  const bool fp16 = precision_ == Precision::kF16;
+  const cudnnDataType_t io = fp16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.x, layout, io, n, g.cin, h, w), where);
+  CUDNN_CHECK_AT(cudnnSetFilter4dDescriptor(p.f, io, layout, g.cout, g.cin / g.groups, g.kernel, g.kernel), where);
   CUDNN_CHECK_AT(cudnnSetConvolution2dDescriptor(p.conv, g.pad, g.pad, g.stride, g.stride, 1, 1,
                                                  CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
                  where);
   CUDNN_CHECK_AT(cudnnSetConvolutionGroupCount(p.conv, g.groups), where);
-  CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p.conv, tf32_ ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), where);
+  CUDNN_CHECK_AT(cudnnSetConvolutionMathType(p.conv, fp16    ? CUDNN_TENSOR_OP_MATH
+                                                     : tf32_ ? CUDNN_DEFAULT_MATH
+                                                             : CUDNN_FMA_MATH),
+                 where);
   int on = 0, oc = 0, ohh = 0, oww = 0;
   CUDNN_CHECK_AT(cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.f, &on, &oc, &ohh, &oww), where);
   p.oh = ohh;
   p.ow = oww;
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.y, layout, CUDNN_DATA_FLOAT, n, g.cout, ohh, oww), where);
-  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.bias, layout, CUDNN_DATA_FLOAT, 1, g.cout, 1, 1), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.y, layout, io, n, g.cout, ohh, oww), where);
+  CUDNN_CHECK_AT(cudnnSetTensor4dDescriptor(p.bias, layout, io, 1, g.cout, 1, 1), where);
   CUDNN_CHECK_AT(cudnnSetActivationDescriptor(p.act, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), where);
 
   // cuDNN ranks the algorithms: timed on this shape when `timed`
@@ -374,7 +385,8 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
     const bool transform =
         q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
         q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || q.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
-    if (!tf32_ && (q.mathType != CUDNN_FMA_MATH || (transform && !transforms_allowed()))) continue;
+    if (transform && !transforms_allowed()) continue;
+    if (!tf32_ && !fp16 && q.mathType != CUDNN_FMA_MATH) continue;
     candidates.push_back({q.algo, q.mathType, timed ? q.time : -1.f});
   }
   if (forced) {
@@ -382,8 +394,9 @@ void CudnnConv::build_legacy(Plan& p, const ConvGeometry& g, int n, int h, int w
       fail(where, ": the stored algorithm ", forced->algo, " is not one of cuDNN's");
     candidates.push_back({cudnnConvolutionFwdAlgo_t(forced->algo), cudnnMathType_t(forced->math), forced->ms});
   } else {
-    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_FMA_MATH, -1.f});
-    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH, -1.f});
+    const cudnnMathType_t math = fp16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, math, -1.f});
+    candidates.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, math, -1.f});
   }
   size_t ws = 0;
   bool found = false;
@@ -435,7 +448,7 @@ void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in,
   if (p.graph) {
     p.graph->run(handle_, in, weight, bias, residual, out, workspace_.data());
     if (!p.graph_epilogue)
-      bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, bias, residual, relu, stream_);
+      bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, precision_, bias, residual, relu, stream_);
     return;
   }
   if (p.choice.fused) {
@@ -451,7 +464,7 @@ void CudnnConv::run(const ConvGeometry& g, int n, int h, int w, const float* in,
   CUDNN_CHECK_AT(cudnnConvolutionForward(handle, &one, p.x, in, p.f, weight, p.conv, p.algo, workspace_.data(),
                                          workspace_.bytes(), &zero, p.y, out),
                  str_cat(name, " ", shape_text(g, n, h, w)));
-  bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, bias, residual, relu, stream_);
+  bias_residual_relu(out, n, long(p.oh) * p.ow, g.cout, layout_, precision_, bias, residual, relu, stream_);
 }
 
 }  // namespace gati::cuda

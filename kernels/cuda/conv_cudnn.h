@@ -40,11 +40,14 @@ struct ConvChoice {
 
 class CudnnConv {
  public:
-  // `store` (may be null) outlives this object.
-  CudnnConv(cudaStream_t stream, bool tf32, Layout layout, PlanStore* store = nullptr);
+  // `store` (may be null) outlives this object.  With FP16 precision the
+  // activations, filters and biases are halves (tensor cores, FP32
+  // accumulation).
+  CudnnConv(cudaStream_t stream, bool tf32, Layout layout, Precision precision = Precision::kF32,
+            PlanStore* store = nullptr);
   // What the choices depend on besides the GPU: cuDNN's version, the layout,
-  // TF32 and the GATI_CUDNN_* switches (a PlanStore's context).
-  static std::string settings(bool tf32, Layout layout);
+  // the precision, TF32 and the GATI_CUDNN_* switches (a PlanStore's context).
+  static std::string settings(bool tf32, Layout layout, Precision precision);
   ~CudnnConv();
   CudnnConv(const CudnnConv&) = delete;
   CudnnConv& operator=(const CudnnConv&) = delete;
@@ -55,7 +58,8 @@ class CudnnConv {
 
   // out (n, oh, ow, cout) = act(conv(in (n, h, w, cin), weight) + bias + residual),
   // activations in the layout, weight KRSC ([cout, k, k, cin/groups]) for
-  // NHWC and KCRS (PyTorch's OIHW) for NCHW, all device memory.
+  // NHWC and KCRS (PyTorch's OIHW) for NCHW, all device memory in the
+  // precision (float* names the buffer, not the element type).
   void run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
            float* out, const float* residual, bool relu, const std::string& name);
 
@@ -88,6 +92,7 @@ class CudnnConv {
 
   cudaStream_t stream_;
   bool tf32_;
+  Precision precision_;
   PlanStore* store_;
   Layout layout_;
   Api api_ = Api::kBoth;

@@ -81,10 +81,12 @@ class Desc {
 constexpr int64_t kAlignment = 16;
 enum Uid : int64_t { kX = 1, kW, kBias, kZ, kY, kAfterConv, kAfterBias, kAfterResidual };
 
-// A float tensor [n, c, h, w] stored NHWC or NCHW (for the filter: KRSC or KCRS).
-Desc tensor(int64_t uid, int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, bool is_virtual) {
+// A tensor [n, c, h, w] stored NHWC or NCHW (for the filter: KRSC or KCRS):
+// a virtual one (inside the fused kernel) in FP32, a real one in `precision`.
+Desc tensor(int64_t uid, int64_t n, int64_t c, int64_t h, int64_t w, Layout layout, bool is_virtual,
+            Precision precision = Precision::kF32) {
   Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
-  const cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  const cudnnDataType_t type = !is_virtual && precision == Precision::kF16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
   const bool virt = is_virtual;
   t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type)
       .set_int(CUDNN_ATTR_TENSOR_DIMENSIONS, {n, c, h, w})
@@ -191,9 +193,9 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
     // ---- the operation graph
     std::vector<Desc> keep;
     const int64_t n = s.n, cin = g.cin, cout = g.cout, k = g.kernel;
-    Desc x = tensor(kX, n, cin, s.h, s.w, s.layout, false);
-    Desc w = tensor(kW, cout, cin / g.groups, k, k, s.layout, false);
-    Desc y = tensor(kY, n, cout, s.oh, s.ow, s.layout, false);
+    Desc x = tensor(kX, n, cin, s.h, s.w, s.layout, false, s.precision);
+    Desc w = tensor(kW, cout, cin / g.groups, k, k, s.layout, false, s.precision);
+    Desc y = tensor(kY, n, cout, s.oh, s.ow, s.layout, false, s.precision);
     const bool epilogue = s.bias || s.residual || s.relu;
     Desc conv_out = epilogue ? tensor(kAfterConv, n, cout, s.oh, s.ow, s.layout, true) : std::move(y);
 
@@ -235,10 +237,10 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
       const bool final_step = i + 1 == steps.size();
       const Desc* operand = nullptr;
       if (steps[i].operand_uid == kBias) {
-        tensors.push_back(tensor(kBias, 1, cout, 1, 1, s.layout, false));
+        tensors.push_back(tensor(kBias, 1, cout, 1, 1, s.layout, false, s.precision));
         operand = &tensors.back();
       } else if (steps[i].operand_uid == kZ) {
-        tensors.push_back(tensor(kZ, n, cout, s.oh, s.ow, s.layout, false));
+        tensors.push_back(tensor(kZ, n, cout, s.oh, s.ow, s.layout, false, s.precision));
         operand = &tensors.back();
       }
       tensors.push_back(final_step ? std::move(y) : tensor(steps[i].out_uid, n, cout, s.oh, s.ow, s.layout, true));
@@ -331,9 +333,14 @@ std::unique_ptr<GraphConv> GraphConv::build(void* handle_ptr, cudaStream_t strea
                                  note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4 ||
                                  note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6 ||
                                  note == CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13;
-          if ((transform && !allow_transforms) ||
-              (!tf32 && (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
-                         note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION)))
+          // FP32 data: no tensor cores or down-conversion unless TF32 is
+          // allowed.  FP16 data: tensor cores, but FP32 accumulation.
+          const bool fp16 = s.precision == Precision::kF16;
+          const bool reduced = note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION;
+          if ((transform && !allow_transforms) || (fp16 && reduced) ||
+              (!tf32 && !fp16 &&
+               (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS ||
+                reduced)))
             forbidden = true;
         }
         if (forbidden) {

@@ -37,6 +37,7 @@ struct GraphConvShape {
   int n = 0, h = 0, w = 0, oh = 0, ow = 0;
   bool bias = true, residual = false, relu = false;  // the epilogue inside the graph; all false: conv alone
   Layout layout = Layout::kNhwc;                     // of x, y and the residual; the filter is KRSC or KCRS
+  Precision precision = Precision::kF32;             // of x, w, bias, residual and y; arithmetic is FP32
 };
 
 // FFT and Winograd convolutions in FP32: allowed, as PyTorch's
@@ -77,8 +78,9 @@ class GraphConv {
   // The chosen configuration, for the plan store.
   GraphPick pick() const;
 
-  // Every pointer 16-byte aligned (the graph's tensors promise it); `bias`
-  // and `residual` ignored where the graph has no such term.
+  // Every pointer 16-byte aligned (the graph's tensors promise it), its
+  // data in the shape's precision (float* names the buffer, not the type);
+  // `bias` and `residual` ignored where the graph has no such term.
   void run(void* handle, const float* x, const float* w, const float* bias, const float* residual, float* y,
            void* workspace) const;
 

@@ -72,8 +72,10 @@ MappedBuffer::~MappedBuffer() {
 
 DeviceScope::DeviceScope(int device) {
   CUDA_CHECK(cudaGetDevice(&previous_));
-  if (previous_ != device) CUDA_CHECK(cudaSetDevice(device));
-  else previous_ = -1;
+  if (previous_ != device)
+    CUDA_CHECK(cudaSetDevice(device));
+  else
+    previous_ = -1;
 }
 
 DeviceScope::~DeviceScope() {

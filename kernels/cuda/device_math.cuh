@@ -16,6 +16,7 @@
 
 #include <cstddef>
 
+#include "kernels/cuda/act_type.cuh"
 #include "kernels/exit_state.h"
 #include "weights/common/error.h"
 
@@ -44,7 +45,8 @@ inline void check_scores_smem(const char* what, int dim, int classes) {
 // [cell][c], then maxima [cell][c]) from its activation src (h x w x c, in `layout`): the
 // CPU twin's pool_features_nhwc, cell summed row by row with rounded adds
 // and scaled by the correctly rounded 1/count.
-__device__ inline float pool_feature(const float* __restrict__ src, int h, int w, int c, Layout layout, PoolSpec pool,
+template <typename T>
+__device__ inline float pool_feature(const T* __restrict__ src, int h, int w, int c, Layout layout, PoolSpec pool,
                                      int f) {
   const int g = pool.grid, cells = pool.cells();
   const int ch = f % c, rest = f / c, cell = rest % cells;
@@ -54,7 +56,7 @@ __device__ inline float pool_feature(const float* __restrict__ src, int h, int w
   float acc = is_max ? -INFINITY : 0.f;
   for (int y = y0; y < y1; ++y)
     for (int x = x0; x < x1; ++x) {
-      const float v = src[act_offset(layout, h, w, c, y, x, ch)];
+      const float v = load_act(src, act_offset(layout, h, w, c, y, x, ch));
       acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
     }
   return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
@@ -66,7 +68,8 @@ __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes *
 // (device) and standardised, (pooled - mean) * inv_std, into xs[padded_dim]
 // (zero past dim).  Every thread of the block must call it; a barrier must
 // follow before xs is read.
-__device__ inline void pool_and_standardise(const float* __restrict__ src, int h, int w, int c, Layout layout,
+template <typename T>
+__device__ inline void pool_and_standardise(const T* __restrict__ src, int h, int w, int c, Layout layout,
                                             PoolSpec pool, int dim, const float* __restrict__ mean,
                                             const float* __restrict__ inv_std, float* __restrict__ pooled_row,
                                             float* xs) {

@@ -22,7 +22,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void distance_head_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
+template <typename T>
+__global__ void distance_head_kernel(const T* __restrict__ act, int height, int width, int channels, Layout layout,
                                      DistanceHeadView h, int exit_id, ExitState st, int pos,
                                      float* __restrict__ pooled) {
   extern __shared__ float smem[];
@@ -101,7 +102,7 @@ __global__ void distance_head_kernel(const float* __restrict__ act, int height, 
 
 }  // namespace
 
-void exit_head_distance(const float* act, int n, int height, int width, int channels, Layout layout,
+void exit_head_distance(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                         const DistanceHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
                         cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.dim != h.pool.features(channels))
@@ -111,8 +112,11 @@ void exit_head_distance(const float* act, int n, int height, int width, int chan
          ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("distance exit head: position array ", pos, " is not 0 or 1");
   dev::check_scores_smem("distance exit head", h.dim, h.reduced);
-  distance_head_kernel<<<unsigned(n), kThreads, dev::scores_smem_bytes(h.dim, h.reduced), stream>>>(
-      act, height, width, channels, layout, h, exit_id, st, pos, pooled);
+  with_act_type(precision, [&](auto tag) {
+    using T = decltype(tag);
+    distance_head_kernel<T><<<unsigned(n), kThreads, dev::scores_smem_bytes(h.dim, h.reduced), stream>>>(
+        static_cast<const T*>(act), height, width, channels, layout, h, exit_id, st, pos, pooled);
+  });
   CUDA_CHECK_LAUNCH();
 }
 

@@ -13,7 +13,7 @@ namespace gati::cuda {
 // says into pooled [n, h.dim] (device), standardise, project, find the
 // h.neighbours nearest keys, vote, and decide (hit[row]; exit, label,
 // confidence of sample position[pos][row]).
-void exit_head_distance(const float* act, int n, int height, int width, int channels, Layout layout,
+void exit_head_distance(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                         const DistanceHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
                         cudaStream_t stream);
 

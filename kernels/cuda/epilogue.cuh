@@ -8,8 +8,9 @@
 
 namespace gati::cuda {
 
-// out (n, hw pixels, c) in `layout`, bias [c], residual like out or null.
-void bias_residual_relu(float* out, int n, long hw, int c, Layout layout, const float* bias, const float* residual,
-                        bool relu, cudaStream_t stream);
+// out (n, hw pixels, c) in `layout` and `precision`, bias [c] and residual
+// (like out, or null) in the same precision; computed in FP32.
+void bias_residual_relu(void* out, int n, long hw, int c, Layout layout, Precision precision, const void* bias,
+                        const void* residual, bool relu, cudaStream_t stream);
 
 }  // namespace gati::cuda

@@ -39,7 +39,8 @@ __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
   }
 }
 
-__global__ void exit_head_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
+template <typename T>
+__global__ void exit_head_kernel(const T* __restrict__ act, int height, int width, int channels, Layout layout,
                                  LinearHeadView h, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float smem[];
   const int dim = h.dim, padded = dev::padded_dim(dim);
@@ -127,10 +128,10 @@ void launch_begin_exits(const ExitState& st, int n, long logits, cudaStream_t st
   begin_exits_kernel<<<grid_for(logits > n ? logits : n, 256), 256, 0, stream>>>(st, n, logits);
 }
 
-void launch_exit_head(const float* act, int n, int height, int width, int channels, Layout layout,
-                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
-                      cudaStream_t stream) {
-  exit_head_kernel<<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(
+template <typename T>
+void launch_exit_head(const T* act, int n, int height, int width, int channels, Layout layout, const LinearHeadView& h,
+                      int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+  exit_head_kernel<T><<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(
       act, height, width, channels, layout, h, exit_id, st, pos, pooled);
 }
 
@@ -156,7 +157,7 @@ void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-void exit_head_linear(const float* act, int n, int height, int width, int channels, Layout layout,
+void exit_head_linear(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                       const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
                       cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.classes < 1 || h.pool.grid < 1 ||
@@ -165,7 +166,11 @@ void exit_head_linear(const float* act, int n, int height, int width, int channe
          h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
   dev::check_scores_smem("exit head", h.dim, h.classes);
-  launch_exit_head(act, n, height, width, channels, layout, h, exit_id, st, pos, pooled, stream);
+  with_act_type(precision, [&](auto tag) {
+    using T = decltype(tag);
+    launch_exit_head(static_cast<const T*>(act), n, height, width, channels, layout, h, exit_id, st, pos, pooled,
+                     stream);
+  });
   CUDA_CHECK_LAUNCH();
 }
 

@@ -20,7 +20,7 @@ void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream);
 // h.pool says into pooled [n, h.dim] (device), standardise, linear scores,
 // top softmax, and the hit decision (hit[row]; exit, label, confidence of
 // sample position[pos][row]).
-void exit_head_linear(const float* act, int n, int height, int width, int channels, Layout layout,
+void exit_head_linear(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                       const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
                       cudaStream_t stream);
 

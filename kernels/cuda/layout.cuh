@@ -7,10 +7,12 @@
 
 #include <cstddef>
 
+#include "kernels/exit_state.h"
+
 namespace gati::cuda {
 
-// in [n, c, h, w] -> out [n, h, w, c], both device memory.
-void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out, cudaStream_t stream);
+// in [n, c, h, w] FP32 -> out [n, h, w, c] in `precision`, both device memory.
+void nchw_to_nhwc(const float* in, int n, int c, int h, int w, void* out, Precision precision, cudaStream_t stream);
 
 // *first = min(*first, the index of x's first NaN or infinity); x is device
 // memory of `n` floats, `first` memory the device writes (mapped), set by

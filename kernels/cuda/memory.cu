@@ -18,12 +18,13 @@ namespace {
 constexpr int kLookupThreads = 256;
 constexpr int kInsertThreads = 256;
 
-__global__ void memory_lookup_kernel(const float* __restrict__ act, int height, int width, int channels, Layout layout,
+template <typename T>
+__global__ void memory_lookup_kernel(const T* __restrict__ act, int height, int width, int channels, Layout layout,
                                      MemoryView m, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float x[];  // [dim] standardised features
   const int row = blockIdx.x, tid = threadIdx.x;
   const int sample = st.position[pos][row];
-  const float* src = act + long(row) * height * width * channels;
+  const T* src = act + long(row) * height * width * channels;
   for (int f = tid; f < m.dim; f += blockDim.x) {
     const float p = dev::pool_feature(src, height, width, channels, layout, m.pool, f);
     pooled[long(row) * m.dim + f] = p;
@@ -73,10 +74,10 @@ __global__ void memory_insert_kernel(MemoryView m, ExitState st, int n) {
   }
 }
 
-void launch_memory_lookup(const float* act, int n, int height, int width, int channels, Layout layout,
-                          const MemoryView& m, int exit_id, const ExitState& st, int pos, float* pooled,
-                          cudaStream_t stream) {
-  memory_lookup_kernel<<<unsigned(n), kLookupThreads, size_t(m.dim) * sizeof(float), stream>>>(
+template <typename T>
+void launch_memory_lookup(const T* act, int n, int height, int width, int channels, Layout layout, const MemoryView& m,
+                          int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+  memory_lookup_kernel<T><<<unsigned(n), kLookupThreads, size_t(m.dim) * sizeof(float), stream>>>(
       act, height, width, channels, layout, m, exit_id, st, pos, pooled);
 }
 
@@ -93,13 +94,17 @@ void check_memory(const char* what, const MemoryView& m) {
 
 }  // namespace
 
-void memory_lookup(const float* act, int n, int height, int width, int channels, Layout layout, const MemoryView& m,
-                   int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
+void memory_lookup(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
+                   const MemoryView& m, int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
   check_memory("memory lookup", m);
   if (n < 1 || height < 1 || width < 1 || channels < 1 || m.dim != m.pool.features(channels))
     fail("memory lookup: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", dim ", m.dim, ")");
   if (pos != 0 && pos != 1) fail("memory lookup: position array ", pos, " is not 0 or 1");
-  launch_memory_lookup(act, n, height, width, channels, layout, m, exit_id, st, pos, pooled, stream);
+  with_act_type(precision, [&](auto tag) {
+    using T = decltype(tag);
+    launch_memory_lookup(static_cast<const T*>(act), n, height, width, channels, layout, m, exit_id, st, pos, pooled,
+                         stream);
+  });
   CUDA_CHECK_LAUNCH();
 }
 

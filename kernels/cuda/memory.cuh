@@ -13,8 +13,8 @@ namespace gati::cuda {
 // One launch: pool each row of act (n, height, width, channels, in `layout`) as m.pool
 // says into pooled [n, m.dim] (device), standardise into m.pending[sample],
 // find the nearest entry and decide.
-void memory_lookup(const float* act, int n, int height, int width, int channels, Layout layout, const MemoryView& m,
-                   int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream);
+void memory_lookup(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
+                   const MemoryView& m, int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream);
 
 // One launch: the full model's confident answers of the n samples become
 // entries, in sample order.
