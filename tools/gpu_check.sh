@@ -121,7 +121,7 @@ gpu_tests() {
 }
 
 # ctest without the GPU suites gpu_tests has just run (the parity on CUDA stays).
-all_tests() { (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900 -E '/cuda$|^CudaBackend[.]'); }
+all_tests() { (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900 -E '/cuda(_nhwc|_fp16)?$|^CudaBackend[.]'); }
 
 sanitize() {
   local tool rc=0
