@@ -207,6 +207,12 @@ class BackendContext {
                          const ExitState& st, int pos, float* pooled) = 0;
   // In place: the surviving rows of act move to the front.
   virtual void compact(float* act, const Act& shape, const ExitState& st, int pos_in, int pos_out) = 0;
+  // Scratch for compacting activations up to `largest` (batch included),
+  // allocated now: a recorded segment may not allocate.
+  virtual void prepare_compaction(const Act& largest) { (void)largest; }
+  // Called once a plan's shapes are all prepared (CUDA: the timed choices
+  // are saved to the plan cache).
+  virtual void prepared() {}
   // Rows still running after the last compaction (waits for it).
   virtual int alive(const ExitState& st) = 0;
   virtual void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) = 0;

@@ -1,6 +1,8 @@
 // Engine (shared) and Session (per worker); see engine.h.
 #include "engine/engine.h"
 
+#include <algorithm>
+
 #include "weights/common/checked.h"
 
 namespace gati {
@@ -11,6 +13,14 @@ void check_input_shape(const Arch& a, const float* x, int n, int c, int h, int w
   if (c != a.in_channels) fail("input: ", c, " channels, but model '", a.name, "' takes ", a.in_channels);
   if (h < 1 || w < 1) fail("input: empty image ", h, "x", w);
   if (!x) fail("input: null data");
+}
+
+// The batch a plan for n rows is made for: powers of two from `from`, so a
+// stream of rising batch sizes re-plans rarely.
+int plan_capacity(int from, int n) {
+  int cap = std::max(from, 1);
+  while (cap < n) cap = cap > (1 << 29) ? n : cap * 2;
+  return cap;
 }
 
 void check_plan_fits(const Plan& plan, int n, const SessionOptions& options) {
@@ -117,7 +127,7 @@ std::vector<float> Engine::profile(const float* input, int n, int c, int h, int 
 
 void Engine::check_size(int n, int h, int w, const SessionOptions& options) const {
   if (n < 1) fail("input: empty batch (n = ", n, ")");
-  check_plan_fits(make_plan(model_->net, n, h, w), n, options);
+  check_plan_fits(make_plan(model_->net, plan_capacity(1, n), h, w), n, options);
 }
 
 void Engine::check_input(const float* x, int n, int c, int h, int w) const {
@@ -179,9 +189,7 @@ Executor& Session::executor_for(int n, int h, int w) {
     plans_.splice(plans_.begin(), plans_, it);  // most recently used first
     return *plans_.front().executor;
   }
-  // Grow in powers of two so a stream of rising batch sizes re-plans rarely.
-  int cap = it != plans_.end() ? it->executor->plan().max_batch : 1;
-  while (cap < n) cap = cap > (1 << 29) ? n : cap * 2;
+  const int cap = plan_capacity(it != plans_.end() ? it->executor->plan().max_batch : 1, n);
   if (it != plans_.end()) plans_.erase(it);  // free the old arena first
   Plan plan = make_plan(model_->net, cap, h, w);
   check_plan_fits(plan, n, options_);

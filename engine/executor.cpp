@@ -89,14 +89,20 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
   st_.label = reinterpret_cast<int32_t*>(base + L.label);
   st_.confidence = reinterpret_cast<float*>(base + L.confidence);
   st_.logits = reinterpret_cast<float*>(base + L.logits);
-  // Every convolution at the plan's batch, and at batch 1 where the plan is
-  // larger (where compaction leaves a single survivor), before the first run.
+  // Compaction scratch for the largest exit, and every convolution at the
+  // plan's batch, and at batch 1 where the plan is larger (where compaction
+  // leaves a single survivor), before the first run.
+  Act largest{0, 0, 0, 0};
+  for (const ExitPoint& e : plan_.exits)
+    if (e.shape.with_batch(plan_.max_batch).elems() > largest.elems()) largest = e.shape.with_batch(plan_.max_batch);
+  if (largest.elems() > 0) ctx_.prepare_compaction(largest);
   for (const Step& s : plan_.steps)
     if (s.kind == StepKind::Conv)
       for (int b : {plan_.max_batch, 1}) {
         ctx_.prepare_conv(s.conv, s.in.with_batch(b), s.relu, s.residual_slot >= 0);
         if (plan_.max_batch == 1) break;
       }
+  ctx_.prepared();
 }
 
 Executor::~Executor() { ctx_.forget_segments(id_); }

@@ -97,19 +97,24 @@ struct Guarded {
   void upload_act(const std::vector<float>& nhwc, const Act& s) {
     const std::vector<float> v = relayout(nhwc, s, Layout::kNhwc, ctx->layout());
     if (ctx->precision() == Precision::kF32) return upload(v);
-    std::vector<uint16_t> h(v.size());
+    // Halves, then sentinels over the rest of the FP32-sized payload, so
+    // that download_act sees a write past the halves' end.
+    std::vector<float> payload(floats, kSentinel);
+    ASSERT_LE(v.size(), 2 * floats);
     for (size_t i = 0; i < v.size(); ++i) {
-      h[i] = float_to_half(v[i]);
-      if (!(half_to_float(h[i]) == v[i]) && !std::isnan(v[i]))
-        ADD_FAILURE() << "test value " << v[i] << " is not a half";
+      const uint16_t h = float_to_half(v[i]);
+      if (!(half_to_float(h) == v[i]) && !std::isnan(v[i])) ADD_FAILURE() << "test value " << v[i] << " is not a half";
+      std::memcpy(reinterpret_cast<unsigned char*>(payload.data()) + i * sizeof(uint16_t), &h, sizeof h);
     }
-    ctx->from_host(h.data(), h.size() * sizeof(uint16_t), data());
+    upload(payload);
   }
   std::vector<float> download_act(const Act& s) {
     std::vector<float> v = download();
     if (ctx->precision() == Precision::kF16) {
       std::vector<uint16_t> h(s.elems());
       std::memcpy(h.data(), v.data(), h.size() * sizeof(uint16_t));
+      for (size_t i = (h.size() * sizeof(uint16_t) + 3) / 4; i < v.size(); ++i)
+        EXPECT_EQ(v[i], kSentinel) << "FP16 write past the end of the activation at word " << i;
       v.resize(h.size());
       for (size_t i = 0; i < h.size(); ++i) v[i] = half_to_float(h[i]);
     }

@@ -160,8 +160,10 @@ int cmd_infer(const InferOpts& o) {
       engine.normalize(x.data(), n);
     }
     logits = engine.infer(x.data(), n, c, h, w);
-  } catch (const Error& e) {
-    fail(o.input, ": ", e.what());
+  } catch (const Error& e) {  // the input's own faults name its file; others (memory, device) stand as they are
+    const std::string what = e.what();
+    if (what.rfind("input:", 0) == 0 || what.rfind("normalize:", 0) == 0) fail(o.input, ": ", what);
+    throw;
   }
   SafeTensorsWriter out;
   out.add_float("logits", {n, engine.arch().num_classes}, logits);
@@ -264,14 +266,14 @@ int cmd_profile(const ProfileOpts& o) {
   const Arch& arch = engine.arch();
   int h = arch.input_h, w = arch.input_w;
   if (!o.size.empty()) {
-    // --size takes "HxW": two decimal numbers, each from 1 to 16384 (read
-    // in full before the range check, so no value wraps).
+    // --size takes "HxW" (or "H W"): two decimal numbers, each from 1 to
+    // 16384 (read in full before the range check, so no value wraps).
     auto number = [](const std::string& t, int* v) {
       if (t.empty() || t.size() > 5 || t.find_first_not_of("0123456789") != std::string::npos) return false;
       *v = std::stoi(t);
       return *v >= 1 && *v <= 16384;
     };
-    const size_t x = o.size.find('x');
+    const size_t x = o.size.find_first_of("x ");
     if (x == std::string::npos || !number(o.size.substr(0, x), &h) || !number(o.size.substr(x + 1), &w))
       fail("--size must be 'HxW' with 1 <= H, W <= 16384, got '", o.size, "'");
   }

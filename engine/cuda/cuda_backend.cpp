@@ -425,6 +425,14 @@ class CudaContext final : public BackendContext {
                        {static_cast<int32_t*>(compact_index_.data()), compact_rows_.floats()}, stream_.get());
   }
 
+  void prepared() override { conv_.save_plans(); }
+
+  void prepare_compaction(const Act& s) override {
+    cuda::DeviceScope scope(index_);
+    compact_rows_.reserve(mul_size(s.elems(), sizeof(float), "compaction scratch"), "the compaction scratch");
+    compact_index_.reserve((size_t(s.n) + 1) * sizeof(int32_t), "the compaction index");
+  }
+
   int alive(const ExitState& st) override {
     cuda::DeviceScope scope(index_);
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
@@ -543,11 +551,18 @@ class CudaContext final : public BackendContext {
   bool segment_end() override {
     if (!recording_) return true;
     cuda::DeviceScope scope(index_);
+    const bool had_skips = root_ != nullptr;
     cudaGraph_t graph = nullptr;
     cudaError_t e = end_recording(&graph);
     cudaGraphExec_t exec = nullptr;
     if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
     if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess && had_skips) {  // the conditional nodes are what failed: one graph per exit from now on
+      cudaGetLastError();
+      skip_off(e);
+      graphs_.erase(recording_key_);
+      return false;
+    }
     if (e != cudaSuccess) {
       graphs_off(str_cat("recording failed: ", cudaGetErrorString(e)));
       return false;
@@ -584,11 +599,8 @@ class CudaContext final : public BackendContext {
     const cudaError_t e = cuda::capture_rest_if_alive(stream_.get(), st.alive, kCaptureMode, &captured);
     if (!root_) root_ = captured;  // the first skip ends the root's capture; later ones end bodies it owns
     if (e != cudaSuccess) {        // the executor abandons the recording (segment_abort) and runs the ops directly
-      skip_on_ = false;
       skip_failed_ = true;
-      std::fprintf(stderr,
-                   "gati: device-side skip off for this context (a conditional graph node: %s); one graph per exit\n",
-                   cudaGetErrorString(e));
+      skip_off(e);
       fail("recording a conditional graph node: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
     }
   }
@@ -634,6 +646,12 @@ class CudaContext final : public BackendContext {
     }
     if (root) cudaGraphDestroy(root);
     return e;
+  }
+  void skip_off(cudaError_t e) {
+    skip_on_ = false;
+    std::fprintf(stderr,
+                 "gati: device-side skip off for this context (conditional graph nodes: %s); one graph per exit\n",
+                 cudaGetErrorString(e));
   }
   void graphs_off(const std::string& why) {
     cudaGetLastError();  // a failed capture leaves its error behind

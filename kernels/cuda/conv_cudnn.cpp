@@ -148,7 +148,15 @@ CudnnConv::CudnnConv(cudaStream_t stream, bool tf32, Layout layout, Precision pr
   }
 }
 
+void CudnnConv::save_plans() {
+  if (store_) store_->save();
+}
+
 CudnnConv::~CudnnConv() {
+  try {
+    save_plans();
+  } catch (...) {  // a cache: never worth an exception out of a destructor
+  }
   plans_.clear();
   if (handle_) cudnnDestroy(static_cast<cudnnHandle_t>(handle_));
 }
@@ -215,10 +223,7 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
       r.math = int(p->legacy_math);
       r.ms = p->legacy_ms;
     }
-    if (r.ms >= 0) {
-      store_->put(stored_as, r);
-      store_->save();  // now: a server may run for months before its contexts end
-    }
+    if (r.ms >= 0) store_->put(stored_as, r);  // saved by save_plans, once the executor's shapes are prepared
   }
   return *plans_.emplace(key, std::move(p)).first->second;
 }

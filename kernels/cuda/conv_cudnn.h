@@ -63,6 +63,10 @@ class CudnnConv {
   void run(const ConvGeometry& g, int n, int h, int w, const float* in, const float* weight, const float* bias,
            float* out, const float* residual, bool relu, const std::string& name);
 
+  // Writes the choices timed since the last call to the plan store's file
+  // (also done when this object goes).
+  void save_plans();
+
   // Where the workspace is now (it moves when a larger plan grows it).
   const void* workspace() const { return workspace_.data(); }
 

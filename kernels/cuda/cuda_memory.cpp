@@ -41,7 +41,14 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 void DeviceBuffer::reserve(size_t bytes, const std::string& what) {
   if (bytes <= bytes_ && data_) return;
   if (data_) {
-    cudaFree(data_);
+    // Refused while a graph is being captured: keep the buffer (no leak)
+    // and say so; the caller's recording is then abandoned.
+    const cudaError_t err = cudaFree(data_);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      fail("growing ", what, " to ", bytes, " bytes: cudaFree failed (", cudaGetErrorString(err),
+           "); device memory cannot be reallocated during a CUDA graph capture");
+    }
     data_ = nullptr;
     bytes_ = 0;
   }

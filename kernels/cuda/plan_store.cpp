@@ -64,7 +64,7 @@ PlanStore::PlanStore(std::string path, std::string context) : path_(std::move(pa
   if (!fs::exists(path_, ec)) return;
   std::string why;
   if (auto loaded = read(&why)) {
-    records_ = std::move(*loaded);
+    records_ = std::move((*loaded)[context_]);
   } else {
     ignored_ = why;
     std::fprintf(stderr, "gati: ignoring the cuDNN plan cache %s (%s); plans are timed again and the file rewritten\n",
@@ -72,7 +72,7 @@ PlanStore::PlanStore(std::string path, std::string context) : path_(std::move(pa
   }
 }
 
-std::optional<std::map<std::string, PlanRecord>> PlanStore::read(std::string* why) const {
+std::optional<PlanStore::Sections> PlanStore::read(std::string* why) const {
   try {
     require_regular_file(path_, "cuDNN plan cache");
     std::error_code ec;
@@ -84,16 +84,20 @@ std::optional<std::map<std::string, PlanRecord>> PlanStore::read(std::string* wh
     std::stringstream text;
     text << in.rdbuf();
     const nlohmann::json j = json_parse(text.str(), "the file");
-    json_only_keys(j, path_, {"format", "context", "plans"});
+    json_only_keys(j, path_, {"format", "contexts"});
     const JsonFields top(j, path_);
     if (top.string("format") != kFormat) fail("format is not ", kFormat);
-    if (top.string("context") != context_) fail("written for another context: ", top.string("context"));
-    const JsonFields plans = top.object("plans");
-    const nlohmann::json& p = top.at("plans");
-    if (p.size() > kMaxRecords) fail(p.size(), " plans, over the limit of ", kMaxRecords);
-    std::map<std::string, PlanRecord> out;
-    for (auto it = p.begin(); it != p.end(); ++it)
-      out[it.key()] = record_from_json(it.value(), plans.where_of(it.key()));
+    const JsonFields contexts = top.object("contexts");
+    Sections out;
+    size_t total = 0;
+    for (auto c = top.at("contexts").begin(); c != top.at("contexts").end(); ++c) {
+      const JsonFields plans = contexts.object(c.key());
+      total += c.value().size();
+      if (total > kMaxRecords) fail("more than ", kMaxRecords, " plans");
+      std::map<std::string, PlanRecord>& section = out[c.key()];
+      for (auto it = c.value().begin(); it != c.value().end(); ++it)
+        section[it.key()] = record_from_json(it.value(), plans.where_of(it.key()));
+    }
     return out;
   } catch (const Error& e) {
     *why = e.what();
@@ -112,8 +116,13 @@ void PlanStore::put(const std::string& key, const PlanRecord& record) {
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, added] = records_.try_emplace(key, record);
   if (!added && it->second == record) return;
+  if (added && records_.size() > kMaxRecords) {  // a bound, not a policy: kept in memory only
+    records_.erase(it);
+    return;
+  }
   it->second = record;
-  dirty_ = records_.size() <= kMaxRecords;
+  mine_.insert(key);
+  dirty_ = true;
 }
 
 size_t PlanStore::size() const {
@@ -124,15 +133,24 @@ size_t PlanStore::size() const {
 bool PlanStore::save() {
   std::lock_guard<std::mutex> lock(mu_);
   if (path_.empty() || !dirty_) return true;
-  // What another process wrote meanwhile stays, unless we chose anew.
+  // What another process wrote meanwhile stays: its other sections, and in
+  // ours every shape this store did not choose itself.
   std::error_code ec;
   std::string why;
+  Sections all;
   if (fs::exists(path_, ec))
-    if (auto theirs = read(&why))
-      for (auto& [key, r] : *theirs) records_.try_emplace(key, r);
-  nlohmann::json plans = nlohmann::json::object();
-  for (const auto& [key, r] : records_) plans[key] = record_to_json(r);
-  const nlohmann::json j = {{"format", kFormat}, {"context", context_}, {"plans", plans}};
+    if (auto theirs = read(&why)) all = std::move(*theirs);
+  std::map<std::string, PlanRecord>& ours = all[context_];
+  for (const auto& [key, r] : records_)
+    if (mine_.count(key) || !ours.count(key)) ours[key] = r;
+  records_ = ours;
+  nlohmann::json contexts = nlohmann::json::object();
+  for (const auto& [context, section] : all) {
+    nlohmann::json plans = nlohmann::json::object();
+    for (const auto& [key, r] : section) plans[key] = record_to_json(r);
+    contexts[context] = plans;
+  }
+  const nlohmann::json j = {{"format", kFormat}, {"contexts", contexts}};
   try {
     const fs::path folder = fs::path(path_).parent_path();
     if (!folder.empty()) fs::create_directories(folder, ec);

@@ -4,11 +4,13 @@
 // Design decision: what is stored is the choice, not cuDNN's plan: for the
 // graph API the configuration's place in cuDNN's ranked list and its engine's
 // global index (rebuilt from the same heuristics, and refused when the index
-// differs), for the legacy API the algorithm and math type.  A file belongs
-// to a context (GPU, compute capability, cuDNN version, layout and the
-// switches that change which candidates compete): one written under another
-// is ignored.  The file is a cache, not an input a user wrote: a damaged or
-// foreign one is reported once on stderr, ignored, and rewritten; a failed
+// differs), for the legacy API the algorithm and math type.  The file keeps
+// one section per context (GPU, compute capability, cuDNN version, layout,
+// precision and the switches that change which candidates compete): a store
+// reads and rewrites its own section and leaves the others as they are.
+// When two processes save, each keeps what the other chose unless it chose
+// that shape itself.  The file is a cache, not an input a user wrote: a
+// damaged one is reported once on stderr, ignored, and rewritten; a failed
 // write is a warning.  Plain C++ (no CUDA), so the file handling is tested
 // on every machine.
 #pragma once
@@ -17,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace gati::cuda {
@@ -34,15 +37,16 @@ struct PlanRecord {
 
 class PlanStore {
  public:
-  // Loads `path` if it exists and was written under `context`; an empty
-  // path keeps the choices in memory only.
+  // Loads `context`'s section of `path` if the file exists; an empty path
+  // keeps the choices in memory only.
   PlanStore(std::string path, std::string context);
 
   std::optional<PlanRecord> find(const std::string& key) const;
   void put(const std::string& key, const PlanRecord& record);
   // Writes the file when something was added since the last save, merged
-  // with what another process may have written there meanwhile; returns
-  // false (with a warning on stderr) when the write failed.
+  // with what another process may have written there meanwhile (its other
+  // sections, and in this one the shapes this store did not choose);
+  // returns false (with a warning on stderr) when the write failed.
   bool save();
 
   const std::string& path() const { return path_; }
@@ -54,13 +58,15 @@ class PlanStore {
   static constexpr size_t kMaxRecords = 100000;
 
  private:
-  // The file's records, or nothing with the reason in *why.
-  std::optional<std::map<std::string, PlanRecord>> read(std::string* why) const;
+  using Sections = std::map<std::string, std::map<std::string, PlanRecord>>;  // context -> key -> choice
+  // The file's sections, or nothing with the reason in *why.
+  std::optional<Sections> read(std::string* why) const;
 
   const std::string path_, context_;
   std::string ignored_;
   mutable std::mutex mu_;
   std::map<std::string, PlanRecord> records_;
+  std::set<std::string> mine_;  // keys chosen by this store (they win over the file's)
   bool dirty_ = false;
 };
 

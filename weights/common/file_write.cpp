@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -34,7 +35,9 @@ void write_file_atomically(const std::string& path, const std::function<void(std
   const fs::file_status st = fs::status(dest, ec);
   if (fs::exists(st) && !fs::is_regular_file(st))
     fail(path, ": exists and is not a regular file (a directory, device or pipe); refusing to replace it");
-  const fs::path tmp = dest.string() + ".tmp." + std::to_string(::getpid());
+  // Unique within the process too: two threads may write beside each other.
+  static std::atomic<unsigned> sequence{0};
+  const fs::path tmp = dest.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(sequence++);
   try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) fail(path, ": cannot open ", tmp.string(), " for writing (", std::strerror(errno), ")");
