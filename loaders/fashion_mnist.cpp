@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include <sys/stat.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -46,7 +47,7 @@ std::string default_fashion_mnist_dir() {
   return env && *env ? env : "/usr/share/datasets/fashion-mnist";
 }
 
-std::vector<unsigned char> read_gzip_file(const std::string& path) {
+std::vector<unsigned char> read_gzip_file(const std::string& path, int idx_dims) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0)
     fail(path, ": cannot open (", std::strerror(errno),
@@ -67,6 +68,24 @@ std::vector<unsigned char> read_gzip_file(const std::string& path) {
     }
     if (got == 0) break;
     out.insert(out.end(), buf, buf + got);
+    // Stop a small file that inflates without end (a gzip bomb) as soon as
+    // it passes the size its IDX header describes.
+    const size_t header = 4 + 4 * size_t(std::max(idx_dims, 0));
+    if (idx_dims > 0 && out.size() >= header) {
+      size_t body = 1;  // the product of the dimensions, saturating at 2^40
+      for (int i = 0; i < idx_dims; ++i) {
+        const size_t d = be32(out, 4 + 4 * size_t(i));
+        body = d != 0 && body > (size_t(1) << 40) / d ? size_t(1) << 40 : body * d;
+      }
+      if (body > (size_t(1) << 30)) {
+        gzclose(f);
+        fail(path, ": its IDX header describes ", body, " bytes, over the limit of 1 GiB (damaged?)");
+      }
+      if (out.size() > header + body) {
+        gzclose(f);
+        fail(path, ": inflates to more than the ", header + body, " bytes its IDX header describes (damaged?)");
+      }
+    }
   }
   // zlib reports a truncated stream only at close.
   const int rc = gzclose(f);
@@ -103,8 +122,8 @@ std::vector<std::string> fashion_mnist_files(const std::string& dir) {
 
 Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int limit) {
   const auto [ipath, lpath] = split_files(dir, split);
-  const std::vector<unsigned char> ib = read_gzip_file(ipath);
-  const std::vector<unsigned char> lb = read_gzip_file(lpath);
+  const std::vector<unsigned char> ib = read_gzip_file(ipath, 3);
+  const std::vector<unsigned char> lb = read_gzip_file(lpath, 1);
   const std::vector<uint32_t> idims = idx_header(ib, 3, ipath);
   const std::vector<uint32_t> ldims = idx_header(lb, 1, lpath);
   if (idims[0] != ldims[0]) fail(ipath, ": ", idims[0], " images but ", lpath, " has ", ldims[0], " labels");

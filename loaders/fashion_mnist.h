@@ -29,7 +29,10 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split, int
 // that a command can refuse to write over any of them.
 std::vector<std::string> fashion_mnist_files(const std::string& dir);
 
-// Reads a whole gzip (or plain) file; errors name the path.
-std::vector<unsigned char> read_gzip_file(const std::string& path);
+// Reads a whole gzip (or plain) file; errors name the path.  With idx_dims
+// > 0 the file is an IDX file of that many dimensions and reading stops as
+// soon as it passes the size its header describes (a gzip bomb costs no
+// more memory than the header claims).
+std::vector<unsigned char> read_gzip_file(const std::string& path, int idx_dims = 0);
 
 }  // namespace gati

@@ -118,6 +118,7 @@ Trace load_trace(const std::string& path, const Dataset& data) {
   Trace t;
   const JsonFields top(j, path);
   json_only_keys(j, path, {"format", "kind", "seed", "params", "source", "source_size", "requests"});
+  if (j.contains("params")) json_only_keys(j["params"], path + ": 'params'", {"zipf_s", "locality_p", "drift_period"});
   if (top.string("format") != "gati-trace/1") fail(path, ": unknown trace format (expected gati-trace/1)");
   t.kind = top.string("kind");
   t.seed = uint64_t(top.integer("seed", 0, INT64_MAX));

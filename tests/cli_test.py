@@ -280,6 +280,20 @@ def main():
                      ["serve-sim", "--model", args.demo, "--caches", caches, "--trace", "uniform", "--requests", "5",
                       "--json", good, "--per-request", fifo], "not a regular file")
         check("a refused command wrote none of its outputs", not os.path.exists(good))
+        alias = os.path.join(tmp, "alias.json")  # not there yet: the same file by two spellings
+        os.makedirs(os.path.join(tmp, "sub"), exist_ok=True)
+        expect_error(gati, "two outputs, one file by two spellings",
+                     ["profile", "--model", args.demo, "--repeats", "1", "--json", alias, "--trace",
+                      os.path.join(tmp, ".", "sub", "..", "alias.json")], "is also --json's file")
+        expect_error(gati, "an output's file name too long for its temporary",
+                     ["profile", "--model", args.demo, "--repeats", "1", "--json", good,
+                      "--trace", os.path.join(tmp, "b" * 240)], "characters long")
+        check("... and nothing written", not os.path.exists(good))
+        expect_error(gati, "an output inside a file", ["profile", "--model", args.demo, "--json",
+                                                      os.path.join(args.demo, "x.json")], "is not a folder")
+        expect_error(gati, "NaN for a float option", ["serve-sim", "--model", args.demo, "--caches", caches, "--trace",
+                                                      "uniform", "--online", "sgd", "--online-lr", "nan"],
+                     "must be a finite number")
         for size in ("4294967324x28", "4294967297x1", "28x28x28", "28"):
             expect_error(gati, f"profile --size {size}", ["profile", "--model", args.demo, "--size", size],
                          "--size must be 'HxW'")
@@ -304,6 +318,12 @@ def main():
         expect_error(gati, "trace with an unknown key", ["serve-sim", "--model", args.demo, "--caches", caches,
                                                         "--trace", os.path.join(tmp, "padded.json")],
                      "padded.json: unknown key 'pad'")
+        saved = json.load(open(tr))
+        saved["params"]["zz"] = 1
+        open(os.path.join(tmp, "params.json"), "w").write(json.dumps(saved))
+        expect_error(gati, "trace with an unknown parameter", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                              "--trace", os.path.join(tmp, "params.json")],
+                     "'params': unknown key 'zz'")
         saved = json.load(open(tr))
         saved["source_size"] = 123
         open(os.path.join(tmp, "size.json"), "w").write(json.dumps(saved))

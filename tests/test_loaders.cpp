@@ -89,6 +89,16 @@ TEST_F(BadFiles, LabelOutOfRange) {
   EXPECT_GATI_ERROR(load(), "label 10 at index 0 is not in 0..9");
 }
 
+// A small file that inflates far past what its header describes (a gzip
+// bomb) stops at the header's size, not after inflating everything; a header
+// that claims more than a gibibyte is refused outright.
+TEST_F(BadFiles, GzipBombStopsAtTheHeadersSize) {
+  write(idx(0x803, {2, 4, 4}, 8 << 20), idx(0x801, {2}, 2));  // 32 bytes promised, 8 MiB inflated
+  EXPECT_GATI_ERROR(load(), "inflates to more than the 48 bytes its IDX header describes");
+  write(idx(0x803, {60000, 60000, 28}, 64), idx(0x801, {2}, 2));
+  EXPECT_GATI_ERROR(load(), "over the limit of 1 GiB");
+}
+
 TEST_F(BadFiles, TruncatedGzipStream) {
   write(idx(0x803, {200, 28, 28}, 200 * 784), idx(0x801, {200}, 200));
   std::vector<uint8_t> gz = test::read_bytes(dir_ / "t10k-images-idx3-ubyte.gz");

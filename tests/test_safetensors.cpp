@@ -81,6 +81,12 @@ TEST(JsonFields, ParseRefusesAKeyGivenTwice) {
   EXPECT_GATI_ERROR(json_parse(R"({"x": {"k": 1, "k": 1}})", "f"), "key 'k' appears twice");
   EXPECT_GATI_ERROR(json_parse(R"([{"k": 1}, {"k": 2, "k": 3}])", "f"), "key 'k' appears twice");
   EXPECT_GATI_ERROR(json_parse("{\"a\": ", "f.json"), "f.json is not valid JSON");
+  // Deep nesting is refused while parsing (printing it in an error would
+  // recurse 100000 levels), and so is a NUL byte (nlohmann stopped there).
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_GATI_ERROR(json_parse(deep, "d.json"), "d.json: nested more than 32 levels deep");
+  EXPECT_GATI_ERROR(json_parse(std::string("{\"a\": 1}\0garbage", 17), "n.json"), "a NUL byte at offset 8");
+  EXPECT_EQ(json_parse(std::string(30, '[') + std::string(30, ']'), "ok").size(), 1u);
   EXPECT_GATI_ERROR(parse(make_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32",)"
                                     R"("shape":[2],"data_offsets":[0,8]}})",
                                     {})),

@@ -57,7 +57,8 @@ namespace {
 bool same_file(const std::string& a, const std::string& b) {
   std::error_code e1, e2, e3;
   if (fs::equivalent(a, b, e1)) return true;
-  const fs::path ca = fs::weakly_canonical(a, e2), cb = fs::weakly_canonical(b, e3);
+  // Absolute first: "X" and "./X" resolve alike even when X does not exist.
+  const fs::path ca = fs::weakly_canonical(fs::absolute(a, e2), e2), cb = fs::weakly_canonical(fs::absolute(b, e3), e3);
   return !e2 && !e3 && ca == cb;
 }
 
@@ -76,7 +77,12 @@ void check_outputs(const std::vector<Output>& outputs, const std::vector<std::st
       fail(o.option, " '", o.path, "': is a symbolic link whose target does not exist");
     const fs::path folder = fs::path(o.path).parent_path();
     if (!folder.empty() && !fs::is_directory(folder, ec))
-      fail(o.option, " '", o.path, "': the folder '", folder.string(), "' does not exist");
+      fail(o.option, " '", o.path, "': '", folder.string(), "' ",
+           fs::exists(folder, ec) ? "is not a folder" : "is a folder that does not exist");
+    // Room for the temporary name written beside it (".tmp.PID.N").
+    const size_t name = fs::path(o.path).filename().string().size();
+    if (name + 32 > 255)
+      fail(o.option, " '", o.path, "': the file name is ", name, " characters long; at most 223 fit");
     for (const std::string& in : inputs)
       if (!in.empty() && same_file(o.path, in))
         fail(o.option, " '", o.path, "' is the input file '", in, "'; refusing to overwrite it");

@@ -46,6 +46,18 @@ struct Common {
   }
 };
 
+// NaN passes CLI11's Range (every comparison with it is false): refuse it,
+// and infinities, before the range check.
+CLI::Validator finite_number() {
+  return CLI::Validator(
+      [](std::string& v) {
+        char* end = nullptr;
+        const double x = std::strtod(v.c_str(), &end);
+        return end != v.c_str() && *end == 0 && std::isfinite(x) ? std::string() : "must be a finite number, got " + v;
+      },
+      "FINITE");
+}
+
 void add_common(CLI::App* app, Common& c) {
   app->add_option("--device", c.device, "backend")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
@@ -655,6 +667,7 @@ int dispatch(int argc, char** argv) {
   c_build->add_flag("--print-config", cb.print_config,
                     "print the settings this command would build with, as a JSON configuration, and stop");
   c_build->add_option("--target-agreement", cb.target, "agreement of hits with the full model")
+      ->check(finite_number())
       ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
   c_build
@@ -673,6 +686,7 @@ int dispatch(int argc, char** argv) {
       ->add_option("--traffic-requests", cb.traffic_requests,
                    "the cascade's bound also covers a stretch of traffic of this many independent requests "
                    "(a 10000-request locality trace has about 1000 distinct items); 0: the held-out images alone")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1e12))
       ->capture_default_str();
   c_build
@@ -709,6 +723,7 @@ int dispatch(int argc, char** argv) {
       ->add_option("--distill", cb.distill,
                    "learned caches: weight of distillation from the full model's logits at temperature 6 (GATI: "
                    "0.5); 0 trains on its labels alone")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c_build
@@ -726,6 +741,7 @@ int dispatch(int argc, char** argv) {
   c_build
       ->add_option("--memory-min-confidence", cb.memory_min_confidence,
                    "the full model's confidence an answer needs to be stored")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c_build
@@ -778,6 +794,7 @@ int dispatch(int argc, char** argv) {
       ->add_option("--feedback", ss.feedback,
                    "share of the requests an exit answers that keep running to the end, answered by the full "
                    "model, so agreement is measured while serving")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c_sim
@@ -803,9 +820,11 @@ int dispatch(int argc, char** argv) {
   c_sim
       ->add_option("--prior-max-ratio", ss.prior_max_ratio,
                    "largest factor by which the prior correction may raise or lower a class (--online prior)")
+      ->check(finite_number())
       ->check(CLI::Range(1.0, 1e6))
       ->capture_default_str();
   c_sim->add_option("--online-lr", ss.online_lr, "learning rate of the online updates")
+      ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   c_sim->add_option("--json", ss.json, "write the report as JSON");

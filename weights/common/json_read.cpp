@@ -49,9 +49,12 @@ std::string json_string(const nlohmann::json& v, const std::string& where) {
 nlohmann::json json_parse(std::string_view text, const std::string& what) {
   // Keys seen in each object being parsed, innermost last.
   std::vector<std::set<std::string>> open;
-  const nlohmann::json::parser_callback_t check = [&](int, nlohmann::json::parse_event_t event,
+  const nlohmann::json::parser_callback_t check = [&](int depth, nlohmann::json::parse_event_t event,
                                                       nlohmann::json& parsed) {
     using E = nlohmann::json::parse_event_t;
+    // No gati file nests deeper than a few levels; a deeper one would only
+    // cost stack (printing it in an error recurses).
+    if (depth > kMaxJsonDepth) fail(what, ": nested more than ", kMaxJsonDepth, " levels deep");
     if (event == E::object_start) {
       open.emplace_back();
     } else if (event == E::object_end) {
@@ -62,6 +65,8 @@ nlohmann::json json_parse(std::string_view text, const std::string& what) {
     }
     return true;
   };
+  const size_t nul = text.find('\0');
+  if (nul != std::string_view::npos) fail(what, " is not valid JSON (a NUL byte at offset ", nul, ")");
   try {
     return nlohmann::json::parse(text.begin(), text.end(), check);
   } catch (const nlohmann::json::exception& e) {

@@ -23,6 +23,8 @@ namespace gati {
 // (where nlohmann would keep the last silently), fail naming `what`
 // ("t.json: trace is not valid JSON (...)", "...: key 'a' appears twice").
 nlohmann::json json_parse(std::string_view text, const std::string& what);
+// json_parse refuses deeper nesting (and text with a NUL byte).
+constexpr int kMaxJsonDepth = 32;
 
 // A single value (an array's entry): `where` names it in the error.
 int64_t json_integer(const nlohmann::json& v, const std::string& where, int64_t lo, int64_t hi);
