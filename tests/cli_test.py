@@ -291,6 +291,9 @@ def main():
         check("... and nothing written", not os.path.exists(good))
         expect_error(gati, "an output inside a file", ["profile", "--model", args.demo, "--json",
                                                       os.path.join(args.demo, "x.json")], "is not a folder")
+        expect_error(gati, "an output given as an empty path", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                               "--trace", "uniform", "--per-request", ""],
+                     "--per-request: an empty path")
         expect_error(gati, "NaN for a float option", ["serve-sim", "--model", args.demo, "--caches", caches, "--trace",
                                                       "uniform", "--online", "sgd", "--online-lr", "nan"],
                      "must be a finite number")

@@ -46,6 +46,13 @@ struct Common {
   }
 };
 
+// An output given as "" (an unset shell variable) is refused, not taken as
+// "not given".
+CLI::Validator output_path() {
+  return CLI::Validator([](std::string& v) { return v.empty() ? std::string("an empty path") : std::string(); },
+                        "PATH");
+}
+
 // NaN passes CLI11's Range (every comparison with it is false): refuse it,
 // and infinities, before the range check.
 CLI::Validator finite_number() {
@@ -617,7 +624,9 @@ int dispatch(int argc, char** argv) {
   CLI::App* c_infer = app.add_subcommand("infer", "run a model on a tensor file, write the logits");
   c_infer->add_option("--model", infer.model, "model file")->required();
   c_infer->add_option("--input", infer.input, "safetensors file with float32 'input' [N, C, H, W]")->required();
-  c_infer->add_option("--output", infer.output, "safetensors file to write 'logits' [N, classes] to")->required();
+  c_infer->add_option("--output", infer.output, "safetensors file to write 'logits' [N, classes] to")
+      ->check(output_path())
+      ->required();
   c_infer->add_flag("--normalize", infer.normalize, "apply the model's mean/std to raw [0, 1] input first");
   add_common(c_infer, infer.common);
 
@@ -631,7 +640,7 @@ int dispatch(int argc, char** argv) {
       ->capture_default_str();
   c_run->add_option("--limit", run.limit, "only the first N images (0 = all)")->check(CLI::Range(0, 1 << 30));
   c_run->add_option("--caches", run.caches, "cache file from 'gati cache build': samples may leave early");
-  c_run->add_option("--json", run.json, "also write the results as JSON");
+  c_run->add_option("--json", run.json, "also write the results as JSON")->check(output_path());
   add_common(c_run, run.common);
 
   ProfileOpts prof;
@@ -643,8 +652,9 @@ int dispatch(int argc, char** argv) {
   c_prof->add_option("--warmup", prof.warmup, "untimed runs first")
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
-  c_prof->add_option("--json", prof.json, "per-layer JSON (default profile-<model>-b<B>.json)");
-  c_prof->add_option("--trace", prof.trace, "Chrome/Perfetto trace (default profile-<model>-b<B>.trace.json)");
+  c_prof->add_option("--json", prof.json, "per-layer JSON (default profile-<model>-b<B>.json)")->check(output_path());
+  c_prof->add_option("--trace", prof.trace, "Chrome/Perfetto trace (default profile-<model>-b<B>.trace.json)")
+      ->check(output_path());
   add_common(c_prof, prof.common);
 
   app.add_subcommand("devices", "CUDA devices this build can use");
@@ -659,7 +669,7 @@ int dispatch(int argc, char** argv) {
       "training images");
   c_build->add_option("--model", cb.model, "model file (required unless --print-config)");
   data_option(c_build, cb.data, cb.data_dir, false);
-  c_build->add_option("--out", cb.out, "cache file to write (required unless --print-config)");
+  c_build->add_option("--out", cb.out, "cache file to write (required unless --print-config)")->check(output_path());
   c_build
       ->add_option("--config", cb.config,
                    "the build's settings as JSON (see cache/config.h); flags given on the command line override them")
@@ -786,7 +796,7 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
   c_sim->add_option("--data-dir", ss.data_dir, "folder with the IDX files");
-  c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace");
+  c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace")->check(output_path());
   c_sim->add_option("--memory", ss.memory, "use the cache file's memory of recent answers, when it has one")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
@@ -827,9 +837,11 @@ int dispatch(int argc, char** argv) {
       ->check(finite_number())
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  c_sim->add_option("--json", ss.json, "write the report as JSON");
-  c_sim->add_option("--per-request", ss.per_request,
-                    "write one JSON line per request (id, exit, label, confidence, latency_us)");
+  c_sim->add_option("--json", ss.json, "write the report as JSON")->check(output_path());
+  c_sim
+      ->add_option("--per-request", ss.per_request,
+                   "write one JSON line per request (id, exit, label, confidence, latency_us)")
+      ->check(output_path());
   add_common(c_sim, ss.common);
 
   if (argc < 2) {
