@@ -11,6 +11,7 @@
 #include <random>
 #include <sstream>
 
+#include "cache/learned_cache.h"
 #include "engine/engine.h"
 
 namespace gati::bench {
@@ -55,6 +56,7 @@ inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool 
   h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
   h.bias = random_floats(size_t(h.classes), 3);
   h.threshold = 2.0f;
+  round_weights_to_half(h);  // as gati cache build leaves them
   return h;
 }
 

@@ -15,6 +15,7 @@
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/common/json_read.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
@@ -35,6 +36,10 @@ int top_class(const float* logits, int classes, float* confidence) {
 }
 
 LinearHeadView ExitCache::view() const { return host_linear_view(*this); }
+
+void round_weights_to_half(ExitHeadSpec& head) {
+  for (float& w : head.weight) w = round_to_half(w);
+}
 
 DistanceHeadView ExitCache::distance_view() const { return host_distance_view(*this); }
 
@@ -168,6 +173,7 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
     }
     history.push_back(sum / batches);
   }
+  round_weights_to_half(c);
   int agree = 0;
   for (int i = 0; i < n; ++i) {
     float conf;

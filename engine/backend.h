@@ -192,6 +192,12 @@ class BackendContext {
     (void)conv, (void)in_shape, (void)relu, (void)residual;
     return {};
   }
+  // The next conv() writes the activation that an exit pools as `pool`
+  // right after (its head, or the memory of recent answers): a backend may
+  // pool while it writes (the CPU does, in the GEMM's epilogue, so the exit
+  // does not read the activation back from memory) and serve that exit's
+  // pooling from it, bit for bit as pooling the activation would.
+  virtual void conv_feeds_exit(const PoolSpec& pool) { (void)pool; }
   virtual void max_pool(const float* in, const Act& in_shape, int kernel, int stride, int pad, float* out) = 0;
   // (n, h, w, c) -> [n, c]
   virtual void global_avg_pool(const float* in, const Act& shape, float* out) = 0;

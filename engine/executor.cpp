@@ -107,6 +107,17 @@ Executor::Executor(BackendContext& ctx, Plan plan) : ctx_(ctx), plan_(std::move(
 
 Executor::~Executor() { ctx_.forget_segments(id_); }
 
+const PoolSpec* Executor::exit_pool_after(size_t step, const RunOptions& opts) const {
+  for (const ExitPoint& e : plan_.exits) {
+    if (e.after_step != int(step)) continue;
+    if (e.slot != plan_.steps[step].out_slot) return nullptr;
+    if (opts.memory && opts.memory->spec().exit == e.id) return &opts.memory->spec().pool;
+    const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
+    return head >= 0 ? &opts.heads->specs()[size_t(head)].pool : nullptr;
+  }
+  return nullptr;
+}
+
 float* Executor::exit_pooled(int dim) {
   const size_t bytes = size_t(plan_.max_batch) * size_t(dim) * sizeof(float);
   if (!exit_pooled_ || exit_pooled_->bytes() < bytes) {
@@ -182,6 +193,7 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
           ctx_.input_from_stage({n, s.out.h, s.out.w, s.out.c}, slot(s.out_slot));
           break;
         case StepKind::Conv:
+          if (const PoolSpec* pool = exit_pool_after(i, opts)) ctx_.conv_feeds_exit(*pool);
           ctx_.conv(s.conv, slot(s.in_slot), s.in.with_batch(alive), slot(s.out_slot),
                     s.residual_slot >= 0 ? slot(s.residual_slot) : nullptr, s.relu);
           break;

@@ -97,6 +97,10 @@ class Executor {
   // grown on the first run with heads wider than any before (a one-time
   // allocation).
   float* exit_pooled(int dim);
+  // The pooling of the exit right after step `step` when that step writes
+  // the activation the exit reads and something pools it there (the
+  // memory, first, or a head); null otherwise.
+  const PoolSpec* exit_pool_after(size_t step, const RunOptions& opts) const;
 
   std::unique_ptr<Buffer> arena_, state_, exit_pooled_;
   ExitState st_;

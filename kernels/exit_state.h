@@ -131,6 +131,11 @@ struct LinearHeadView {
   PoolSpec pool;
   const float* selector = nullptr;  // [selector_k + 1]: weights of the sorted probabilities, then a bias
   int selector_k = 0;               // 0: no selector
+  // Optional: the same weights as IEEE halves [classes, dim], set by a
+  // backend when every weight is a half exactly (gati cache build rounds
+  // them so), so a kernel reads half the bytes and computes the same
+  // floats: at batch 1 a head's cost is reading its weights.
+  const uint16_t* weight_f16 = nullptr;
 };
 
 // Probabilities a selector reads (kept in registers by the CUDA kernel).

@@ -20,6 +20,7 @@
 #include "random_model.h"
 #include "test_util.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 

@@ -9,6 +9,7 @@
 #include "kernels/cpu/gemm_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "test_util.h"
+#include "weights/common/error.h"
 
 namespace gati {
 namespace {
@@ -82,16 +83,28 @@ struct ConvCase {
 
 class Conv : public ::testing::TestWithParam<std::tuple<ConvCase, int>> {};
 
+// One convolution's random input, weights, bias and residual (seeds from `seed`).
+struct ConvData {
+  cpu::ConvParams p;
+  int oh, ow;
+  size_t out_elems;
+  std::vector<float> in, w, bias, res;
+  ConvData(const ConvCase& c, int n, uint32_t seed)
+      : p{c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups},
+        oh(p.out_size(c.h)),
+        ow(p.out_size(c.w)),
+        out_elems(size_t(n) * size_t(oh) * size_t(ow) * size_t(c.cout)),
+        in(test::random_floats(size_t(n) * size_t(c.h) * size_t(c.w) * size_t(c.cin), seed)),
+        w(test::random_floats(size_t(c.cout) * size_t(c.cin / c.groups) * size_t(c.kernel * c.kernel), seed + 1,
+                              1.0f / std::sqrt(float(c.cin / c.groups * c.kernel * c.kernel)))),
+        bias(test::random_floats(size_t(c.cout), seed + 2)),
+        res(test::random_floats(out_elems, seed + 3)) {}
+};
+
 TEST_P(Conv, MatchesReference) {
   const auto [c, n] = GetParam();
-  const cpu::ConvParams p{c.cin, c.cout, c.kernel, c.stride, c.pad, c.groups};
-  const int oh = p.out_size(c.h), ow = p.out_size(c.w);
-  const size_t out_elems = size_t(n) * size_t(oh) * size_t(ow) * size_t(c.cout);
-  const auto in = test::random_floats(size_t(n) * size_t(c.h) * size_t(c.w) * size_t(c.cin), 11);
-  const auto w = test::random_floats(size_t(c.cout) * size_t(c.cin / c.groups) * size_t(c.kernel * c.kernel), 12,
-                                     1.0f / std::sqrt(float(c.cin / c.groups * c.kernel * c.kernel)));
-  const auto bias = test::random_floats(size_t(c.cout), 13);
-  const auto res = test::random_floats(out_elems, 14);
+  const ConvData d(c, n, 11);
+  const auto& [p, oh, ow, out_elems, in, w, bias, res] = d;
   for (bool with_residual : {false, true}) {
     std::vector<float> ref(out_elems);
     cpu::conv2d_nhwc_reference(p, w.data(), bias.data(), in.data(), n, c.h, c.w, ref.data(),
@@ -103,6 +116,41 @@ TEST_P(Conv, MatchesReference) {
     ASSERT_TRUE(test::all_close(got.data(), ref.data(), out_elems, 1e-5, 1e-4))
         << c.what << " residual " << with_residual;
     EXPECT_TRUE(got.guards_intact()) << c.what;
+  }
+}
+
+// Pooling in the epilogue (RowPool): the features an exit would pool from
+// the output, bit for bit, for every pooling the exits use (cells that
+// overlap on odd sizes included), and the output itself unchanged; the
+// direct grouped kernel does not pool, grouped GEMMs refuse.
+TEST_P(Conv, PoolsItsOutputAsTheExitWould) {
+  const auto [c, n] = GetParam();
+  const ConvData d(c, n, 15);
+  const auto& [p, oh, ow, out_elems, in, w, bias, res] = d;
+  const cpu::PackedConv pc = cpu::pack_conv(p, w.data(), bias.data());
+  cpu::Workspace ws;
+  std::vector<float> plain(out_elems);
+  cpu::conv2d_nhwc(pc, in.data(), n, c.h, c.w, plain.data(), res.data(), true, ws);
+  for (const PoolSpec pool : {PoolSpec{1, false}, PoolSpec{1, true}, PoolSpec{2, false}, PoolSpec{4, true}}) {
+    const size_t dim = size_t(pool.features(c.cout));
+    cpu::RowPool rows;
+    rows.start(n, oh, ow, c.cout, pool);
+    std::vector<float> out(out_elems);
+    if (c.groups != 1 && pc.grouped.empty()) {
+      EXPECT_THROW(cpu::conv2d_nhwc(pc, in.data(), n, c.h, c.w, out.data(), res.data(), true, ws, &rows), Error);
+      continue;
+    }
+    const bool pooled = cpu::conv2d_nhwc(pc, in.data(), n, c.h, c.w, out.data(), res.data(), true, ws, &rows);
+    EXPECT_EQ(pooled, pc.grouped.empty()) << c.what;
+    ASSERT_EQ(std::memcmp(out.data(), plain.data(), out_elems * sizeof(float)), 0) << c.what;
+    if (!pooled) continue;
+    std::vector<float> want(size_t(n) * dim), got(size_t(n) * dim, kSentinel);
+    cpu::pool_features_nhwc(out.data(), n, oh, ow, c.cout, pool, want.data());
+    cpu::pool_features_from_rows(rows, got.data());
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+          << c.what << " grid " << pool.grid << " max " << pool.with_max << " feature " << i << ": " << got[i] << " vs "
+          << want[i];
   }
 }
 
@@ -166,6 +214,39 @@ TEST(Pool, GlobalAveragePoolMatchesReference) {
     }
   EXPECT_TRUE(test::all_close(got.data(), ref.data(), ref.size(), 1e-6, 1e-5));
   EXPECT_TRUE(got.guards_intact());
+}
+
+// The exits' pooling against a plain double-precision mean (and max) per
+// cell, with PyTorch's adaptive cells, overlapping ones included.
+TEST(Pool, ExitFeaturesMatchTheCellsMeanAndMax) {
+  const int n = 2, h = 7, w = 9, c = 40;
+  const auto in = test::random_floats(size_t(n * h * w * c), 33);
+  for (const PoolSpec pool : {PoolSpec{1, false}, PoolSpec{3, true}, PoolSpec{4, false}}) {
+    const int g = pool.grid, cells = pool.cells();
+    const size_t dim = size_t(pool.features(c));
+    Guarded got(size_t(n) * dim);
+    cpu::pool_features_nhwc(in.data(), n, h, w, c, pool, got.data());
+    std::vector<float> ref(size_t(n) * dim);
+    for (int i = 0; i < n; ++i)
+      for (int cell = 0; cell < cells; ++cell) {
+        const int y0 = pool_cell_begin(cell / g, h, g), y1 = pool_cell_end(cell / g, h, g);
+        const int x0 = pool_cell_begin(cell % g, w, g), x1 = pool_cell_end(cell % g, w, g);
+        for (int ch = 0; ch < c; ++ch) {
+          double s = 0;
+          float m = -INFINITY;
+          for (int y = y0; y < y1; ++y)
+            for (int x = x0; x < x1; ++x) {
+              const float v = in[size_t(((i * h + y) * w + x) * c + ch)];
+              s += v;
+              m = std::max(m, v);
+            }
+          ref[size_t(i) * dim + size_t(cell * c + ch)] = float(s / ((y1 - y0) * (x1 - x0)));
+          if (pool.with_max) ref[size_t(i) * dim + size_t((cells + cell) * c + ch)] = m;
+        }
+      }
+    EXPECT_TRUE(test::all_close(got.data(), ref.data(), ref.size(), 1e-6, 1e-5)) << "grid " << g;
+    EXPECT_TRUE(got.guards_intact());
+  }
 }
 
 TEST(Layout, NchwToNhwc) {

@@ -7,9 +7,12 @@
 #include <cstdint>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <thread>
 
+#include "cache/learned_cache.h"
 #include "engine/engine.h"
 #include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
@@ -17,6 +20,7 @@
 #include "kernels/cpu/pool_cpu.h"
 #include "random_model.h"
 #include "test_util.h"
+#include "weights/common/half.h"
 
 namespace gati {
 namespace {
@@ -262,6 +266,122 @@ TEST_P(PerSampleExits, InABatchMatchTheCascadeAndEachSampleAlone) {
       EXPECT_TRUE(test::all_close(l1.data(), logits.data() + i * f.classes, size_t(f.classes), 1e-5, 1e-5));
     }
   }
+}
+
+// What the CPU backend does to make exits cheap changes no answer, bit for
+// bit: pooling inside the convolution's epilogue (GATI_CPU_POOL_IN_CONV=0
+// turns it off) on basic blocks and on bottlenecks (whose 1x1 output
+// convolution is a direct GEMM), for every pooling, with per-sample exits
+// and compaction; and heads whose weights are halves exactly, which the
+// backend keeps and reads as halves.
+TEST(Runtime, PoolingInTheConvolutionAndHalfWeightsChangeNoAnswer) {
+  const char* bottleneck =
+      R"({"name":"bottleneck_tiny","block":"bottleneck","layers":[1,2,1],"widths":[8,16,32],"stem":"imagenet",
+          "stem_width":16,"groups":1,"width_per_group":64,"in_channels":3,"input_size":[40,40],"num_classes":7,
+          "mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]})";
+  for (const char* arch : {test::kSmallArch, bottleneck}) {
+    Fixture f(arch);
+    const int n = 16;
+    const std::vector<PoolSpec> pools = {parse_pool("avg"), parse_pool("mix2x2"), parse_pool("avg4x4"),
+                                         parse_pool("mix")};
+    const std::vector<float> x = diverse_inputs(size_t(n), f.per, 17);
+    std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled_per_exit(f.engine, x, n, pools), n, pools);
+    for (ExitHeadSpec& h : specs) round_weights_to_half(h);
+    const auto heads = f.engine.make_exit_heads(specs);
+    for (size_t i = 0; i < specs.size(); ++i) ASSERT_NE(heads->view(int(i)).weight_f16, nullptr) << "head " << i;
+    std::vector<ExitHeadSpec> inexact = specs;  // one weight off a half: the backend reads the floats
+    inexact[0].weight[0] = std::nextafter(inexact[0].weight[0], 1.f);
+    EXPECT_EQ(f.engine.make_exit_heads(inexact)->view(0).weight_f16, nullptr);
+
+    auto run = [&](bool pool_in_conv) {
+      if (pool_in_conv)
+        unsetenv("GATI_CPU_POOL_IN_CONV");
+      else
+        setenv("GATI_CPU_POOL_IN_CONV", "0", 1);
+      Session s = f.engine.session();
+      unsetenv("GATI_CPU_POOL_IN_CONV");
+      RunOptions o;
+      o.heads = heads.get();
+      std::vector<SampleResult> r(n);
+      std::vector<float> logits(size_t(n * f.classes));
+      s.run(x.data(), n, f.c, f.h, f.w, r.data(), logits.data(), o);
+      return std::make_pair(r, logits);
+    };
+    const auto [plain, plain_logits] = run(false);
+    const auto [fused, fused_logits] = run(true);
+    std::vector<int> exits;
+    for (int i = 0; i < n; ++i) {
+      SCOPED_TRACE(std::string(f.engine.arch().name) + " sample " + std::to_string(i));
+      exits.push_back(plain[size_t(i)].exit);
+      EXPECT_EQ(fused[size_t(i)].exit, plain[size_t(i)].exit);
+      EXPECT_EQ(fused[size_t(i)].label, plain[size_t(i)].label);
+      EXPECT_EQ(std::memcmp(&fused[size_t(i)].confidence, &plain[size_t(i)].confidence, sizeof(float)), 0);
+      if (plain[size_t(i)].exit == kFullModel) {
+        EXPECT_EQ(std::memcmp(fused_logits.data() + i * f.classes, plain_logits.data() + i * f.classes,
+                              size_t(f.classes) * sizeof(float)),
+                  0);
+      }
+    }
+    std::sort(exits.begin(), exits.end());
+    EXPECT_GE(std::unique(exits.begin(), exits.end()) - exits.begin(), 3) << "samples should leave at several exits";
+  }
+}
+
+// The linear head's kernel reads halves or floats of the same weights and
+// gives the same scores, decisions and confidences, bit for bit, at any
+// batch (4 rows at a time and the rest one by one), with a dimension that
+// is not a multiple of the 16 lanes and a class count not of the 4 rows.
+TEST(Runtime, HalfWeightsScoreExactlyAsTheirFloats) {
+  const int n = 7, dim = 203, classes = 10;
+  ExitHeadSpec h;
+  h.dim = dim;
+  h.classes = classes;
+  h.mean = random_floats(size_t(dim), 1, 0.2f);
+  h.inv_std.assign(size_t(dim), 1.3f);
+  h.weight = random_floats(size_t(dim) * size_t(classes), 2, 0.3f);
+  h.bias = random_floats(size_t(classes), 3, 0.3f);
+  round_weights_to_half(h);
+  std::vector<uint16_t> halves(h.weight.size());
+  for (size_t i = 0; i < halves.size(); ++i) {
+    ASSERT_TRUE(is_half_exact(h.weight[i]));
+    halves[i] = float_to_half(h.weight[i]);
+  }
+  const std::vector<float> pooled = random_floats(size_t(n) * size_t(dim), 4);
+  LinearHeadView v = host_linear_view(h);
+  std::vector<float> confs;  // the threshold between the rows' middle confidences: some hit, some not
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> z(static_cast<size_t>(classes));
+    cpu::linear_head_scores(v, pooled.data() + size_t(i) * size_t(dim), z.data());
+    cpu::top_softmax(z.data(), classes, &confs.emplace_back());
+  }
+  std::sort(confs.begin(), confs.end());
+  v.threshold = 0.5f * (confs[size_t(n / 2)] + confs[size_t(n / 2 + 1)]);
+  auto decide = [&](const uint16_t* w16) {
+    v.weight_f16 = w16;
+    std::vector<unsigned char> buf(exit_state_bytes(n, classes));
+    const ExitState st = exit_state_at(buf.data(), n);
+    cpu::begin_exits(st, n, classes);
+    cpu::exit_head_linear_pooled(pooled.data(), n, v, 3, st, 0);
+    return buf;
+  };
+  const std::vector<unsigned char> with_floats = decide(nullptr), with_halves = decide(halves.data());
+  EXPECT_EQ(with_floats, with_halves);
+  const ExitState st = exit_state_at(const_cast<unsigned char*>(with_floats.data()), n);
+  int hits = 0;
+  for (int i = 0; i < n; ++i) {
+    hits += st.hit[i];
+    float conf;  // one row alone, through the single-row scorer
+    std::vector<float> z(static_cast<size_t>(classes));
+    cpu::linear_head_scores(host_linear_view(h), pooled.data() + size_t(i) * size_t(dim), z.data());
+    const int label = cpu::top_softmax(z.data(), classes, &conf);
+    EXPECT_EQ(st.hit[i], conf >= v.threshold ? 1 : 0) << "row " << i;
+    if (st.hit[i]) {
+      EXPECT_EQ(st.label[i], label);
+      EXPECT_EQ(std::memcmp(&st.confidence[i], &conf, sizeof conf), 0);
+    }
+  }
+  EXPECT_GT(hits, 0);
+  EXPECT_LT(hits, n);
 }
 
 TEST(Runtime, ObserverSeesTheCompactedRowsAndTheirSamples) {

@@ -10,6 +10,7 @@
 
 #include "test_util.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/common/json_read.h"
 #include "weights/safetensors.h"
 

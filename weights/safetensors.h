@@ -82,9 +82,7 @@ class SafeTensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-// IEEE half / bfloat16 to float.
-float half_to_float(uint16_t h);
+// bfloat16 to float (IEEE halves: weights/common/half.h).
 float bf16_to_float(uint16_t b);
-uint16_t float_to_half(float f);
 
 }  // namespace gati

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/backend.h"
@@ -24,6 +26,7 @@
 #include "kernels/cpu/threads.h"
 #include "weights/common/aligned.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/model.h"
 
 namespace gati {
@@ -41,11 +44,29 @@ class HostBuffer final : public Buffer {
   size_t bytes_;
 };
 
+// The specs as they are, and for a linear head whose weights are all
+// halves exactly (gati cache build rounds them so) a copy as halves, which
+// the kernel reads instead: the same values in half the bytes.
 class CpuExitHeads final : public ExitHeads {
  public:
-  CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {}
-  LinearHeadView view(int head) const override { return host_linear_view(linear_spec(head)); }
+  CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
+    halves_.resize(specs_.size());
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const std::vector<float>& w = specs_[i].weight;
+      if (specs_[i].kind != HeadKind::kLinear || !std::all_of(w.begin(), w.end(), is_half_exact)) continue;
+      halves_[i].resize(w.size());
+      std::transform(w.begin(), w.end(), halves_[i].begin(), float_to_half);
+    }
+  }
+  LinearHeadView view(int head) const override {
+    LinearHeadView v = host_linear_view(linear_spec(head));
+    if (!halves_[size_t(head)].empty()) v.weight_f16 = halves_[size_t(head)].data();
+    return v;
+  }
   DistanceHeadView distance_view(int head) const override { return host_distance_view(distance_spec(head)); }
+
+ private:
+  std::vector<std::vector<uint16_t>> halves_;  // per head; empty: read the floats
 };
 
 class CpuDevice final : public BackendDevice {
@@ -84,6 +105,11 @@ class CpuDevice final : public BackendDevice {
   std::vector<float> fc_bias_;
 };
 
+bool pool_in_conv_wanted() {
+  const char* v = std::getenv("GATI_CPU_POOL_IN_CONV");
+  return !(v && std::string(v) == "0");
+}
+
 class CpuContext final : public BackendContext {
  public:
   CpuContext(std::shared_ptr<const CpuDevice> device, int threads) : device_(std::move(device)), threads_(threads) {}
@@ -94,16 +120,32 @@ class CpuContext final : public BackendContext {
   void stage_input(const float* host, const Act&) override { staged_ = host; }
   void input_from_stage(const Act& s, float* dst) override {
     cpu::ThreadScope t(threads_);
+    pooled_act_ = nullptr;
     cpu::nchw_to_nhwc(staged_, s.n, s.c, s.h, s.w, dst);
+  }
+
+  void conv_feeds_exit(const PoolSpec& pool) override {
+    if (!pool_in_conv_) return;
+    next_pool_ = pool;
+    pool_next_ = true;
   }
 
   void conv(int conv, const float* in, const Act& s, float* out, const float* residual, bool relu) override {
     cpu::ThreadScope t(threads_);
-    cpu::conv2d_nhwc(device_->conv(conv), in, s.n, s.h, s.w, out, residual, relu, ws_);
+    pooled_act_ = nullptr;
+    const cpu::PackedConv& pc = device_->conv(conv);
+    cpu::RowPool* pool = nullptr;
+    if (pool_next_ && pc.grouped.empty() && pc.p.groups == 1) {
+      rows_.start(s.n, pc.p.out_size(s.h), pc.p.out_size(s.w), pc.p.cout, next_pool_);
+      pool = &rows_;
+    }
+    pool_next_ = false;
+    if (cpu::conv2d_nhwc(pc, in, s.n, s.h, s.w, out, residual, relu, ws_, pool)) pooled_act_ = out;
   }
 
   void max_pool(const float* in, const Act& s, int kernel, int stride, int pad, float* out) override {
     cpu::ThreadScope t(threads_);
+    pooled_act_ = nullptr;
     cpu::max_pool_nhwc(in, s.n, s.h, s.w, s.c, kernel, stride, pad, out);
   }
 
@@ -114,7 +156,7 @@ class CpuContext final : public BackendContext {
 
   void pool_features(const float* in, const Act& s, const PoolSpec& pool, float* out) override {
     cpu::ThreadScope t(threads_);
-    cpu::pool_features_nhwc(in, s.n, s.h, s.w, s.c, pool, out);
+    if (!pooled_in_conv(in, s, pool, out)) cpu::pool_features_nhwc(in, s.n, s.h, s.w, s.c, pool, out);
   }
 
   void classifier(const float* pooled, int n, float* logits) override {
@@ -130,13 +172,16 @@ class CpuContext final : public BackendContext {
                  int pos, float* pooled) override {
     cpu::ThreadScope t(threads_);
     check_exit_head_fits(heads, head, s);
-    if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
-      cpu::exit_head_linear(act, s.n, s.h, s.w, s.c, heads.view(head), exit_id, st, pos, pooled);
+    const ExitHeadSpec& spec = heads.specs()[size_t(head)];
+    pool_features(act, s, spec.pool, pooled);
+    if (spec.kind == HeadKind::kLinear)
+      cpu::exit_head_linear_pooled(pooled, s.n, heads.view(head), exit_id, st, pos);
     else
-      cpu::exit_head_distance(act, s.n, s.h, s.w, s.c, heads.distance_view(head), exit_id, st, pos, pooled);
+      cpu::exit_head_distance_pooled(pooled, s.n, heads.distance_view(head), exit_id, st, pos);
   }
 
   void compact(float* act, const Act& s, const ExitState& st, int pos_in, int pos_out) override {
+    pooled_act_ = nullptr;
     cpu::compact_rows(act, s.n, s.per_sample(), st, pos_in, pos_out);
   }
 
@@ -156,8 +201,9 @@ class CpuContext final : public BackendContext {
   void memory_lookup(const MemoryView& m, const float* act, const Act& s, int exit_id, const ExitState& st, int pos,
                      float* pooled) override {
     check_pool_fits("memory at exit " + std::to_string(exit_id), m.dim, m.pool, s.c);
+    pool_features(act, s, m.pool, pooled);
     cpu::ThreadScope t(threads_);
-    cpu::memory_lookup(act, s.n, s.h, s.w, s.c, m, exit_id, st, pos, pooled);
+    cpu::memory_lookup_pooled(pooled, s.n, m, exit_id, st, pos);
   }
   void memory_insert(const MemoryView& m, const ExitState& st, int n) override { cpu::memory_insert(m, st, n); }
 
@@ -186,8 +232,27 @@ class CpuContext final : public BackendContext {
   void synchronize() override {}
 
  private:
+  // Whether the last conv() pooled its output `act` of shape s as `pool`
+  // wants (conv_feeds_exit); then the finished features go to out.
+  bool pooled_in_conv(const float* act, const Act& s, const PoolSpec& pool, float* out) const {
+    if (!act || act != pooled_act_ || s.n != rows_.n || s.h != rows_.h || s.w != rows_.w || s.c != rows_.c ||
+        pool.grid != rows_.pool.grid || pool.with_max != rows_.pool.with_max)
+      return false;
+    cpu::pool_features_from_rows(rows_, out);
+    return true;
+  }
+
   std::shared_ptr<const CpuDevice> device_;
   int threads_;
+  // Pooling in the convolution's epilogue (GATI_CPU_POOL_IN_CONV=0 turns it
+  // off, for measuring what it saves): the pooling asked for, and the
+  // activation whose row sums rows_ holds (null once anything may have
+  // moved or rewritten it).
+  bool pool_in_conv_ = pool_in_conv_wanted();
+  bool pool_next_ = false;
+  PoolSpec next_pool_;
+  cpu::RowPool rows_;
+  const float* pooled_act_ = nullptr;
   const float* staged_ = nullptr;  // the caller's input, read in place
   cpu::Workspace ws_;
   std::chrono::steady_clock::time_point start_;

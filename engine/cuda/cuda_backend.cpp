@@ -58,6 +58,7 @@
 #include "kernels/cuda/skip.cuh"
 #include "weights/common/checked.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
 

@@ -230,8 +230,8 @@ PackedConv pack_conv(const ConvParams& p, const float* weight, const float* bias
   return pc;
 }
 
-void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
-                 bool relu, Workspace& ws) {
+bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
+                 bool relu, Workspace& ws, RowPool* pool) {
   const ConvParams& p = conv.p;
   const int oh = p.out_size(h), ow = p.out_size(w);
   if (oh <= 0 || ow <= 0) fail("conv: input ", h, "x", w, " too small for kernel ", p.kernel, " stride ", p.stride);
@@ -240,15 +240,21 @@ void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
   const int kcols = p.kernel * p.kernel * cin_g;
   if (!conv.grouped.empty()) {
     conv_grouped_direct(conv, in, n, h, w, out, residual, relu);
-    return;
+    return false;
   }
+  if (pool && (p.groups != 1 || pool->n != n || pool->h != oh || pool->w != ow || pool->c != p.cout))
+    fail("conv: pooling sized for ", pool->n, "x", pool->h, "x", pool->w, "x", pool->c, ", output ", n, "x", oh, "x",
+         ow, "x", p.cout, " in ", p.groups, " groups");
   const bool direct = p.kernel == 1 && p.stride == 1 && p.pad == 0;
   // With rows for every thread, each thread im2cols one block of rows into
   // its own buffer of about 256 KiB (L2) and multiplies it at once: the
   // im2col matrix never travels to memory and back, which at batch 8 costs
   // more than the arithmetic on ResNet's early layers.
   const int threads = thread_count();
-  const int block_rows = std::clamp(65536 / kcols / 12 * 12, 24, 384);
+  // (With pooling, whole output rows per block: RowPool takes each image
+  // row's pixels in order from one thread.)
+  int block_rows = std::clamp(65536 / kcols / 12 * 12, 24, 384);
+  if (pool) block_rows = std::max(1, (block_rows + ow / 2) / ow) * ow;
   const int blocks = (m + block_rows - 1) / block_rows;
   if (!direct && blocks >= 2 * threads) {
     float* base = ws.get(size_t(threads) * size_t(block_rows) * size_t(kcols));
@@ -263,32 +269,38 @@ void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
         ep.relu = relu;
         ep.ldr = p.cout;
         ep.residual = residual ? residual + size_t(r0) * size_t(p.cout) + size_t(g * cout_g) : nullptr;
+        ep.pool = pool;
+        ep.pool_row0 = size_t(r0);
         gemm(rows, col, kcols, conv.groups[size_t(g)], out + size_t(r0) * size_t(p.cout) + size_t(g * cout_g), p.cout,
              ep);
       }
     }
-    return;
+    return pool != nullptr;
   }
   for (int g = 0; g < p.groups; ++g) {
     Epilogue ep;
     ep.bias = conv.bias.data() + g * cout_g;
     ep.relu = relu;
     ep.ldr = p.cout;
+    ep.pool = pool;
     if (direct) {
       ep.residual = residual ? residual + g * cout_g : nullptr;
       gemm(m, in + g * cin_g, p.cin, conv.groups[size_t(g)], out + g * cout_g, p.cout, ep);
       continue;
     }
-    const int chunk = int(std::clamp<size_t>(kIm2colFloats / size_t(kcols), 64, size_t(m)));
+    int chunk = int(std::clamp<size_t>(kIm2colFloats / size_t(kcols), 64, size_t(m)));
+    if (pool) chunk = std::max(1, chunk / ow) * ow;
     float* col = ws.get(size_t(chunk) * size_t(kcols));
     for (int r0 = 0; r0 < m; r0 += chunk) {
       const int rows = std::min(chunk, m - r0);
       im2col(p, in, h, w, oh, ow, g, r0, rows, col);
       ep.residual = residual ? residual + size_t(r0) * size_t(p.cout) + size_t(g * cout_g) : nullptr;
+      ep.pool_row0 = size_t(r0);
       gemm(rows, col, kcols, conv.groups[size_t(g)], out + size_t(r0) * size_t(p.cout) + size_t(g * cout_g), p.cout,
            ep);
     }
   }
+  return pool != nullptr;
 }
 
 void conv2d_nhwc_reference(const ConvParams& p, const float* weight, const float* bias, const float* in, int n, int h,

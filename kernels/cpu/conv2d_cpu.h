@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
 
 namespace gati::cpu {
 
@@ -28,7 +29,6 @@ struct PackedConv {
   std::vector<float> grouped;
 };
 
-
 // Packs PyTorch-ordered weights [cout, cin/groups, k, k] and a bias [cout].
 PackedConv pack_conv(const ConvParams& p, const float* weight_oihw, const float* bias);
 
@@ -40,8 +40,12 @@ struct Workspace {
 };
 
 // out[n, oh, ow, cout] = relu?(conv(in) + bias + residual?)
-void conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
-                 bool relu, Workspace& ws);
+// With `pool` (started for [n, oh, ow, cout]), the output is also pooled as
+// it is written, while it is still in cache, where this convolution's path
+// allows (the GEMM paths, not the direct grouped kernel); returns whether
+// it was (pool then holds the output's row sums).
+bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
+                 bool relu, Workspace& ws, RowPool* pool = nullptr);
 
 // Straight loops from the unpacked weights, in double: the test oracle.
 void conv2d_nhwc_reference(const ConvParams& p, const float* weight_oihw, const float* bias, const float* in, int n,

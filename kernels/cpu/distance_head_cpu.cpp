@@ -73,6 +73,11 @@ int distance_head_predict(const DistanceHeadView& h, const float* pooled, float*
 void exit_head_distance(const float* act, int n, int height, int width, int c, const DistanceHeadView& h, int exit_id,
                         const ExitState& st, int pos, float* pooled) {
   pool_features_nhwc(act, n, height, width, c, h.pool, pooled);
+  exit_head_distance_pooled(pooled, n, h, exit_id, st, pos);
+}
+
+void exit_head_distance_pooled(const float* pooled, int n, const DistanceHeadView& h, int exit_id, const ExitState& st,
+                               int pos) {
   const bool wide = size_t(n) * size_t(h.entries) * size_t(h.reduced) > 262144;
   parallel_for(n, wide && n > 1, [&](int row) {
     float conf;

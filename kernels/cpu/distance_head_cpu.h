@@ -29,5 +29,8 @@ int distance_head_predict(const DistanceHeadView& h, const float* pooled, float*
 // sample's answer does not depend on its batch.
 void exit_head_distance(const float* act, int n, int height, int width, int c, const DistanceHeadView& h, int exit_id,
                         const ExitState& st, int pos, float* pooled);
+// The same from features already pooled: pooled[n, h.dim].
+void exit_head_distance_pooled(const float* pooled, int n, const DistanceHeadView& h, int exit_id, const ExitState& st,
+                               int pos);
 
 }  // namespace gati::cpu

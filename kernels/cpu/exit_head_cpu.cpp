@@ -9,8 +9,13 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
+#include "weights/common/half.h"
 
 namespace gati::cpu {
 
@@ -43,22 +48,64 @@ float lane_dot(const float* w, const float* x, int dim) {
 
 namespace {
 
-// lane_dot of kRows weight rows with one x: each row's sum is lane_dot's,
-// lane for lane and in the same order (its CUDA twin reproduces it), but
-// the rows' independent adds overlap instead of each waiting on the last.
+// lane_dot of kRows weight rows with S inputs x[s] (rows xstride apart):
+// out[s * kRows + r] = lane_dot(w_r, x_s), each sum lane_dot's, lane for
+// lane and in the same order (its CUDA twin reproduces it).  The rows'
+// and inputs' independent chains overlap instead of each waiting on the
+// last, and each weight vector loaded serves S inputs: at batch 8 a head
+// is bound by arithmetic, not by loads.
 constexpr int kRows = 4;
-void lane_dot_rows(const float* w, size_t stride, const float* x, int dim, float* out) {
+typedef float v16 __attribute__((vector_size(64)));
+static_assert(sizeof(v16) == kLanes * sizeof(float));
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+// 16 weights as floats, from floats or from halves (exact either way).
+inline v16 load16(const uint16_t* p) {
+#if defined(__AVX512F__)
+  // (The zero-masked form: GCC 12 warns about the plain one's undefined source.)
+  const __m512 v = _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  v16 r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+#else
+  v16 r;
+  for (int l = 0; l < kLanes; ++l) r[l] = half_to_float(p[l]);
+  return r;
+#endif
+}
+inline float weight_at(const float* w, size_t i) { return w[i]; }
+inline float weight_at(const uint16_t* w, size_t i) { return half_to_float(w[i]); }
+
+template <int S, class W>
+void lane_dot_block(const W* w, size_t stride, const float* x, size_t xstride, int dim, float* out) {
   const int full = dim / kLanes * kLanes;
-  float lane[kRows][kLanes] = {};
-  for (int d = 0; d < full; d += kLanes)
-    for (int r = 0; r < kRows; ++r)
-      for (int l = 0; l < kLanes; ++l) lane[r][l] += w[size_t(r) * stride + size_t(d + l)] * x[d + l];
-  for (int r = 0; r < kRows; ++r) {
-    for (int d = full; d < dim; ++d) lane[r][d - full] += w[size_t(r) * stride + size_t(d)] * x[d];
-    float s = 0;
-    for (int l = 0; l < kLanes; ++l) s += lane[r][l];
-    out[r] = s;
+  v16 acc[S][kRows] = {};
+  for (int d = 0; d < full; d += kLanes) {
+    v16 wv[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      wv[r] = load16(w + size_t(r) * stride + size_t(d));
+#if defined(__AVX512F__)
+      asm("" : "+v"(wv[r]));  // kept in a register: GCC would load it again for every input
+#endif
+    }
+    for (int s = 0; s < S; ++s) {
+      const v16 xv = load16(x + size_t(s) * xstride + size_t(d));
+      for (int r = 0; r < kRows; ++r) acc[s][r] += wv[r] * xv;
+    }
   }
+  for (int s = 0; s < S; ++s)
+    for (int r = 0; r < kRows; ++r) {
+      float lane[kLanes];
+      std::memcpy(lane, &acc[s][r], sizeof lane);
+      for (int d = full; d < dim; ++d)
+        lane[d - full] += weight_at(w, size_t(r) * stride + size_t(d)) * x[size_t(s) * xstride + size_t(d)];
+      float sum = 0;
+      for (int l = 0; l < kLanes; ++l) sum += lane[l];
+      out[s * kRows + r] = sum;
+    }
 }
 
 // (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
@@ -119,6 +166,11 @@ void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) 
 void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
                       const ExitState& st, int pos, float* pooled) {
   pool_features_nhwc(act, n, height, width, c, h.pool, pooled);
+  exit_head_linear_pooled(pooled, n, h, exit_id, st, pos);
+}
+
+void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h, int exit_id, const ExitState& st,
+                             int pos) {
   // Scores for all rows at once, class-major: each class's weights (one row
   // of W) are read once per batch, not once per sample, and classes split
   // across threads.  Per row the arithmetic is linear_head_scores', lane for
@@ -138,18 +190,34 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
   const int groups = (h.classes + kRows - 1) / kRows;
   parallel_for(groups, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int g) {
     const int k0 = g * kRows;
-    const float* w = h.weight + size_t(k0) * size_t(h.dim);
-    for (int row = 0; row < n; ++row) {
-      float* zr = z + size_t(row) * size_t(h.classes);
-      const float* x = xs + size_t(row) * size_t(padded);
-      if (k0 + kRows <= h.classes) {
-        float dots[kRows];
-        lane_dot_rows(w, size_t(h.dim), x, h.dim, dots);
-        for (int r = 0; r < kRows; ++r) zr[k0 + r] = dots[r] + h.bias[k0 + r];
-      } else {
+    if (k0 + kRows > h.classes) {  // the last classes, one by one
+      for (int row = 0; row < n; ++row)
         for (int k = k0; k < h.classes; ++k)
-          zr[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), x, h.dim) + h.bias[k];
+          z[size_t(row) * size_t(h.classes) + size_t(k)] =
+              lane_dot(h.weight + size_t(k) * size_t(h.dim), xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
+      return;
+    }
+    constexpr int kInputs = 4;
+    float dots[kInputs * kRows];
+    for (int row = 0; row < n;) {
+      const int take = n - row >= kInputs ? kInputs : 1;
+      const float* x = xs + size_t(row) * size_t(padded);
+      const size_t at = size_t(k0) * size_t(h.dim);
+      if (h.weight_f16) {
+        if (take == kInputs)
+          lane_dot_block<kInputs>(h.weight_f16 + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
+        else
+          lane_dot_block<1>(h.weight_f16 + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
+      } else {
+        if (take == kInputs)
+          lane_dot_block<kInputs>(h.weight + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
+        else
+          lane_dot_block<1>(h.weight + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
       }
+      for (int s = 0; s < take; ++s)
+        for (int r = 0; r < kRows; ++r)
+          z[size_t(row + s) * size_t(h.classes) + size_t(k0 + r)] = dots[s * kRows + r] + h.bias[k0 + r];
+      row += take;
     }
   });
   for (int row = 0; row < n; ++row) {

@@ -17,6 +17,7 @@
 #include <new>
 #include <vector>
 
+#include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
 
 namespace gati::cpu {
@@ -113,6 +114,8 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       std::memcpy(c + r * ldc, tmp, sizeof(float) * size_t(cols));
     }
   }
+  // The finished rows, back from L1, into the exit's pooling.
+  if (last && ep.pool) ep.pool->add(ep.pool_row0 + size_t(row0), MR, col0, c, size_t(ldc), cols);
 }
 
 using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&, int);
@@ -140,7 +143,10 @@ PackedB pack_b(const float* b, int k, int n, int ldb) {
 void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, const Epilogue& ep) {
   if (m <= 0 || b.n <= 0) return;
   const int k = b.k;
-  const int row_blocks = (m + kMC - 1) / kMC;
+  // Row blocks of kMC rows, or with a pooling epilogue of whole image rows
+  // (about kMC), so that no image row is split between tiles.
+  const int mc = ep.pool ? std::max(1, (kMC + ep.pool->w / 2) / ep.pool->w) * ep.pool->w : kMC;
+  const int row_blocks = (m + mc - 1) / mc;
   const int panel_groups = (b.panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int tiles = row_blocks * panel_groups;
   if (k == 0) {  // degenerate: only the epilogue
@@ -148,13 +154,15 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
       for (int j = 0; j < b.n; ++j) {
         float v =
             (ep.bias ? ep.bias[j] : 0.f) + (ep.residual ? ep.residual[size_t(i) * size_t(ep.ldr) + size_t(j)] : 0.f);
-        c[size_t(i) * size_t(ldc) + size_t(j)] = ep.relu && v < 0 ? 0.f : v;
+        if (ep.relu && v < 0) v = 0.f;
+        c[size_t(i) * size_t(ldc) + size_t(j)] = v;
+        if (ep.pool) ep.pool->add(ep.pool_row0 + size_t(i), 1, j, &v, 1, 1);
       }
     return;
   }
   auto tile = [&](int t) {
     const int rb = t / panel_groups, pg = t % panel_groups;
-    const int r0 = rb * kMC, r1 = std::min(m, r0 + kMC);
+    const int r0 = rb * mc, r1 = std::min(m, r0 + mc);
     const int p0 = pg * kPanelsPerTile, p1 = std::min(b.panels, p0 + kPanelsPerTile);
     for (int k0 = 0; k0 < k; k0 += kKC) {
       const int kc = std::min(kKC, k - k0);

@@ -19,7 +19,6 @@ namespace gati::cpu {
 
 constexpr int kPanel = 32;  // columns per packed panel: two 16-float vectors
 
-
 struct PackedB {
   int k = 0, n = 0, panels = 0;
   AlignedFloats data;  // panels x k x kPanel
@@ -28,11 +27,19 @@ struct PackedB {
 // Packs B (row-major, k x n, leading dimension ldb).
 PackedB pack_b(const float* b, int k, int n, int ldb);
 
+struct RowPool;  // pool_cpu.h
+
 struct Epilogue {
   const float* bias = nullptr;      // [n] or null
   const float* residual = nullptr;  // [m, ldr] or null
   int ldr = 0;
   bool relu = false;
+  // Optional: the finished outputs also go to an exit's pooling, row i of C
+  // as pixel pool_row0 + i, column j as channel j.  pool_row0 must start an
+  // image row; the GEMM then keeps every image row of pool->w pixels inside
+  // one tile, handed over in order, as RowPool needs.
+  RowPool* pool = nullptr;
+  size_t pool_row0 = 0;
 };
 
 void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, const Epilogue& ep);

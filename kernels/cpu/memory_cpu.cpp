@@ -41,6 +41,10 @@ int nearest_entry(const float* q, const float* keys, int entries, int dim, float
 void memory_lookup(const float* act, int n, int height, int width, int c, const MemoryView& m, int exit_id,
                    const ExitState& st, int pos, float* pooled) {
   pool_features_nhwc(act, n, height, width, c, m.pool, pooled);
+  memory_lookup_pooled(pooled, n, m, exit_id, st, pos);
+}
+
+void memory_lookup_pooled(const float* pooled, int n, const MemoryView& m, int exit_id, const ExitState& st, int pos) {
   const int entries = m.fill[0];
   for (int row = 0; row < n; ++row) {
     const int sample = st.position[pos][row];

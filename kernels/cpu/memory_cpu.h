@@ -22,6 +22,8 @@ int nearest_entry(const float* q, const float* keys, int entries, int dim, float
 // kByMemory) for sample position[pos][row] and set hit[row] = 1 (else 0).
 void memory_lookup(const float* act, int n, int height, int width, int c, const MemoryView& m, int exit_id,
                    const ExitState& st, int pos, float* pooled);
+// The same from features already pooled: pooled[n, m.dim].
+void memory_lookup_pooled(const float* pooled, int n, const MemoryView& m, int exit_id, const ExitState& st, int pos);
 
 // After a run of n samples: each sample the full model answered with
 // confidence >= m.min_confidence, in sample order, becomes an entry (its

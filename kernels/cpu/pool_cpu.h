@@ -3,6 +3,9 @@
 // and the NCHW -> NHWC conversion of user input.
 #pragma once
 
+#include <cstddef>
+#include <vector>
+
 #include "kernels/exit_state.h"
 
 namespace gati::cpu {
@@ -14,10 +17,39 @@ void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int 
 void global_avg_pool_nhwc(const float* in, int n, int hw, int c, float* out);
 
 // An exit's features: out[n, pool.features(c)] from in[n, h, w, c] as
-// PoolSpec describes.  Each cell is summed row by row, left to right, and
-// scaled by 1/count in float (the CUDA twin does the same), so grid 1 without
-// max equals global_avg_pool_nhwc bit for bit.
+// PoolSpec describes.  In each cell, every image row's pixels are summed
+// left to right from 0, those row sums added top to bottom from 0, and the
+// total scaled by 1/count in float (the CUDA twin does the same, and so does
+// RowPool while a convolution writes the activation).
 void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolSpec& pool, float* out);
+
+// An exit's pooling done while a convolution writes the activation it pools
+// (Epilogue::pool in gemm_cpu.h), so that the exit never reads the
+// activation back from memory: per image row and cell column, each
+// channel's running sum (and maximum) over that row's pixels of the cell, in
+// the order pool_features_nhwc adds them.  The writer must hand each image
+// row's pixels over in order, from one thread (the GEMM's tiles keep whole
+// image rows); pool_features_from_rows then adds the rows, bit for bit as
+// pool_features_nhwc would.
+struct RowPool {
+  int n = 0, h = 0, w = 0, c = 0;
+  PoolSpec pool;
+  float* sums = nullptr;              // [n, h, grid, c]
+  float* maxes = nullptr;             // [n, h, grid, c] with pool.with_max, else null
+  std::vector<int> cell_lo, cell_hi;  // [w]: the cell columns holding column x (at most two overlap)
+
+  // Sized and cleared for an activation [n, h, w, c] (storage kept between uses).
+  void start(int n, int h, int w, int c, const PoolSpec& pool);
+  // Output pixels pixel0 .. pixel0 + count - 1 (pixel = image * h * w +
+  // y * w + x), channels [ch0, ch0 + cols): rows of v, ldv floats apart.
+  void add(size_t pixel0, int count, int ch0, const float* v, size_t ldv, int cols);
+
+ private:
+  std::vector<float> sums_, maxes_;
+};
+
+// The finished features out[n, pool.features(c)] of what RowPool gathered.
+void pool_features_from_rows(const RowPool& rows, float* out);
 
 void nchw_to_nhwc(const float* in, int n, int c, int h, int w, float* out);
 

@@ -43,8 +43,9 @@ inline void check_scores_smem(const char* what, int dim, int classes) {
 
 // Feature f of one sample's pooled features (PoolSpec's order: averages
 // [cell][c], then maxima [cell][c]) from its activation src (h x w x c, in `layout`): the
-// CPU twin's pool_features_nhwc, cell summed row by row with rounded adds
-// and scaled by the correctly rounded 1/count.
+// CPU twin's pool_features_nhwc: in the cell, each image row summed left to
+// right from 0 with rounded adds, the row sums added top to bottom from 0,
+// and the total scaled by the correctly rounded 1/count.
 template <typename T>
 __device__ inline float pool_feature(const T* __restrict__ src, int h, int w, int c, Layout layout, PoolSpec pool,
                                      int f) {
@@ -54,11 +55,14 @@ __device__ inline float pool_feature(const T* __restrict__ src, int h, int w, in
   const int y0 = pool_cell_begin(cell / g, h, g), y1 = pool_cell_end(cell / g, h, g);
   const int x0 = pool_cell_begin(cell % g, w, g), x1 = pool_cell_end(cell % g, w, g);
   float acc = is_max ? -INFINITY : 0.f;
-  for (int y = y0; y < y1; ++y)
+  for (int y = y0; y < y1; ++y) {
+    float row = is_max ? -INFINITY : 0.f;
     for (int x = x0; x < x1; ++x) {
       const float v = load_act(src, act_offset(layout, h, w, c, y, x, ch));
-      acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
+      row = is_max ? (row < v ? v : row) : __fadd_rn(row, v);
     }
+    acc = is_max ? (acc < row ? row : acc) : __fadd_rn(acc, row);
+  }
   return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
 }
 
