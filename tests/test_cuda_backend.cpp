@@ -13,6 +13,7 @@
 #include <map>
 #include <thread>
 
+#include "cache/learned_cache.h"
 #include "engine/engine.h"
 #include "engine/server.h"
 #include "kernels/cuda/cuda_device.h"
@@ -109,30 +110,38 @@ TEST(CudaBackend, ExitDecisionsMatchTheCpu) {
     const Arch& a = m.arch();
     // A threshold that some samples reach at some exits and others never do.
     const float threshold = 1.5f / float(a.num_classes);
-    const auto specs = test::random_heads(m, seed++, threshold);
-    const auto cpu_heads = p.cpu.make_exit_heads(specs), gpu_heads = p.gpu.make_exit_heads(specs);
-    Session cs = p.cpu.session(), gs = p.gpu.session();
-    int exited = 0, full = 0;
-    for (int n : {1, 3, 8}) {
-      SCOPED_TRACE(a.name + " batch " + std::to_string(n));
-      const std::vector<float> x =
-          random_floats(size_t(n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
-      std::vector<SampleResult> rc(static_cast<size_t>(n)), rg(static_cast<size_t>(n));
-      std::vector<float> lc(size_t(n) * size_t(a.num_classes)), lg(lc.size());
-      RunOptions oc, og;
-      oc.heads = cpu_heads.get();
-      og.heads = gpu_heads.get();
-      cs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rc.data(), lc.data(), oc);
-      gs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rg.data(), lg.data(), og);
-      for (int i = 0; i < n; ++i) {
-        EXPECT_EQ(rg[size_t(i)].exit, rc[size_t(i)].exit) << "sample " << i;
-        EXPECT_EQ(rg[size_t(i)].label, rc[size_t(i)].label) << "sample " << i;
-        EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-5) << "sample " << i;
-        (rc[size_t(i)].exit == kFullModel ? full : exited)++;
+    // Heads as they come, and rounded to halves as gati cache build leaves
+    // them (both backends then read the weights as halves).
+    for (bool halves : {false, true}) {
+      std::vector<ExitHeadSpec> specs = test::random_heads(m, seed++, threshold);
+      if (halves)
+        for (ExitHeadSpec& h : specs) round_weights_to_half(h);
+      const auto cpu_heads = p.cpu.make_exit_heads(specs), gpu_heads = p.gpu.make_exit_heads(specs);
+      EXPECT_EQ(gpu_heads->view(0).weight_f16 != nullptr, halves);
+      Session cs = p.cpu.session(), gs = p.gpu.session();
+      int exited = 0, full = 0;
+      for (int n : {1, 3, 8}) {
+        SCOPED_TRACE(a.name + (halves ? " halves" : "") + " batch " + std::to_string(n));
+        const std::vector<float> x =
+            random_floats(size_t(n) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), seed++, 2.0f);
+        std::vector<SampleResult> rc(static_cast<size_t>(n)), rg(static_cast<size_t>(n));
+        std::vector<float> lc(size_t(n) * size_t(a.num_classes)), lg(lc.size());
+        RunOptions oc, og;
+        oc.heads = cpu_heads.get();
+        og.heads = gpu_heads.get();
+        cs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rc.data(), lc.data(), oc);
+        gs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rg.data(), lg.data(), og);
+        for (int i = 0; i < n; ++i) {
+          EXPECT_EQ(rg[size_t(i)].exit, rc[size_t(i)].exit) << "sample " << i;
+          EXPECT_EQ(rg[size_t(i)].label, rc[size_t(i)].label) << "sample " << i;
+          EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-5) << "sample " << i;
+          (rc[size_t(i)].exit == kFullModel ? full : exited)++;
+        }
+        EXPECT_LE(max_rel_error(lg, lc), 1e-4);
       }
-      EXPECT_LE(max_rel_error(lg, lc), 1e-4);
+      std::printf("[cuda exits] %s%s: %d samples exited early, %d ran the full model\n", a.name.c_str(),
+                  halves ? " (weights as halves)" : "", exited, full);
     }
-    std::printf("[cuda exits] %s: %d samples exited early, %d ran the full model\n", a.name.c_str(), exited, full);
   }
 }
 

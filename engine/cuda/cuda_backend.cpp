@@ -84,6 +84,7 @@ class OwnedBuffer final : public Buffer {
 
 struct DeviceHead {
   DeviceBuffer mean, inv_std, weight, bias, selector;  // kLinear
+  DeviceBuffer weight_f16;                             // kLinear with weights that are halves exactly
   DeviceBuffer projection, keys, labels, share;        // kKnn, kKmeans
 };
 
@@ -99,6 +100,13 @@ class CudaExitHeads final : public ExitHeads {
       if (s.kind == HeadKind::kLinear) {
         d.weight = up(s.weight);
         d.bias = up(s.bias);
+        // Weights that are halves exactly go up as halves too, which the
+        // exit kernel reads: the same values in half the bytes.
+        if (std::all_of(s.weight.begin(), s.weight.end(), is_half_exact)) {
+          std::vector<uint16_t> h(s.weight.size());
+          std::transform(s.weight.begin(), s.weight.end(), h.begin(), float_to_half);
+          d.weight_f16 = up(h);
+        }
         if (!s.selector.empty()) d.selector = up(s.selector);
       } else {
         d.projection = up(s.projection);
@@ -121,7 +129,8 @@ class CudaExitHeads final : public ExitHeads {
             s.threshold,
             s.pool,
             s.selector.empty() ? nullptr : d.selector.floats(),
-            s.selector_k()};
+            s.selector_k(),
+            d.weight_f16.bytes() ? static_cast<const uint16_t*>(d.weight_f16.data()) : nullptr};
   }
   DistanceHeadView distance_view(int head) const override {
     const ExitHeadSpec& s = distance_spec(head);

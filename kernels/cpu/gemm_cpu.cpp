@@ -114,8 +114,6 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       std::memcpy(c + r * ldc, tmp, sizeof(float) * size_t(cols));
     }
   }
-  // The finished rows, back from L1, into the exit's pooling.
-  if (last && ep.pool) ep.pool->add(ep.pool_row0 + size_t(row0), MR, col0, c, size_t(ldc), cols);
 }
 
 using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&, int);
@@ -177,6 +175,14 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
                         c + size_t(r) * size_t(ldc) + size_t(col0), ldc, cols, col0, ep, r);
         }
       }
+    }
+    // The tile's finished rows (whole image rows), back from L2, into the
+    // exit's pooling: all its columns at once, so that the channels' add
+    // chains overlap.
+    if (ep.pool) {
+      const int col0 = p0 * kPanel, cols = std::min(b.n, p1 * kPanel) - col0;
+      ep.pool->add(ep.pool_row0 + size_t(r0), r1 - r0, col0, c + size_t(r0) * size_t(ldc) + size_t(col0), size_t(ldc),
+                   cols);
     }
   };
   // Small products stay out of a parallel region (threads.h: parallel_for):

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "kernels/cpu/threads.h"
+#include "weights/common/error.h"
 
 namespace gati::cpu {
 
@@ -141,6 +143,13 @@ void RowPool::start(int images, int height, int width, int channels, const PoolS
   }
   sums = sums_.data();
   maxes = pool.with_max ? maxes_.data() : nullptr;
+  if (size_t(n) * size_t(h) * size_t(w) > 0xffffffffu) fail("pooling: ", n, "x", h, "x", w, " pixels are too many");
+  cell_x0.resize(size_t(pool.grid));
+  cell_x1.resize(size_t(pool.grid));
+  for (int cx = 0; cx < pool.grid; ++cx) {
+    cell_x0[size_t(cx)] = pool_cell_begin(cx, w, pool.grid);
+    cell_x1[size_t(cx)] = pool_cell_end(cx, w, pool.grid);
+  }
   cell_lo.resize(size_t(w));
   cell_hi.resize(size_t(w));
   for (int x = 0; x < w; ++x) {
@@ -162,23 +171,36 @@ inline v16 load16(const float* p) {
 }
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
-// s[j] += v[p][j] for p = 0 .. count - 1 in order (and m[j] = max), j < cols;
-// 16 channels at a time in registers.
+// s[j] += v[p][j] for p = 0 .. count - 1 in order (and m[j] = max), j < cols.
+// Each channel's adds wait on each other; 64 channels at a time in
+// registers keep four chains going.
+template <int NV, bool kMax>
+void add_pixels_block(float* __restrict s, float* __restrict m, const float* __restrict v, int count, size_t ldv) {
+  v16 a[NV], b[NV];
+  for (int q = 0; q < NV; ++q) {
+    a[q] = load16(s + 16 * q);
+    if constexpr (kMax) b[q] = load16(m + 16 * q);
+  }
+  for (int p = 0; p < count; ++p)
+    for (int q = 0; q < NV; ++q) {
+      const v16 x = load16(v + size_t(p) * ldv + size_t(16 * q));
+      a[q] += x;
+      if constexpr (kMax) b[q] = b[q] < x ? x : b[q];
+    }
+  for (int q = 0; q < NV; ++q) {
+    store16(s + 16 * q, a[q]);
+    if constexpr (kMax) store16(m + 16 * q, b[q]);
+  }
+}
+
 void add_pixels(float* __restrict s, float* __restrict m, const float* __restrict v, int count, size_t ldv, int cols) {
   int j = 0;
-  for (; j + 16 <= cols; j += 16) {
-    v16 a = load16(s + j);
-    for (int p = 0; p < count; ++p) a += load16(v + size_t(p) * ldv + size_t(j));
-    store16(s + j, a);
-    if (m) {
-      v16 b = load16(m + j);
-      for (int p = 0; p < count; ++p) {
-        const v16 x = load16(v + size_t(p) * ldv + size_t(j));
-        b = b < x ? x : b;
-      }
-      store16(m + j, b);
-    }
-  }
+  for (; j + 64 <= cols; j += 64)
+    m ? add_pixels_block<4, true>(s + j, m + j, v + j, count, ldv)
+      : add_pixels_block<4, false>(s + j, nullptr, v + j, count, ldv);
+  for (; j + 16 <= cols; j += 16)
+    m ? add_pixels_block<1, true>(s + j, m + j, v + j, count, ldv)
+      : add_pixels_block<1, false>(s + j, nullptr, v + j, count, ldv);
   for (; j < cols; ++j)
     for (int p = 0; p < count; ++p) {
       const float x = v[size_t(p) * ldv + size_t(j)];
@@ -190,14 +212,15 @@ void add_pixels(float* __restrict s, float* __restrict m, const float* __restric
 }  // namespace
 
 void RowPool::add(size_t pixel0, int count, int ch0, const float* v, size_t ldv, int cols) {
-  const size_t hw = size_t(h) * size_t(w);
-  size_t img = pixel0 / hw;
-  int y = int(pixel0 % hw) / w, x = int(pixel0 % hw) % w;
+  // 32-bit divisions, once per call (start() checked the sizes), and the
+  // cells' columns from tables: this runs once per GEMM strip.
+  const uint32_t hw = uint32_t(h) * uint32_t(w), pixel = uint32_t(pixel0), img0 = pixel / hw, rem = pixel - img0 * hw;
+  size_t img = img0;
+  int y = int(rem / uint32_t(w)), x = int(rem - uint32_t(y) * uint32_t(w));
   for (int i = 0; i < count;) {
     const int run = std::min(count - i, w - x);  // pixels i.. on image row y: columns x .. x + run - 1
     for (int cx = cell_lo[size_t(x)]; cx <= cell_hi[size_t(x + run - 1)]; ++cx) {
-      const int a = std::max(x, pool_cell_begin(cx, w, pool.grid)),
-                b = std::min(x + run, pool_cell_end(cx, w, pool.grid));
+      const int a = std::max(x, cell_x0[size_t(cx)]), b = std::min(x + run, cell_x1[size_t(cx)]);
       const size_t at = ((img * size_t(h) + size_t(y)) * size_t(pool.grid) + size_t(cx)) * size_t(c) + size_t(ch0);
       add_pixels(sums + at, maxes ? maxes + at : nullptr, v + size_t(i + a - x) * ldv, b - a, ldv, cols);
     }

@@ -88,19 +88,22 @@ __device__ inline void pool_and_standardise(const T* __restrict__ src, int h, in
   }
 }
 
-// Lane `l`'s partial sum of the CPU's lane_dot(w, x, dim).
-__device__ inline float lane_partial(const float* __restrict__ w, const float* __restrict__ x, int dim, int l) {
+// Lane `l`'s partial sum of the CPU's lane_dot(w, x, dim); weights as
+// floats or as halves (LinearHeadView::weight_f16: the same values).
+template <typename W>
+__device__ inline float lane_partial(const W* __restrict__ w, const float* __restrict__ x, int dim, int l) {
   const int full = dim / kLanes * kLanes;
   float acc = 0.f;
-  for (int d = 0; d < full; d += kLanes) acc = __fadd_rn(acc, __fmul_rn(w[d + l], x[d + l]));
-  if (full + l < dim) acc = __fadd_rn(acc, __fmul_rn(w[full + l], x[full + l]));
+  for (int d = 0; d < full; d += kLanes) acc = __fadd_rn(acc, __fmul_rn(load_act(w, d + l), x[d + l]));
+  if (full + l < dim) acc = __fadd_rn(acc, __fmul_rn(load_act(w, full + l), x[full + l]));
   return acc;
 }
 
 // z[k] = lane_dot(W[k], xs) + b[k] for every class, half-warps over classes
 // (bias null: no bias, as a projection).  xs and z may be shared memory;
 // every thread of the block must call it.
-__device__ inline void linear_scores(const float* __restrict__ weight, const float* __restrict__ bias, const float* xs,
+template <typename W>
+__device__ inline void linear_scores(const W* __restrict__ weight, const float* __restrict__ bias, const float* xs,
                                      int dim, int classes, float* z) {
   const int half = threadIdx.x / kLanes, l = threadIdx.x % kLanes, halves = blockDim.x / kLanes;
   for (int k0 = 0; k0 < classes; k0 += halves) {

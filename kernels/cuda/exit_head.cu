@@ -50,7 +50,10 @@ __global__ void exit_head_kernel(const T* __restrict__ act, int height, int widt
   dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, layout, h.pool, dim,
                             h.mean, h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
-  dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
+  if (h.weight_f16)  // the same weights in half the bytes
+    dev::linear_scores(reinterpret_cast<const __half*>(h.weight_f16), h.bias, xs, dim, h.classes, z);
+  else
+    dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
   __syncthreads();
   int best;
   double sum;
