@@ -4,6 +4,7 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
+#include <chrono>
 #include <cstdint>
 
 #include <cstdio>
@@ -108,6 +109,39 @@ inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engin
   state.counters["images/s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Caches off and never hitting in turns within one benchmark, each
+// iteration one run of each (their order alternating), on one session: on
+// a shared machine whose speed drifts by 10-30% between runs, the ratio of
+// two neighbouring runs is steadier than two medians taken apart.
+// Counters: off_ms and never_ms (means), overhead_% (never / off - 1).
+inline void BM_ModelExitsPaired(benchmark::State& state, std::shared_ptr<Engine> engine, int batch) {
+  const Arch& a = engine->arch();
+  const std::vector<float> x =
+      random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
+  const auto heads = engine->make_exit_heads(never_firing_heads(engine->model()));
+  Session session = engine->session();
+  RunOptions off, never;
+  never.heads = heads.get();
+  std::vector<SampleResult> results(static_cast<size_t>(batch));
+  for (const RunOptions* o : {&off, &never})  // plans and scratch for both
+    session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, *o);
+  double ms[2] = {0, 0};
+  int64_t turn = 0;
+  for (auto _ : state)
+    for (int k = 0; k < 2; ++k) {
+      const int which = int((turn + k) % 2);  // 0 = off, 1 = never
+      const auto t0 = std::chrono::steady_clock::now();
+      session.run(x.data(), batch, a.in_channels, a.input_h, a.input_w, results.data(), nullptr, which ? never : off);
+      ms[which] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      benchmark::DoNotOptimize(results.data());
+      if (k == 1) ++turn;
+    }
+  const double runs = double(state.iterations());
+  state.counters["off_ms"] = ms[0] / runs;
+  state.counters["never_ms"] = ms[1] / runs;
+  state.counters["overhead_%"] = 100.0 * (ms[1] / ms[0] - 1.0);
+}
+
 struct Args {
   std::vector<std::string> models;
   std::vector<int> batches = {1};
@@ -135,7 +169,8 @@ inline Args parse_args(int argc, char** argv) {
   return a;
 }
 
-// model/<arch>/batch:<b> and, with --exits, exits/<arch>/batch:<b>/caches:{off,never}.
+// model/<arch>/batch:<b> and, with --exits, exits/<arch>/batch:<b>/caches:{off,never}
+// and exits/<arch>/batch:<b>/paired.
 inline void register_models(const Args& a, const std::string& device) {
   for (const std::string& path : a.models) {
     EngineOptions eo;
@@ -148,7 +183,7 @@ inline void register_models(const Args& a, const std::string& device) {
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     if (a.exits)
-      for (int b : a.batches)
+      for (int b : a.batches) {
         for (bool attached : {false, true})
           benchmark::RegisterBenchmark(("exits/" + engine->arch().name + "/batch:" + std::to_string(b) +
                                         (attached ? "/caches:never" : "/caches:off"))
@@ -156,6 +191,12 @@ inline void register_models(const Args& a, const std::string& device) {
                                        BM_ModelExits, engine, b, attached)
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
+        benchmark::RegisterBenchmark(
+            ("exits/" + engine->arch().name + "/batch:" + std::to_string(b) + "/paired").c_str(), BM_ModelExitsPaired,
+            engine, b)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
   }
 }
 

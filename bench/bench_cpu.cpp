@@ -5,7 +5,9 @@
 // With --exits, each model also runs through a Session with caches off and
 // with a linear exit head attached after every block whose threshold never
 // fires ("caches:never"): the cost of consulting caches that never hit, i.e.
-// the exit head, compaction and survivor check at every block.
+// the exit head, compaction and survivor check at every block; and both in
+// turns within one benchmark ("paired", counter overhead_%), which this
+// shared machine's drift disturbs far less than two medians taken apart.
 // Whole-model latency per model file and batch (the models come from
 // tools/convert.py --random, or the demo model), plus the kernels on their
 // own at ResNet shapes.  Counters: images/s and achieved GFLOP/s (2 x MACs),

@@ -429,8 +429,7 @@ class CudaContext final : public BackendContext {
     if (row_bytes % sizeof(float))
       fail("compact: a row of ", s.per_sample(), " FP16 values is not a whole number of words");
     const size_t row_floats = row_bytes / sizeof(float);
-    compact_rows_.reserve(mul_size(s.elems(), sizeof(float), "compaction scratch"), "the compaction scratch");
-    compact_index_.reserve((size_t(s.n) + 1) * sizeof(int32_t), "the compaction index");
+    prepare_compaction(s);  // grows nothing once the executor has prepared the largest exit
     cuda::compact_rows(act, s.n, row_floats, st, pos_in, pos_out,
                        {static_cast<int32_t*>(compact_index_.data()), compact_rows_.floats()}, stream_.get());
   }
