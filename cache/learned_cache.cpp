@@ -38,7 +38,8 @@ int top_class(const float* logits, int classes, float* confidence) {
 LinearHeadView ExitCache::view() const { return host_linear_view(*this); }
 
 void round_weights_to_half(ExitHeadSpec& head) {
-  for (float& w : head.weight) w = round_to_half(w);
+  for (float& w : head.weight)
+    if (std::abs(w) <= kHalfMax) w = round_to_half(w);  // beyond it a half is infinite: the head stays in floats
 }
 
 DistanceHeadView ExitCache::distance_view() const { return host_distance_view(*this); }

@@ -63,7 +63,9 @@ struct SgdOptions {
 // the bytes and computes exactly what the floats give: at batch 1 a head
 // costs the reading of its weights (ResNet-50's 17 heads of 1000 classes
 // hold 60 MB as floats).  The rounding moves each weight by at most 2^-11
-// of itself, far below what training settles.
+// of itself (at most 2^-25 for weights below 2^-14, which halves hold as
+// subnormals), far below what training settles; a weight beyond the
+// largest half (65504) is left as it is, and its head read as floats.
 void round_weights_to_half(ExitHeadSpec& head);
 
 // Fits mean/inv_std on `features` [n, dim] and trains the predictor to the

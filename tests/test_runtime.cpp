@@ -288,7 +288,8 @@ TEST(Runtime, PoolingInTheConvolutionAndHalfWeightsChangeNoAnswer) {
     std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled_per_exit(f.engine, x, n, pools), n, pools);
     for (ExitHeadSpec& h : specs) round_weights_to_half(h);
     const auto heads = f.engine.make_exit_heads(specs);
-    for (size_t i = 0; i < specs.size(); ++i) ASSERT_NE(heads->view(int(i)).weight_f16, nullptr) << "head " << i;
+    for (size_t i = 0; i < specs.size(); ++i)
+      ASSERT_EQ(heads->view(int(i)).weight_f16 != nullptr, cpu::fast_half_weights()) << "head " << i;
     std::vector<ExitHeadSpec> inexact = specs;  // one weight off a half: the backend reads the floats
     inexact[0].weight[0] = std::nextafter(inexact[0].weight[0], 1.f);
     EXPECT_EQ(f.engine.make_exit_heads(inexact)->view(0).weight_f16, nullptr);
@@ -382,6 +383,31 @@ TEST(Runtime, HalfWeightsScoreExactlyAsTheirFloats) {
   }
   EXPECT_GT(hits, 0);
   EXPECT_LT(hits, n);
+}
+
+// Rounding to halves: the nearest half within FP16's range, a weight
+// beyond it left as it is (a half would be infinite), whose head the
+// backend then reads as floats.
+TEST(Runtime, WeightsRoundToHalvesWithinTheirRange) {
+  ExitHeadSpec h;
+  h.weight = {1.0001f, -0.f, 1e-9f, 3.1415927f, 70000.f, -65504.f};
+  round_weights_to_half(h);
+  EXPECT_EQ(h.weight[0], 1.f);
+  EXPECT_TRUE(std::signbit(h.weight[1]) && h.weight[1] == 0.f);
+  EXPECT_EQ(h.weight[2], 0.f);
+  EXPECT_EQ(h.weight[3], 3.140625f);
+  EXPECT_EQ(h.weight[4], 70000.f);
+  EXPECT_EQ(h.weight[5], -65504.f);
+  for (size_t i = 0; i < h.weight.size(); ++i) EXPECT_EQ(is_half_exact(h.weight[i]), i != 4) << i;
+
+  Fixture f(test::kTinyArch);
+  std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 5, 2.f);
+  round_weights_to_half(specs[0]);
+  specs[0].weight[3] = 70000.f;
+  round_weights_to_half(specs[1]);
+  const auto heads = f.engine.make_exit_heads(specs);
+  EXPECT_EQ(heads->view(0).weight_f16, nullptr);
+  EXPECT_EQ(heads->view(1).weight_f16 != nullptr, cpu::fast_half_weights());
 }
 
 TEST(Runtime, ObserverSeesTheCompactedRowsAndTheirSamples) {

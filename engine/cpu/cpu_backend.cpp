@@ -53,7 +53,9 @@ class CpuExitHeads final : public ExitHeads {
     halves_.resize(specs_.size());
     for (size_t i = 0; i < specs_.size(); ++i) {
       const std::vector<float>& w = specs_[i].weight;
-      if (specs_[i].kind != HeadKind::kLinear || !std::all_of(w.begin(), w.end(), is_half_exact)) continue;
+      if (!cpu::fast_half_weights() || specs_[i].kind != HeadKind::kLinear ||
+          !std::all_of(w.begin(), w.end(), is_half_exact))
+        continue;
       halves_[i].resize(w.size());
       std::transform(w.begin(), w.end(), halves_[i].begin(), float_to_half);
     }

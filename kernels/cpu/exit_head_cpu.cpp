@@ -9,7 +9,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -34,6 +34,14 @@ int argmax_and_sum(const float* z, int classes, double* sum) {
 constexpr int kLanes = 16;
 
 }  // namespace
+
+bool fast_half_weights() {
+#if defined(__AVX512F__) || defined(__F16C__)
+  return true;
+#else
+  return false;
+#endif
+}
 
 float lane_dot(const float* w, const float* x, int dim) {
   const int full = dim / kLanes * kLanes;
@@ -69,6 +77,13 @@ inline v16 load16(const uint16_t* p) {
   const __m512 v = _mm512_maskz_cvtph_ps(__mmask16(0xffff), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   v16 r;
   std::memcpy(&r, &v, sizeof r);
+  return r;
+#elif defined(__F16C__)
+  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  v16 r;
+  std::memcpy(&r, &lo, sizeof lo);
+  std::memcpy(reinterpret_cast<char*>(&r) + sizeof lo, &hi, sizeof hi);
   return r;
 #else
   v16 r;

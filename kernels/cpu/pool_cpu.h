@@ -36,7 +36,7 @@ struct RowPool {
   PoolSpec pool;
   float* sums = nullptr;              // [n, h, grid, c]
   float* maxes = nullptr;             // [n, h, grid, c] with pool.with_max, else null
-  std::vector<int> cell_lo, cell_hi;  // [w]: the cell columns holding column x (at most two overlap)
+  std::vector<int> cell_lo, cell_hi;  // [w]: the first and last cell columns holding column x
   std::vector<int> cell_x0, cell_x1;  // [grid]: cell column cx spans columns cell_x0 .. cell_x1 - 1
 
   // Sized and cleared for an activation [n, h, w, c] (storage kept between uses).

@@ -8,6 +8,9 @@
 
 namespace gati {
 
+// The largest finite half.
+constexpr float kHalfMax = 65504.0f;
+
 float half_to_float(uint16_t h);
 // Nearest half (ties away from zero); out of range: infinity; NaN stays NaN.
 uint16_t float_to_half(float f);
