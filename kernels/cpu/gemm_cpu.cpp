@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include <vector>
 
 #include "kernels/cpu/pool_cpu.h"
@@ -143,7 +144,13 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
   const int k = b.k;
   // Row blocks of kMC rows, or with a pooling epilogue of whole image rows
   // (about kMC), so that no image row is split between tiles.
-  const int mc = ep.pool ? std::max(1, (kMC + ep.pool->w / 2) / ep.pool->w) * ep.pool->w : kMC;
+  // (Whole rows and whole strips where the two meet within 2 kMC rows:
+  // ResNet's 56, 28, 14 and 7 wide rows give 168 and 84.)
+  int mc = kMC;
+  if (ep.pool) {
+    const int w = ep.pool->w, both = std::lcm(w, kMR);
+    mc = both <= 2 * kMC ? both : std::max(1, (kMC + w / 2) / w) * w;
+  }
   const int row_blocks = (m + mc - 1) / mc;
   const int panel_groups = (b.panels + kPanelsPerTile - 1) / kPanelsPerTile;
   const int tiles = row_blocks * panel_groups;

@@ -172,8 +172,8 @@ inline v16 load16(const float* p) {
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 // s[j] += v[p][j] for p = 0 .. count - 1 in order (and m[j] = max), j < cols.
-// Each channel's adds wait on each other; 64 channels at a time in
-// registers keep four chains going.
+// Each channel's adds wait on each other; up to 128 channels at a time in
+// registers keep eight chains going (a GEMM tile's columns).
 template <int NV, bool kMax>
 void add_pixels_block(float* __restrict s, float* __restrict m, const float* __restrict v, int count, size_t ldv) {
   v16 a[NV], b[NV];
@@ -195,6 +195,9 @@ void add_pixels_block(float* __restrict s, float* __restrict m, const float* __r
 
 void add_pixels(float* __restrict s, float* __restrict m, const float* __restrict v, int count, size_t ldv, int cols) {
   int j = 0;
+  for (; j + 128 <= cols; j += 128)
+    m ? add_pixels_block<8, true>(s + j, m + j, v + j, count, ldv)
+      : add_pixels_block<8, false>(s + j, nullptr, v + j, count, ldv);
   for (; j + 64 <= cols; j += 64)
     m ? add_pixels_block<4, true>(s + j, m + j, v + j, count, ldv)
       : add_pixels_block<4, false>(s + j, nullptr, v + j, count, ldv);
