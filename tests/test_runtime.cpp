@@ -342,11 +342,8 @@ TEST(Runtime, HalfWeightsScoreExactlyAsTheirFloats) {
   h.weight = random_floats(size_t(dim) * size_t(classes), 2, 0.3f);
   h.bias = random_floats(size_t(classes), 3, 0.3f);
   round_weights_to_half(h);
-  std::vector<uint16_t> halves(h.weight.size());
-  for (size_t i = 0; i < halves.size(); ++i) {
-    ASSERT_TRUE(is_half_exact(h.weight[i]));
-    halves[i] = float_to_half(h.weight[i]);
-  }
+  const std::vector<uint16_t> halves = halves_if_exact(h.weight);
+  ASSERT_EQ(halves.size(), h.weight.size()) << "every rounded weight is a half";
   const std::vector<float> pooled = random_floats(size_t(n) * size_t(dim), 4);
   LinearHeadView v = host_linear_view(h);
   std::vector<float> confs;  // the threshold between the rows' middle confidences: some hit, some not

@@ -51,14 +51,9 @@ class CpuExitHeads final : public ExitHeads {
  public:
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
     halves_.resize(specs_.size());
-    for (size_t i = 0; i < specs_.size(); ++i) {
-      const std::vector<float>& w = specs_[i].weight;
-      if (!cpu::fast_half_weights() || specs_[i].kind != HeadKind::kLinear ||
-          !std::all_of(w.begin(), w.end(), is_half_exact))
-        continue;
-      halves_[i].resize(w.size());
-      std::transform(w.begin(), w.end(), halves_[i].begin(), float_to_half);
-    }
+    for (size_t i = 0; i < specs_.size(); ++i)
+      if (cpu::fast_half_weights() && specs_[i].kind == HeadKind::kLinear)
+        halves_[i] = halves_if_exact(specs_[i].weight);
   }
   LinearHeadView view(int head) const override {
     LinearHeadView v = host_linear_view(linear_spec(head));

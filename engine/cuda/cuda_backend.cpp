@@ -102,11 +102,7 @@ class CudaExitHeads final : public ExitHeads {
         d.bias = up(s.bias);
         // Weights that are halves exactly go up as halves too, which the
         // exit kernel reads: the same values in half the bytes.
-        if (std::all_of(s.weight.begin(), s.weight.end(), is_half_exact)) {
-          std::vector<uint16_t> h(s.weight.size());
-          std::transform(s.weight.begin(), s.weight.end(), h.begin(), float_to_half);
-          d.weight_f16 = up(h);
-        }
+        if (const std::vector<uint16_t> h = halves_if_exact(s.weight); !h.empty()) d.weight_f16 = up(h);
         if (!s.selector.empty()) d.selector = up(s.selector);
       } else {
         d.projection = up(s.projection);
@@ -160,7 +156,8 @@ struct DeviceConv {
   DeviceBuffer weight, bias;  // KRSC (NHWC) or KCRS (NCHW), [cout]; in the activations' precision
 };
 
-// Values as the device stores them: FP32 as they are, FP16 rounded to nearest even.
+// Values as the device stores them: FP32 as they are, FP16 rounded to the
+// nearest half (float_to_half: ties away from zero).
 DeviceBuffer upload_values(const std::vector<float>& v, Precision p, const std::string& what) {
   if (p == Precision::kF32) return cuda::upload(v.data(), v.size() * sizeof(float), what);
   std::vector<uint16_t> h(v.size());

@@ -7,6 +7,7 @@
 #include "weights/common/error.h"
 
 #include "kernels/cpu/threads.h"
+#include "kernels/cpu/vec16.h"
 
 namespace gati::cpu {
 namespace {
@@ -52,7 +53,6 @@ void im2col(const ConvParams& p, const float* in, int h, int w, int oh, int ow, 
   });
 }
 
-typedef float v16 __attribute__((vector_size(64)));
 typedef int i16 __attribute__((vector_size(64)));
 
 // out[l] = x[idx[l]] (a vpermps with AVX-512).  GCC's __builtin_shuffle
@@ -70,12 +70,6 @@ inline v16 permute(v16 x, i16 idx) {
 
 constexpr int kMaxGroupWidth = 1024;
 const float kZeros[kMaxGroupWidth] = {};
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // The direct grouped convolution (cin_g == cout_g == cg, which divides 16
 // or is a multiple of it): per output pixel and 16 output channels,
@@ -254,7 +248,7 @@ bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
   // (With pooling, whole output rows per block: RowPool takes each image
   // row's pixels in order from one thread.)
   int block_rows = std::clamp(65536 / kcols / 12 * 12, 24, 384);
-  if (pool) block_rows = std::max(1, (block_rows + ow / 2) / ow) * ow;
+  if (pool) block_rows = RowPool::whole_rows(block_rows, ow);
   const int blocks = (m + block_rows - 1) / block_rows;
   if (!direct && blocks >= 2 * threads) {
     float* base = ws.get(size_t(threads) * size_t(block_rows) * size_t(kcols));

@@ -15,6 +15,7 @@
 
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/cpu/vec16.h"
 #include "weights/common/half.h"
 
 namespace gati::cpu {
@@ -63,14 +64,9 @@ namespace {
 // last, and each weight vector loaded serves S inputs: at batch 8 a head
 // is bound by arithmetic, not by loads.
 constexpr int kRows = 4;
-typedef float v16 __attribute__((vector_size(64)));
 static_assert(sizeof(v16) == kLanes * sizeof(float));
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-// 16 weights as floats, from floats or from halves (exact either way).
+// 16 weights as floats, from floats (vec16.h) or from halves (exact either way).
+using cpu::load16;
 inline v16 load16(const uint16_t* p) {
 #if defined(__AVX512F__)
   // (The zero-masked form: GCC 12 warns about the plain one's undefined source.)
@@ -218,7 +214,7 @@ void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h
       const int take = n - row >= kInputs ? kInputs : 1;
       const float* x = xs + size_t(row) * size_t(padded);
       const size_t at = size_t(k0) * size_t(h.dim);
-      if (h.weight_f16) {
+      if (h.weight_f16) {  // the same values as the floats, in half the bytes
         if (take == kInputs)
           lane_dot_block<kInputs>(h.weight_f16 + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
         else

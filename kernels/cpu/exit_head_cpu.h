@@ -44,14 +44,14 @@ void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z);
 // (else 0).
 void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
                       const ExitState& st, int pos, float* pooled);
+// The same from features already pooled: pooled[n, h.dim].
+void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h, int exit_id, const ExitState& st,
+                             int pos);
+
 // Whether the library was built to convert halves to floats in vector
 // instructions (AVX-512 or F16C): only then does reading a head's weights
 // as halves (LinearHeadView::weight_f16) beat reading the floats.
 bool fast_half_weights();
-
-// The same from features already pooled: pooled[n, h.dim].
-void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h, int exit_id, const ExitState& st,
-                             int pos);
 
 // Moves the rows with hit == 0 of act [n, row_floats] to the front, in
 // order, in place, and position[pos_in] into position[pos_out]; writes the

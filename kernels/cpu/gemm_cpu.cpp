@@ -22,23 +22,15 @@
 
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/cpu/vec16.h"
 
 namespace gati::cpu {
 namespace {
-
-typedef float v16 __attribute__((vector_size(64)));
 
 constexpr int kMR = 12;
 constexpr int kKC = 512;
 constexpr int kMC = 96;  // a multiple of kMR
 constexpr int kPanelsPerTile = 4;
-
-inline v16 load_u(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store_u(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 // acc[r] += A[r, k0:k0+kc] * Bpanel[k0:k0+kc, 0:16*NV].  NV = 1 serves
 // panels with at most 16 live columns (layers with 16 output channels, the
@@ -67,13 +59,13 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       acc[r][0] = v16{};
       acc[r][1] = v16{};
     } else if (cols == kPanel) {
-      acc[r][0] = load_u(c + r * ldc);
-      acc[r][1] = load_u(c + r * ldc + 16);
+      acc[r][0] = load16(c + r * ldc);
+      acc[r][1] = load16(c + r * ldc + 16);
     } else {
       std::memset(tmp, 0, sizeof tmp);
       std::memcpy(tmp, c + r * ldc, sizeof(float) * size_t(cols));
-      acc[r][0] = load_u(tmp);
-      acc[r][1] = load_u(tmp + 16);
+      acc[r][0] = load16(tmp);
+      acc[r][1] = load16(tmp + 16);
     }
   }
   if (cols <= 16)
@@ -83,8 +75,8 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
   v16 bias0{}, bias1{};
   if (last && ep.bias) {
     for (int j = 0; j < kPanel; ++j) tmp[j] = j < cols ? ep.bias[col0 + j] : 0.f;
-    bias0 = load_u(tmp);
-    bias1 = load_u(tmp + 16);
+    bias0 = load16(tmp);
+    bias1 = load16(tmp + 16);
   }
   for (int r = 0; r < MR; ++r) {
     if (last) {
@@ -93,13 +85,13 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       if (ep.residual) {
         const float* res = ep.residual + size_t(row0 + r) * size_t(ep.ldr) + col0;
         if (cols == kPanel) {
-          acc[r][0] += load_u(res);
-          acc[r][1] += load_u(res + 16);
+          acc[r][0] += load16(res);
+          acc[r][1] += load16(res + 16);
         } else {
           std::memset(tmp, 0, sizeof tmp);
           std::memcpy(tmp, res, sizeof(float) * size_t(cols));
-          acc[r][0] += load_u(tmp);
-          acc[r][1] += load_u(tmp + 16);
+          acc[r][0] += load16(tmp);
+          acc[r][1] += load16(tmp + 16);
         }
       }
       if (ep.relu) {
@@ -109,11 +101,11 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
       }
     }
     if (cols == kPanel) {
-      store_u(c + r * ldc, acc[r][0]);
-      store_u(c + r * ldc + 16, acc[r][1]);
+      store16(c + r * ldc, acc[r][0]);
+      store16(c + r * ldc + 16, acc[r][1]);
     } else {
-      store_u(tmp, acc[r][0]);
-      store_u(tmp + 16, acc[r][1]);
+      store16(tmp, acc[r][0]);
+      store16(tmp + 16, acc[r][1]);
       std::memcpy(c + r * ldc, tmp, sizeof(float) * size_t(cols));
     }
   }
@@ -144,14 +136,14 @@ PackedB pack_b(const float* b, int k, int n, int ldb) {
 void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, const Epilogue& ep) {
   if (m <= 0 || b.n <= 0) return;
   const int k = b.k;
-  // Row blocks of kMC rows, or with a pooling epilogue of whole image rows
-  // (about kMC), so that no image row is split between tiles.
-  // (Whole rows and whole strips where the two meet within 2 kMC rows:
-  // ResNet's 56, 28, 14 and 7 wide rows give 168 and 84.)
+  // Row blocks of kMC rows; with a pooling epilogue, whole image rows so
+  // that no image row is split between tiles, and whole kMR strips too
+  // where both meet within 2 kMC rows (ResNet's 56, 28, 14 and 7 wide rows
+  // give 168 and 84).
   int mc = kMC;
   if (ep.pool) {
     const int w = ep.pool->w, both = std::lcm(w, kMR);
-    mc = both <= 2 * kMC ? both : std::max(1, (kMC + w / 2) / w) * w;
+    mc = both <= 2 * kMC ? both : RowPool::whole_rows(kMC, w);
   }
   const int row_blocks = (m + mc - 1) / mc;
   const int panel_groups = (b.panels + kPanelsPerTile - 1) / kPanelsPerTile;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/threads.h"
+#include "kernels/cpu/vec16.h"
 #include "weights/common/error.h"
 
 namespace gati::cpu {
@@ -133,6 +134,8 @@ void pool_features_nhwc(const float* in, int n, int h, int w, int c, const PoolS
 }
 
 void RowPool::start(int images, int height, int width, int channels, const PoolSpec& spec) {
+  if (size_t(images) * size_t(height) * size_t(width) > 0xffffffffu)  // add() counts pixels in 32 bits
+    fail("pooling: ", images, "x", height, "x", width, " pixels are too many");
   n = images, h = height, w = width, c = channels, pool = spec;
   const size_t count = size_t(n) * size_t(h) * size_t(pool.grid) * size_t(c);
   if (sums_.size() < count) sums_.resize(count);
@@ -143,7 +146,6 @@ void RowPool::start(int images, int height, int width, int channels, const PoolS
   }
   sums = sums_.data();
   maxes = pool.with_max ? maxes_.data() : nullptr;
-  if (size_t(n) * size_t(h) * size_t(w) > 0xffffffffu) fail("pooling: ", n, "x", h, "x", w, " pixels are too many");
   cell_x0.resize(size_t(pool.grid));
   cell_x1.resize(size_t(pool.grid));
   for (int cx = 0; cx < pool.grid; ++cx) {
@@ -155,21 +157,13 @@ void RowPool::start(int images, int height, int width, int channels, const PoolS
   for (int x = 0; x < w; ++x) {
     int lo = pool.grid, hi = -1;
     for (int cx = 0; cx < pool.grid; ++cx)
-      if (pool_cell_begin(cx, w, pool.grid) <= x && x < pool_cell_end(cx, w, pool.grid)) lo = std::min(lo, cx), hi = cx;
+      if (cell_x0[size_t(cx)] <= x && x < cell_x1[size_t(cx)]) lo = std::min(lo, cx), hi = cx;
     cell_lo[size_t(x)] = lo;
     cell_hi[size_t(x)] = hi;
   }
 }
 
 namespace {
-
-typedef float v16 __attribute__((vector_size(64)));
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
 
 // s[j] += v[p][j] for p = 0 .. count - 1 in order (and m[j] = max), j < cols.
 // Each channel's adds wait on each other; up to 128 channels at a time in
@@ -216,7 +210,7 @@ void add_pixels(float* __restrict s, float* __restrict m, const float* __restric
 
 void RowPool::add(size_t pixel0, int count, int ch0, const float* v, size_t ldv, int cols) {
   // 32-bit divisions, once per call (start() checked the sizes), and the
-  // cells' columns from tables: this runs once per GEMM strip.
+  // cells' columns from tables: this runs once per GEMM tile.
   const uint32_t hw = uint32_t(h) * uint32_t(w), pixel = uint32_t(pixel0), img0 = pixel / hw, rem = pixel - img0 * hw;
   size_t img = img0;
   int y = int(rem / uint32_t(w)), x = int(rem - uint32_t(y) * uint32_t(w));

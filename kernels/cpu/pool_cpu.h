@@ -3,6 +3,7 @@
 // and the NCHW -> NHWC conversion of user input.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -41,6 +42,9 @@ struct RowPool {
 
   // Sized and cleared for an activation [n, h, w, c] (storage kept between uses).
   void start(int n, int h, int w, int c, const PoolSpec& pool);
+  // About `rows` pixels as whole image rows of w pixels (the nearest
+  // count, at least one row): the row blocks a writer may hand over.
+  static int whole_rows(int rows, int w) { return std::max(1, (rows + w / 2) / w) * w; }
   // Output pixels pixel0 .. pixel0 + count - 1 (pixel = image * h * w +
   // y * w + x), channels [ch0, ch0 + cols): rows of v, ldv floats apart.
   void add(size_t pixel0, int count, int ch0, const float* v, size_t ldv, int cols);

@@ -1,6 +1,7 @@
 // IEEE half conversions; see half.h.
 #include "weights/common/half.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace gati {
@@ -49,6 +50,13 @@ uint16_t float_to_half(float f) {
   }
   uint16_t h = sign | uint16_t(exp << 10) | uint16_t(mant >> 13);
   if (mant & 0x1000) ++h;  // round to nearest (carry may bump the exponent, as it should)
+  return h;
+}
+
+std::vector<uint16_t> halves_if_exact(const std::vector<float>& values) {
+  if (!std::all_of(values.begin(), values.end(), is_half_exact)) return {};
+  std::vector<uint16_t> h(values.size());
+  std::transform(values.begin(), values.end(), h.begin(), float_to_half);
   return h;
 }
 

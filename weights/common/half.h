@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace gati {
 
@@ -24,5 +25,9 @@ inline bool is_half_exact(float f) {
   const float back = round_to_half(f);
   return std::memcmp(&back, &f, sizeof f) == 0;
 }
+
+// The values as halves when every one is a half exactly (is_half_exact),
+// else empty: how a backend decides to keep cache-model weights as halves.
+std::vector<uint16_t> halves_if_exact(const std::vector<float>& values);
 
 }  // namespace gati
