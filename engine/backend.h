@@ -113,6 +113,8 @@ class ExitHeads {
   virtual DistanceHeadView distance_view(int head) const = 0;
   // The widest head's features (sizes the pooled-features scratch).
   int max_dim() const { return max_dim_; }
+  // The model's exit points these heads were made for.
+  int exit_points() const { return int(by_exit_.size()); }
   // Unique in the process, never reused (a recorded graph names the heads
   // whose device memory it reads by it).
   uint64_t id() const { return id_; }
@@ -233,6 +235,16 @@ class BackendContext {
   // word, and the batch's loss before the step in *loss.
   virtual OpStatus linear_sgd_step(const LinearHeadMut& head, const float* features, const int32_t* labels, int n,
                                    const SgdHyper& hyper, double* loss) = 0;
+  // The same step queued without a wait: its outcome lands in `report`
+  // (host-visible memory), final after the next synchronize().
+  virtual void linear_sgd_enqueue(const LinearHeadMut& head, const float* features, const int32_t* labels, int n,
+                                  const SgdHyper& hyper, const SgdReport& report) = 0;
+  // On-device learning (engine/learner.h; kernels/cpu/learn_cpu.h documents
+  // both): rows of a head's features into its next SGD batch, and a
+  // learned head's weights into the copy that runs read.
+  virtual void gather_rows(const float* features, int dim, const RowGather& rows, float* x, int32_t* y, int offset) = 0;
+  virtual void publish_linear(const float* weight, const float* bias, int dim, int classes, float* served_w,
+                              uint16_t* served_f16, float* served_b) = 0;
 
   // Timing marks (device events on CUDA): begin, one mark per step, then
   // read() waits and returns each mark's time in ms since begin.

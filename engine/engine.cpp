@@ -88,8 +88,11 @@ Engine::Engine(Model model, const EngineOptions& options)
 
 Engine::~Engine() = default;
 
-std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpec> specs) const {
-  const std::vector<ExitPointInfo> points = exit_points(model_->net);
+namespace {
+
+// Each head against the model: its exit point, name, pooling and classes.
+void check_heads_fit(std::vector<ExitHeadSpec>& specs, const Model& model) {
+  const std::vector<ExitPointInfo> points = exit_points(model.net);
   for (ExitHeadSpec& s : specs) {
     if (s.exit < 0 || s.exit >= int(points.size()))
       fail("exit head '", s.name, "': exit ", s.exit, " is not one of the model's ", points.size(),
@@ -101,11 +104,17 @@ std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpe
     if (s.pool.grid < 1 || s.pool.grid > kMaxPoolGrid)
       fail("exit head '", p.name, "': pool grid ", s.pool.grid, " is not in [1, ", kMaxPoolGrid, "]");
     check_pool_fits("exit head '" + p.name + "'", s.dim, s.pool, p.channels);
-    if (s.classes != arch().num_classes)
-      fail("exit head '", p.name, "': ", s.classes, " classes, the model has ", arch().num_classes);
+    if (s.classes != model.arch().num_classes)
+      fail("exit head '", p.name, "': ", s.classes, " classes, the model has ", model.arch().num_classes);
   }
   // Sizes, values and a distance head's entries are checked once, by the
   // backend's ExitHeads (check_head_spec), before anything is uploaded.
+}
+
+}  // namespace
+
+std::shared_ptr<const ExitHeads> Engine::make_exit_heads(std::vector<ExitHeadSpec> specs) const {
+  check_heads_fit(specs, *model_);
   return device_->upload_exit_heads(std::move(specs));
 }
 
@@ -174,6 +183,11 @@ Session::~Session() = default;
 std::unique_ptr<AnswerMemory> Session::make_memory(MemorySpec spec) {
   check_memory_spec(spec, model_->net);
   return std::make_unique<AnswerMemory>(*ctx_, std::move(spec));
+}
+
+std::unique_ptr<HeadLearner> Session::make_learner(std::vector<ExitHeadSpec> specs, const LearnerOptions& options) {
+  check_heads_fit(specs, *model_);
+  return std::make_unique<HeadLearner>(*ctx_, *device_, std::move(specs), options);
 }
 
 size_t Session::arena_bytes() const {

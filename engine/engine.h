@@ -29,6 +29,7 @@
 
 #include "engine/backend.h"
 #include "engine/executor.h"
+#include "engine/learner.h"
 #include "engine/memory.h"
 #include "weights/common/error.h"
 #include "weights/model.h"
@@ -123,6 +124,10 @@ class Session {
   // A memory of recent answers for this session's runs (RunOptions::memory),
   // checked against the model; it must not outlive the session.
   std::unique_ptr<AnswerMemory> make_memory(MemorySpec spec);
+  // Cache models that learn in this session's backend from the full
+  // model's answers (RunOptions::learner), checked against the model as
+  // Engine::make_exit_heads checks heads; it must not outlive the session.
+  std::unique_ptr<HeadLearner> make_learner(std::vector<ExitHeadSpec> specs, const LearnerOptions& options = {});
 
   // Bytes held by prepared plans (arenas and exit state).
   size_t arena_bytes() const;

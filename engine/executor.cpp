@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/learner.h"
 #include "engine/memory.h"
 #include "weights/common/error.h"
 
@@ -127,9 +128,20 @@ float* Executor::exit_pooled(int dim) {
   return exit_pooled_->floats();
 }
 
-void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& opts) {
+void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& options) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
+  // A learner's heads answer; from here on opts.heads names them.
+  RunOptions with_learner;
+  if (options.learner) {
+    if (options.heads) fail("run: give either heads or a learner (whose heads answer), not both");
+    if (!options.learner->belongs_to(ctx_))
+      fail("run: the learner belongs to another session (make it with this one's make_learner)");
+    options.learner->reserve(plan_.max_batch);  // before anything is recorded: it may move its buffers
+    with_learner = options;
+    with_learner.heads = &options.learner->heads();
+  }
+  const RunOptions& opts = options.learner ? with_learner : options;
   // Segments replay what a run did before, so nothing that changes between
   // runs may sit inside them: timing marks, the observer, the memory.
   const bool segments = !opts.timings && !opts.observer && !opts.memory;
@@ -247,7 +259,10 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
     }
     const int head = opts.heads ? opts.heads->for_exit(e.id) : -1;
     if (head < 0) continue;
-    float* pooled = exit_pooled(opts.heads->max_dim());  // sized in run(): no reallocation inside a segment
+    // Sized in run(): no reallocation inside a segment.  A learning head's
+    // features stay where the learner reads them after the run.
+    float* pooled = opts.learner ? opts.learner->features(head) : nullptr;
+    if (!pooled) pooled = exit_pooled(opts.heads->max_dim());
     if (seg.issue(int(i), alive, pos)) {
       if (opts.timings) ctx_.range_push((e.name + ".exit").c_str());
       ctx_.exit_head(*opts.heads, head, slot(e.slot), e.shape.with_batch(alive), e.id, st_, pos, pooled);
@@ -280,6 +295,7 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
     results[i] = {st_.exit[i], st_.label[i], st_.confidence[i], st_.source[i] == kByMemory};
   }
   if (logits) std::memcpy(logits, st_.logits, size_t(n) * size_t(classes) * sizeof(float));
+  if (opts.learner) opts.learner->learn(st_, n);  // queued: the next run reads what it publishes
   if (opts.timings) {
     const std::vector<double> at = ctx_.timing_read();
     double prev = 0;

@@ -46,6 +46,7 @@ using ExitObserver = std::function<void(const ExitPoint& exit, BackendContext& c
                                         const int32_t* positions)>;
 
 class AnswerMemory;
+class HeadLearner;
 
 struct RunOptions {
   const ExitHeads* heads = nullptr;  // cache models to consult; null runs the full model for every sample
@@ -53,6 +54,11 @@ struct RunOptions {
   // before that exit's head, and given this run's confident full-model
   // answers; it must belong to the session that runs.
   AnswerMemory* memory = nullptr;
+  // Cache models that learn from this run's full-model answers
+  // (engine/learner.h): its heads answer in place of `heads` (leave that
+  // null), and after the run it queues its steps without waiting.  It must
+  // belong to the session that runs.
+  HeadLearner* learner = nullptr;
   ExitObserver observer;
   std::vector<LayerTiming>* timings = nullptr;  // non-null: record a timing mark after every step
   // The input is device memory of the session's backend (CUDA), not host

@@ -233,8 +233,33 @@ struct MemoryView {
   float min_confidence = 1.f;
 };
 
+// A step that would take any weight or bias beyond this magnitude is
+// refused (as a non-finite one is): a head that far out has diverged.
+constexpr float kMaxSgdWeight = 1e6f;
+
 struct SgdHyper {
   float lr = 0.05f, momentum = 0.9f, weight_decay = 5e-4f;
+  float max_weight = kMaxSgdWeight;  // refuse a step that takes a parameter beyond it
+};
+
+// Where an SGD step queued without a wait reports (host-visible memory,
+// read after the backend synchronises): status[0] the OpStatus, status[1]
+// the offending label's or weight's index (-1: none); *loss the batch's
+// mean cross-entropy before the step (0 when a label was bad).
+struct SgdReport {
+  int32_t* status = nullptr;  // [2]
+  double* loss = nullptr;     // [1]
+};
+
+// Rows to gather for a learning head's next SGD batch (engine/learner.h):
+// row[i] of a features buffer becomes row offset + i of the batch, with
+// label[i].  Passed by value (to a CUDA kernel as its parameter), so the
+// host may reuse its list as soon as the call returns.
+struct RowGather {
+  static constexpr int kMax = 64;
+  int count = 0;
+  int32_t row[kMax] = {};
+  int32_t label[kMax] = {};
 };
 
 // Status words written by device code (which cannot throw) and by its CPU twin;

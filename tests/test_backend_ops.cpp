@@ -923,6 +923,108 @@ TEST_P(BackendOps, SgdStepMatchesTheReferenceAndRefusesBadSteps) {
   }
 }
 
+// The learner's ops (engine/learner.h): rows gathered into an SGD batch at
+// an offset, nothing else written; weights published as the host rounds
+// them to halves (ties, subnormals and the largest half included), bit for
+// bit; a queued step reports what the waiting one returns.
+TEST_P(BackendOps, LearnerOpsMatchTheReference) {
+  const int dim = 37, rows = 12, batch = 8;
+  const std::vector<float> feats = random_floats(size_t(rows * dim), 110);
+  Guarded gf(*ctx_, feats.size()), gx(*ctx_, size_t(batch * dim)), gy(*ctx_, size_t(batch));
+  gf.upload(feats);
+  RowGather g;
+  const int32_t pick[] = {11, 0, 5, 5, 7};
+  for (int32_t r : pick) {
+    g.row[g.count] = r;
+    g.label[g.count] = 100 + r;
+    ++g.count;
+  }
+  ctx_->gather_rows(gf.data(), dim, g, gx.data(), reinterpret_cast<int32_t*>(gy.data()), 2);
+  RowGather none;
+  ctx_->gather_rows(gf.data(), dim, none, gx.data(), reinterpret_cast<int32_t*>(gy.data()), 0);
+  const std::vector<float> x = gx.download(), y = gy.download();
+  for (int i = 0; i < batch; ++i) {
+    const bool written = i >= 2 && i < 2 + g.count;
+    for (int d = 0; d < dim; ++d)
+      EXPECT_EQ(x[size_t(i * dim + d)], written ? feats[size_t(pick[i - 2] * dim + d)] : kSentinel) << i << " " << d;
+    int32_t label;
+    std::memcpy(&label, &y[size_t(i)], 4);
+    if (written)
+      EXPECT_EQ(label, 100 + pick[i - 2]) << i;
+    else
+      EXPECT_EQ(y[size_t(i)], kSentinel) << i;
+  }
+
+  const int classes = 5, wn = dim * classes;
+  std::vector<float> w = random_floats(size_t(wn), 111, 0.7f);
+  const float tie = 1.0f + 0x1p-11f;  // exactly between two halves
+  const float specials[] = {tie, -tie, 3e-6f, -1e-7f, 6.1e-5f, 65504.f, -65504.f, 0.f, -0.f, 1e-9f, 0.1f, 1000.3f};
+  std::copy(std::begin(specials), std::end(specials), w.begin());
+  const std::vector<float> b = random_floats(size_t(classes), 112);
+  Guarded gw(*ctx_, w.size()), gb(*ctx_, b.size()), sw(*ctx_, w.size()), sb(*ctx_, b.size()),
+      sh(*ctx_, (w.size() + 1) / 2);
+  gw.upload(w);
+  gb.upload(b);
+  ctx_->publish_linear(gw.data(), gb.data(), dim, classes, sw.data(), reinterpret_cast<uint16_t*>(sh.data()),
+                       sb.data());
+  const std::vector<float> got_w = sw.download(), got_h_words = sh.download();
+  EXPECT_EQ(sb.download(), b);
+  std::vector<uint16_t> got_h(w.size());
+  std::memcpy(got_h.data(), got_h_words.data(), got_h.size() * sizeof(uint16_t));
+  for (size_t j = 0; j < w.size(); ++j) {
+    const float want = round_to_half(w[j]);
+    EXPECT_EQ(std::memcmp(&got_w[j], &want, 4), 0) << j << ": " << w[j] << " -> " << got_w[j] << ", want " << want;
+    EXPECT_EQ(got_h[j], float_to_half(w[j])) << j << ": " << w[j];
+  }
+  EXPECT_EQ(got_w[0], 1.0f + 0x1p-10f) << "a tie rounds away from zero, as the host rounds";
+
+  // Queued and waiting steps from the same start.
+  const int n = 6;
+  const std::vector<float> mean = random_floats(size_t(dim), 113, 0.2f), inv(size_t(dim), 1.1f),
+                           sx = random_floats(size_t(n * dim), 114);
+  std::vector<int32_t> sy(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) sy[size_t(i)] = (3 * i + 1) % classes;
+  const std::vector<float> w0 = random_floats(size_t(wn), 115, 0.3f), v0(size_t(wn + classes), 0.f);
+  Guarded gm(*ctx_, mean.size()), gi(*ctx_, inv.size()), gsx(*ctx_, sx.size()), gsy(*ctx_, sy.size());
+  gm.upload(mean);
+  gi.upload(inv);
+  gsx.upload(sx);
+  ctx_->from_host(sy.data(), sy.size() * 4, gsy.data());
+  const auto* labels = reinterpret_cast<const int32_t*>(gsy.data());
+  Guarded w1(*ctx_, w0.size()), b1(*ctx_, b.size()), v1(*ctx_, v0.size()), w2(*ctx_, w0.size()), b2(*ctx_, b.size()),
+      v2(*ctx_, v0.size());
+  for (Guarded* p : {&w1, &w2}) p->upload(w0);
+  for (Guarded* p : {&b1, &b2}) p->upload(b);
+  for (Guarded* p : {&v1, &v2}) p->upload(v0);
+  const SgdHyper hp{0.05f, 0.9f, 5e-4f};
+  double loss = 0;
+  ASSERT_EQ(ctx_->linear_sgd_step({dim, classes, gm.data(), gi.data(), w1.data(), b1.data(), v1.data()}, gsx.data(),
+                                  labels, n, hp, &loss),
+            OpStatus::kOk);
+  const std::unique_ptr<Buffer> report = ctx_->allocate_host_visible(16);
+  auto* status = static_cast<int32_t*>(report->data());
+  auto* mean_loss = reinterpret_cast<double*>(static_cast<unsigned char*>(report->data()) + 8);
+  status[0] = status[1] = -7;
+  const LinearHeadMut h2{dim, classes, gm.data(), gi.data(), w2.data(), b2.data(), v2.data()};
+  ctx_->linear_sgd_enqueue(h2, gsx.data(), labels, n, hp, {status, mean_loss});
+  ctx_->synchronize();
+  EXPECT_EQ(status[0], int32_t(OpStatus::kOk));
+  EXPECT_EQ(status[1], -1);
+  EXPECT_EQ(*mean_loss, loss);
+  EXPECT_GT(loss, 0);
+  EXPECT_EQ(w2.download(), w1.download());
+  EXPECT_EQ(b2.download(), b1.download());
+  EXPECT_EQ(v2.download(), v1.download());
+  // A step beyond max_weight is refused and reported, and changes nothing.
+  SgdHyper capped = hp;
+  capped.max_weight = 1e-3f;
+  ctx_->linear_sgd_enqueue(h2, gsx.data(), labels, n, capped, {status, mean_loss});
+  ctx_->synchronize();
+  EXPECT_EQ(status[0], int32_t(OpStatus::kNonFinite));
+  EXPECT_GE(status[1], 0);
+  EXPECT_EQ(w2.download(), w1.download());
+}
+
 // An input already in backend memory is checked where it is: the index of
 // its first NaN or infinity, wherever it sits; a host-only backend refuses.
 TEST_P(BackendOps, DeviceInputIsCheckedWhereItIs) {

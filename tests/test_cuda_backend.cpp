@@ -145,6 +145,57 @@ TEST(CudaBackend, ExitDecisionsMatchTheCpu) {
   }
 }
 
+// On-device learning (engine/learner.h) on the GPU against the same on the
+// CPU, its oracle: the same requests give the same answers while the heads
+// learn (steps and publications queued in the stream between runs, batch-1
+// runs replayed as recorded graphs that read the published weights), the
+// same number of steps, and weights within 1e-4 of each other.
+TEST(CudaBackend, LearnerFollowsTheCpuLearner) {
+  SKIP_WITHOUT_GPU();
+  const Model m = test::random_model(test::kSmallArch, 910);
+  Pair p(m);
+  const Arch& a = m.arch();
+  const size_t per = size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w);
+  const std::vector<ExitHeadSpec> specs = test::random_heads(m, 911, 1.5f / float(a.num_classes));
+  LearnerOptions lo;
+  lo.batch = 4;
+  lo.hyper = {0.02f, 0.9f, 5e-4f};
+  for (int n : {1, 3}) {
+    SCOPED_TRACE("batch " + std::to_string(n));
+    Session cs = p.cpu.session(), gs = p.gpu.session();
+    std::unique_ptr<HeadLearner> cl = cs.make_learner(specs, lo), gl = gs.make_learner(specs, lo);
+    RunOptions oc, og;
+    oc.learner = cl.get();
+    og.learner = gl.get();
+    int exited = 0, full = 0;
+    for (int r = 0; r < 40; ++r) {
+      const std::vector<float> x = random_floats(size_t(n) * per, uint32_t(920 + r), 2.0f);
+      std::vector<SampleResult> rc(static_cast<size_t>(n)), rg(static_cast<size_t>(n));
+      cs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rc.data(), nullptr, oc);
+      gs.run(x.data(), n, a.in_channels, a.input_h, a.input_w, rg.data(), nullptr, og);
+      for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(rg[size_t(i)].exit, rc[size_t(i)].exit) << "request " << r << " sample " << i;
+        ASSERT_EQ(rg[size_t(i)].label, rc[size_t(i)].label) << "request " << r << " sample " << i;
+        EXPECT_NEAR(rg[size_t(i)].confidence, rc[size_t(i)].confidence, 1e-5) << "request " << r;
+        (rc[size_t(i)].exit == kFullModel ? full : exited)++;
+      }
+    }
+    const LearnerStats sc = cl->stats(), sg = gl->stats();
+    EXPECT_EQ(sg.learned, sc.learned);
+    EXPECT_EQ(sg.steps, sc.steps);
+    EXPECT_EQ(sg.rejected, 0) << sg.last_rejection;
+    EXPECT_GT(sc.steps, 0);
+    EXPECT_NEAR(sg.last_loss, sc.last_loss, 1e-5 * (1 + sc.last_loss));
+    const std::vector<ExitHeadSpec> wc = cl->specs(), wg = gl->specs();
+    for (size_t e = 0; e < wc.size(); ++e) {
+      EXPECT_LE(max_rel_error(wg[e].weight, wc[e].weight), 1e-4) << wc[e].name;
+      EXPECT_LE(max_rel_error(wg[e].bias, wc[e].bias), 1e-4) << wc[e].name;
+    }
+    std::printf("[cuda learner] batch %d: %d answers from exits, %d from the full model, %lld steps\n", n, exited, full,
+                static_cast<long long>(sg.steps));
+  }
+}
+
 // FP16 storage (CudaOptions::fp16): activations and convolution weights as
 // halves, FP32 arithmetic inside every op, NHWC: logits within 1e-2 of the
 // CPU's for every block kind and stem, and exit decisions the CPU's except

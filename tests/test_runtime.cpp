@@ -9,10 +9,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <random>
 #include <thread>
 
+#include "cache/features.h"
 #include "cache/learned_cache.h"
+#include "cache/online.h"
 #include "engine/engine.h"
 #include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
@@ -631,6 +634,171 @@ TEST(Runtime, InputFilesMustBeRegularFiles) {
   EXPECT_GATI_ERROR(Engine{fifo}, "is not a regular file");
   EXPECT_GATI_ERROR(Engine{folder}, "is a folder");
   std::filesystem::remove_all(dir);
+}
+
+// On-device learning (engine/learner.h) against the host's online updates
+// (cache/online.h, OnlineState), which learn from features collected by a
+// separate pass: the same answers in the same order must give the same
+// steps, bit for bit on the CPU backend.  Samples leave at every exit and
+// from a memory at the stem (the same exit point as a head), in batches that
+// do not divide the SGD batch, so the rows each head gathers after a
+// compaction, and steps that fall inside a run, are all exercised.
+TEST(Learner, StepsAsTheHostUpdatesDoWhateverTheBatch) {
+  Fixture f(test::kSmallArch);
+  const int n = 24, requests = 200;
+  const std::vector<PoolSpec> pools = {parse_pool("avg"), parse_pool("mix2x2")};
+  const std::vector<float> probe = diverse_inputs(size_t(n), f.per, 61);
+  std::vector<ExitHeadSpec> specs = mixed_heads(f.engine, pooled_per_exit(f.engine, probe, n, pools), n, pools);
+  const std::vector<ExitPointInfo> points = exit_points(f.engine.model().net);
+  MemorySpec mem;  // exact repeats of a confident answer hit at the stem
+  mem.exit = 0;
+  mem.pool = parse_pool("avg");
+  mem.dim = mem.pool.features(points[0].channels);
+  mem.mean.assign(size_t(mem.dim), 0.f);
+  mem.inv_std.assign(size_t(mem.dim), 1.f);
+  mem.threshold = 1e-6f;
+  mem.min_confidence = 0.f;
+  // 200 requests over 30 distinct images: some repeat.
+  const std::vector<float> base = diverse_inputs(30, f.per, 62);
+  std::vector<float> x(size_t(requests) * f.per);
+  std::mt19937 rng(63);
+  for (int r = 0; r < requests; ++r) {
+    const size_t b = rng() % 30;
+    std::copy_n(base.begin() + long(b * f.per), f.per, x.begin() + long(size_t(r) * f.per));
+  }
+  // (SGD batch, run batch): steps inside runs; and, with heads that do not
+  // hit (threshold 1), gatherings of more rows than one call takes
+  // (RowGather::kMax).
+  const std::vector<std::pair<int, int>> cases = {{5, 1}, {5, 3}, {5, 7}, {120, 100}};
+  std::vector<ExitHeadSpec> quiet = specs;
+  for (ExitHeadSpec& h : quiet) h.threshold = 1.0f;
+  for (const auto& [sgd_batch, batch] : cases) {
+    const bool hits = sgd_batch < 10;
+    LearnerOptions lo;
+    lo.batch = sgd_batch;
+    lo.hyper = {0.05f, 0.9f, 5e-4f};
+    OnlineOptions oo;
+    oo.sgd = true;
+    oo.sgd_options = {1, sgd_batch, 0.05f, 0.9f, 5e-4f, 0};
+    for (bool with_memory : {false, true}) {
+      if (with_memory && !hits) continue;
+      SCOPED_TRACE("SGD batch " + std::to_string(sgd_batch) + ", batch " + std::to_string(batch) +
+                   (with_memory ? ", memory at the stem" : ""));
+      Session s = f.engine.session(), ref = f.engine.session();
+      const std::vector<ExitHeadSpec>& heads = hits ? specs : quiet;
+      std::unique_ptr<HeadLearner> learner = s.make_learner(heads, lo);
+      std::unique_ptr<AnswerMemory> memory = with_memory ? s.make_memory(mem) : nullptr,
+                                    ref_memory = with_memory ? ref.make_memory(mem) : nullptr;
+      std::vector<ExitCache> caches;
+      for (const ExitHeadSpec& h : heads) caches.push_back(ExitCache::from_head_spec(h));
+      OnlineState state(caches, {}, 0.99, oo);
+      std::map<int, int> by_exit;  // answers per exit (kFullModel: -1; the memory: -2)
+      int64_t full = 0;
+      for (int at = 0; at < requests; at += batch) {
+        const int nb = std::min(batch, requests - at);
+        const float* xb = x.data() + size_t(at) * f.per;
+        // The host path: heads as it serves them now, then its learning from
+        // a separate collection of the features.
+        const auto served = f.engine.make_exit_heads(state.head_specs());
+        std::vector<SampleResult> want(static_cast<size_t>(nb)), got(static_cast<size_t>(nb));
+        RunOptions ro;
+        ro.heads = served.get();
+        ro.memory = ref_memory.get();
+        ref.run(xb, nb, f.c, f.h, f.w, want.data(), nullptr, ro);
+        RunOptions lo_run;
+        lo_run.learner = learner.get();
+        lo_run.memory = memory.get();
+        s.run(xb, nb, f.c, f.h, f.w, got.data(), nullptr, lo_run);
+        const CollectedFeatures feats = collect_features(ref, xb, nb, nb, state.pools(int(points.size())));
+        for (int k = 0; k < nb; ++k) {
+          const SampleResult &g = got[size_t(k)], &w = want[size_t(k)];
+          ASSERT_EQ(g.exit, w.exit) << "request " << at + k;
+          ASSERT_EQ(g.label, w.label) << "request " << at + k;
+          ASSERT_EQ(g.confidence, w.confidence) << "request " << at + k;
+          ASSERT_EQ(g.from_memory, w.from_memory) << "request " << at + k;
+          ++by_exit[w.from_memory ? -2 : w.exit];
+          if (w.exit == kFullModel) {
+            ++full;
+            state.learn(feats, k, w.label);
+          }
+        }
+      }
+      const LearnerStats st = learner->stats();
+      EXPECT_EQ(st.learned, full);
+      EXPECT_EQ(st.steps, state.steps());
+      EXPECT_EQ(st.rejected, 0) << st.last_rejection;
+      EXPECT_GE(st.steps, sgd_batch < 10 ? 10 : 1);
+      EXPECT_GT(st.last_loss, 0);
+      const std::vector<ExitHeadSpec> learned = learner->specs();
+      ASSERT_EQ(learned.size(), state.live().size());
+      for (size_t e = 0; e < learned.size(); ++e) {
+        EXPECT_EQ(learned[e].weight, state.live()[e].weight) << learned[e].name;
+        EXPECT_EQ(learned[e].bias, state.live()[e].bias) << learned[e].name;
+        EXPECT_NE(learned[e].weight, heads[e].weight) << learned[e].name << " never learned";
+      }
+      // The run mixed every way out: early exits, the end, and the memory.
+      EXPECT_GE(by_exit.size(), hits ? 3u : 1u);
+      EXPECT_GT(by_exit[kFullModel], sgd_batch);
+      if (with_memory) {
+        EXPECT_GT(by_exit[-2], 0);
+      }
+    }
+  }
+}
+
+// A step that would take a weight out of range is refused on the device and
+// reported: its batch is dropped, the served heads stay as they were, and
+// serving goes on.
+TEST(Learner, RefusedStepsAreCountedAndChangeNothing) {
+  Fixture f(test::kTinyArch);
+  const std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 71, 1.0f);  // never hits
+  Session s = f.engine.session();
+  LearnerOptions lo;
+  lo.batch = 2;
+  lo.hyper = {1e30f, 0.9f, 0.f};
+  std::unique_ptr<HeadLearner> learner = s.make_learner(specs, lo);
+  const std::vector<float> x = diverse_inputs(6, f.per, 72);
+  const std::vector<float> want = f.engine.infer(x.data(), 6);
+  RunOptions o;
+  o.learner = learner.get();
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(s.infer(x.data(), 6, f.c, f.h, f.w, o), want);
+    const LearnerStats st = learner->stats();
+    EXPECT_EQ(st.learned, 6 * (round + 1));
+    EXPECT_EQ(st.steps, 0);
+    EXPECT_EQ(st.rejected, int64_t(specs.size()) * 3 * (round + 1));
+    EXPECT_NE(st.last_rejection.find("the batch was dropped"), std::string::npos) << st.last_rejection;
+    EXPECT_NE(st.last_rejection.find("head '"), std::string::npos) << st.last_rejection;
+  }
+  const std::vector<ExitHeadSpec> after = learner->specs();
+  for (size_t e = 0; e < specs.size(); ++e) EXPECT_EQ(after[e].weight, specs[e].weight) << specs[e].name;
+}
+
+TEST(Learner, MisuseIsRefusedWithAClearError) {
+  Fixture f(test::kTinyArch);
+  std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 81, 0.9f);
+  Session s = f.engine.session(), other = f.engine.session();
+  std::unique_ptr<HeadLearner> learner = s.make_learner(specs);
+  const std::vector<float> x = diverse_inputs(2, f.per, 82);
+  std::vector<SampleResult> r(2);
+  RunOptions o;
+  o.learner = learner.get();
+  EXPECT_GATI_ERROR(other.run(x.data(), 2, f.c, f.h, f.w, r.data(), nullptr, o), "belongs to another session");
+  const auto heads = f.engine.make_exit_heads(specs);
+  o.heads = heads.get();
+  EXPECT_GATI_ERROR(s.run(x.data(), 2, f.c, f.h, f.w, r.data(), nullptr, o), "not both");
+  LearnerOptions bad;
+  bad.batch = 0;
+  EXPECT_GATI_ERROR(s.make_learner(specs, bad), "SGD batch must be 1 to 65536");
+  bad = {};
+  bad.hyper.lr = NAN;
+  EXPECT_GATI_ERROR(s.make_learner(specs, bad), "lr nan must be finite");
+  std::vector<ExitHeadSpec> wide = specs;
+  wide[1].weight[3] = 1e5f;
+  EXPECT_GATI_ERROR(s.make_learner(wide), "beyond the largest half");
+  std::vector<ExitHeadSpec> wrong = specs;
+  wrong[0].classes = 3;
+  EXPECT_GATI_ERROR(s.make_learner(wrong), "classes, the model has");
 }
 
 TEST(Session, IsNotReentrantButTheEngineIs) {

@@ -96,6 +96,21 @@ class RecordingContext final : public BackendContext {
     host_wait("linear_sgd_step()");
     return inner_->linear_sgd_step(head, features, labels, n, hyper, loss);
   }
+  // A learner's ops follow the run, outside every segment.
+  void linear_sgd_enqueue(const LinearHeadMut& head, const float* features, const int32_t* labels, int n,
+                          const SgdHyper& hyper, const SgdReport& report) override {
+    if (open_) ADD_FAILURE() << "an SGD step sits inside a segment";
+    inner_->linear_sgd_enqueue(head, features, labels, n, hyper, report);
+  }
+  void gather_rows(const float* features, int dim, const RowGather& rows, float* x, int32_t* y, int offset) override {
+    if (open_) ADD_FAILURE() << "a learner's gathering sits inside a segment";
+    inner_->gather_rows(features, dim, rows, x, y, offset);
+  }
+  void publish_linear(const float* weight, const float* bias, int dim, int classes, float* served_w,
+                      uint16_t* served_f16, float* served_b) override {
+    if (open_) ADD_FAILURE() << "a learner's publication sits inside a segment";
+    inner_->publish_linear(weight, bias, dim, classes, served_w, served_f16, served_b);
+  }
   void timing_begin() override { inner_->timing_begin(); }
   void timing_mark() override { inner_->timing_mark(); }
   std::vector<double> timing_read() override { return inner_->timing_read(); }

@@ -20,6 +20,7 @@
 #include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
+#include "kernels/cpu/learn_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
 #include "kernels/cpu/memory_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
@@ -189,6 +190,20 @@ class CpuContext final : public BackendContext {
     const cpu::SgdResult r = cpu::linear_sgd_step(h, features, labels, n, hp);
     if (loss) *loss = r.loss;
     return r.status;
+  }
+  void linear_sgd_enqueue(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,
+                          const SgdHyper& hp, const SgdReport& report) override {
+    const cpu::SgdResult r = cpu::linear_sgd_step(h, features, labels, n, hp);
+    report.status[0] = int32_t(r.status);
+    report.status[1] = int32_t(r.bad_index);
+    *report.loss = r.loss;
+  }
+  void gather_rows(const float* features, int dim, const RowGather& rows, float* x, int32_t* y, int offset) override {
+    cpu::gather_rows(features, dim, rows, x, y, offset);
+  }
+  void publish_linear(const float* weight, const float* bias, int dim, int classes, float* served_w,
+                      uint16_t* served_f16, float* served_b) override {
+    cpu::publish_linear(weight, bias, dim, classes, served_w, served_f16, served_b);
   }
 
   void finish_full_model(const float* logits, int n, int classes, const ExitState& st, int pos) override {

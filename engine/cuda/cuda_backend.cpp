@@ -51,6 +51,7 @@
 #include "kernels/cuda/distance_head.cuh"
 #include "kernels/cuda/exit_head.cuh"
 #include "kernels/cuda/layout.cuh"
+#include "kernels/cuda/learn.cuh"
 #include "kernels/cuda/linear.cuh"
 #include "kernels/cuda/linear_sgd.cuh"
 #include "kernels/cuda/memory.cuh"
@@ -468,31 +469,45 @@ class CudaContext final : public BackendContext {
       if (loss) *loss = 0;
       return OpStatus::kOk;
     }
+    if (!sgd_report_) sgd_report_ = std::make_unique<cuda::MappedBuffer>(16, "the SGD report");
+    auto* status = static_cast<int32_t*>(sgd_report_->data());
+    auto* mean = reinterpret_cast<double*>(static_cast<unsigned char*>(sgd_report_->data()) + 8);
+    status[0] = -1;
+    linear_sgd_enqueue(h, features, labels, n, hp, {status, mean});
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    if (loss) *loss = *mean;
+    return static_cast<OpStatus>(status[0]);
+  }
+  void linear_sgd_enqueue(const LinearHeadMut& h, const float* features, const int32_t* labels, int n,
+                          const SgdHyper& hp, const SgdReport& report) override {
+    cuda::DeviceScope scope(index_);
+    if (n < 1) {
+      report.status[0] = int32_t(OpStatus::kOk);
+      report.status[1] = -1;
+      *report.loss = 0;
+      return;
+    }
     const size_t total =
         add_size(mul_size(size_t(h.classes), size_t(h.dim), "SGD step"), size_t(h.classes), "SGD step");
+    // Grown only: a reallocation waits for the steps queued before (cudaFree synchronises).
     sgd_xs_.reserve(mul_size(size_t(n) * size_t(h.dim), sizeof(float), "SGD step"), "SGD scratch");
     sgd_g_.reserve(mul_size(size_t(n) * size_t(h.classes), sizeof(float), "SGD step"), "SGD scratch");
     sgd_next_.reserve(mul_size(2 * total, sizeof(float), "SGD step"), "SGD scratch");
     sgd_flags_.reserve(2 * sizeof(int32_t), "SGD flags");
-    const size_t report_bytes = 16 + size_t(n) * sizeof(double);  // status words, then the losses
-    if (!sgd_report_ || sgd_report_->bytes() < report_bytes)
-      sgd_report_ = std::make_unique<cuda::MappedBuffer>(report_bytes, "the SGD report");
-    auto* status = static_cast<int32_t*>(sgd_report_->data());
-    auto* losses = reinterpret_cast<double*>(static_cast<unsigned char*>(sgd_report_->data()) + 16);
-    status[0] = -1;
-    cuda::linear_sgd_step(
-        h, features, labels, n, hp,
-        {sgd_xs_.floats(), sgd_g_.floats(), sgd_next_.floats(), static_cast<int32_t*>(sgd_flags_.data())},
-        {status, losses}, stream_.get());
-    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    const auto result = static_cast<OpStatus>(status[0]);
-    if (loss) {
-      double sum = 0;
-      if (result != OpStatus::kBadLabel)
-        for (int i = 0; i < n; ++i) sum += losses[i];
-      *loss = result == OpStatus::kBadLabel ? 0 : sum / n;
-    }
-    return result;
+    sgd_loss_.reserve(size_t(n) * sizeof(double), "SGD losses");
+    cuda::linear_sgd_step(h, features, labels, n, hp,
+                          {sgd_xs_.floats(), sgd_g_.floats(), sgd_next_.floats(),
+                           static_cast<int32_t*>(sgd_flags_.data()), static_cast<double*>(sgd_loss_.data())},
+                          report, stream_.get());
+  }
+  void gather_rows(const float* features, int dim, const RowGather& rows, float* x, int32_t* y, int offset) override {
+    cuda::DeviceScope scope(index_);
+    cuda::gather_rows(features, dim, rows, x, y, offset, stream_.get());
+  }
+  void publish_linear(const float* weight, const float* bias, int dim, int classes, float* served_w,
+                      uint16_t* served_f16, float* served_b) override {
+    cuda::DeviceScope scope(index_);
+    cuda::publish_linear(weight, bias, dim, classes, served_w, served_f16, served_b, stream_.get());
   }
 
   void timing_begin() override {
@@ -695,7 +710,7 @@ class CudaContext final : public BackendContext {
   Precision precision_;
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
-  DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_;
+  DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_, sgd_loss_;
   std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_, input_check_;
   size_t staged_bytes_ = 0;  // of the input in staging_
   std::vector<cuda::Event> events_;

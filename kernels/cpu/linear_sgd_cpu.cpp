@@ -54,7 +54,7 @@ SgdResult linear_sgd_step(const LinearHeadMut& h, const float* x, const int* lab
     const float g = grad[j] / float(n) + (j < wsize ? hp.weight_decay * w : 0.f);
     nv[j] = hp.momentum * h.velocity[j] + g;
     nw[j] = w - hp.lr * nv[j];
-    if (!std::isfinite(nw[j]) || std::abs(nw[j]) > kMaxWeight) {
+    if (!std::isfinite(nw[j]) || std::abs(nw[j]) > hp.max_weight) {
       r.status = OpStatus::kNonFinite;
       r.bad_index = long(j);
       return r;  // nothing committed

@@ -3,7 +3,7 @@
 // traffic, and the oracle of the CUDA update kernel.
 //
 // Design decision: the step is computed aside and committed only when every
-// new weight is finite and below kMaxWeight; otherwise nothing changes and a
+// new weight is finite and within hp.max_weight; otherwise nothing changes and a
 // status word says why.  Device code cannot throw, so the CPU twin does not
 // either: the host wrapper (cache/) turns the status into an error.
 #pragma once
@@ -11,8 +11,6 @@
 #include "kernels/exit_state.h"
 
 namespace gati::cpu {
-
-constexpr float kMaxWeight = 1e6f;
 
 struct SgdResult {
   OpStatus status = OpStatus::kOk;

@@ -29,7 +29,7 @@ __global__ void sgd_reset_kernel(int32_t* flags) {
 }
 
 __global__ void sgd_sample_kernel(LinearHeadMut h, const float* __restrict__ x, const int32_t* __restrict__ labels,
-                                  SgdScratch s, double* __restrict__ loss) {
+                                  SgdScratch s) {
   extern __shared__ float smem[];
   const int dim = h.dim, classes = h.classes, padded = dev::padded_dim(dim);
   float* xs = smem;
@@ -56,7 +56,7 @@ __global__ void sgd_sample_kernel(LinearHeadMut h, const float* __restrict__ x, 
   for (int k = threadIdx.x; k < classes; k += blockDim.x) {
     const float p = float(exp(double(z[k]) - zb) / sum);
     s.g[long(i) * classes + k] = __fsub_rn(p, k == label ? 1.f : 0.f);
-    if (k == label) loss[i] = -double(logf(fmaxf(p, 1e-12f)));
+    if (k == label) s.loss[i] = -double(logf(fmaxf(p, 1e-12f)));
   }
 }
 
@@ -80,15 +80,19 @@ __global__ void sgd_param_kernel(LinearHeadMut h, int n, SgdHyper hp, SgdScratch
     const float nw = __fsub_rn(w, __fmul_rn(hp.lr, v));
     s.next[j] = v;
     s.next[total + j] = nw;
-    if (!isfinite(nw) || fabsf(nw) > cpu::kMaxWeight) atomicMin(&s.flags[1], int(j < INT_MAX ? j : INT_MAX - 1));
+    if (!isfinite(nw) || fabsf(nw) > hp.max_weight) atomicMin(&s.flags[1], int(j < INT_MAX ? j : INT_MAX - 1));
   }
 }
 
-__global__ void sgd_commit_kernel(LinearHeadMut h, SgdScratch s, int32_t* status) {
+__global__ void sgd_commit_kernel(LinearHeadMut h, int n, SgdScratch s, SgdReport r) {
   const bool bad_label = s.flags[0] != INT_MAX, bad_weight = s.flags[1] != INT_MAX;
   if (blockIdx.x == 0 && threadIdx.x == 0) {
-    status[0] = int32_t(bad_label ? OpStatus::kBadLabel : bad_weight ? OpStatus::kNonFinite : OpStatus::kOk);
-    status[1] = bad_label ? s.flags[0] : bad_weight ? s.flags[1] : -1;
+    r.status[0] = int32_t(bad_label ? OpStatus::kBadLabel : bad_weight ? OpStatus::kNonFinite : OpStatus::kOk);
+    r.status[1] = bad_label ? s.flags[0] : bad_weight ? s.flags[1] : -1;
+    double sum = 0;
+    if (!bad_label)
+      for (int i = 0; i < n; ++i) sum += s.loss[i];
+    *r.loss = bad_label ? 0.0 : sum / n;
   }
   if (bad_label || bad_weight) return;
   const long wsize = long(h.classes) * h.dim, total = wsize + h.classes;
@@ -104,11 +108,10 @@ __global__ void sgd_commit_kernel(LinearHeadMut h, SgdScratch s, int32_t* status
 void launch_sgd(const LinearHeadMut& h, const float* x, const int32_t* labels, int n, const SgdHyper& hp,
                 const SgdScratch& s, const SgdReport& r, cudaStream_t stream) {
   sgd_reset_kernel<<<1, 1, 0, stream>>>(s.flags);
-  sgd_sample_kernel<<<unsigned(n), kSampleThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(h, x, labels, s,
-                                                                                                       r.loss);
+  sgd_sample_kernel<<<unsigned(n), kSampleThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(h, x, labels, s);
   const long total = long(h.classes) * h.dim + h.classes;
   sgd_param_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, n, hp, s);
-  sgd_commit_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, s, r.status);
+  sgd_commit_kernel<<<grid_for(total, 256), 256, 0, stream>>>(h, n, s, r);
 }
 
 }  // namespace

@@ -35,22 +35,7 @@ float half_to_float(uint16_t h) {
 uint16_t float_to_half(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  const uint16_t sign = (x >> 16) & 0x8000;
-  const int exp = int((x >> 23) & 0xff) - 127 + 15;
-  uint32_t mant = x & 0x7fffff;
-  if (((x >> 23) & 0xff) == 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  if (exp >= 0x1f) return sign | 0x7c00;
-  if (exp <= 0) {
-    if (exp < -10) return sign;
-    mant |= 0x800000;
-    const int shift = 14 - exp;
-    uint32_t h = mant >> shift;
-    if ((mant >> (shift - 1)) & 1) ++h;  // round half up
-    return sign | uint16_t(h);
-  }
-  uint16_t h = sign | uint16_t(exp << 10) | uint16_t(mant >> 13);
-  if (mant & 0x1000) ++h;  // round to nearest (carry may bump the exponent, as it should)
-  return h;
+  return half_bits_of(x);
 }
 
 std::vector<uint16_t> halves_if_exact(const std::vector<float>& values) {
