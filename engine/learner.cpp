@@ -56,6 +56,16 @@ class HeadLearner::Heads final : public ExitHeads {
   const std::vector<Head>& heads_;
 };
 
+void check_learnable(const std::vector<ExitHeadSpec>& specs) {
+  for (const ExitHeadSpec& s : specs) {
+    if (s.kind != HeadKind::kLinear) continue;
+    for (size_t j = 0; j < s.weight.size(); ++j)
+      if (!(std::abs(s.weight[j]) <= kHalfMax))
+        fail("learner: head '", s.name, "': weight ", j, " (", s.weight[j],
+             ") is beyond the largest half (65504); a learning head is served as halves");
+  }
+}
+
 HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::vector<ExitHeadSpec> specs,
                          const LearnerOptions& options)
     : ctx_(ctx), options_(options) {
@@ -67,15 +77,12 @@ HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::
     fail("learner: lr ", hp.lr, " must be finite and > 0, momentum ", hp.momentum, " in [0, 1), weight decay ",
          hp.weight_decay, " finite and >= 0");
   options_.hyper.max_weight = std::min(hp.max_weight, kHalfMax);
+  check_learnable(specs);
   // Served as halves: the weights as the first publication would round them.
   std::vector<std::vector<float>> live(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     ExitHeadSpec& s = specs[i];
     if (s.kind != HeadKind::kLinear) continue;
-    for (size_t j = 0; j < s.weight.size(); ++j)
-      if (!(std::abs(s.weight[j]) <= kHalfMax))
-        fail("learner: head '", s.name, "': weight ", j, " (", s.weight[j],
-             ") is beyond the largest half (65504); a learning head is served as halves");
     live[i] = s.weight;
     for (float& w : s.weight) w = round_to_half(w);
   }

@@ -59,6 +59,10 @@ struct LearnerStats {
   std::string last_rejection;  // why the last refused step was refused
 };
 
+// Throws unless every linear head's weights lie within the largest half
+// (65504), as a learning head's must: it is served as halves.
+void check_learnable(const std::vector<ExitHeadSpec>& specs);
+
 class HeadLearner {
  public:
   // Allocates from ctx (which must outlive it) and uploads `specs` through
@@ -90,6 +94,9 @@ class HeadLearner {
 
   // Waits for the context, then: the counts so far.
   LearnerStats stats();
+  // Without waiting: the counts as of the last run's end (the steps that run
+  // queued are counted after the next run, or by stats()).
+  const LearnerStats& stats_so_far() const { return stats_; }
   // Waits, then: the specs with every linear head's live weights (the
   // learned floats, before rounding), to save or to compare.
   std::vector<ExitHeadSpec> specs();

@@ -13,6 +13,14 @@ namespace {
 // The worker whose callbacks are running on this thread, if any.
 thread_local void* tls_worker_of_server = nullptr;
 
+void add_learning(LearnerStats& to, const LearnerStats& from) {
+  to.learned += from.learned;
+  to.steps += from.steps;
+  to.rejected += from.rejected;
+  if (!from.last_rejection.empty()) to.last_rejection = from.last_rejection;
+  if (from.steps > 0) to.last_loss = from.last_loss;
+}
+
 }  // namespace
 
 Server::Server(const Engine& engine, const ServerOptions& options, std::shared_ptr<const ExitHeads> heads)
@@ -25,6 +33,7 @@ Server::Server(const Engine& engine, const ServerOptions& options, std::shared_p
   if (options_.threads_per_worker < 0) fail("server: threads_per_worker must be >= 0");
   int threads = options_.threads_per_worker;
   if (threads == 0) threads = std::max(1, int(std::thread::hardware_concurrency()) / options_.workers);
+  if (options_.learn && heads_) check_learnable(heads_->specs());
   SessionOptions so;
   so.threads = threads;
   so.max_plans = 1;
@@ -100,6 +109,7 @@ void Server::enqueue(Pending p) {
 }
 
 void Server::set_exit_heads(std::shared_ptr<const ExitHeads> heads) {
+  if (options_.learn && heads) check_learnable(heads->specs());
   std::lock_guard<std::mutex> lock(mutex_);
   heads_ = std::move(heads);
 }
@@ -110,6 +120,11 @@ ServerStats Server::stats() const {
   s.batches = batches_.load();
   s.inline_requests = inline_.load();
   s.failed = failed_.load();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& w : workers_) {
+    add_learning(s.learning, w->retired);
+    add_learning(s.learning, w->learned);
+  }
   return s;
 }
 
@@ -152,7 +167,25 @@ void Server::serve(Worker& w, std::vector<Pending>& batch, const std::shared_ptr
   try {
     RunOptions opts;
     opts.heads = heads.get();
+    if (options_.learn && heads) {
+      if (!w.learner || w.learner_of != heads->id()) {  // new heads: learn from them
+        w.learner.reset();
+        std::lock_guard<std::mutex> lock(mutex_);
+        add_learning(w.retired, w.learned);
+        w.learned = {};
+      }
+      if (!w.learner) {
+        w.learner = w.session->make_learner(heads->specs(), options_.learner);
+        w.learner_of = heads->id();
+      }
+      opts.heads = nullptr;
+      opts.learner = w.learner.get();
+    }
     w.session->run(x.data(), n, arch_.in_channels, arch_.input_h, arch_.input_w, results.data(), logits.data(), opts);
+    if (opts.learner) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      w.learned = w.learner->stats_so_far();
+    }
   } catch (...) {
     error = std::current_exception();
   }

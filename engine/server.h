@@ -42,6 +42,13 @@ struct ServerOptions {
   int max_wait_us = 200;       // how long the oldest waiting request may wait for company
   size_t max_queue = 4096;     // submit() blocks while this many requests wait
   int threads_per_worker = 0;  // CPU threads per worker; 0 = cores / workers
+  // The learned heads learn where they run (engine/learner.h): each worker
+  // keeps a learner made from the heads in use, which takes SGD steps in
+  // its backend from the full model's answers it serves, queued after each
+  // batch without delaying its answers.  Workers learn apart, each from its
+  // own traffic; set_exit_heads starts them over from the new heads.
+  bool learn = false;
+  LearnerOptions learner;
 };
 
 struct ServeResult {
@@ -53,6 +60,9 @@ struct ServeResult {
 
 struct ServerStats {
   int64_t requests = 0, batches = 0, inline_requests = 0, failed = 0;
+  // With ServerOptions::learn, summed over the workers and every learner
+  // they made, as of each worker's last batch (HeadLearner::stats_so_far).
+  LearnerStats learning;
   double mean_batch() const { return batches ? double(requests - inline_requests) / double(batches) : 0.0; }
 };
 
@@ -87,6 +97,9 @@ class Server {
     Server* server = nullptr;
     std::unique_ptr<Session> session;
     std::thread thread;
+    std::unique_ptr<HeadLearner> learner;  // with options.learn: made from the heads with id learner_of
+    uint64_t learner_of = 0;
+    LearnerStats learned, retired;  // the current learner's counts, and its predecessors' (under mutex_)
   };
 
   void enqueue(Pending p);

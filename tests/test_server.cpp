@@ -198,6 +198,57 @@ int serve_observed(World& world, Server& server, OnlineCaches& online) {
 // the full model's ones teach the learned heads (one step per SGD batch at
 // every open exit), and what is learned reaches the server: after a flush,
 // its answers are those of the learned heads.
+// Heads that learn on the workers' devices (ServerOptions::learn): served
+// one at a time, the answers are those of a session whose learner saw the
+// same requests in the same order; the counts add up; new heads start the
+// learning over; heads that cannot be served as halves are refused.
+TEST(Server, HeadsLearnWhereTheyRun) {
+  World world(48, 0.999f);
+  const int c = world.engine.arch().in_channels, h = world.engine.arch().input_h, w = world.engine.arch().input_w;
+  LearnerOptions lo;
+  lo.batch = 3;
+  lo.hyper = {0.05f, 0.9f, 5e-4f};
+  Session s = world.engine.session();
+  std::unique_ptr<HeadLearner> learner = s.make_learner(world.heads->specs(), lo);
+  ServerOptions so;
+  so.workers = 1;
+  so.threads_per_worker = 1;
+  so.learn = true;
+  so.learner = lo;
+  int64_t full = 0;
+  {
+    Server server(world.engine, so, world.heads);
+    RunOptions o;
+    o.learner = learner.get();
+    for (int round = 0; round < 2; ++round)
+      for (size_t i = 0; i < world.images.size(); ++i) {
+        const ServeResult got = server.submit(world.images[i]).get();
+        SampleResult want;
+        s.run(world.images[i].data(), 1, c, h, w, &want, nullptr, o);
+        ASSERT_EQ(got.result.exit, want.exit) << "round " << round << " request " << i;
+        ASSERT_EQ(got.result.label, want.label) << "round " << round << " request " << i;
+        ASSERT_EQ(got.result.confidence, want.confidence) << "round " << round << " request " << i;
+        full += want.exit == kFullModel;
+      }
+    const ServerStats st = server.stats();
+    EXPECT_EQ(st.learning.learned, full);
+    const LearnerStats ref = learner->stats();
+    EXPECT_EQ(ref.learned, full);
+    EXPECT_GT(ref.steps, 10) << full << " full-model answers, " << ref.rejected << " refused: " << ref.last_rejection;
+    // The steps the last batch queued are counted after the next one.
+    EXPECT_LE(st.learning.steps, ref.steps);
+    EXPECT_GE(st.learning.steps, ref.steps - int64_t(world.heads->specs().size()));
+    // New heads: learning starts over from them, and the counts carry on.
+    server.set_exit_heads(world.engine.make_exit_heads(world.heads->specs()));
+    server.submit(world.images[0]).get();
+    EXPECT_GE(server.stats().learning.learned, full);
+    std::vector<ExitHeadSpec> wide = world.heads->specs();
+    wide[0].weight[0] = 7e4f;
+    EXPECT_GATI_ERROR(server.set_exit_heads(world.engine.make_exit_heads(wide)), "beyond the largest half");
+    EXPECT_GATI_ERROR(Server(world.engine, so, world.engine.make_exit_heads(wide)), "beyond the largest half");
+  }
+}
+
 TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
   World world(48, 0.999f);
   // Open (threshold <= 1) but answering only where a head's softmax
