@@ -57,6 +57,12 @@ struct OnlineOptions {
   // that the full model answered, toward its labels.
   bool sgd = false;
   SgdOptions sgd_options = {1, 32, 0.005f, 0.9f, 5e-4f, 0};
+  // replay_trace: take those steps in the serving backend (engine/learner.h:
+  // from the features the exits pooled, queued after each batch, on the GPU
+  // with a CUDA engine) instead of a separate pass on the host; the same
+  // steps, inside the timed runs.  It learns from the full model's own
+  // answers only, so it takes no feedback, guard or prior.
+  bool in_backend = false;
   // The label-shift correction from every answer, republished every
   // prior_every answers; needs caches that carry their label prior.
   bool prior = false;

@@ -125,6 +125,10 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     fail("replay: the trace refers to a data set of ", trace.source_size, " items, ", test.name, " has ", test.n);
   for (const Request& r : trace.requests)
     if (r.index < 0 || r.index >= test.n) fail("replay: trace item ", r.index, " is outside ", test.name);
+  if (o.online.in_backend && (!o.online.sgd || o.online.feedback > 0 || o.online.guard || o.online.prior))
+    fail(
+        "replay: learning in the backend is SGD from the full model's own answers: it needs online SGD, and takes "
+        "no feedback, guard or prior");
   const Arch& a = engine.arch();
   std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
   Session session = engine.session();
@@ -170,6 +174,16 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   RunOptions cached;
   cached.heads = heads.get();
   cached.memory = memory.get();
+  std::unique_ptr<HeadLearner> learner;
+  if (o.online.in_backend) {
+    LearnerOptions lo;
+    lo.batch = o.online.sgd_options.batch;
+    lo.hyper = {o.online.sgd_options.lr, o.online.sgd_options.momentum, o.online.sgd_options.weight_decay};
+    learner = session.make_learner(caches.head_specs(), lo);
+    cached.heads = nullptr;
+    cached.learner = learner.get();
+  }
+  const bool host_sgd = o.online.sgd && !learner;
   using clock = std::chrono::steady_clock;
   for (size_t s = 0; s < total; s += size_t(o.batch)) {
     const int nb = int(std::min(size_t(o.batch), total - s));
@@ -231,7 +245,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     // takes an SGD step per online.sgd_options.batch of them, toward the full
     // model's label.
     bool updated = false;
-    if (state.any_off() || o.online.sgd) {
+    if (state.any_off() || host_sgd) {
       const auto u0 = clock::now();
       const CollectedFeatures f = collect_features(session, x.data(), nb, nb, pools);
       for (int i = 0; i < nb; ++i) {
@@ -256,6 +270,16 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   rep.guard_events = state.guard_events();
   rep.online_steps = state.steps();
   if (o.online.sgd) rep.caches_after = live;
+  if (learner) {  // the learned weights of the open caches, as the backend holds them
+    rep.online_in_backend = true;
+    rep.online_steps = learner->stats().steps;
+    for (const ExitHeadSpec& h : learner->specs())
+      for (ExitCache& c : rep.caches_after)
+        if (c.exit == h.exit && c.kind == HeadKind::kLinear) {
+          c.weight = h.weight;
+          c.bias = h.bias;
+        }
+  }
   if (o.online.prior) rep.prior_estimate = state.prior_estimate();
   return rep;
 }
@@ -310,8 +334,9 @@ std::string replay_json(const ReplayReport& r) {
                         {"window", ev.observations}});
     j["feedback"] = {{"share", r.feedback}, {"exits", fb}, {"guard", r.guard}, {"guard_events", events}};
   }
-  if (r.online_steps > 0 || r.seconds_updates > 0) {
+  if (r.online_steps > 0 || r.seconds_updates > 0 || r.online_in_backend) {
     j["online"] = {{"sgd_steps", r.online_steps},
+                   {"sgd_where", r.online_in_backend ? "backend" : "host"},
                    {"prior_updates", r.prior_updates},
                    {"prior_estimate", r.prior_estimate},
                    {"update_seconds", r.seconds_updates}};

@@ -77,6 +77,7 @@ struct ReplayReport {
   std::vector<GuardEvent> guard_events;  // when the drift guard switched exits (GuardEvent::exit: an exit point id)
   double feedback = 0;                   // the share of hits run to the end
   int64_t online_steps = 0;              // SGD steps of the online updates
+  bool online_in_backend = false;        // taken in the serving backend, inside the latencies (online.in_backend)
   int64_t prior_updates = 0;             // republications with a new prior correction
   std::vector<double> prior_estimate;    // the served class mix as estimated at the end (when prior)
   std::vector<ExitCache> caches_after;   // the caches as the online updates left them (when online)

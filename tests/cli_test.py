@@ -202,6 +202,22 @@ def main():
                      ["serve-sim", "--model", args.demo, "--caches", os.path.join(tmp, "noprior.safetensors"),
                       "--trace", "drift", "--online", "prior"], "rebuild them with 'gati cache build'")
 
+        # online SGD in the serving backend: the host path's steps and answers; host-only settings refused
+        for where in ("sgd", "sgd-backend"):
+            rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", "uniform",
+                               "--requests", "400", "--seed", "9", "--online", where, "--online-lr", "0.005",
+                               "--json", os.path.join(tmp, where + ".json"))
+            check(f"serve-sim --online {where}", rc == 0, out + err)
+        reps = [json.load(open(os.path.join(tmp, w + ".json"))) if os.path.exists(os.path.join(tmp, w + ".json"))
+                else {} for w in ("sgd", "sgd-backend")]
+        check("... the same steps, taken in the backend", reps[0].get("online", {}).get("sgd_steps") ==
+              reps[1].get("online", {}).get("sgd_steps") and reps[1].get("online", {}).get("sgd_where") == "backend"
+              and reps[1].get("online", {}).get("sgd_steps", 0) > 0 and reps[0].get("hit_rate") == reps[1].get("hit_rate"),
+              str(reps)[:2000])
+        expect_error(gati, "backend SGD with feedback", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                         "--trace", "uniform", "--online", "sgd-backend",
+                                                         "--feedback", "0.1"], "takes no feedback, guard or prior")
+
         # Freeze's k-NN caches, compared with the learned ones side by side on one trace
         knn = os.path.join(tmp, "knn.safetensors")
         rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",

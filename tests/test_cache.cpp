@@ -1161,6 +1161,56 @@ TEST(Replay, OnlineUpdatesTeachACacheThatKnewNothing) {
       << "a closed exit pools nothing while serving, so it learns nothing";
 }
 
+// Online SGD taken in the serving backend (engine/learner.h) instead of a
+// separate host pass: the same answers and the same learned weights, bit
+// for bit on the CPU, at batch 1 and in batches; it refuses the host-only
+// settings.
+TEST(Replay, LearningInTheBackendTakesTheHostsSteps) {
+  const Model m = test::random_model(test::kTinyArch, 3);
+  Engine engine{Model(m)};
+  const Dataset d = tiny_arch_images(40, 19);
+  // Two open caches that know nothing yet (they learn, then answer) and two
+  // closed ones (neither served nor learned).
+  CacheSet set = random_cache_set(m, 2.0f);
+  for (size_t e : {size_t(2), size_t(3)}) {
+    std::fill(set.exits[e].weight.begin(), set.exits[e].weight.end(), 0.f);
+    std::fill(set.exits[e].bias.begin(), set.exits[e].bias.end(), 0.f);
+    set.exits[e].threshold = 0.8f;
+  }
+  const Trace trace = make_trace("uniform", d, 200, 4);
+  for (int batch : {1, 5}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    ReplayOptions o;
+    o.batch = batch;
+    o.online.sgd = true;
+    o.online.sgd_options.lr = 0.001f;
+    o.online.sgd_options.batch = 4;
+    const ReplayReport host = replay_trace(engine, set, d, trace, o);
+    o.online.in_backend = true;
+    const ReplayReport backend = replay_trace(engine, set, d, trace, o);
+    ASSERT_EQ(backend.requests.size(), host.requests.size());
+    int full = 0;
+    for (size_t i = 0; i < host.requests.size(); ++i) {
+      ASSERT_EQ(backend.requests[i].exit, host.requests[i].exit) << "request " << i;
+      ASSERT_EQ(backend.requests[i].label, host.requests[i].label) << "request " << i;
+      full += host.requests[i].exit == kFullModel;
+    }
+    EXPECT_GT(full, 20);
+    EXPECT_LT(full, 180) << "some requests should leave early";
+    EXPECT_GT(host.online_steps, 5);
+    EXPECT_EQ(backend.online_steps, host.online_steps);
+    ASSERT_EQ(backend.caches_after.size(), host.caches_after.size());
+    for (size_t e = 0; e < host.caches_after.size(); ++e) {
+      EXPECT_EQ(backend.caches_after[e].weight, host.caches_after[e].weight) << host.caches_after[e].name;
+      EXPECT_EQ(backend.caches_after[e].bias, host.caches_after[e].bias) << host.caches_after[e].name;
+    }
+    EXPECT_EQ(backend.caches_after[1].weight, set.exits[1].weight) << "a closed exit learns nothing";
+    EXPECT_NE(backend.caches_after[3].weight, set.exits[3].weight);
+    o.online.feedback = 0.1;
+    EXPECT_GATI_ERROR(replay_trace(engine, set, d, trace, o), "takes no feedback, guard or prior");
+  }
+}
+
 // The estimate follows the served mix; the correction is log(q / p) within
 // its clamp; a class the training labels never had is never corrected; only
 // a learned linear head's bias changes.

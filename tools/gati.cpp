@@ -498,8 +498,12 @@ void print_replay(const ReplayReport& r) {
                 checked.empty() ? "(none checked)" : checked.c_str());
   }
   if (r.online_steps > 0 || r.prior_updates > 0) {
-    std::printf("online updates: %lld SGD steps, %lld prior corrections, %.1fs outside the latencies\n",
-                (long long)r.online_steps, (long long)r.prior_updates, r.seconds_updates);
+    if (r.online_in_backend)
+      std::printf("online updates: %lld SGD steps in the serving backend, inside the latencies\n",
+                  (long long)r.online_steps);
+    else
+      std::printf("online updates: %lld SGD steps, %lld prior corrections, %.1fs outside the latencies\n",
+                  (long long)r.online_steps, (long long)r.prior_updates, r.seconds_updates);
     if (!r.prior_estimate.empty()) {
       std::printf("served class mix at the end:");
       for (double q : r.prior_estimate) std::printf(" %.3f", q);
@@ -533,7 +537,8 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   ro.online.feedback = o.feedback;
   ro.online.guard = o.guard == "on";
   ro.online.guard_options.window = o.guard_window;
-  ro.online.sgd = o.online == "on" || o.online == "sgd";
+  ro.online.sgd = o.online == "on" || o.online == "sgd" || o.online == "sgd-backend";
+  ro.online.in_backend = o.online == "sgd-backend";
   ro.online.sgd_options.lr = o.online_lr;
   ro.online.prior = o.online == "on" || o.online == "prior";
   ro.online.prior_options.window = o.prior_window;
@@ -820,8 +825,10 @@ int dispatch(int argc, char** argv) {
       ->add_option("--online", ss.online,
                    "online updates: 'sgd': learned caches take SGD steps toward the full model's answers on the "
                    "requests it answered (misses and feedback); 'prior': their bias follows the class mix of the "
-                   "answers served (label shift); 'on': both")
-      ->check(CLI::IsMember({"on", "sgd", "prior", "off"}))
+                   "answers served (label shift); 'on': both; 'sgd-backend': the SGD steps taken in the serving "
+                   "backend (on the GPU with --device cuda) from the features the exits pooled, inside the timed "
+                   "runs (no feedback, guard or prior)")
+      ->check(CLI::IsMember({"on", "sgd", "prior", "sgd-backend", "off"}))
       ->capture_default_str();
   c_sim
       ->add_option("--prior-window", ss.prior_window, "requests the served class mix is averaged over (--online prior)")
