@@ -151,6 +151,10 @@ run_models() {
       --batch 8 --json "$out/demo_caches_cpu.json" &&
     "$gati" run --model "$demo" --data fashion-mnist --limit 2000 --caches "$out/demo_caches.safetensors" --device cuda \
       --batch 8 --json "$out/demo_caches_cuda.json" &&
+    for where in sgd sgd-backend; do  # online SGD on the host pass, and in the CUDA backend (engine/learner.h)
+      "$gati" serve-sim --model "$demo" --caches "$out/demo_caches.safetensors" --trace uniform --seed 5151 \
+        --requests 2000 --online $where --device cuda --json "$out/serve_online_${where}_cuda.json" || return 1
+    done &&
     "$py" tools/convert.py --arch resnet50 --random --seed 1 --out "$r50" &&
     "$py" - "$input" <<'EOF' &&
 import sys, torch
