@@ -115,6 +115,10 @@ class ExitHeads {
   int max_dim() const { return max_dim_; }
   // The model's exit points these heads were made for.
   int exit_points() const { return int(by_exit_.size()); }
+  // The heads whose backend memory the views point into, for a backend's
+  // check that they are its own: these, or the heads a wrapper serves from
+  // (a learner's heads, engine/learner.h).
+  virtual const ExitHeads& storage() const { return *this; }
   // Unique in the process, never reused (a recorded graph names the heads
   // whose device memory it reads by it).
   uint64_t id() const { return id_; }

@@ -49,12 +49,22 @@ class HeadLearner::Heads final : public ExitHeads {
     return v;
   }
   DistanceHeadView distance_view(int head) const override { return base_.distance_view(head); }
+  const ExitHeads& storage() const override { return base_.storage(); }
   void renew_id() { id_ = next_object_id(); }
 
  private:
   const ExitHeads& base_;
   const std::vector<Head>& heads_;
 };
+
+void check_learner_options(const LearnerOptions& o) {
+  if (o.batch < 1 || o.batch > (1 << 16)) fail("learner: the SGD batch must be 1 to 65536 requests, got ", o.batch);
+  const SgdHyper& hp = o.hyper;
+  if (!(hp.lr > 0 && std::isfinite(hp.lr)) || !(hp.momentum >= 0 && hp.momentum < 1) ||
+      !(hp.weight_decay >= 0 && std::isfinite(hp.weight_decay)) || !(hp.max_weight > 0))
+    fail("learner: lr ", hp.lr, " must be finite and > 0, momentum ", hp.momentum, " in [0, 1), weight decay ",
+         hp.weight_decay, " finite and >= 0, max_weight ", hp.max_weight, " > 0");
+}
 
 void check_learnable(const std::vector<ExitHeadSpec>& specs) {
   for (const ExitHeadSpec& s : specs) {
@@ -69,14 +79,8 @@ void check_learnable(const std::vector<ExitHeadSpec>& specs) {
 HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::vector<ExitHeadSpec> specs,
                          const LearnerOptions& options)
     : ctx_(ctx), options_(options) {
-  if (options_.batch < 1 || options_.batch > (1 << 16))
-    fail("learner: the SGD batch must be 1 to 65536 requests, got ", options_.batch);
-  const SgdHyper& hp = options_.hyper;
-  if (!(hp.lr > 0 && std::isfinite(hp.lr)) || !(hp.momentum >= 0 && hp.momentum < 1) ||
-      !(hp.weight_decay >= 0 && std::isfinite(hp.weight_decay)))
-    fail("learner: lr ", hp.lr, " must be finite and > 0, momentum ", hp.momentum, " in [0, 1), weight decay ",
-         hp.weight_decay, " finite and >= 0");
-  options_.hyper.max_weight = std::min(hp.max_weight, kHalfMax);
+  check_learner_options(options_);
+  options_.hyper.max_weight = std::min(options_.hyper.max_weight, kHalfMax);
   check_learnable(specs);
   // Served as halves: the weights as the first publication would round them.
   std::vector<std::vector<float>> live(specs.size());
@@ -165,12 +169,15 @@ void HeadLearner::harvest() {
 }
 
 void HeadLearner::step(Head& h) {
-  if (h.queued == h.slots) fail("learner: no report slot left (internal error)");
+  const int n = h.pending;
+  h.pending = 0;  // the batch is spent whether or not the step can be queued
+  if (h.queued >= h.slots) fail("learner: no report slot left (internal error)");
   const int head = int(&h - heads_.data());
+  const SgdReport report = h.report(h.queued);
+  report.status[0] = -1;  // read as a failure unless the step writes it
   ctx_.linear_sgd_enqueue(h.live(base_->view(head)), h.batch_x->floats(),
-                          static_cast<const int32_t*>(h.batch_y->data()), h.pending, options_.hyper,
-                          h.report(h.queued++));
-  h.pending = 0;
+                          static_cast<const int32_t*>(h.batch_y->data()), n, options_.hyper, report);
+  ++h.queued;
 }
 
 void HeadLearner::learn(const ExitState& st, int n) {
@@ -181,15 +188,14 @@ void HeadLearner::learn(const ExitState& st, int n) {
   for (int s = 0; s < n; ++s)
     if (st.exit[s] == kFullModel) full.push_back(s);
   if (full.empty()) return;
-  stats_.learned += int64_t(full.size());
   for (size_t i = 0; i < heads_.size(); ++i) {
     Head& h = heads_[i];
     if (!h.learns) continue;
     // Report slots for every step this run can complete (the context is idle: safe to grow).
     const int most = (h.pending + int(full.size())) / options_.batch;
     if (most > h.slots) {
+      h.reports = ctx_.allocate_host_visible(size_t(most) * 16);
       h.slots = most;
-      h.reports = ctx_.allocate_host_visible(size_t(h.slots) * 16);
     }
     // The row each sample had at this head's exit: the samples that reached
     // it, in caller order (compaction keeps the survivors' order).
@@ -210,7 +216,7 @@ void HeadLearner::learn(const ExitState& st, int n) {
       g.label[g.count] = st.label[s];
       ++g.count;
       ++h.pending;
-      const bool batch_full = h.pending == options_.batch;
+      const bool batch_full = h.pending >= options_.batch;
       if (batch_full || g.count == RowGather::kMax) {
         ctx_.gather_rows(h.features->floats(), h.dim, g, h.batch_x->floats(), static_cast<int32_t*>(h.batch_y->data()),
                          offset);
@@ -230,6 +236,7 @@ void HeadLearner::learn(const ExitState& st, int n) {
       ctx_.publish_linear(h.live_w->floats(), h.live_b->floats(), h.dim, h.classes, h.served_w->floats(),
                           static_cast<uint16_t*>(h.served_f16->data()), h.served_b->floats());
   }
+  stats_.learned += int64_t(full.size());
 }
 
 LearnerStats HeadLearner::stats() {

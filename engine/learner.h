@@ -59,6 +59,9 @@ struct LearnerStats {
   std::string last_rejection;  // why the last refused step was refused
 };
 
+// Throws unless the options are in range (batch 1 to 65536; lr finite and
+// > 0; momentum in [0, 1); weight decay finite and >= 0; max_weight > 0).
+void check_learner_options(const LearnerOptions& options);
 // Throws unless every linear head's weights lie within the largest half
 // (65504), as a learning head's must: it is served as halves.
 void check_learnable(const std::vector<ExitHeadSpec>& specs);

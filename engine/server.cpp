@@ -33,6 +33,7 @@ Server::Server(const Engine& engine, const ServerOptions& options, std::shared_p
   if (options_.threads_per_worker < 0) fail("server: threads_per_worker must be >= 0");
   int threads = options_.threads_per_worker;
   if (threads == 0) threads = std::max(1, int(std::thread::hardware_concurrency()) / options_.workers);
+  if (options_.learn) check_learner_options(options_.learner);
   if (options_.learn && heads_) check_learnable(heads_->specs());
   SessionOptions so;
   so.threads = threads;
@@ -168,10 +169,11 @@ void Server::serve(Worker& w, std::vector<Pending>& batch, const std::shared_ptr
     RunOptions opts;
     opts.heads = heads.get();
     if (options_.learn && heads) {
-      if (!w.learner || w.learner_of != heads->id()) {  // new heads: learn from them
+      if (w.learner && w.learner_of != heads->id()) {  // new heads: learn from them
+        const LearnerStats last = w.learner->stats();  // with the steps its last batch queued
         w.learner.reset();
         std::lock_guard<std::mutex> lock(mutex_);
-        add_learning(w.retired, w.learned);
+        add_learning(w.retired, last);
         w.learned = {};
       }
       if (!w.learner) {

@@ -45,8 +45,9 @@ struct ServerOptions {
   // The learned heads learn where they run (engine/learner.h): each worker
   // keeps a learner made from the heads in use, which takes SGD steps in
   // its backend from the full model's answers it serves, queued after each
-  // batch without delaying its answers.  Workers learn apart, each from its
-  // own traffic; set_exit_heads starts them over from the new heads.
+  // batch (on CUDA the answers go out while the GPU steps; the CPU backend
+  // steps before they do).  Workers learn apart, each from its own
+  // traffic; set_exit_heads starts them over from the new heads.
   bool learn = false;
   LearnerOptions learner;
 };

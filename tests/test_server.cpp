@@ -194,10 +194,6 @@ int serve_observed(World& world, Server& server, OnlineCaches& online) {
   return full;
 }
 
-// Learning beside the server: answers arrive from the workers' callbacks,
-// the full model's ones teach the learned heads (one step per SGD batch at
-// every open exit), and what is learned reaches the server: after a flush,
-// its answers are those of the learned heads.
 // Heads that learn on the workers' devices (ServerOptions::learn): served
 // one at a time, the answers are those of a session whose learner saw the
 // same requests in the same order; the counts add up; new heads start the
@@ -238,10 +234,23 @@ TEST(Server, HeadsLearnWhereTheyRun) {
     // The steps the last batch queued are counted after the next one.
     EXPECT_LE(st.learning.steps, ref.steps);
     EXPECT_GE(st.learning.steps, ref.steps - int64_t(world.heads->specs().size()));
-    // New heads: learning starts over from them, and the counts carry on.
+    // New heads: learning starts over from them (the heads as first given:
+    // a request the full model answered then is answered by it again), and
+    // the counts carry on, the old learner's last steps included.
     server.set_exit_heads(world.engine.make_exit_heads(world.heads->specs()));
-    server.submit(world.images[0]).get();
-    EXPECT_GE(server.stats().learning.learned, full);
+    size_t k = 0;
+    while (k < world.want.size() && world.want[k].exit != kFullModel) ++k;
+    ASSERT_LT(k, world.want.size());
+    const ServeResult again = server.submit(world.images[k]).get();
+    EXPECT_EQ(again.result.exit, kFullModel);
+    EXPECT_EQ(again.result.label, world.want[k].label);
+    EXPECT_EQ(server.stats().learning.learned, full + 1);
+    EXPECT_EQ(server.stats().learning.steps, ref.steps);
+    LearnerOptions bad = lo;
+    bad.hyper.max_weight = NAN;
+    so.learner = bad;
+    EXPECT_GATI_ERROR(Server(world.engine, so, world.heads), "max_weight nan > 0");
+    so.learner = lo;
     std::vector<ExitHeadSpec> wide = world.heads->specs();
     wide[0].weight[0] = 7e4f;
     EXPECT_GATI_ERROR(server.set_exit_heads(world.engine.make_exit_heads(wide)), "beyond the largest half");
@@ -249,6 +258,10 @@ TEST(Server, HeadsLearnWhereTheyRun) {
   }
 }
 
+// Learning beside the server: answers arrive from the workers' callbacks,
+// the full model's ones teach the learned heads (one step per SGD batch at
+// every open exit), and what is learned reaches the server: after a flush,
+// its answers are those of the learned heads.
 TEST(Server, OnlineCachesLearnBesideItAndPublishToIt) {
   World world(48, 0.999f);
   // Open (threshold <= 1) but answering only where a head's softmax

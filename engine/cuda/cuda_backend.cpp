@@ -408,7 +408,7 @@ class CudaContext final : public BackendContext {
   void exit_head(const ExitHeads& heads, int head, const float* act, const Act& s, int exit_id, const ExitState& st,
                  int pos, float* pooled) override {
     cuda::DeviceScope scope(index_);
-    if (!dynamic_cast<const CudaExitHeads*>(&heads))
+    if (!dynamic_cast<const CudaExitHeads*>(&heads.storage()))
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     check_exit_head_fits(heads, head, s);
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
