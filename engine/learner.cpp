@@ -113,8 +113,7 @@ HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::
     ctx_.from_host(s.bias.data(), c * sizeof(float), h.live_b->data());
     const std::vector<float> zero(w + c, 0.f);
     ctx_.from_host(zero.data(), zero.size() * sizeof(float), h.velocity->data());
-    ctx_.publish_linear(h.live_w->floats(), h.live_b->floats(), h.dim, h.classes, h.served_w->floats(),
-                        static_cast<uint16_t*>(h.served_f16->data()), h.served_b->floats());
+    publish(h);
   }
   view_ = std::make_unique<Heads>(*base_, heads_);
   ctx_.synchronize();
@@ -180,19 +179,22 @@ void HeadLearner::step(Head& h) {
   ++h.queued;
 }
 
+void HeadLearner::publish(Head& h) {
+  ctx_.publish_linear(h.live_w->floats(), h.live_b->floats(), h.dim, h.classes, h.served_w->floats(),
+                      static_cast<uint16_t*>(h.served_f16->data()), h.served_b->floats());
+}
+
 void HeadLearner::learn(const ExitState& st, int n) {
   ctx_.synchronize();  // after a run it is idle already: the queued steps are done
   harvest();
   if (n > rows_) fail("learner: a run of ", n, " samples, but features for ", rows_, " (call reserve first)");
-  std::vector<int> full;
-  for (int s = 0; s < n; ++s)
-    if (st.exit[s] == kFullModel) full.push_back(s);
-  if (full.empty()) return;
+  const int full = int(std::count(st.exit, st.exit + n, kFullModel));
+  if (full == 0) return;
   for (size_t i = 0; i < heads_.size(); ++i) {
     Head& h = heads_[i];
     if (!h.learns) continue;
     // Report slots for every step this run can complete (the context is idle: safe to grow).
-    const int most = (h.pending + int(full.size())) / options_.batch;
+    const int most = (h.pending + full) / options_.batch;
     if (most > h.slots) {
       h.reports = ctx_.allocate_host_visible(size_t(most) * 16);
       h.slots = most;
@@ -205,38 +207,34 @@ void HeadLearner::learn(const ExitState& st, int n) {
       return e == kFullModel || e > exit || (e == exit && st.source[s] != kByMemory);
     };
     RowGather g;
-    int offset = h.pending, row = 0, next = 0;
+    int offset = h.pending, row = 0;
+    auto gather = [&] {  // the rows listed so far into the batch, from `offset`
+      ctx_.gather_rows(h.features->floats(), h.dim, g, h.batch_x->floats(), static_cast<int32_t*>(h.batch_y->data()),
+                       offset);
+      g.count = 0;
+      offset = h.pending;
+    };
     bool stepped = false;
     for (int s = 0; s < n; ++s) {
       if (!reached(s)) continue;
       const int r = row++;
-      if (size_t(next) >= full.size() || full[size_t(next)] != s) continue;
-      ++next;
+      if (st.exit[s] != kFullModel) continue;
       g.row[g.count] = r;
       g.label[g.count] = st.label[s];
       ++g.count;
       ++h.pending;
       const bool batch_full = h.pending >= options_.batch;
-      if (batch_full || g.count == RowGather::kMax) {
-        ctx_.gather_rows(h.features->floats(), h.dim, g, h.batch_x->floats(), static_cast<int32_t*>(h.batch_y->data()),
-                         offset);
-        g.count = 0;
-        offset = h.pending;
-      }
+      if (batch_full || g.count == RowGather::kMax) gather();
       if (batch_full) {
         step(h);
         stepped = true;
         offset = 0;
       }
     }
-    if (g.count > 0)
-      ctx_.gather_rows(h.features->floats(), h.dim, g, h.batch_x->floats(), static_cast<int32_t*>(h.batch_y->data()),
-                       offset);
-    if (stepped)
-      ctx_.publish_linear(h.live_w->floats(), h.live_b->floats(), h.dim, h.classes, h.served_w->floats(),
-                          static_cast<uint16_t*>(h.served_f16->data()), h.served_b->floats());
+    if (g.count > 0) gather();
+    if (stepped) publish(h);
   }
-  stats_.learned += int64_t(full.size());
+  stats_.learned += full;
 }
 
 LearnerStats HeadLearner::stats() {

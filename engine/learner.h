@@ -109,6 +109,7 @@ class HeadLearner {
   struct Head;
   void harvest();  // reads the reports of the steps queued so far (the context is idle)
   void step(Head& h);
+  void publish(Head& h);  // live weights into the served copy, queued
 
   BackendContext& ctx_;
   LearnerOptions options_;
