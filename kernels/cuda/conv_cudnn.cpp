@@ -175,9 +175,11 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
   p->ow = (w + 2 * g.pad - g.kernel) / g.stride + 1;
   if (p->oh < 1 || p->ow < 1) fail(where, ": the input is smaller than the kernel");
   // A choice timed before (this run or an earlier one): rebuilt, untimed.
+  // Also for a shape planned untimed (a batch compaction made): another
+  // session, or an earlier process, may have timed it as its capacity.
   const std::string stored_as = str_cat(g.cin, ",", g.cout, ",", g.kernel, ",", g.stride, ",", g.pad, ",", g.groups,
                                         " n", n, " ", h, "x", w, relu ? " relu" : "", residual ? " residual" : "");
-  if (timed && store_)
+  if (store_ && tune_)  // GATI_CUDNN_TUNE=0: the first ranked engine, whatever was stored
     if (const std::optional<PlanRecord> r = store_->find(stored_as)) {
       auto restored = std::make_unique<Plan>();
       restored->oh = p->oh;

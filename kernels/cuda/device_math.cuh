@@ -28,9 +28,14 @@ constexpr int kLanes = 16;
 constexpr size_t kStaticSmem = 1024;
 
 // Dynamic shared memory of a kernel that scores one sample: its standardised
-// features (padded to the lanes) and its class scores.
+// features and its class scores, each padded to the lanes.  The scores'
+// padding is read, never used: nvcc widens a loop's last scalar loads of
+// 16-byte-aligned shared memory into one 16-byte load (the selector's walk
+// over the classes, exit_head.cu), which compute-sanitizer reported as a read
+// past the end (H100, 2026-11-23).
 inline size_t scores_smem_bytes(int dim, int classes) {
-  return (size_t((dim + kLanes - 1) / kLanes * kLanes) + size_t(classes)) * sizeof(float);
+  const auto lanes = [](int v) { return size_t((v + kLanes - 1) / kLanes * kLanes); };
+  return (lanes(dim) + lanes(classes)) * sizeof(float);
 }
 // Host side, before a launch: that memory plus the static part must fit the
 // 48 KiB a block gets without opting in; `what` names the op in the error.
