@@ -222,6 +222,12 @@ class BackendContext {
   // Scratch for compacting activations up to `largest` (batch included),
   // allocated now: a recorded segment may not allocate.
   virtual void prepare_compaction(const Act& largest) { (void)largest; }
+  // Scratch the exit heads need for batches up to max_batch, allocated now
+  // (CUDA: the wide exit kernels' scores).
+  virtual void prepare_exit_heads(const ExitHeads& heads, int max_batch) {
+    (void)heads;
+    (void)max_batch;
+  }
   // Called once a plan's shapes are all prepared (CUDA: the timed choices
   // are saved to the plan cache).
   virtual void prepared() {}

@@ -146,7 +146,10 @@ void Executor::run(const float* input_nchw, int n, SampleResult* results, float*
   // runs may sit inside them: timing marks, the observer, the memory.
   const bool segments = !opts.timings && !opts.observer && !opts.memory;
   if (segments) {
-    if (opts.heads) exit_pooled(opts.heads->max_dim());  // grown before anything is recorded
+    if (opts.heads) {  // grown before anything is recorded
+      exit_pooled(opts.heads->max_dim());
+      ctx_.prepare_exit_heads(*opts.heads, plan_.max_batch);
+    }
     bool done = false;
     aborted_recording_ = false;
     try {

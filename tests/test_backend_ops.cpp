@@ -383,6 +383,93 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
   }
 }
 
+// The CUDA exit head's two shapes (kernels/cuda/exit_head.cu: one block per
+// row, and the wide kernels, the default) give the same pooled features and
+// decisions bit for bit on ResNet exit shapes: grids of cells with maxima,
+// feature counts off the 32-feature blocks, cells taller than one pass of
+// rows (112x112), 1000 classes, weights as halves, a selector; each run's
+// threshold splits its rows.  The CPU has one kernel.
+TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
+  if (GetParam() == "cpu") GTEST_SKIP() << "one exit kernel on the CPU";
+  const char* saved = std::getenv("GATI_CUDA_EXIT_KERNEL");
+  const std::string keep = saved ? saved : "";
+  setenv("GATI_CUDA_EXIT_KERNEL", "block", 1);
+  std::unique_ptr<BackendContext> block = device_->make_context(0);
+  if (saved)
+    setenv("GATI_CUDA_EXIT_KERNEL", keep.c_str(), 1);
+  else
+    unsetenv("GATI_CUDA_EXIT_KERNEL");
+  struct Case {
+    int n, h, c, classes;
+    PoolSpec pool;
+    bool halves, selector;
+  };
+  const Case cases[] = {
+      {1, 56, 256, 1000, {1, false}, true, false},  // ResNet-50 layer1, ImageNet classes
+      {3, 28, 128, 10, {2, true}, false, false},    // grid 2 with maxima: 1024 features
+      {2, 112, 64, 10, {1, false}, false, true},    // cells taller than a pass of rows, a selector
+      {5, 7, 2048, 1000, {1, false}, true, false},  // ResNet-50 layer4
+      {4, 9, 40, 7, {3, true}, false, false},       // uneven cells, 720 features, odd classes
+  };
+  uint32_t seed = 700;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(std::to_string(k.n) + "x" + std::to_string(k.h) + "x" + std::to_string(k.c) + " grid " +
+                 std::to_string(k.pool.grid) + (k.pool.with_max ? " max" : "") + " classes " +
+                 std::to_string(k.classes));
+    const int dim = k.pool.features(k.c);
+    ExitHeadSpec spec = random_linear_head(dim, k.classes, seed, 2.f / std::sqrt(float(dim)));
+    seed += 4;
+    spec.pool = k.pool;
+    if (k.selector) spec.selector = {6.f, -3.f, -2.f, -1.f};
+    if (k.halves)
+      for (float& w : spec.weight) w = half_to_float(float_to_half(w));
+    const std::vector<float> x = act_floats(size_t(k.n) * size_t(k.h * k.h * k.c), seed++, 2.0f);
+    const Act shape{k.n, k.h, k.h, k.c};
+    struct Got {
+      std::vector<float> pooled;
+      std::vector<int32_t> hit, exit, label;
+      std::vector<float> confidence;
+    };
+    auto run = [&](BackendContext& ctx, const ExitHeadSpec& head) {
+      const auto heads = device_->upload_exit_heads({head});
+      HostState hs(ctx, k.n, k.classes);
+      ctx.begin_exits(hs.st, k.n, k.classes);
+      Guarded act(ctx, x.size()), pooled(ctx, size_t(k.n) * size_t(dim));
+      act.upload_act(x, shape);
+      ctx.exit_head(*heads, 0, act.data(), shape, 2, hs.st, 0, pooled.data());
+      ctx.synchronize();
+      Got g;
+      g.pooled = pooled.download();
+      for (int i = 0; i < k.n; ++i) {
+        g.hit.push_back(hs.st.hit[i]);
+        g.exit.push_back(hs.st.exit[i]);
+        g.label.push_back(hs.st.label[i]);
+        g.confidence.push_back(hs.st.confidence[i]);
+      }
+      return g;
+    };
+    // Threshold 0 first (every row answers, with its confidence), then one
+    // that splits the rows.
+    spec.threshold = 0.f;
+    const Got all = run(*block, spec);
+    std::vector<float> c = all.confidence;
+    std::sort(c.begin(), c.end());
+    spec.threshold = k.n == 1 ? c[0] : 0.5f * (c[size_t(k.n / 2) - 1] + c[size_t(k.n / 2)]);
+    const Got want = run(*block, spec), got = run(*ctx_, spec);
+    ASSERT_EQ(got.pooled.size(), want.pooled.size());
+    EXPECT_EQ(0, std::memcmp(got.pooled.data(), want.pooled.data(), want.pooled.size() * sizeof(float)))
+        << "pooled features differ";
+    EXPECT_EQ(got.hit, want.hit);
+    EXPECT_EQ(got.exit, want.exit);
+    EXPECT_EQ(got.label, want.label);
+    EXPECT_EQ(0, std::memcmp(got.confidence.data(), want.confidence.data(), want.confidence.size() * sizeof(float)));
+    EXPECT_GT(std::count(want.hit.begin(), want.hit.end(), 1), 0);
+    if (k.n > 1) {
+      EXPECT_GT(std::count(want.hit.begin(), want.hit.end(), 0), 0);
+    }
+  }
+}
+
 // With GATI's selector the confidence is sigmoid(b + sum_j w_j p_(j)) over
 // the three largest softmax probabilities in descending order; the label
 // stays the argmax.  Reference in double, half the rows over the threshold.

@@ -411,10 +411,17 @@ class CudaContext final : public BackendContext {
     if (!dynamic_cast<const CudaExitHeads*>(&heads.storage()))
       fail("exit head '", heads.specs()[size_t(head)].name, "': uploaded to another backend, not to ", device_->name());
     check_exit_head_fits(heads, head, s);
-    if (heads.specs()[size_t(head)].kind == HeadKind::kLinear)
-      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, heads.view(head), exit_id, st, pos, pooled,
+    if (heads.specs()[size_t(head)].kind == HeadKind::kLinear) {
+      const LinearHeadView h = heads.view(head);
+      float* scores = nullptr;
+      if (wide_exits_) {  // grows nothing once the executor has prepared its heads
+        exit_scores_.reserve(mul_size(size_t(s.n) * size_t(h.classes), sizeof(float), "exit scores"),
+                             "the exit heads' scores");
+        scores = exit_scores_.floats();
+      }
+      cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, h, exit_id, st, pos, pooled, scores,
                              stream_.get());
-    else
+    } else
       cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, layout_, precision_, heads.distance_view(head), exit_id, st,
                                pos, pooled, stream_.get());
   }
@@ -433,6 +440,16 @@ class CudaContext final : public BackendContext {
   }
 
   void prepared() override { conv_.save_plans(); }
+
+  void prepare_exit_heads(const ExitHeads& heads, int max_batch) override {
+    cuda::DeviceScope scope(index_);
+    int classes = 0;
+    for (const ExitHeadSpec& s : heads.specs())
+      if (s.kind == HeadKind::kLinear) classes = std::max(classes, s.classes);
+    if (wide_exits_ && classes > 0)
+      exit_scores_.reserve(mul_size(size_t(max_batch) * size_t(classes), sizeof(float), "exit scores"),
+                           "the exit heads' scores");
+  }
 
   void prepare_compaction(const Act& s) override {
     cuda::DeviceScope scope(index_);
@@ -646,8 +663,9 @@ class CudaContext final : public BackendContext {
 
   // Whether any scratch a graph may hold has moved since the last look.
   bool scratch_moved() {
-    const std::array<const void*, 5> now = {staging_.data(), compact_rows_.data(), compact_index_.data(),
-                                            conv_.workspace(), input_pinned_ ? input_pinned_->data() : nullptr};
+    const std::array<const void*, 6> now = {staging_.data(),       compact_rows_.data(),
+                                            compact_index_.data(), conv_.workspace(),
+                                            exit_scores_.data(),   input_pinned_ ? input_pinned_->data() : nullptr};
     const bool moved = now != scratch_;
     scratch_ = now;
     return moved;
@@ -688,6 +706,14 @@ class CudaContext final : public BackendContext {
     const char* v = std::getenv("GATI_CUDA_SKIP");
     return !(v && std::string(v) == "0") && cuda::conditional_nodes_available();
   }
+  // GATI_CUDA_EXIT_KERNEL=block: the exit head as one block per row (one
+  // launch), not the wide kernels (kernels/cuda/exit_head.cu).
+  static bool wide_exits_wanted() {
+    const char* v = std::getenv("GATI_CUDA_EXIT_KERNEL");
+    if (!v || std::string(v) == "wide") return true;
+    if (std::string(v) == "block") return false;
+    fail("GATI_CUDA_EXIT_KERNEL='", v, "' is not wide or block");
+  }
   static constexpr cudaStreamCaptureMode kCaptureMode = cudaStreamCaptureModeThreadLocal;
 
   void record() {
@@ -710,6 +736,8 @@ class CudaContext final : public BackendContext {
   Precision precision_;
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
+  bool wide_exits_ = wide_exits_wanted();
+  DeviceBuffer exit_scores_;  // [n, classes] between the wide exit kernels
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_, sgd_loss_;
   std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_, input_check_;
   size_t staged_bytes_ = 0;  // of the input in staging_
@@ -721,7 +749,7 @@ class CudaContext final : public BackendContext {
   cudaGraph_t root_ = nullptr;  // while recording with skips: the graph the first skip ended
   SegmentKey recording_key_;
   std::map<SegmentKey, Recorded> graphs_;
-  std::array<const void*, 5> scratch_{};
+  std::array<const void*, 6> scratch_{};
   int64_t launches_ = 0;
 };
 

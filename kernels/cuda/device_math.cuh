@@ -71,7 +71,8 @@ __device__ inline float pool_feature(const T* __restrict__ src, int h, int w, in
   return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
 }
 
-__device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
+__host__ __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
+inline int padded_dim_host(int dim) { return padded_dim(dim); }
 
 // One row's features: pooled from src (h x w x c, in `layout`) into pooled_row[dim]
 // (device) and standardised, (pooled - mean) * inv_std, into xs[padded_dim]

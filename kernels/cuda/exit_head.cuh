@@ -16,12 +16,14 @@ namespace gati::cuda {
 
 void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream);
 
-// One launch: pooling of each row of act (n, height, width, channels, in `layout`) as
+// Pooling of each row of act (n, height, width, channels, in `layout`) as
 // h.pool says into pooled [n, h.dim] (device), standardise, linear scores,
 // top softmax, and the hit decision (hit[row]; exit, label, confidence of
-// sample position[pos][row]).
+// sample position[pos][row]).  Without `scores`, one launch of one block
+// per row; with scores (device, [n, h.classes]), three launches spread over
+// the GPU (pooling, scoring, deciding), the same values bit for bit.
 void exit_head_linear(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
-                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
+                      const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled, float* scores,
                       cudaStream_t stream);
 
 // Device scratch for compaction: `rows` ints and rows * row_floats floats.
