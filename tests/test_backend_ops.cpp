@@ -383,9 +383,10 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
   }
 }
 
-// The CUDA exit head's two shapes (kernels/cuda/exit_head.cu: one block per
-// row, and the wide kernels, the default) give the same pooled features and
-// decisions bit for bit on ResNet exit shapes: grids of cells with maxima,
+// The CUDA exit head's shapes (kernels/cuda/exit_head.cu: one block per row;
+// the wide kernels, the default; the wide ones with staged NCHW pooling)
+// give the same pooled features and decisions bit for bit on ResNet exit
+// shapes: grids of cells with maxima,
 // feature counts off the 32-feature blocks, cells taller than one pass of
 // rows (112x112), 1000 classes, weights as halves, a selector; each run's
 // threshold splits its rows.  The CPU has one kernel.
@@ -395,6 +396,10 @@ TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
   const std::string keep = saved ? saved : "";
   setenv("GATI_CUDA_EXIT_KERNEL", "block", 1);
   std::unique_ptr<BackendContext> block = device_->make_context(0);
+  setenv("GATI_CUDA_EXIT_KERNEL", "wide", 1);
+  std::unique_ptr<BackendContext> wide = device_->make_context(0);
+  setenv("GATI_CUDA_EXIT_KERNEL", "staged", 1);
+  std::unique_ptr<BackendContext> staged = device_->make_context(0);
   if (saved)
     setenv("GATI_CUDA_EXIT_KERNEL", keep.c_str(), 1);
   else
@@ -410,6 +415,7 @@ TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
       {2, 112, 64, 10, {1, false}, false, true},    // cells taller than a pass of rows, a selector
       {5, 7, 2048, 1000, {1, false}, true, false},  // ResNet-50 layer4
       {4, 9, 40, 7, {3, true}, false, false},       // uneven cells, 720 features, odd classes
+      {2, 14, 21, 5, {1, false}, false, false},     // 21 features: blocks and warps past the last one
   };
   uint32_t seed = 700;
   for (const Case& k : cases) {
@@ -455,14 +461,18 @@ TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
     std::vector<float> c = all.confidence;
     std::sort(c.begin(), c.end());
     spec.threshold = k.n == 1 ? c[0] : 0.5f * (c[size_t(k.n / 2) - 1] + c[size_t(k.n / 2)]);
-    const Got want = run(*block, spec), got = run(*ctx_, spec);
-    ASSERT_EQ(got.pooled.size(), want.pooled.size());
-    EXPECT_EQ(0, std::memcmp(got.pooled.data(), want.pooled.data(), want.pooled.size() * sizeof(float)))
-        << "pooled features differ";
-    EXPECT_EQ(got.hit, want.hit);
-    EXPECT_EQ(got.exit, want.exit);
-    EXPECT_EQ(got.label, want.label);
-    EXPECT_EQ(0, std::memcmp(got.confidence.data(), want.confidence.data(), want.confidence.size() * sizeof(float)));
+    const Got want = run(*block, spec);
+    for (BackendContext* ctx : {wide.get(), staged.get()}) {
+      SCOPED_TRACE(ctx == wide.get() ? "wide" : "staged");
+      const Got got = run(*ctx, spec);
+      ASSERT_EQ(got.pooled.size(), want.pooled.size());
+      EXPECT_EQ(0, std::memcmp(got.pooled.data(), want.pooled.data(), want.pooled.size() * sizeof(float)))
+          << "pooled features differ";
+      EXPECT_EQ(got.hit, want.hit);
+      EXPECT_EQ(got.exit, want.exit);
+      EXPECT_EQ(got.label, want.label);
+      EXPECT_EQ(0, std::memcmp(got.confidence.data(), want.confidence.data(), want.confidence.size() * sizeof(float)));
+    }
     EXPECT_GT(std::count(want.hit.begin(), want.hit.end(), 1), 0);
     if (k.n > 1) {
       EXPECT_GT(std::count(want.hit.begin(), want.hit.end(), 0), 0);

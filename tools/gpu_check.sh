@@ -12,6 +12,8 @@
 #             and a converted random-weight resnet50 through infer/profile on the GPU
 #   bench     bench_gpu (models, exits, exit-point ops) as JSON
 #   graphs    whole-model latency with CUDA graphs and without (GATI_CUDA_GRAPHS=0), side by side
+#   exits     the exit head alone and the never-hit paired benchmark for each GATI_CUDA_EXIT_KERNEL
+#             (block, wide, staged) -> OUT/exit_kernels.json
 #   compare   bench/compare_pytorch_gpu.py: PyTorch's configurations and gati, one run
 #
 # The machine needs the CUDA toolkit, CMake and PyTorch with CUDA (the
@@ -25,12 +27,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench graphs compare]}
+out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench graphs exits compare]}
 shift
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(machine build test sanitize run bench graphs compare)
+[ ${#stages[@]} -eq 0 ] && stages=(machine build test sanitize run bench graphs exits compare)
 py=${GATI_PYTHON:-python3}
 deps=${GATI_DEPS_PREFIX:-/opt/deps}
 build=${GATI_GPU_BUILD:-build-gpu}
@@ -226,6 +228,32 @@ json.dump(rows, open(f"{out}/graphs_ab.json", "w"), indent=2)
 EOF
 }
 
+# The exit head's kernels (kernels/cuda/exit_head.cu) side by side: one head
+# alone (us) and the never-hit overhead of the whole model (%), per kernel.
+exit_kernels() {
+  local r50="$out/resnet50_random.safetensors" k
+  [ -f "$r50" ] || "$py" tools/convert.py --arch resnet50 --random --seed 1 --out "$r50" || return 1
+  for k in block wide staged; do
+    GATI_CUDA_EXIT_KERNEL=$k "$build/bench/bench_gpu" --models="$demo,$r50" --batches=1,8 --exits \
+      --benchmark_filter='BM_ExitHead|paired' --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+      --benchmark_out="$out/bench_exits_$k.json" --benchmark_out_format=json || return 1
+  done
+  "$py" - "$out" <<'EOF'
+import json, sys
+out = sys.argv[1]
+rows = {}
+for k in ("block", "wide", "staged"):
+    for b in json.load(open(f"{out}/bench_exits_{k}.json"))["benchmarks"]:
+        if b.get("aggregate_name") != "median":
+            continue
+        v = b["overhead_%"] if "overhead_%" in b else b["real_time"]
+        rows.setdefault(b["run_name"], {})[k] = v
+for name, r in rows.items():
+    print(f"{name:60s} " + "  ".join(f"{k} {r.get(k, float('nan')):9.2f}" for k in ("block", "wide", "staged")))
+json.dump(rows, open(f"{out}/exit_kernels.json", "w"), indent=2)
+EOF
+}
+
 compare() {
   "$py" bench/compare_pytorch_gpu.py --bench "$build/bench/bench_gpu" --models resnet18 resnet50 demo \
     --batches 1 8 64 --precisions fp32 fp16 --repeats 30 ${GATI_COMPARE_ARGS:---no-compile} \
@@ -241,8 +269,9 @@ for s in "${stages[@]}"; do
     run) step run run_models ;;
     bench) step bench bench ;;
     graphs) step graphs graphs_ab ;;
+    exits) step exits exit_kernels ;;
     compare) step compare compare ;;
-    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench graphs compare)"; exit 2 ;;
+    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench graphs exits compare)"; exit 2 ;;
   esac
 done
 echo "== summary ($summary)"

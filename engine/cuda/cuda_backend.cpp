@@ -414,13 +414,13 @@ class CudaContext final : public BackendContext {
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear) {
       const LinearHeadView h = heads.view(head);
       float* scores = nullptr;
-      if (wide_exits_) {  // grows nothing once the executor has prepared its heads
+      if (exit_kernel_ != ExitKernel::kBlock) {  // grows nothing once the executor has prepared its heads
         exit_scores_.reserve(mul_size(size_t(s.n) * size_t(h.classes), sizeof(float), "exit scores"),
                              "the exit heads' scores");
         scores = exit_scores_.floats();
       }
       cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, h, exit_id, st, pos, pooled, scores,
-                             stream_.get());
+                             exit_kernel_ == ExitKernel::kStaged, stream_.get());
     } else
       cuda::exit_head_distance(act, s.n, s.h, s.w, s.c, layout_, precision_, heads.distance_view(head), exit_id, st,
                                pos, pooled, stream_.get());
@@ -446,7 +446,7 @@ class CudaContext final : public BackendContext {
     int classes = 0;
     for (const ExitHeadSpec& s : heads.specs())
       if (s.kind == HeadKind::kLinear) classes = std::max(classes, s.classes);
-    if (wide_exits_ && classes > 0)
+    if (exit_kernel_ != ExitKernel::kBlock && classes > 0)
       exit_scores_.reserve(mul_size(size_t(max_batch) * size_t(classes), sizeof(float), "exit scores"),
                            "the exit heads' scores");
   }
@@ -707,12 +707,16 @@ class CudaContext final : public BackendContext {
     return !(v && std::string(v) == "0") && cuda::conditional_nodes_available();
   }
   // GATI_CUDA_EXIT_KERNEL=block: the exit head as one block per row (one
-  // launch), not the wide kernels (kernels/cuda/exit_head.cu).
-  static bool wide_exits_wanted() {
+  // launch); wide (default): three launches across the GPU; staged: wide,
+  // with NCHW rows staged a warp per feature (kernels/cuda/exit_head.cu).
+  enum class ExitKernel { kBlock, kWide, kStaged };
+  static ExitKernel exit_kernel_wanted() {
     const char* v = std::getenv("GATI_CUDA_EXIT_KERNEL");
-    if (!v || std::string(v) == "wide") return true;
-    if (std::string(v) == "block") return false;
-    fail("GATI_CUDA_EXIT_KERNEL='", v, "' is not wide or block");
+    const std::string k = v ? v : "wide";
+    if (k == "wide") return ExitKernel::kWide;
+    if (k == "block") return ExitKernel::kBlock;
+    if (k == "staged") return ExitKernel::kStaged;
+    fail("GATI_CUDA_EXIT_KERNEL='", k, "' is not wide, block or staged");
   }
   static constexpr cudaStreamCaptureMode kCaptureMode = cudaStreamCaptureModeThreadLocal;
 
@@ -736,7 +740,7 @@ class CudaContext final : public BackendContext {
   Precision precision_;
   cuda::CudnnConv conv_;
   DeviceBuffer staging_, compact_rows_, compact_index_;
-  bool wide_exits_ = wide_exits_wanted();
+  ExitKernel exit_kernel_ = exit_kernel_wanted();
   DeviceBuffer exit_scores_;  // [n, classes] between the wide exit kernels
   DeviceBuffer sgd_xs_, sgd_g_, sgd_next_, sgd_flags_, sgd_loss_;
   std::unique_ptr<cuda::MappedBuffer> sgd_report_, input_pinned_, input_check_;

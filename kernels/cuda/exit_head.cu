@@ -8,13 +8,20 @@
 // softmax; thread 0 writes the decision.  At batch 1 that is one block on a
 // GPU of a hundred SMs: 0.46 ms for a ResNet-50 layer1 exit with 1000
 // classes on an H100.  Wide (three launches, each across the GPU): pooling
-// blocks of 32 features x 8 row lanes (each row summed by one thread, the
-// rows' sums added in order by another, as pool_feature does), scoring
-// blocks of 16 classes (a half-warp per class, as linear_scores), and one
-// deciding block per row.  Compaction is three small launches
-// with no host involvement: a one-block flag scan, a gather of the rows that
-// move into scratch, and a copy back (moving rows in place in parallel would
-// let one block overwrite a row another has not read yet).
+// (each row of a cell summed by one thread, the rows' sums added in order
+// by another, as pool_feature does), scoring blocks of 16 classes (a
+// half-warp per class, as linear_scores), and one deciding block per row.
+// Pooling: blocks of 32 features (a warp's lanes on consecutive channels:
+// coalesced in NHWC) x 8 row lanes.  Staged (NCHW only, where a feature's
+// rows are contiguous and consecutive channels lie a plane apart, so the
+// warp's loads above touch 32 lines each): a warp per feature stages up to
+// 32 of its rows in shared memory with consecutive lanes on consecutive
+// pixels (coalesced), then lane r sums row r.  Not yet run on a GPU.  Compaction is
+// three small launches with no host involvement: a one-block flag scan, a
+// gather of the rows that move into scratch, and a copy back (moving rows in
+// place in parallel would let one block overwrite a row another has not read
+// yet); one launch at batch 1, where nothing moves.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -35,6 +42,11 @@ constexpr int kScanThreads = 1024;
 constexpr int kPoolFeatures = 32;
 constexpr int kPoolLanes = 8;
 constexpr int kPoolChunk = 64;
+// NCHW pooling: kPoolWarps features a block, each warp staging up to
+// kPoolStage floats of its feature's cell per pass (rows at an odd stride:
+// lane r reads row r without bank conflicts).
+constexpr int kPoolWarps = 4;
+constexpr int kPoolStage = 2048;
 
 __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
   const long total = logits > n ? logits : n;
@@ -119,6 +131,50 @@ __global__ void exit_pool_kernel(const T* __restrict__ act, int height, int widt
     pooled[long(row) * dim + f] = is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
 }
 
+// Wide, 1 of 3 in NCHW: grid (features / kPoolWarps, n), a warp per
+// feature.  Per pass the warp stages rows of the cell (consecutive lanes,
+// consecutive pixels), lane r sums staged row r left to right, and the rows'
+// sums are added top to bottom through shuffles: pool_feature's arithmetic.
+// Cells wider than the stage (absurd widths) are pooled unstaged.
+template <typename T>
+__global__ void exit_pool_nchw_kernel(const T* __restrict__ act, int height, int width, int channels, PoolSpec pool,
+                                      int dim, float* __restrict__ pooled) {
+  __shared__ float stage[kPoolWarps][kPoolStage];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int f = blockIdx.x * kPoolWarps + warp, row = blockIdx.y;
+  if (f >= dim) return;  // a whole warp: no barrier below spans warps
+  const int g = pool.grid, cells = pool.cells();
+  const int ch = f % channels, rest = f / channels, cell = rest % cells;
+  const bool is_max = rest >= cells;
+  const int y0 = pool_cell_begin(cell / g, height, g), y1 = pool_cell_end(cell / g, height, g);
+  const int x0 = pool_cell_begin(cell % g, width, g), x1 = pool_cell_end(cell % g, width, g);
+  const int cw = x1 - x0, stride = cw | 1;
+  const int per_pass = min(32, kPoolStage / stride);
+  const T* plane = act + (long(row) * channels + ch) * height * width;
+  float* s = stage[warp];
+  float acc = is_max ? -INFINITY : 0.f;
+  for (int y = y0; y < y1; y += per_pass) {
+    const int rows = min(per_pass, y1 - y);
+    for (int i = lane; i < rows * cw; i += 32) {
+      const int r = i / cw, x = i % cw;
+      s[r * stride + x] = load_act(plane, long(y + r) * width + x0 + x);
+    }
+    __syncwarp();
+    float sum = is_max ? -INFINITY : 0.f;
+    if (lane < rows)
+      for (int x = 0; x < cw; ++x) {
+        const float v = s[lane * stride + x];
+        sum = is_max ? (sum < v ? v : sum) : __fadd_rn(sum, v);
+      }
+    for (int r = 0; r < rows; ++r) {  // every lane keeps the same acc
+      const float v = __shfl_sync(0xffffffffu, sum, r);
+      acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
+    }
+    __syncwarp();  // the stage is rewritten next pass
+  }
+  if (lane == 0) pooled[long(row) * dim + f] = is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * cw)));
+}
+
 // Wide, 2 of 3: grid (classes / (kHeadThreads / kLanes), n).  Each block
 // standardises its row's pooled features into shared memory (as
 // pool_and_standardise) and scores its classes (as linear_scores).
@@ -188,6 +244,18 @@ __global__ void compact_scan_kernel(ExitState st, int n, int pos_in, int pos_out
   }
 }
 
+// One row: nothing moves; the position and the count are all there is to
+// write (the scan's result at n = 1, in one launch instead of three).
+__global__ void compact_one_kernel(ExitState st, int pos_in, int pos_out, int32_t* __restrict__ src_of) {
+  const int keep = st.hit[0] == 0 ? 1 : 0;
+  if (keep) {
+    st.position[pos_out][0] = st.position[pos_in][0];
+    src_of[0] = 0;
+  }
+  *st.alive = keep;
+  src_of[1] = keep;
+}
+
 // Grid y = destination row d.  Rows already in place (src == d) stay.
 template <bool kToScratch>
 __global__ void compact_move_kernel(float* __restrict__ act, long row_floats, const int32_t* __restrict__ src_of, int n,
@@ -231,10 +299,16 @@ void launch_exit_head(const T* act, int n, int height, int width, int channels, 
 template <typename T>
 void launch_exit_head_wide(const T* act, int n, int height, int width, int channels, Layout layout,
                            const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled,
-                           float* scores, cudaStream_t stream) {
-  const dim3 pool_grid(unsigned((h.dim + kPoolFeatures - 1) / kPoolFeatures), unsigned(n));
-  exit_pool_kernel<T><<<pool_grid, kPoolFeatures * kPoolLanes, 0, stream>>>(act, height, width, channels, layout,
-                                                                            h.pool, h.dim, pooled);
+                           float* scores, bool staged, cudaStream_t stream) {
+  if (staged) {
+    const dim3 pool_grid(unsigned((h.dim + kPoolWarps - 1) / kPoolWarps), unsigned(n));
+    exit_pool_nchw_kernel<T>
+        <<<pool_grid, 32 * kPoolWarps, 0, stream>>>(act, height, width, channels, h.pool, h.dim, pooled);
+  } else {
+    const dim3 pool_grid(unsigned((h.dim + kPoolFeatures - 1) / kPoolFeatures), unsigned(n));
+    exit_pool_kernel<T><<<pool_grid, kPoolFeatures * kPoolLanes, 0, stream>>>(act, height, width, channels, layout,
+                                                                              h.pool, h.dim, pooled);
+  }
   const int per_block = kHeadThreads / dev::kLanes;
   const dim3 score_grid(unsigned((h.classes + per_block - 1) / per_block), unsigned(n));
   const size_t xs_bytes = size_t(dev::padded_dim_host(h.dim)) * sizeof(float);
@@ -249,6 +323,10 @@ void launch_exit_head_wide(const T* act, int n, int height, int width, int chann
 
 void launch_compact(float* act, int n, long row_floats, const ExitState& st, int pos_in, int pos_out,
                     const CompactScratch& s, cudaStream_t stream) {
+  if (n == 1) {  // batch 1 (and the last survivor): no row moves
+    compact_one_kernel<<<1, 1, 0, stream>>>(st, pos_in, pos_out, s.src_of);
+    return;
+  }
   compact_scan_kernel<<<1, kScanThreads, 0, stream>>>(st, n, pos_in, pos_out, s.src_of);
   const int threads = 256;
   const long per_row = (row_floats + threads - 1) / threads;
@@ -271,7 +349,7 @@ void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream) {
 
 void exit_head_linear(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                       const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled, float* scores,
-                      cudaStream_t stream) {
+                      bool staged, cudaStream_t stream) {
   if (n < 1 || height < 1 || width < 1 || channels < 1 || h.classes < 1 || h.pool.grid < 1 ||
       h.pool.grid > kMaxPoolGrid || h.dim != h.pool.features(channels))
     fail("exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", pool grid ", h.pool.grid, ", dim ",
@@ -280,11 +358,15 @@ void exit_head_linear(const void* act, int n, int height, int width, int channel
   dev::check_scores_smem("exit head", h.dim, h.classes);
   if (scores && !pooled) fail("exit head: the wide kernels need the pooled features' memory");
   if (scores && n > 65535) fail("exit head: batch ", n, " exceeds 65535");
+  int widest = 0;  // staged pooling holds a cell's rows: wider ones are pooled unstaged
+  for (int i = 0; i < h.pool.grid; ++i)
+    widest = std::max(widest, pool_cell_end(i, width, h.pool.grid) - pool_cell_begin(i, width, h.pool.grid));
+  staged = staged && layout == Layout::kNchw && (widest | 1) <= kPoolStage;
   with_act_type(precision, [&](auto tag) {
     using T = decltype(tag);
     if (scores)
       launch_exit_head_wide(static_cast<const T*>(act), n, height, width, channels, layout, h, exit_id, st, pos, pooled,
-                            scores, stream);
+                            scores, staged, stream);
     else
       launch_exit_head(static_cast<const T*>(act), n, height, width, channels, layout, h, exit_id, st, pos, pooled,
                        stream);

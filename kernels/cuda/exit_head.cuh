@@ -21,10 +21,12 @@ void begin_exits(const ExitState& st, int n, int classes, cudaStream_t stream);
 // top softmax, and the hit decision (hit[row]; exit, label, confidence of
 // sample position[pos][row]).  Without `scores`, one launch of one block
 // per row; with scores (device, [n, h.classes]), three launches spread over
-// the GPU (pooling, scoring, deciding), the same values bit for bit.
+// the GPU (pooling, scoring, deciding), the same values bit for bit; `staged`
+// pools NCHW activations a warp per feature through shared memory (ignored
+// in NHWC; exit_head.cu).
 void exit_head_linear(const void* act, int n, int height, int width, int channels, Layout layout, Precision precision,
                       const LinearHeadView& h, int exit_id, const ExitState& st, int pos, float* pooled, float* scores,
-                      cudaStream_t stream);
+                      bool staged, cudaStream_t stream);
 
 // Device scratch for compaction: `rows` ints and rows * row_floats floats.
 struct CompactScratch {
