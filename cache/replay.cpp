@@ -185,6 +185,22 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   }
   const bool host_sgd = o.online.sgd && !learner;
   using clock = std::chrono::steady_clock;
+  if (o.warmup < 0) fail("replay: warmup ", o.warmup, " is negative");
+  if (o.warmup > 0 && total > 0) {
+    const int nb = int(std::min(size_t(o.batch), total));
+    x.resize(size_t(nb) * per);
+    for (int i = 0; i < nb; ++i) render(test, trace.requests[size_t(i)], x.data() + size_t(i) * per);
+    engine.normalize(x.data(), nb);
+    RunOptions plain;
+    plain.heads = heads.get();
+    const auto w0 = clock::now();
+    for (int k = 0; k < o.warmup; ++k) {
+      session.run(x.data(), nb, a.in_channels, a.input_h, a.input_w, with.data(), nullptr, plain);
+      session.run(x.data(), nb, a.in_channels, a.input_h, a.input_w, without.data(), nullptr);
+    }
+    rep.warmup_runs = o.warmup;
+    rep.seconds_warmup = std::chrono::duration<double>(clock::now() - w0).count();
+  }
   for (size_t s = 0; s < total; s += size_t(o.batch)) {
     const int nb = int(std::min(size_t(o.batch), total - s));
     x.resize(size_t(nb) * per);
@@ -315,6 +331,7 @@ std::string replay_json(const ReplayReport& r) {
                        {{"caches", r.seconds_caches > 0 ? n / r.seconds_caches : 0.0},
                         {"full", r.seconds_full > 0 ? n / r.seconds_full : 0.0}}},
                       {"speedup_mean", r.speedup_mean()},
+                      {"warmup", {{"runs", r.warmup_runs}, {"seconds", r.seconds_warmup}}},
                       {"kinds", r.kinds},
                       {"macs_per_request", {{"caches", r.macs_mean()}, {"full", r.macs_full}}},
                       {"speedup_compute", r.speedup_compute()},

@@ -24,6 +24,11 @@ namespace gati {
 
 struct ReplayOptions {
   int batch = 1;
+  // Untimed runs of the trace's first batch before the replay, with the
+  // cache set's heads and without them (no memory, no learner: nothing they
+  // change sees them), so that building the plans (a GPU times cuDNN's
+  // candidates) and recording graphs stay out of the latencies.
+  int warmup = 2;
   bool memory = true;  // use the cache set's memory of recent answers, when it has one
   // Online updates, feedback and the drift guard (online.h), in step with
   // the trace.  online.feedback: that share of the requests an exit answers
@@ -74,6 +79,8 @@ struct ReplayReport {
   bool has_memory = false;
   ExitStats memory;  // the memory of recent answers, when used (threshold: its squared distance)
   double seconds_caches = 0, seconds_full = 0;
+  int warmup_runs = 0;                   // ReplayOptions::warmup
+  double seconds_warmup = 0;             // their time, outside the latencies
   std::vector<GuardEvent> guard_events;  // when the drift guard switched exits (GuardEvent::exit: an exit point id)
   double feedback = 0;                   // the share of hits run to the end
   int64_t online_steps = 0;              // SGD steps of the online updates

@@ -1206,6 +1206,20 @@ TEST(Replay, LearningInTheBackendTakesTheHostsSteps) {
     }
     EXPECT_EQ(backend.caches_after[1].weight, set.exits[1].weight) << "a closed exit learns nothing";
     EXPECT_NE(backend.caches_after[3].weight, set.exits[3].weight);
+    // The warm-up runs (ReplayOptions::warmup, 2 by default) teach nothing
+    // and change no answer.
+    EXPECT_EQ(backend.warmup_runs, 2);
+    o.warmup = 0;
+    const ReplayReport cold = replay_trace(engine, set, d, trace, o);
+    EXPECT_EQ(cold.warmup_runs, 0);
+    for (size_t i = 0; i < host.requests.size(); ++i) {
+      ASSERT_EQ(cold.requests[i].exit, backend.requests[i].exit) << "request " << i;
+      ASSERT_EQ(cold.requests[i].label, backend.requests[i].label) << "request " << i;
+    }
+    EXPECT_EQ(cold.online_steps, backend.online_steps);
+    for (size_t e = 0; e < host.caches_after.size(); ++e)
+      EXPECT_EQ(cold.caches_after[e].weight, backend.caches_after[e].weight) << host.caches_after[e].name;
+    o.warmup = 2;
     o.online.feedback = 0.1;
     EXPECT_GATI_ERROR(replay_trace(engine, set, d, trace, o), "takes no feedback, guard or prior");
   }

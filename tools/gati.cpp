@@ -197,7 +197,7 @@ int cmd_infer(const InferOpts& o) {
 struct RunOpts {
   Common common;
   std::string model, data, data_dir, split = "test", json, caches;
-  int batch = 1, limit = 0;
+  int batch = 1, limit = 0, warmup = 2;
 };
 
 int cmd_run(const RunOpts& o) {
@@ -227,6 +227,20 @@ int cmd_run(const RunOpts& o) {
   std::vector<double> latency_ms;
   std::vector<int64_t> exit_hits(exit_points(engine.model().net).size(), 0);
   int correct = 0;
+  // Untimed runs of the first batch (without the memory: nothing it keeps
+  // sees them): plans and graphs are built here, not in the latencies.
+  double warmup_s = 0;
+  if (o.warmup > 0 && ds.n > 0) {
+    const int nb = std::min(o.batch, ds.n);
+    x.assign(ds.image(0), ds.image(0) + size_t(nb) * ds.image_floats());
+    engine.normalize(x.data(), nb);
+    RunOptions plain = run_opts;
+    plain.memory = nullptr;
+    const auto w0 = clock_type::now();
+    for (int k = 0; k < o.warmup; ++k)
+      session.run(x.data(), nb, arch.in_channels, arch.input_h, arch.input_w, results.data(), nullptr, plain);
+    warmup_s = std::chrono::duration<double>(clock_type::now() - w0).count();
+  }
   cli::Progress progress(size_t(ds.n), "run");
   const auto t0 = clock_type::now();
   for (int i = 0; i < ds.n; i += o.batch) {
@@ -257,16 +271,26 @@ int cmd_run(const RunOpts& o) {
   std::printf("accuracy  %.4f (%d/%d)\n", acc, correct, ds.n);
   if (heads)
     std::printf("exits     %.4f of the images left early (caches %s)\n", double(hits) / ds.n, o.caches.c_str());
-  std::printf("latency   per batch: mean %.3f ms, p50 %.3f ms, p99 %.3f ms\n", mean, p50, p99);
+  std::printf("latency   per batch: mean %.3f ms, p50 %.3f ms, p99 %.3f ms", mean, p50, p99);
+  if (o.warmup > 0) std::printf(" (after %d untimed warm-up runs, %.3f s)", o.warmup, warmup_s);
+  std::printf("\n");
   std::printf("throughput %.1f images/s\n", double(ds.n) / secs);
   if (!o.json.empty()) {
-    nlohmann::json j = {{"model", o.model},        {"arch", arch.name},
-                        {"data", ds.name},         {"images", ds.n},
-                        {"batch", o.batch},        {"device", engine.device_name()},
-                        {"accuracy", acc},         {"correct", correct},
-                        {"latency_ms_mean", mean}, {"latency_ms_p50", p50},
-                        {"latency_ms_p99", p99},   {"images_per_s", double(ds.n) / secs},
-                        {"caches", o.caches},      {"exit_rate", double(hits) / ds.n}};
+    nlohmann::json j = {{"model", o.model},
+                        {"arch", arch.name},
+                        {"data", ds.name},
+                        {"images", ds.n},
+                        {"batch", o.batch},
+                        {"device", engine.device_name()},
+                        {"accuracy", acc},
+                        {"correct", correct},
+                        {"latency_ms_mean", mean},
+                        {"latency_ms_p50", p50},
+                        {"latency_ms_p99", p99},
+                        {"images_per_s", double(ds.n) / secs},
+                        {"caches", o.caches},
+                        {"exit_rate", double(hits) / ds.n},
+                        {"warmup", {{"runs", o.warmup}, {"seconds", warmup_s}}}};
     cli::write_text(o.json, j.dump(2) + "\n");
   }
   return 0;
@@ -464,7 +488,7 @@ struct ServeSimOpts {
   std::string model, trace, data_dir, save_trace, json, per_request, memory = "on", guard = "off", online = "off";
   float online_lr = 0.005f;
   std::vector<std::string> caches;
-  int requests = 2000, seed = 1, batch = 1, guard_window = 500, prior_window = 200;
+  int requests = 2000, seed = 1, batch = 1, guard_window = 500, prior_window = 200, warmup = 2;
   double feedback = 0, prior_max_ratio = 1.5;
 };
 
@@ -488,6 +512,9 @@ void print_replay(const ReplayReport& r) {
               r.latency_percentile_us(true, 99) / 1e3, r.latency_mean_us(false) / 1e3,
               r.latency_percentile_us(false, 50) / 1e3, r.latency_percentile_us(false, 99) / 1e3, r.speedup_mean());
   std::printf("throughput: caches %.1f req/s, full %.1f req/s\n", n / r.seconds_caches, n / r.seconds_full);
+  if (r.warmup_runs > 0)
+    std::printf("warm-up: %d untimed runs of the first batch with and without caches first (%.3f s)\n", r.warmup_runs,
+                r.seconds_warmup);
   std::printf("compute: %.3g MACs per request with caches (theirs included), %.3g without: %.2fx; caches hold %s\n",
               r.macs_mean(), r.macs_full, r.speedup_compute(), cli::human_bytes(r.cache_bytes).c_str());
   if (r.feedback > 0) {
@@ -533,6 +560,7 @@ int cmd_serve_sim(const ServeSimOpts& o) {
   if (!o.save_trace.empty()) save_trace(o.save_trace, trace);
   ReplayOptions ro;
   ro.batch = o.batch;
+  ro.warmup = o.warmup;
   ro.memory = o.memory == "on";
   ro.online.feedback = o.feedback;
   ro.online.guard = o.guard == "on";
@@ -644,6 +672,11 @@ int dispatch(int argc, char** argv) {
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   c_run->add_option("--limit", run.limit, "only the first N images (0 = all)")->check(CLI::Range(0, 1 << 30));
+  c_run
+      ->add_option("--warmup", run.warmup,
+                   "untimed runs of the first batch before timing (plans and graphs are built there)")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
   c_run->add_option("--caches", run.caches, "cache file from 'gati cache build': samples may leave early");
   c_run->add_option("--json", run.json, "also write the results as JSON")->check(output_path());
   add_common(c_run, run.common);
@@ -799,6 +832,12 @@ int dispatch(int argc, char** argv) {
   c_sim->add_option("--seed", ss.seed, "trace seed")->check(CLI::Range(0, 1 << 30))->capture_default_str();
   c_sim->add_option("--batch", ss.batch, "requests per batch (per-sample exits)")
       ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  c_sim
+      ->add_option("--warmup", ss.warmup,
+                   "untimed runs of the first batch, with and without caches, before the replay (plans and graphs "
+                   "are built there, not in the latencies; nothing learns from them)")
+      ->check(CLI::Range(0, 1000))
       ->capture_default_str();
   c_sim->add_option("--data-dir", ss.data_dir, "folder with the IDX files");
   c_sim->add_option("--save-trace", ss.save_trace, "write the generated trace")->check(output_path());
