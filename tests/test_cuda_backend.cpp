@@ -632,6 +632,13 @@ TEST(CudaBackend, PlanCacheSkipsTheSearchOnRestart) {
   {
     Engine e(m, {"cuda", 0});
     l2 = e.profile(x.data(), n, a.in_channels, a.input_h, a.input_w, &second);
+    // Batch 3 in a plan of 4: choices made untimed, and the profile says so.
+    std::vector<LayerTiming> third;
+    e.profile(x.data(), 3, a.in_channels, a.input_h, a.input_w, &third);
+    for (const LayerTiming& t : third)
+      if (t.kind == "conv") {
+        EXPECT_NE(t.method.find("[untimed]"), std::string::npos) << t.name << ": " << t.method;
+      }
   }
   if (saved)
     setenv("GATI_CUDNN_PLANS", keep.c_str(), 1);

@@ -212,6 +212,9 @@ CudnnConv::Plan& CudnnConv::plan_for(const ConvGeometry& g, int n, int h, int w,
       use_legacy(*p, relu);
     }
   }
+  // A shape nobody prepared (a batch compaction made) runs cuDNN's first
+  // ranked choice: the profile says so.
+  if (!timed && tune_) p->choice.engine += " [untimed]";
   if (timed && store_) {  // only choices that were timed are worth keeping
     PlanRecord r;
     r.graph = p->graph != nullptr;
