@@ -30,6 +30,7 @@ CASES = [
     ("wide_resnet50_2", {}), ("resnext50_32x4d", {}),
     ("resnet20", {"in_channels": 1, "input_size": (28, 28)}), ("resnet32", {}), ("resnet44", {}),
     ("resnet56", {"num_classes": 100}), ("resnet110", {}), ("cifar_resnet18", {}),
+    ("cifar_resnet50", {"in_channels": 1, "input_size": (28, 28)}),  # CIFAR stem with bottlenecks
 ]
 
 

@@ -30,9 +30,9 @@ def _imagenet(name, block, layers, groups=1, width_per_group=64):
     }
 
 
-def _cifar(name, layers, widths, stem_width):
+def _cifar(name, layers, widths, stem_width, block="basic"):
     return {
-        "name": name, "block": "basic", "layers": layers, "widths": widths,
+        "name": name, "block": block, "layers": layers, "widths": widths,
         "stem": "cifar", "stem_width": stem_width, "groups": 1,
         "width_per_group": 64, "in_channels": 3, "input_size": [32, 32],
         "num_classes": 10, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
@@ -48,6 +48,10 @@ ARCHS = {
     "wide_resnet50_2": _imagenet("wide_resnet50_2", "bottleneck", [3, 4, 6, 3], width_per_group=128),
     "resnext50_32x4d": _imagenet("resnext50_32x4d", "bottleneck", [3, 4, 6, 3], groups=32, width_per_group=4),
     "cifar_resnet18": _cifar("cifar_resnet18", [2, 2, 2, 2], [64, 128, 256, 512], 64),
+    # ResNet-50 and -152 with the CIFAR stem (3x3, stride 1, no max-pool) for
+    # small images such as Fashion-MNIST's, where early exits matter most.
+    "cifar_resnet50": _cifar("cifar_resnet50", [3, 4, 6, 3], [64, 128, 256, 512], 64, "bottleneck"),
+    "cifar_resnet152": _cifar("cifar_resnet152", [3, 8, 36, 3], [64, 128, 256, 512], 64, "bottleneck"),
 }
 for _depth in (8, 20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6

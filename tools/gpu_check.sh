@@ -14,6 +14,11 @@
 #   graphs    whole-model latency with CUDA graphs and without (GATI_CUDA_GRAPHS=0), side by side
 #   exits     the exit head alone and the never-hit paired benchmark for each GATI_CUDA_EXIT_KERNEL
 #             (block, wide, staged) -> OUT/exit_kernels.json
+#   early     early exits where they matter: CIFAR-stem ResNets trained on Fashion-MNIST here
+#             (tools/train.py, GATI_EARLY_MODELS, default cifar_resnet18 cifar_resnet50;
+#             GATI_EARLY_EPOCHS, default 4), caches with gati cache build's defaults, uniform and
+#             locality traces at batch 1 on the GPU -> OUT/early_exits.json (not in the default
+#             list: a model's training takes minutes; run it in its own call per model)
 #   compare   bench/compare_pytorch_gpu.py: PyTorch's configurations and gati, one run
 #
 # The machine needs the CUDA toolkit, CMake and PyTorch with CUDA (the
@@ -27,7 +32,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench graphs exits compare]}
+out=${1:?usage: tools/gpu_check.sh OUT [machine build test sanitize run bench graphs exits early compare]}
 shift
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -254,6 +259,36 @@ json.dump(rows, open(f"{out}/exit_kernels.json", "w"), indent=2)
 EOF
 }
 
+early_exits() {
+  local m model caches tr
+  for m in ${GATI_EARLY_MODELS:-cifar_resnet18 cifar_resnet50}; do
+    model="$out/fmnist_$m.safetensors"
+    caches="$out/fmnist_${m}_caches.safetensors"
+    [ -f "$model" ] || "$py" tools/train.py --arch "$m" --epochs "${GATI_EARLY_EPOCHS:-4}" \
+      --data "$GATI_FASHION_MNIST" --out "$model" || return 1
+    [ -f "$caches" ] || "$gati" cache build --model "$model" --data fashion-mnist --out "$caches" --device cuda ||
+      return 1
+    for tr in uniform locality; do
+      "$gati" serve-sim --model "$model" --caches "$caches" --trace $tr --seed 2468 --requests 4000 \
+        --device cuda --json "$out/early_${m}_$tr.json" || return 1
+    done
+  done
+  "$py" - "$out" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = []
+for f in sorted(glob.glob(f"{out}/early_*_*.json")):
+    d = json.load(open(f))
+    name = os.path.basename(f)[len("early_"):-len(".json")]
+    rows.append({"run": name, "agreement": d["agreement"], "hit_rate": d["hit_rate"],
+                 "latency_speedup": d["speedup_mean"], "compute_speedup": d["speedup_compute"],
+                 "latency_ms": d["latency_ms"]})
+    print(f"{name:32s} agreement {d['agreement']:.4f} hit rate {d['hit_rate']:.3f} "
+          f"latency {d['speedup_mean']:.2f}x compute {d['speedup_compute']:.2f}x")
+json.dump(rows, open(f"{out}/early_exits.json", "w"), indent=2)
+EOF
+}
+
 compare() {
   "$py" bench/compare_pytorch_gpu.py --bench "$build/bench/bench_gpu" --models resnet18 resnet50 demo \
     --batches 1 8 64 --precisions fp32 fp16 --repeats 30 ${GATI_COMPARE_ARGS:---no-compile} \
@@ -270,8 +305,9 @@ for s in "${stages[@]}"; do
     bench) step bench bench ;;
     graphs) step graphs graphs_ab ;;
     exits) step exits exit_kernels ;;
+    early) step early early_exits ;;
     compare) step compare compare ;;
-    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench graphs exits compare)"; exit 2 ;;
+    *) echo "unknown stage '$s' (valid: machine build test sanitize run bench graphs exits early compare)"; exit 2 ;;
   esac
 done
 echo "== summary ($summary)"
