@@ -463,6 +463,11 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
         "memory: no threshold met the target on the calibration trace (%lld lookups, %lld answers stored); "
         "left out\n",
         (long long)r.memory.lookups, (long long)r.memory.stored);
+    if (r.memory.stored * 10 < r.memory.lookups)  // why, when it had little to remember
+      std::printf(
+          "memory: it stores the full model's answers with confidence >= %.3g to requests no cache answered; behind "
+          "these caches few are that confident (--memory-min-confidence lowers the bar)\n",
+          b.memory_min_confidence);
   }
   std::printf("wrote %s (%s caches at %zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
               b.exits.empty() ? head_kind_name(b.kind) : "configured", r.caches.exits.size(), b.target_agreement,
