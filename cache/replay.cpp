@@ -185,12 +185,16 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   }
   const bool host_sgd = o.online.sgd && !learner;
   using clock = std::chrono::steady_clock;
+  // The nb requests from position s, rendered and normalised into x.
+  auto load_batch = [&](size_t s, int nb) {
+    x.resize(size_t(nb) * per);
+    for (int i = 0; i < nb; ++i) render(test, trace.requests[s + size_t(i)], x.data() + size_t(i) * per);
+    engine.normalize(x.data(), nb);
+  };
   if (o.warmup < 0) fail("replay: warmup ", o.warmup, " is negative");
   if (o.warmup > 0 && total > 0) {
     const int nb = int(std::min(size_t(o.batch), total));
-    x.resize(size_t(nb) * per);
-    for (int i = 0; i < nb; ++i) render(test, trace.requests[size_t(i)], x.data() + size_t(i) * per);
-    engine.normalize(x.data(), nb);
+    load_batch(0, nb);
     RunOptions plain;
     plain.heads = heads.get();
     const auto w0 = clock::now();
@@ -203,9 +207,7 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
   }
   for (size_t s = 0; s < total; s += size_t(o.batch)) {
     const int nb = int(std::min(size_t(o.batch), total - s));
-    x.resize(size_t(nb) * per);
-    for (int i = 0; i < nb; ++i) render(test, trace.requests[s + size_t(i)], x.data() + size_t(i) * per);
-    engine.normalize(x.data(), nb);
+    load_batch(s, nb);
     const auto t0 = clock::now();
     session.run(x.data(), nb, a.in_channels, a.input_h, a.input_w, with.data(), nullptr, cached);
     const auto t1 = clock::now();

@@ -392,18 +392,15 @@ TEST_P(BackendOps, ExitHeadCompactionAndFinish) {
 // threshold splits its rows.  The CPU has one kernel.
 TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
   if (GetParam() == "cpu") GTEST_SKIP() << "one exit kernel on the CPU";
-  const char* saved = std::getenv("GATI_CUDA_EXIT_KERNEL");
-  const std::string keep = saved ? saved : "";
-  setenv("GATI_CUDA_EXIT_KERNEL", "block", 1);
-  std::unique_ptr<BackendContext> block = device_->make_context(0);
-  setenv("GATI_CUDA_EXIT_KERNEL", "wide", 1);
-  std::unique_ptr<BackendContext> wide = device_->make_context(0);
-  setenv("GATI_CUDA_EXIT_KERNEL", "staged", 1);
-  std::unique_ptr<BackendContext> staged = device_->make_context(0);
-  if (saved)
-    setenv("GATI_CUDA_EXIT_KERNEL", keep.c_str(), 1);
-  else
-    unsetenv("GATI_CUDA_EXIT_KERNEL");
+  std::unique_ptr<BackendContext> block, wide, staged;  // a context reads the switch when it is made
+  {
+    test::ScopedEnv kernel("GATI_CUDA_EXIT_KERNEL", "block");
+    block = device_->make_context(0);
+    kernel.set("wide");
+    wide = device_->make_context(0);
+    kernel.set("staged");
+    staged = device_->make_context(0);
+  }
   struct Case {
     int n, h, c, classes;
     PoolSpec pool;

@@ -613,9 +613,7 @@ TEST(CudaBackend, PlanCacheSkipsTheSearchOnRestart) {
   SKIP_WITHOUT_GPU();
   const auto dir = test::scratch_dir("plans_gpu");
   const std::string path = (dir / "plans.json").string();
-  const char* saved = std::getenv("GATI_CUDNN_PLANS");
-  const std::string keep = saved ? saved : "";
-  setenv("GATI_CUDNN_PLANS", path.c_str(), 1);
+  const test::ScopedEnv plans("GATI_CUDNN_PLANS", path);
   const Model m = test::random_model(kBottleneckArch, 700);
   const Arch& a = m.arch();
   // Batch 4: a plan's capacity (powers of two), whose convolutions are
@@ -640,10 +638,6 @@ TEST(CudaBackend, PlanCacheSkipsTheSearchOnRestart) {
         EXPECT_NE(t.method.find("[untimed]"), std::string::npos) << t.name << ": " << t.method;
       }
   }
-  if (saved)
-    setenv("GATI_CUDNN_PLANS", keep.c_str(), 1);
-  else
-    unsetenv("GATI_CUDNN_PLANS");
   ASSERT_EQ(first.size(), second.size());
   int convs = 0;
   for (size_t i = 0; i < first.size(); ++i) {

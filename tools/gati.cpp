@@ -229,11 +229,15 @@ int cmd_run(const RunOpts& o) {
   int correct = 0;
   // Untimed runs of the first batch (without the memory: nothing it keeps
   // sees them): plans and graphs are built here, not in the latencies.
+  // The nb images from i, normalised into x.
+  auto load_batch = [&](int i, int nb) {
+    x.assign(ds.image(i), ds.image(i) + size_t(nb) * ds.image_floats());
+    engine.normalize(x.data(), nb);
+  };
   double warmup_s = 0;
   if (o.warmup > 0 && ds.n > 0) {
     const int nb = std::min(o.batch, ds.n);
-    x.assign(ds.image(0), ds.image(0) + size_t(nb) * ds.image_floats());
-    engine.normalize(x.data(), nb);
+    load_batch(0, nb);
     RunOptions plain = run_opts;
     plain.memory = nullptr;
     const auto w0 = clock_type::now();
@@ -245,8 +249,7 @@ int cmd_run(const RunOpts& o) {
   const auto t0 = clock_type::now();
   for (int i = 0; i < ds.n; i += o.batch) {
     const int nb = std::min(o.batch, ds.n - i);
-    x.assign(ds.image(i), ds.image(i) + size_t(nb) * ds.image_floats());
-    engine.normalize(x.data(), nb);
+    load_batch(i, nb);
     const auto start = clock_type::now();
     session.run(x.data(), nb, arch.in_channels, arch.input_h, arch.input_w, results.data(), nullptr, run_opts);
     latency_ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - start).count());

@@ -413,12 +413,8 @@ class CudaContext final : public BackendContext {
     check_exit_head_fits(heads, head, s);
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear) {
       const LinearHeadView h = heads.view(head);
-      float* scores = nullptr;
-      if (exit_kernel_ != ExitKernel::kBlock) {  // grows nothing once the executor has prepared its heads
-        exit_scores_.reserve(mul_size(size_t(s.n) * size_t(h.classes), sizeof(float), "exit scores"),
-                             "the exit heads' scores");
-        scores = exit_scores_.floats();
-      }
+      // Grows nothing once the executor has prepared its heads.
+      float* scores = reserve_exit_scores(s.n, h.classes);
       cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, h, exit_id, st, pos, pooled, scores,
                              exit_kernel_ == ExitKernel::kStaged, stream_.get());
     } else
@@ -446,9 +442,15 @@ class CudaContext final : public BackendContext {
     int classes = 0;
     for (const ExitHeadSpec& s : heads.specs())
       if (s.kind == HeadKind::kLinear) classes = std::max(classes, s.classes);
-    if (exit_kernel_ != ExitKernel::kBlock && classes > 0)
-      exit_scores_.reserve(mul_size(size_t(max_batch) * size_t(classes), sizeof(float), "exit scores"),
-                           "the exit heads' scores");
+    if (classes > 0) reserve_exit_scores(max_batch, classes);
+  }
+
+  // The wide exit kernels' scores for n rows of `classes` (null for the
+  // one-block kernel, which needs none).
+  float* reserve_exit_scores(int n, int classes) {
+    if (exit_kernel_ == ExitKernel::kBlock) return nullptr;
+    exit_scores_.reserve(mul_size(size_t(n) * size_t(classes), sizeof(float), "exit scores"), "the exit heads' scores");
+    return exit_scores_.floats();
   }
 
   void prepare_compaction(const Act& s) override {

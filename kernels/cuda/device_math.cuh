@@ -27,6 +27,9 @@ constexpr int kLanes = 16;
 // that also take dynamic shared memory keep the sum under 48 KiB.
 constexpr size_t kStaticSmem = 1024;
 
+// v rounded up to whole lanes.
+__host__ __device__ inline int padded_dim(int v) { return (v + kLanes - 1) / kLanes * kLanes; }
+
 // Dynamic shared memory of a kernel that scores one sample: its standardised
 // features and its class scores, each padded to the lanes.  The scores'
 // padding is read, never used: nvcc widens a loop's last scalar loads of
@@ -34,8 +37,7 @@ constexpr size_t kStaticSmem = 1024;
 // over the classes, exit_head.cu), which compute-sanitizer reported as a read
 // past the end (H100, 2026-11-23).
 inline size_t scores_smem_bytes(int dim, int classes) {
-  const auto lanes = [](int v) { return size_t((v + kLanes - 1) / kLanes * kLanes); };
-  return (lanes(dim) + lanes(classes)) * sizeof(float);
+  return size_t(padded_dim(dim) + padded_dim(classes)) * sizeof(float);
 }
 // Host side, before a launch: that memory plus the static part must fit the
 // 48 KiB a block gets without opting in; `what` names the op in the error.
@@ -46,33 +48,54 @@ inline void check_scores_smem(const char* what, int dim, int classes) {
          " bytes of shared memory, more than 48 KiB");
 }
 
-// Feature f of one sample's pooled features (PoolSpec's order: averages
-// [cell][c], then maxima [cell][c]) from its activation src (h x w x c, in `layout`): the
-// CPU twin's pool_features_nhwc: in the cell, each image row summed left to
-// right from 0 with rounded adds, the row sums added top to bottom from 0,
-// and the total scaled by the correctly rounded 1/count.
+// Where feature f of one sample's pooled features lies (PoolSpec's order:
+// averages [cell][c], then maxima [cell][c]) in an h x w x c activation:
+// its channel, its cell's rows [y0, y1) and columns [x0, x1), and whether
+// it is the cell's maximum.  Pooling it (every kernel that pools, and the
+// CPU twin's pool_features_nhwc): each image row of the cell folded left to
+// right from start() with step(), the rows' results folded top to bottom the
+// same way, then value() (the maximum, or the sum scaled by the correctly
+// rounded 1/count).
+struct FeatureCell {
+  int ch, y0, y1, x0, x1;
+  bool is_max;
+  __device__ float start() const { return is_max ? -INFINITY : 0.f; }
+  __device__ float step(float acc, float v) const { return is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v); }
+  __device__ float value(float acc) const {
+    return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
+  }
+};
+
+__device__ inline FeatureCell feature_cell(int f, int h, int w, int c, PoolSpec pool) {
+  const int g = pool.grid, cells = pool.cells();
+  const int rest = f / c, cell = rest % cells;
+  return {f % c,
+          pool_cell_begin(cell / g, h, g),
+          pool_cell_end(cell / g, h, g),
+          pool_cell_begin(cell % g, w, g),
+          pool_cell_end(cell % g, w, g),
+          rest >= cells};
+}
+
+// Feature f of one sample's pooled features from its activation src
+// (h x w x c, in `layout`), as FeatureCell says.
 template <typename T>
 __device__ inline float pool_feature(const T* __restrict__ src, int h, int w, int c, Layout layout, PoolSpec pool,
                                      int f) {
-  const int g = pool.grid, cells = pool.cells();
-  const int ch = f % c, rest = f / c, cell = rest % cells;
-  const bool is_max = rest >= cells;
-  const int y0 = pool_cell_begin(cell / g, h, g), y1 = pool_cell_end(cell / g, h, g);
-  const int x0 = pool_cell_begin(cell % g, w, g), x1 = pool_cell_end(cell % g, w, g);
-  float acc = is_max ? -INFINITY : 0.f;
-  for (int y = y0; y < y1; ++y) {
-    float row = is_max ? -INFINITY : 0.f;
-    for (int x = x0; x < x1; ++x) {
-      const float v = load_act(src, act_offset(layout, h, w, c, y, x, ch));
-      row = is_max ? (row < v ? v : row) : __fadd_rn(row, v);
-    }
-    acc = is_max ? (acc < row ? row : acc) : __fadd_rn(acc, row);
+  const FeatureCell fc = feature_cell(f, h, w, c, pool);
+  float acc = fc.start();
+  for (int y = fc.y0; y < fc.y1; ++y) {
+    float row = fc.start();
+    for (int x = fc.x0; x < fc.x1; ++x) row = fc.step(row, load_act(src, act_offset(layout, h, w, c, y, x, fc.ch)));
+    acc = fc.step(acc, row);
   }
-  return is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
+  return fc.value(acc);
 }
 
-__host__ __device__ inline int padded_dim(int dim) { return (dim + kLanes - 1) / kLanes * kLanes; }
-inline int padded_dim_host(int dim) { return padded_dim(dim); }
+// A pooled feature standardised as the linear heads read it.
+__device__ inline float standardise(float p, const float* __restrict__ mean, const float* __restrict__ inv_std, int f) {
+  return __fmul_rn(__fsub_rn(p, mean[f]), inv_std[f]);
+}
 
 // One row's features: pooled from src (h x w x c, in `layout`) into pooled_row[dim]
 // (device) and standardised, (pooled - mean) * inv_std, into xs[padded_dim]
@@ -87,7 +110,7 @@ __device__ inline void pool_and_standardise(const T* __restrict__ src, int h, in
     if (f < dim) {
       const float p = pool_feature(src, h, w, c, layout, pool, f);
       pooled_row[f] = p;
-      xs[f] = __fmul_rn(__fsub_rn(p, mean[f]), inv_std[f]);
+      xs[f] = standardise(p, mean, inv_std, f);
     } else {
       xs[f] = 0.f;
     }
@@ -105,19 +128,29 @@ __device__ inline float lane_partial(const W* __restrict__ w, const float* __res
   return acc;
 }
 
-// z[k] = lane_dot(W[k], xs) + b[k] for every class, half-warps over classes
-// (bias null: no bias, as a projection).  xs and z may be shared memory;
-// every thread of the block must call it.
+// Class k's score lane_dot(W[k], xs) + b[k] (bias null: no bias, as a
+// projection), computed by the half-warp whose lane this is (l), returned to
+// all of its lanes; k >= classes gives 0.  Every lane of the warp must call
+// it (the sum shuffles across the half-warp).
+template <typename W>
+__device__ inline float half_warp_score(const W* __restrict__ weight, const float* __restrict__ bias, const float* xs,
+                                        int dim, int classes, int k, int l) {
+  const float part = k < classes ? lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
+  float s = 0.f;
+  for (int j = 0; j < kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, kLanes));
+  return k < classes && bias ? __fadd_rn(s, bias[k]) : s;
+}
+
+// z[k] for every class, half-warps over classes.  xs and z may be shared
+// memory; every thread of the block must call it.
 template <typename W>
 __device__ inline void linear_scores(const W* __restrict__ weight, const float* __restrict__ bias, const float* xs,
                                      int dim, int classes, float* z) {
   const int half = threadIdx.x / kLanes, l = threadIdx.x % kLanes, halves = blockDim.x / kLanes;
   for (int k0 = 0; k0 < classes; k0 += halves) {
     const int k = k0 + half;
-    const float part = k < classes ? lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
-    float s = 0.f;
-    for (int j = 0; j < kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, kLanes));
-    if (k < classes && l == 0) z[k] = bias ? __fadd_rn(s, bias[k]) : s;
+    const float s = half_warp_score(weight, bias, xs, dim, classes, k, l);
+    if (k < classes && l == 0) z[k] = s;
   }
 }
 

@@ -64,6 +64,21 @@ __global__ void begin_exits_kernel(ExitState st, int n, long logits) {
   }
 }
 
+// Row `row`'s decision from its scores z[classes] (shared memory): the top
+// softmax, or the selector's confidence, against the threshold.  Every
+// thread of the block must call it.
+__device__ inline void decide(const float* z, const LinearHeadView& h, int exit_id, const ExitState& st, int pos,
+                              int row) {
+  int best;
+  double sum;
+  dev::block_argmax_sum(z, h.classes, &best, &sum);
+  if (threadIdx.x == 0) {  // the selector's k rounds over the classes are few and short: one thread
+    const float conf =
+        h.selector_k > 0 ? selector_confidence(z, h.classes, best, sum, h.selector, h.selector_k) : float(1.0 / sum);
+    record_decision(st, pos, row, exit_id, conf >= h.threshold, best, conf);
+  }
+}
+
 template <typename T>
 __global__ void exit_head_kernel(const T* __restrict__ act, int height, int width, int channels, Layout layout,
                                  LinearHeadView h, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
@@ -80,14 +95,7 @@ __global__ void exit_head_kernel(const T* __restrict__ act, int height, int widt
   else
     dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
   __syncthreads();
-  int best;
-  double sum;
-  dev::block_argmax_sum(z, h.classes, &best, &sum);
-  if (threadIdx.x == 0) {  // the selector's k rounds over the classes are few and short: one thread
-    const float conf =
-        h.selector_k > 0 ? selector_confidence(z, h.classes, best, sum, h.selector, h.selector_k) : float(1.0 / sum);
-    record_decision(st, pos, row, exit_id, conf >= h.threshold, best, conf);
-  }
+  decide(z, h, exit_id, st, pos, row);
 }
 
 // Wide, 1 of 3: grid (features / kPoolFeatures, n).  pool_feature's
@@ -101,34 +109,25 @@ __global__ void exit_pool_kernel(const T* __restrict__ act, int height, int widt
   const int fi = threadIdx.x % kPoolFeatures, ri = threadIdx.x / kPoolFeatures;
   const int f = blockIdx.x * kPoolFeatures + fi, row = blockIdx.y;
   const bool valid = f < dim;
-  const int g = pool.grid, cells = pool.cells();
-  const int ch = f % channels, rest = f / channels, cell = rest % cells;
-  const bool is_max = rest >= cells;
-  const int y0 = pool_cell_begin(cell / g, height, g), y1 = valid ? pool_cell_end(cell / g, height, g) : y0;
-  const int x0 = pool_cell_begin(cell % g, width, g), x1 = pool_cell_end(cell % g, width, g);
+  const dev::FeatureCell fc = dev::feature_cell(f, height, width, channels, pool);
+  const int y_end = valid ? fc.y1 : fc.y0;  // past the last feature: no rows, but every barrier
   const T* src = act + long(row) * height * width * channels;
-  float acc = is_max ? -INFINITY : 0.f;
+  float acc = fc.start();
   for (int base = 0; base < height; base += kPoolChunk) {  // the same trip count in every thread
     for (int r = ri; r < kPoolChunk; r += kPoolLanes) {
-      const int y = y0 + base + r;
-      if (y >= y1) break;
-      float sum = is_max ? -INFINITY : 0.f;
-      for (int x = x0; x < x1; ++x) {
-        const float v = load_act(src, act_offset(layout, height, width, channels, y, x, ch));
-        sum = is_max ? (sum < v ? v : sum) : __fadd_rn(sum, v);
-      }
+      const int y = fc.y0 + base + r;
+      if (y >= y_end) break;
+      float sum = fc.start();
+      for (int x = fc.x0; x < fc.x1; ++x)
+        sum = fc.step(sum, load_act(src, act_offset(layout, height, width, channels, y, x, fc.ch)));
       part[r][fi] = sum;
     }
     __syncthreads();
     if (ri == 0)
-      for (int r = 0; r < kPoolChunk && y0 + base + r < y1; ++r) {
-        const float v = part[r][fi];
-        acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
-      }
+      for (int r = 0; r < kPoolChunk && fc.y0 + base + r < y_end; ++r) acc = fc.step(acc, part[r][fi]);
     __syncthreads();
   }
-  if (ri == 0 && valid)
-    pooled[long(row) * dim + f] = is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * (x1 - x0))));
+  if (ri == 0 && valid) pooled[long(row) * dim + f] = fc.value(acc);
 }
 
 // Wide, 1 of 3 in NCHW: grid (features / kPoolWarps, n), a warp per
@@ -143,36 +142,26 @@ __global__ void exit_pool_nchw_kernel(const T* __restrict__ act, int height, int
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int f = blockIdx.x * kPoolWarps + warp, row = blockIdx.y;
   if (f >= dim) return;  // a whole warp: no barrier below spans warps
-  const int g = pool.grid, cells = pool.cells();
-  const int ch = f % channels, rest = f / channels, cell = rest % cells;
-  const bool is_max = rest >= cells;
-  const int y0 = pool_cell_begin(cell / g, height, g), y1 = pool_cell_end(cell / g, height, g);
-  const int x0 = pool_cell_begin(cell % g, width, g), x1 = pool_cell_end(cell % g, width, g);
-  const int cw = x1 - x0, stride = cw | 1;
+  const dev::FeatureCell fc = dev::feature_cell(f, height, width, channels, pool);
+  const int cw = fc.x1 - fc.x0, stride = cw | 1;
   const int per_pass = min(32, kPoolStage / stride);
-  const T* plane = act + (long(row) * channels + ch) * height * width;
+  const T* plane = act + (long(row) * channels + fc.ch) * height * width;
   float* s = stage[warp];
-  float acc = is_max ? -INFINITY : 0.f;
-  for (int y = y0; y < y1; y += per_pass) {
-    const int rows = min(per_pass, y1 - y);
+  float acc = fc.start();
+  for (int y = fc.y0; y < fc.y1; y += per_pass) {
+    const int rows = min(per_pass, fc.y1 - y);
     for (int i = lane; i < rows * cw; i += 32) {
       const int r = i / cw, x = i % cw;
-      s[r * stride + x] = load_act(plane, long(y + r) * width + x0 + x);
+      s[r * stride + x] = load_act(plane, long(y + r) * width + fc.x0 + x);
     }
     __syncwarp();
-    float sum = is_max ? -INFINITY : 0.f;
+    float sum = fc.start();
     if (lane < rows)
-      for (int x = 0; x < cw; ++x) {
-        const float v = s[lane * stride + x];
-        sum = is_max ? (sum < v ? v : sum) : __fadd_rn(sum, v);
-      }
-    for (int r = 0; r < rows; ++r) {  // every lane keeps the same acc
-      const float v = __shfl_sync(0xffffffffu, sum, r);
-      acc = is_max ? (acc < v ? v : acc) : __fadd_rn(acc, v);
-    }
+      for (int x = 0; x < cw; ++x) sum = fc.step(sum, s[lane * stride + x]);
+    for (int r = 0; r < rows; ++r) acc = fc.step(acc, __shfl_sync(0xffffffffu, sum, r));  // the same acc in every lane
     __syncwarp();  // the stage is rewritten next pass
   }
-  if (lane == 0) pooled[long(row) * dim + f] = is_max ? acc : __fmul_rn(acc, __frcp_rn(float((y1 - y0) * cw)));
+  if (lane == 0) pooled[long(row) * dim + f] = fc.value(acc);
 }
 
 // Wide, 2 of 3: grid (classes / (kHeadThreads / kLanes), n).  Each block
@@ -184,14 +173,12 @@ __global__ void exit_scores_kernel(const float* __restrict__ pooled, LinearHeadV
   extern __shared__ float xs[];  // [padded dim]
   const int dim = h.dim, padded = dev::padded_dim(dim), row = blockIdx.y;
   for (int f = threadIdx.x; f < padded; f += blockDim.x)
-    xs[f] = f < dim ? __fmul_rn(__fsub_rn(pooled[long(row) * dim + f], h.mean[f]), h.inv_std[f]) : 0.f;
+    xs[f] = f < dim ? dev::standardise(pooled[long(row) * dim + f], h.mean, h.inv_std, f) : 0.f;
   __syncthreads();
   const int half = threadIdx.x / dev::kLanes, l = threadIdx.x % dev::kLanes;
   const int k = blockIdx.x * (blockDim.x / dev::kLanes) + half;
-  const float part = k < h.classes ? dev::lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
-  float s = 0.f;
-  for (int j = 0; j < dev::kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, dev::kLanes));
-  if (k < h.classes && l == 0) scores[long(row) * h.classes + k] = __fadd_rn(s, h.bias[k]);
+  const float s = dev::half_warp_score(weight, h.bias, xs, dim, h.classes, k, l);
+  if (k < h.classes && l == 0) scores[long(row) * h.classes + k] = s;
 }
 
 // Wide, 3 of 3: one block per row, the one-block kernel's decision.
@@ -201,14 +188,7 @@ __global__ void exit_decide_kernel(const float* __restrict__ scores, LinearHeadV
   const int row = blockIdx.x, padded = dev::padded_dim(h.classes);
   for (int k = threadIdx.x; k < padded; k += blockDim.x) z[k] = k < h.classes ? scores[long(row) * h.classes + k] : 0.f;
   __syncthreads();
-  int best;
-  double sum;
-  dev::block_argmax_sum(z, h.classes, &best, &sum);
-  if (threadIdx.x == 0) {
-    const float conf =
-        h.selector_k > 0 ? selector_confidence(z, h.classes, best, sum, h.selector, h.selector_k) : float(1.0 / sum);
-    record_decision(st, pos, row, exit_id, conf >= h.threshold, best, conf);
-  }
+  decide(z, h, exit_id, st, pos, row);
 }
 
 // One block: the exclusive scan of the survivor flags, chunk by chunk.
@@ -311,13 +291,13 @@ void launch_exit_head_wide(const T* act, int n, int height, int width, int chann
   }
   const int per_block = kHeadThreads / dev::kLanes;
   const dim3 score_grid(unsigned((h.classes + per_block - 1) / per_block), unsigned(n));
-  const size_t xs_bytes = size_t(dev::padded_dim_host(h.dim)) * sizeof(float);
+  const size_t xs_bytes = size_t(dev::padded_dim(h.dim)) * sizeof(float);
   if (h.weight_f16)
     exit_scores_kernel<__half><<<score_grid, kHeadThreads, xs_bytes, stream>>>(
         pooled, h, reinterpret_cast<const __half*>(h.weight_f16), scores);
   else
     exit_scores_kernel<float><<<score_grid, kHeadThreads, xs_bytes, stream>>>(pooled, h, h.weight, scores);
-  const size_t z_bytes = size_t(dev::padded_dim_host(h.classes)) * sizeof(float);
+  const size_t z_bytes = size_t(dev::padded_dim(h.classes)) * sizeof(float);
   exit_decide_kernel<<<unsigned(n), kHeadThreads, z_bytes, stream>>>(scores, h, exit_id, st, pos);
 }
 

@@ -42,7 +42,7 @@ __global__ void sgd_sample_kernel(LinearHeadMut h, const float* __restrict__ x, 
   }
   const float* xi = x + long(i) * dim;
   for (int d = threadIdx.x; d < padded; d += blockDim.x) {
-    const float v = d < dim ? __fmul_rn(__fsub_rn(xi[d], h.mean[d]), h.inv_std[d]) : 0.f;
+    const float v = d < dim ? dev::standardise(xi[d], h.mean, h.inv_std, d) : 0.f;
     xs[d] = v;
     if (d < dim) s.xs[long(i) * dim + d] = v;
   }

@@ -28,7 +28,7 @@ __global__ void memory_lookup_kernel(const T* __restrict__ act, int height, int 
   for (int f = tid; f < m.dim; f += blockDim.x) {
     const float p = dev::pool_feature(src, height, width, channels, layout, m.pool, f);
     pooled[long(row) * m.dim + f] = p;
-    x[f] = __fmul_rn(__fsub_rn(p, m.mean[f]), m.inv_std[f]);
+    x[f] = dev::standardise(p, m.mean, m.inv_std, f);
     m.pending[long(sample) * m.dim + f] = x[f];
   }
   __syncthreads();
