@@ -175,8 +175,11 @@ class BackendContext {
   // the host's part (a copy into pinned memory on CUDA; the CPU only
   // remembers the pointer) and runs on every run; input_from_stage is the
   // backend's part (a copy or a transpose into dst), which a recorded graph
-  // replays.
-  virtual void stage_input(const float* host, const Act& shape) = 0;
+  // replays.  stage_input also checks the values, in the same pass where it
+  // copies them: it returns the flat index of the first NaN or infinity, or
+  // shape.elems() when every value is finite; after a bad value nothing it
+  // issued is still in flight.
+  virtual size_t stage_input(const float* host, const Act& shape) = 0;
   virtual void input_from_stage(const Act& shape, float* dst) = 0;
   // An input already in this backend's memory (NCHW at `device`), staged as
   // stage_input stages a host one and checked where it is: waits for the

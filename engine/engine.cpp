@@ -31,19 +31,13 @@ void check_plan_fits(const Plan& plan, int n, const SessionOptions& options) {
          " MiB (SessionOptions::max_arena_bytes)");
 }
 
-[[noreturn]] void non_finite_input(size_t i, float value, int c, int h, int w) {
-  const size_t hw = size_t(h) * size_t(w);
-  fail("input: value at [", i / (hw * size_t(c)), ",", (i / hw) % size_t(c), ",", (i % hw) / size_t(w), ",",
-       i % size_t(w), "] is ", value, "; inputs must be finite");
-}
-
 // Reads every value: call only once the size is known to be sane (a plan
 // for it exists), never on an absurd h x w.
 void check_input_values(const float* x, int n, int c, int h, int w) {
   const size_t total =
       mul_size(mul_size(size_t(n), size_t(c), "input"), mul_size(size_t(h), size_t(w), "input"), "input");
   const size_t i = first_non_finite(x, total);
-  if (i < total) non_finite_input(i, x[i], c, h, w);
+  if (i < total) non_finite_input(i, x[i], Act{n, h, w, c});
 }
 
 }  // namespace
@@ -230,11 +224,9 @@ void Session::run(const float* input, int n, int c, int h, int w, SampleResult* 
       float value = 0;
       ctx_->to_host(input + i, sizeof value, &value);
       ctx_->synchronize();
-      non_finite_input(i, value, c, h, w);
+      non_finite_input(i, value, shape);
     }
-  } else {
-    check_input_values(input, n, c, h, w);
-  }
+  }  // a host input is checked where the backend stages it, in the same pass
   ex.run(input, n, results, logits, opts);
 }
 

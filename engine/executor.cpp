@@ -128,6 +128,12 @@ float* Executor::exit_pooled(int dim) {
   return exit_pooled_->floats();
 }
 
+void non_finite_input(size_t i, float value, const Act& shape) {
+  const size_t c = size_t(shape.c), w = size_t(shape.w), hw = size_t(shape.h) * w;
+  fail("input: value at [", i / (hw * c), ",", (i / hw) % c, ",", (i % hw) / w, ",", i % w, "] is ", value,
+       "; inputs must be finite");
+}
+
 void Executor::run(const float* input_nchw, int n, SampleResult* results, float* logits, const RunOptions& options) {
   if (n < 1) fail("run: empty batch");
   if (n > plan_.max_batch) fail("run: batch ", n, " exceeds the plan's maximum ", plan_.max_batch);
@@ -172,7 +178,11 @@ bool Executor::run_once(const float* input_nchw, int n, SampleResult* results, f
   // Before staging: a backend may issue the input's copy there (CUDA, large
   // inputs), and the profile's first entry should carry it.
   if (opts.timings) ctx_.timing_begin();
-  if (!opts.input_on_device) ctx_.stage_input(input_nchw, plan_.input.with_batch(n));
+  if (!opts.input_on_device) {
+    const Act in = plan_.input.with_batch(n);
+    const size_t bad = ctx_.stage_input(input_nchw, in);
+    if (bad < in.elems()) non_finite_input(bad, input_nchw[bad], in);
+  }
   if (seg.issue(0, n, 0)) ctx_.begin_exits(st_, n, classes);
 
   // Timing: one mark per recorded entry; names and sizes kept alongside.

@@ -67,6 +67,10 @@ struct RunOptions {
   bool input_on_device = false;
 };
 
+// Refuses an input whose value at flat NCHW index i (of an input shaped
+// `shape`: n, h, w, c) is NaN or infinite, naming the position.
+[[noreturn]] void non_finite_input(size_t i, float value, const Act& shape);
+
 class Executor {
  public:
   // Allocates the plan's arena and exit state from `ctx`.

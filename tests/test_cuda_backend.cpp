@@ -375,9 +375,26 @@ TEST(CudaBackend, InputAlreadyOnTheDeviceAnswersAsFromTheHostAndIsChecked) {
     EXPECT_GATI_ERROR(s.infer(dev->floats(), n, a.in_channels, a.input_h, a.input_w, on_device),
                       "value at [1,2,5,7] is nan");
     EXPECT_GATI_ERROR(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w, on_device), "is not device memory");
+    // From the host the check happens where the input is copied into pinned memory, in the same pass.
+    EXPECT_GATI_ERROR(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w), "value at [1,2,5,7] is nan");
     x[per + 2 * size_t(a.input_h) * size_t(a.input_w) + 5 * size_t(a.input_w) + 7] = 0.f;
     EXPECT_EQ(s.infer(x.data(), n, a.in_channels, a.input_h, a.input_w).size(), size_t(n) * size_t(a.num_classes));
   }
+  // 1400 samples (38.7 MB: ten chunks of the pinned copy, shared by threads) with bad values in two threads'
+  // parts: the first is reported, after the chunks already issued have landed, and the next run answers as
+  // before.
+  const int big = 1400;
+  std::vector<float> x = random_floats(per * size_t(big), 402);
+  const std::vector<float> want = s.infer(x.data(), big, a.in_channels, a.input_h, a.input_w);
+  const size_t early = per * 500 + 3, late = per * 1390 + 2 * size_t(a.input_w);  // [500,0,0,3], [1390,0,2,0]
+  const float kept_early = x[early], kept_late = x[late];
+  x[early] = NAN;
+  x[late] = -INFINITY;
+  EXPECT_GATI_ERROR(s.infer(x.data(), big, a.in_channels, a.input_h, a.input_w), "value at [500,0,0,3] is nan");
+  x[early] = kept_early;
+  EXPECT_GATI_ERROR(s.infer(x.data(), big, a.in_channels, a.input_h, a.input_w), "value at [1390,0,2,0] is -inf");
+  x[late] = kept_late;
+  EXPECT_EQ(s.infer(x.data(), big, a.in_channels, a.input_h, a.input_w), want);
 }
 
 TEST(CudaBackend, ThreadsSharingOneEngineAndTheServerAgree) {

@@ -1,13 +1,17 @@
 // Architecture records, the network builder, batch-norm folding, model files
 // with missing / misshaped / non-finite tensors, the plan, and the Engine's
 // input checks.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "engine/engine.h"
 #include "engine/plan.h"
+#include "engine/staging.h"
 #include "test_util.h"
 #include "weights/common/checked.h"
 #include "weights/model.h"
@@ -263,6 +267,97 @@ TEST(FirstNonFinite, FindsTheFirstNanOrInfinityAnywhere) {
       EXPECT_EQ(first_non_finite(w.data(), at), at) << "a scan that stops before it";
     }
   }
+}
+
+// The copy that stages a host input (CUDA): checks in the same pass, piece by
+// piece, so the answer is first_non_finite's wherever the value sits, at a
+// piece's edges (32768 floats) or in the tail, and a finite input arrives whole.
+TEST(CopyCheckingFinite, CopiesAndFindsWhatTheScanFinds) {
+  const size_t n = 3 * 32768 + 1000;
+  const std::vector<float> v = test::random_floats(n, 5);
+  std::vector<float> dst(n, -1.f);
+  EXPECT_EQ(copy_checking_finite(dst.data(), v.data(), n), n);
+  EXPECT_EQ(dst, v);
+  EXPECT_EQ(copy_checking_finite(dst.data(), v.data(), 0), 0u);
+  for (size_t at : {size_t(0), size_t(32767), size_t(32768), size_t(65536 + 5), size_t(3 * 32768), n - 1}) {
+    std::vector<float> w = v;
+    w[at] = at % 2 ? INFINITY : NAN;
+    if (at + 40000 < n) w[at + 40000] = NAN;  // a later one, in the next piece, is not reported
+    EXPECT_EQ(copy_checking_finite(dst.data(), w.data(), n), at) << "bad value at " << at;
+    EXPECT_EQ(first_non_finite(w.data(), n), at);
+  }
+}
+
+// The threads that stage a large input: every chunk copied and handed on
+// once, the first bad value of the whole input reported whichever thread
+// found it, and a part stopped by its callback or its start copies no more.
+TEST(CopyInChunks, SharesTheChunksAndReportsTheFirstBadValue) {
+  const size_t n = 10500, chunk = 1000;  // 11 chunks, the last one short
+  const std::vector<float> v = test::random_floats(n, 6);
+  struct Seen {
+    std::mutex m;
+    std::map<size_t, size_t> chunks;  // at -> count
+    int starts = 0;
+  };
+  auto run = [&](const std::vector<float>& src, size_t parts, Seen& seen, size_t stop_at = SIZE_MAX,
+                 bool start_ok = true) {
+    std::vector<float> dst(n, -1.f);
+    const size_t first = copy_in_chunks(
+        dst.data(), src.data(), n, {chunk, parts},
+        [&](size_t at, size_t count) {
+          EXPECT_TRUE(std::equal(src.begin() + long(at), src.begin() + long(at + count), dst.begin() + long(at)));
+          std::lock_guard<std::mutex> lock(seen.m);
+          EXPECT_TRUE(seen.chunks.emplace(at, count).second) << "chunk at " << at << " handed on twice";
+          return at != stop_at;
+        },
+        [&] {
+          std::lock_guard<std::mutex> lock(seen.m);
+          ++seen.starts;
+          return start_ok;
+        });
+    return first;
+  };
+  for (size_t parts : {size_t(1), size_t(4), size_t(20)}) {
+    SCOPED_TRACE("parts " + std::to_string(parts));
+    Seen all;
+    EXPECT_EQ(run(v, parts, all), n);
+    ASSERT_EQ(all.chunks.size(), 11u);
+    for (const auto& [at, count] : all.chunks) EXPECT_EQ(count, at == 10000 ? 500u : chunk);
+    EXPECT_EQ(all.starts, int(std::min<size_t>(parts, 11)) - 1);
+
+    std::vector<float> w = v;
+    w[3500] = NAN;       // part 1 of 4 (chunks 2-4)
+    w[9001] = INFINITY;  // part 3 of 4 (chunks 8-10)
+    Seen bad;
+    EXPECT_EQ(run(w, parts, bad), 3500u);
+    EXPECT_EQ(bad.chunks.count(3000), 0u) << "the chunk holding the bad value is not handed on";
+    for (size_t at : {size_t(0), size_t(1000), size_t(2000)}) EXPECT_EQ(bad.chunks.count(at), 1u) << at;
+    if (parts == 1) {
+      EXPECT_EQ(bad.chunks.size(), 3u) << "one thread stops at the first bad value";
+    }
+  }
+  Seen stopped;  // chunk 1 (part 0 of 4: chunks 0-1) refused: part 0 stops, the others go on
+  EXPECT_EQ(run(v, 4, stopped, 1000), n);
+  EXPECT_EQ(stopped.chunks.size(), 11u);
+  Seen stopped_early;  // chunk 0 refused: chunk 1 is never copied
+  EXPECT_EQ(run(v, 4, stopped_early, 0), n);
+  EXPECT_EQ(stopped_early.chunks.count(1000), 0u);
+  EXPECT_EQ(stopped_early.chunks.size(), 10u);
+  Seen no_start;  // the extra threads could not start: only part 0's chunks
+  EXPECT_EQ(run(v, 4, no_start, SIZE_MAX, false), n);
+  EXPECT_EQ(no_start.chunks.size(), 2u);
+  EXPECT_EQ(no_start.starts, 3);
+
+  std::vector<float> none;
+  EXPECT_EQ(copy_in_chunks(none.data(), none.data(), 0, {chunk, 4}, [](size_t, size_t) { return true; }), 0u);
+  EXPECT_GATI_ERROR(copy_in_chunks(none.data(), none.data(), 0, {0, 4}, [](size_t, size_t) { return true; }),
+                    "chunk and parts must be positive");
+
+  EXPECT_EQ(staging_parts(size_t(31) << 20, size_t(4) << 20, size_t(32) << 20, 4), 1u);
+  const size_t parts = staging_parts(size_t(154) << 20, size_t(4) << 20, size_t(32) << 20, 4);
+  EXPECT_GE(parts, 1u);
+  EXPECT_LE(parts, 4u);
+  EXPECT_LE(staging_parts(size_t(33) << 20, size_t(32) << 20, size_t(32) << 20, 4), 2u) << "two chunks";
 }
 
 }  // namespace

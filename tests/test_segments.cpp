@@ -39,9 +39,9 @@ class RecordingContext final : public BackendContext {
   void from_host(const void* host, size_t bytes, void* dst) override {
     op([=, this] { inner_->from_host(host, bytes, dst); });
   }
-  void stage_input(const float* host, const Act& shape) override {
+  size_t stage_input(const float* host, const Act& shape) override {
     if (open_) ADD_FAILURE() << "input staged inside a segment: a replay would read a stale input";
-    inner_->stage_input(host, shape);
+    return inner_->stage_input(host, shape);
   }
   void input_from_stage(const Act& shape, float* dst) override {
     op([=, this] { inner_->input_from_stage(shape, dst); });

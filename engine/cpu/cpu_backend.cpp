@@ -26,6 +26,7 @@
 #include "kernels/cpu/pool_cpu.h"
 #include "kernels/cpu/threads.h"
 #include "weights/common/aligned.h"
+#include "weights/common/checked.h"
 #include "weights/common/error.h"
 #include "weights/common/half.h"
 #include "weights/model.h"
@@ -115,7 +116,10 @@ class CpuContext final : public BackendContext {
   std::unique_ptr<Buffer> allocate(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
   std::unique_ptr<Buffer> allocate_host_visible(size_t bytes) override { return std::make_unique<HostBuffer>(bytes); }
 
-  void stage_input(const float* host, const Act&) override { staged_ = host; }
+  size_t stage_input(const float* host, const Act& s) override {
+    staged_ = host;
+    return first_non_finite(host, s.elems());
+  }
   void input_from_stage(const Act& s, float* dst) override {
     cpu::ThreadScope t(threads_);
     pooled_act_ = nullptr;

@@ -39,11 +39,13 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "engine/plan.h"
+#include "engine/staging.h"
 #include "kernels/cuda/conv_cudnn.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cuda_device.h"
@@ -303,31 +305,59 @@ class CudaContext final : public BackendContext {
   }
 
   // The host's half: into pinned memory (the DMA engine reads it at full
-  // speed), then to the device's staging buffer, in chunks issued here,
-  // before any segment, so the DMA of one chunk overlaps the host's copy of
-  // the next (ResNet-50 at batch 64: 38 MB).  The segment then only moves
-  // the staged input into place, whichever way it arrived: from the host
-  // here or from device memory (stage_device_input), so a recorded segment
-  // serves both.  The previous run has finished (the executor ends each run
-  // with synchronize()), so the buffers are free to overwrite.
+  // speed), checked on the way, then to the device's staging buffer, in
+  // chunks issued here, before any segment, so the DMA of one chunk overlaps
+  // the host's copy of the next (ResNet-50 at batch 64: 38 MB).  The segment
+  // then only moves the staged input into place, whichever way it arrived:
+  // from the host here or from device memory (stage_device_input), so a
+  // recorded segment serves both.  The previous run has finished (the
+  // executor ends each run with synchronize(), and a bad value here waits
+  // for the chunks already issued), so the buffers are free to overwrite.
   static constexpr size_t kInputChunk = size_t(4) << 20;
-  void stage_input(const float* host, const Act& s) override {
+  // From this size on, a few threads copy (engine/staging.h): ResNet-50 at
+  // batch 256 is 154 MB.  Below it, starting threads costs more than they save.
+  static constexpr size_t kThreadedInput = size_t(32) << 20;
+  static constexpr size_t kMaxStagingThreads = 4;
+  size_t stage_input(const float* host, const Act& s) override {
     cuda::DeviceScope scope(index_);
-    const size_t bytes = mul_size(s.elems(), sizeof(float), "input");
+    const size_t elems = s.elems();
+    const size_t bytes = mul_size(elems, sizeof(float), "input");
     if (!input_pinned_ || input_pinned_->bytes() < bytes) {
       input_pinned_.reset();
       input_pinned_ = std::make_unique<cuda::MappedBuffer>(bytes, "the pinned input staging buffer");
     }
     staging_.reserve(bytes, "the input staging buffer");
-    auto* pinned = static_cast<unsigned char*>(input_pinned_->data());
-    auto* device = static_cast<unsigned char*>(staging_.data());
-    const auto* from = reinterpret_cast<const unsigned char*>(host);
-    for (size_t at = 0; at < bytes; at += kInputChunk) {
-      const size_t n = std::min(kInputChunk, bytes - at);
-      std::memcpy(pinned + at, from + at, n);
-      CUDA_CHECK(cudaMemcpyAsync(device + at, pinned + at, n, cudaMemcpyHostToDevice, stream_.get()));
+    staged_bytes_ = 0;
+    auto* pinned = static_cast<float*>(input_pinned_->data());
+    float* device = staging_.floats();
+    cudaStream_t stream = stream_.get();
+    const int index = index_;
+    const StagingChunks how{kInputChunk / sizeof(float),
+                            staging_parts(bytes, kInputChunk, kThreadedInput, kMaxStagingThreads)};
+    std::mutex failed;  // the first CUDA error of any thread
+    cudaError_t err = cudaSuccess;
+    auto keep = [&](cudaError_t e) {
+      if (e == cudaSuccess) return true;
+      std::lock_guard<std::mutex> lock(failed);
+      if (err == cudaSuccess) err = e;
+      return false;
+    };
+    const size_t first = copy_in_chunks(
+        pinned, host, elems, how,
+        [&](size_t at, size_t n) {
+          return keep(cudaMemcpyAsync(device + at, pinned + at, n * sizeof(float), cudaMemcpyHostToDevice, stream));
+        },
+        [&] { return keep(cudaSetDevice(index)); });
+    if (err != cudaSuccess) {
+      cudaStreamSynchronize(stream);  // what was issued stops reading the buffers; the error stands
+      cuda::cuda_fail(err, "staging the input (cudaSetDevice or cudaMemcpyAsync)", __FILE__, __LINE__);
+    }
+    if (first < elems) {  // nothing issued may still read the pinned buffer when the next run writes it
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      return first;
     }
     staged_bytes_ = bytes;
+    return elems;
   }
   size_t stage_device_input(const float* input, const Act& s) override {
     cuda::DeviceScope scope(index_);

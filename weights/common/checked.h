@@ -3,6 +3,7 @@
 // through mul_size, which throws naming what was being sized.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -42,6 +43,22 @@ inline size_t first_non_finite(const float* v, size_t n) {
   }
   for (size_t i = start; i < n; ++i)  // the block holding a bad value, or the tail
     if (bad_at(i)) return i;
+  return n;
+}
+
+// Copies v[0, n) to dst and returns first_non_finite(v, n), reading v from
+// memory once: each piece is checked in dst right after it is copied, while
+// it is still in the core's cache (a copy and then a scan read a 154 MB
+// input, ResNet-50 at batch 256, twice from memory).  After a bad value dst
+// is written up to the end of the piece that holds it.
+inline size_t copy_checking_finite(float* dst, const float* v, size_t n) {
+  constexpr size_t kPiece = size_t(32) << 10;  // 128 KB: well inside a core's L2
+  for (size_t at = 0; at < n; at += kPiece) {
+    const size_t m = std::min(kPiece, n - at);
+    std::memcpy(dst + at, v + at, m * sizeof(float));
+    const size_t i = first_non_finite(dst + at, m);
+    if (i < m) return at + i;
+  }
   return n;
 }
 
