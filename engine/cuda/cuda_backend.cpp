@@ -739,12 +739,14 @@ class CudaContext final : public BackendContext {
     return !(v && std::string(v) == "0") && cuda::conditional_nodes_available();
   }
   // GATI_CUDA_EXIT_KERNEL=block: the exit head as one block per row (one
-  // launch); wide (default): three launches across the GPU; staged: wide,
-  // with NCHW rows staged a warp per feature (kernels/cuda/exit_head.cu).
+  // launch); wide: three launches across the GPU; staged (default): wide,
+  // with NCHW rows staged a warp per feature (kernels/cuda/exit_head.cu),
+  // bit for bit the same answers; on the H100 one 56x56x256 head 35 us
+  // against wide's 69 (bench/results/h100-2026-11-23b/2_exits_graphs).
   enum class ExitKernel { kBlock, kWide, kStaged };
   static ExitKernel exit_kernel_wanted() {
     const char* v = std::getenv("GATI_CUDA_EXIT_KERNEL");
-    const std::string k = v ? v : "wide";
+    const std::string k = v ? v : "staged";
     if (k == "wide") return ExitKernel::kWide;
     if (k == "block") return ExitKernel::kBlock;
     if (k == "staged") return ExitKernel::kStaged;
