@@ -57,7 +57,7 @@ inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool 
   h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
   h.bias = random_floats(size_t(h.classes), 3);
   h.threshold = 2.0f;
-  round_weights_to_half(h);  // as gati cache build leaves them
+  round_weights_for_serving(h);  // as gati cache build leaves them
   return h;
 }
 

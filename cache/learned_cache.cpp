@@ -16,6 +16,7 @@
 #include "kernels/cpu/threads.h"
 #include "weights/common/error.h"
 #include "weights/common/half.h"
+#include "weights/common/int8_rows.h"
 #include "weights/common/json_read.h"
 #include "weights/model.h"
 #include "weights/safetensors.h"
@@ -40,6 +41,14 @@ LinearHeadView ExitCache::view() const { return host_linear_view(*this); }
 void round_weights_to_half(ExitHeadSpec& head) {
   for (float& w : head.weight)
     if (std::abs(w) <= kHalfMax) w = round_to_half(w);  // beyond it a half is infinite: the head stays in floats
+}
+
+void round_weights_for_serving(ExitHeadSpec& head) {
+  if (head.kind != HeadKind::kLinear) return;
+  if (head.weight.size() >= kInt8HeadWeights)
+    round_rows_to_int8(head.weight.data(), head.classes, head.dim);
+  else
+    round_weights_to_half(head);
 }
 
 DistanceHeadView ExitCache::distance_view() const { return host_distance_view(*this); }
@@ -174,7 +183,7 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
     }
     history.push_back(sum / batches);
   }
-  round_weights_to_half(c);
+  round_weights_for_serving(c);
   int agree = 0;
   for (int i = 0; i < n; ++i) {
     float conf;

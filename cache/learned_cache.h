@@ -68,10 +68,22 @@ struct SgdOptions {
 // largest half (65504) is left as it is, and its head read as floats.
 void round_weights_to_half(ExitHeadSpec& head);
 
+// Heads of at least this many weights (256 KiB as halves, more than a
+// core's L2: read from memory at every batch-1 lookup) are kept as int8.
+constexpr size_t kInt8HeadWeights = size_t(1) << 17;
+
+// How gati cache build leaves a linear head's weights for serving: a head
+// of kInt8HeadWeights or more rounded per class to int8 times a power of two
+// (round_rows_to_int8: each weight moves by at most 1/254 of its class's
+// largest |weight|; the CPU reads a quarter of the floats' bytes, computing
+// the same floats, and such weights are halves too), a smaller one to halves.
+// Calibration comes after, so thresholds account for the rounding.
+void round_weights_for_serving(ExitHeadSpec& head);
+
 // Fits mean/inv_std on `features` [n, dim] and trains the predictor to the
 // full model's labels, and with opt.distill_alpha > 0 to its logits
 // `full_logits` [n, classes] as well; the trained weights are then rounded
-// to halves (round_weights_to_half).  Returns the mean loss of each epoch.
+// for serving (round_weights_for_serving).  Returns the mean loss of each epoch.
 std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>& features,
                                      const std::vector<int>& labels, const SgdOptions& opt,
                                      const std::vector<float>& full_logits = {});

@@ -115,9 +115,9 @@ std::vector<ExitHeadSpec> OnlineState::head_specs() {
   for (size_t e = 0; e < live_.size(); ++e) {
     if (!live_[e].enabled()) continue;  // closed: never served, never scored
     served_[e] = shift_ ? shift_->adapt(live_[e]) : live_[e];
-    // Served with halves for weights, as built caches are (the steps go on
-    // from the float weights, which keep updates smaller than a half's step).
-    if (served_[e].kind == HeadKind::kLinear) round_weights_to_half(served_[e]);
+    // Served rounded as built caches are (the steps go on from the float
+    // weights, which keep updates smaller than a rounding step).
+    round_weights_for_serving(served_[e]);
     if (!guard_ || guard_->enabled(live_[e].exit)) specs.push_back(served_[e].head_spec());
   }
   return specs;

@@ -45,6 +45,8 @@ class HeadLearner::Heads final : public ExitHeads {
       v.weight = h.served_w->floats();
       v.bias = h.served_b->floats();
       v.weight_f16 = h.halves ? static_cast<const uint16_t*>(h.served_f16->data()) : nullptr;
+      v.weight_i8 = nullptr;  // the base's copy would go stale with the first step
+      v.weight_i8_scale = nullptr;
     }
     return v;
   }

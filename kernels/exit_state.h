@@ -136,6 +136,13 @@ struct LinearHeadView {
   // them so), so a kernel reads half the bytes and computes the same
   // floats: at batch 1 a head's cost is reading its weights.
   const uint16_t* weight_f16 = nullptr;
+  // Optional, on the CPU: the same weights as int8 [classes, dim] times a
+  // power of two per class (weights/common/int8_rows.h), set when every
+  // weight is one exactly (gati cache build rounds large heads so): a
+  // quarter of the floats' bytes, the same floats computed.  Read before
+  // weight_f16; null for heads that learn in place.
+  const int8_t* weight_i8 = nullptr;
+  const float* weight_i8_scale = nullptr;  // [classes]
 };
 
 // Probabilities a selector reads (kept in registers by the CUDA kernel).

@@ -24,6 +24,7 @@
 #include "random_model.h"
 #include "test_util.h"
 #include "weights/common/half.h"
+#include "weights/common/int8_rows.h"
 
 namespace gati {
 namespace {
@@ -331,58 +332,130 @@ TEST(Runtime, PoolingInTheConvolutionAndHalfWeightsChangeNoAnswer) {
   }
 }
 
-// The linear head's kernel reads halves or floats of the same weights and
-// gives the same scores, decisions and confidences, bit for bit, at any
-// batch (4 rows at a time and the rest one by one), with a dimension that
-// is not a multiple of the 16 lanes and a class count not of the 4 rows.
-TEST(Runtime, HalfWeightsScoreExactlyAsTheirFloats) {
+// The linear head's kernel reads int8 rows, halves or floats of the same
+// weights and gives the same scores, decisions and confidences, bit for bit,
+// at any batch (4 rows at a time and the rest one by one), with a dimension
+// that is not a multiple of the 16 lanes and a class count not of the 4 rows.
+// Weights rounded to halves (small heads) are read as halves; rounded to
+// int8 rows (large heads) they are halves too, and read as int8.
+TEST(Runtime, HalfAndInt8WeightsScoreExactlyAsTheirFloats) {
   const int n = 7, dim = 203, classes = 10;
-  ExitHeadSpec h;
-  h.dim = dim;
-  h.classes = classes;
-  h.mean = random_floats(size_t(dim), 1, 0.2f);
-  h.inv_std.assign(size_t(dim), 1.3f);
-  h.weight = random_floats(size_t(dim) * size_t(classes), 2, 0.3f);
-  h.bias = random_floats(size_t(classes), 3, 0.3f);
-  round_weights_to_half(h);
-  const std::vector<uint16_t> halves = halves_if_exact(h.weight);
-  ASSERT_EQ(halves.size(), h.weight.size()) << "every rounded weight is a half";
-  const std::vector<float> pooled = random_floats(size_t(n) * size_t(dim), 4);
-  LinearHeadView v = host_linear_view(h);
-  std::vector<float> confs;  // the threshold between the rows' middle confidences: some hit, some not
-  for (int i = 0; i < n; ++i) {
-    std::vector<float> z(static_cast<size_t>(classes));
-    cpu::linear_head_scores(v, pooled.data() + size_t(i) * size_t(dim), z.data());
-    cpu::top_softmax(z.data(), classes, &confs.emplace_back());
-  }
-  std::sort(confs.begin(), confs.end());
-  v.threshold = 0.5f * (confs[size_t(n / 2)] + confs[size_t(n / 2 + 1)]);
-  auto decide = [&](const uint16_t* w16) {
-    v.weight_f16 = w16;
-    std::vector<unsigned char> buf(exit_state_bytes(n, classes));
-    const ExitState st = exit_state_at(buf.data(), n);
-    cpu::begin_exits(st, n, classes);
-    cpu::exit_head_linear_pooled(pooled.data(), n, v, 3, st, 0);
-    return buf;
-  };
-  const std::vector<unsigned char> with_floats = decide(nullptr), with_halves = decide(halves.data());
-  EXPECT_EQ(with_floats, with_halves);
-  const ExitState st = exit_state_at(const_cast<unsigned char*>(with_floats.data()), n);
-  int hits = 0;
-  for (int i = 0; i < n; ++i) {
-    hits += st.hit[i];
-    float conf;  // one row alone, through the single-row scorer
-    std::vector<float> z(static_cast<size_t>(classes));
-    cpu::linear_head_scores(host_linear_view(h), pooled.data() + size_t(i) * size_t(dim), z.data());
-    const int label = cpu::top_softmax(z.data(), classes, &conf);
-    EXPECT_EQ(st.hit[i], conf >= v.threshold ? 1 : 0) << "row " << i;
-    if (st.hit[i]) {
-      EXPECT_EQ(st.label[i], label);
-      EXPECT_EQ(std::memcmp(&st.confidence[i], &conf, sizeof conf), 0);
+  for (bool int8 : {false, true}) {
+    SCOPED_TRACE(int8 ? "rounded to int8 rows" : "rounded to halves");
+    ExitHeadSpec h;
+    h.dim = dim;
+    h.classes = classes;
+    h.mean = random_floats(size_t(dim), 1, 0.2f);
+    h.inv_std.assign(size_t(dim), 1.3f);
+    h.weight = random_floats(size_t(dim) * size_t(classes), 2, 0.3f);
+    h.bias = random_floats(size_t(classes), 3, 0.3f);
+    if (int8)
+      round_rows_to_int8(h.weight.data(), classes, dim);
+    else
+      round_weights_to_half(h);
+    const std::vector<uint16_t> halves = halves_if_exact(h.weight);
+    ASSERT_EQ(halves.size(), h.weight.size()) << "every rounded weight is a half";
+    const Int8Rows rows = int8_rows_if_exact(h.weight, classes, dim);
+    ASSERT_EQ(rows.q.empty(), !int8) << "int8 rows exactly when rounded so";
+    const std::vector<float> pooled = random_floats(size_t(n) * size_t(dim), 4);
+    LinearHeadView v = host_linear_view(h);
+    std::vector<float> confs;  // the threshold between the rows' middle confidences: some hit, some not
+    for (int i = 0; i < n; ++i) {
+      std::vector<float> z(static_cast<size_t>(classes));
+      cpu::linear_head_scores(v, pooled.data() + size_t(i) * size_t(dim), z.data());
+      cpu::top_softmax(z.data(), classes, &confs.emplace_back());
     }
+    std::sort(confs.begin(), confs.end());
+    v.threshold = 0.5f * (confs[size_t(n / 2)] + confs[size_t(n / 2 + 1)]);
+    auto decide = [&](const uint16_t* w16, const Int8Rows* w8) {
+      v.weight_f16 = w16;
+      v.weight_i8 = w8 ? w8->q.data() : nullptr;
+      v.weight_i8_scale = w8 ? w8->scale.data() : nullptr;
+      std::vector<unsigned char> buf(exit_state_bytes(n, classes));
+      const ExitState st = exit_state_at(buf.data(), n);
+      cpu::begin_exits(st, n, classes);
+      cpu::exit_head_linear_pooled(pooled.data(), n, v, 3, st, 0);
+      return buf;
+    };
+    const std::vector<unsigned char> with_floats = decide(nullptr, nullptr);
+    EXPECT_EQ(with_floats, decide(halves.data(), nullptr));
+    if (int8) {
+      EXPECT_EQ(with_floats, decide(halves.data(), &rows));
+    }
+    const ExitState st = exit_state_at(const_cast<unsigned char*>(with_floats.data()), n);
+    int hits = 0;
+    for (int i = 0; i < n; ++i) {
+      hits += st.hit[i];
+      float conf;  // one row alone, through the single-row scorer
+      std::vector<float> z(static_cast<size_t>(classes));
+      cpu::linear_head_scores(host_linear_view(h), pooled.data() + size_t(i) * size_t(dim), z.data());
+      const int label = cpu::top_softmax(z.data(), classes, &conf);
+      EXPECT_EQ(st.hit[i], conf >= v.threshold ? 1 : 0) << "row " << i;
+      if (st.hit[i]) {
+        EXPECT_EQ(st.label[i], label);
+        EXPECT_EQ(std::memcmp(&st.confidence[i], &conf, sizeof conf), 0);
+      }
+    }
+    EXPECT_GT(hits, 0);
+    EXPECT_LT(hits, n);
   }
-  EXPECT_GT(hits, 0);
-  EXPECT_LT(hits, n);
+}
+
+// Int8 rows: the smallest power-of-two scale that fits each class's largest
+// |weight| in 127 steps; rounding moves a weight by at most half a step;
+// rows that are not exactly q * scale (one weight off, -0, a NaN) are not
+// taken; a large head from gati cache build's rounding reaches the CPU
+// kernel as int8, a small one as halves.
+TEST(Runtime, Int8RowsAreExactOrNotTaken) {
+  const float a[] = {0.5f, -1.f, 0.25f};  // largest 1: 1/127 -> 2^-6 (1/64 * 127 >= 1)
+  EXPECT_EQ(int8_row_scale(a, 3), 1.f / 64);
+  const float b[] = {127.f, 3.f};  // exactly 127 steps of 1
+  EXPECT_EQ(int8_row_scale(b, 2), 1.f);
+  const float c[] = {0.f, 0.f};
+  EXPECT_EQ(int8_row_scale(c, 2), 1.f);
+  const float d[] = {1.f, NAN};
+  EXPECT_EQ(int8_row_scale(d, 2), 0.f);
+
+  std::vector<float> w = random_floats(4 * 50, 9, 0.7f);
+  w[60] = 0;
+  const std::vector<float> before = w;
+  round_rows_to_int8(w.data(), 4, 50);
+  for (int r = 0; r < 4; ++r) {
+    const float s = int8_row_scale(before.data() + r * 50, 50);
+    for (int j = 0; j < 50; ++j) EXPECT_LE(std::abs(w[size_t(r * 50 + j)] - before[size_t(r * 50 + j)]), s / 2);
+  }
+  Int8Rows rows = int8_rows_if_exact(w, 4, 50);
+  ASSERT_EQ(rows.q.size(), w.size());
+  for (size_t i = 0; i < w.size(); ++i) EXPECT_EQ(float(rows.q[i]) * rows.scale[i / 50], w[i]) << i;
+  std::vector<float> again = w;
+  round_rows_to_int8(again.data(), 4, 50);
+  EXPECT_EQ(again, w) << "rounding is idempotent";
+  for (float bad : {std::nextafter(w[7], 2.f), -0.f, NAN}) {
+    std::vector<float> off = w;
+    off[7] = bad;
+    EXPECT_TRUE(int8_rows_if_exact(off, 4, 50).q.empty()) << bad;
+  }
+  EXPECT_TRUE(int8_rows_if_exact(w, 5, 40).q.size() == w.size()) << "any shape of the same count";
+  EXPECT_TRUE(int8_rows_if_exact(w, 3, 50).q.empty()) << "a shape that does not cover the weights";
+
+  // 4200 classes: the last exit's head (32 features) holds 134400 weights, over kInt8HeadWeights; the
+  // stem's (8 features) 33600, under it.
+  std::string wide = test::kTinyArch;
+  wide.replace(wide.find("\"num_classes\":5"), 15, "\"num_classes\":4200");
+  Fixture f(wide.c_str());
+  std::vector<ExitHeadSpec> specs = test::random_heads(f.engine.model(), 5, 2.f);
+  const size_t last = specs.size() - 1;
+  ASSERT_GE(specs[last].weight.size(), kInt8HeadWeights);
+  ASSERT_LT(specs[0].weight.size(), kInt8HeadWeights);
+  for (ExitHeadSpec& h : specs) round_weights_for_serving(h);
+  ASSERT_FALSE(int8_rows_if_exact(specs[last].weight, specs[last].classes, specs[last].dim).q.empty());
+  ASSERT_TRUE(int8_rows_if_exact(specs[0].weight, specs[0].classes, specs[0].dim).q.empty());
+  ASSERT_EQ(halves_if_exact(specs[0].weight).size(), specs[0].weight.size());
+  const auto heads = f.engine.make_exit_heads(specs);
+  EXPECT_NE(heads->view(int(last)).weight_i8, nullptr);
+  EXPECT_NE(heads->view(int(last)).weight_i8_scale, nullptr);
+  EXPECT_EQ(heads->view(0).weight_i8, nullptr) << "a small head stays in halves";
+  EXPECT_EQ(heads->view(0).weight_f16 != nullptr, cpu::fast_half_weights());
 }
 
 // Rounding to halves: the nearest half within FP16's range, a weight

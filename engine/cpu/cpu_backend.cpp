@@ -29,6 +29,7 @@
 #include "weights/common/checked.h"
 #include "weights/common/error.h"
 #include "weights/common/half.h"
+#include "weights/common/int8_rows.h"
 #include "weights/model.h"
 
 namespace gati {
@@ -46,26 +47,44 @@ class HostBuffer final : public Buffer {
   size_t bytes_;
 };
 
+// GATI_CPU_INT8_HEADS=0: heads that are int8 rows exactly are read as
+// halves, for measuring what int8 saves.
+bool int8_heads_wanted() {
+  const char* v = std::getenv("GATI_CPU_INT8_HEADS");
+  return !(v && std::string(v) == "0");
+}
+
 // The specs as they are, and for a linear head whose weights are all
-// halves exactly (gati cache build rounds them so) a copy as halves, which
-// the kernel reads instead: the same values in half the bytes.
+// halves exactly a copy as halves, and when they are all int8 times a power
+// of two per class exactly (gati cache build rounds large heads so) a copy
+// as int8: the kernel reads the smallest, the same values in a quarter or
+// half of the floats' bytes.  (A learner reads the halves of its base.)
 class CpuExitHeads final : public ExitHeads {
  public:
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
     halves_.resize(specs_.size());
-    for (size_t i = 0; i < specs_.size(); ++i)
-      if (cpu::fast_half_weights() && specs_[i].kind == HeadKind::kLinear)
-        halves_[i] = halves_if_exact(specs_[i].weight);
+    int8_.resize(specs_.size());
+    for (size_t i = 0; i < specs_.size(); ++i) {
+      const ExitHeadSpec& s = specs_[i];
+      if (s.kind != HeadKind::kLinear) continue;
+      if (int8_heads_wanted()) int8_[i] = int8_rows_if_exact(s.weight, s.classes, s.dim);
+      if (cpu::fast_half_weights()) halves_[i] = halves_if_exact(s.weight);
+    }
   }
   LinearHeadView view(int head) const override {
     LinearHeadView v = host_linear_view(linear_spec(head));
     if (!halves_[size_t(head)].empty()) v.weight_f16 = halves_[size_t(head)].data();
+    if (!int8_[size_t(head)].q.empty()) {
+      v.weight_i8 = int8_[size_t(head)].q.data();
+      v.weight_i8_scale = int8_[size_t(head)].scale.data();
+    }
     return v;
   }
   DistanceHeadView distance_view(int head) const override { return host_distance_view(distance_spec(head)); }
 
  private:
   std::vector<std::vector<uint16_t>> halves_;  // per head; empty: read the floats
+  std::vector<Int8Rows> int8_;                 // per head; empty: not int8 exactly
 };
 
 class CpuDevice final : public BackendDevice {

@@ -87,17 +87,53 @@ inline v16 load16(const uint16_t* p) {
   return r;
 #endif
 }
-inline float weight_at(const float* w, size_t i) { return w[i]; }
-inline float weight_at(const uint16_t* w, size_t i) { return half_to_float(w[i]); }
+// 16 int8 as floats (exact).
+inline v16 load16(const int8_t* p) {
+#if defined(__AVX512F__)
+  // (The zero-masked forms, as for halves: GCC 12 warns about the plain ones.)
+  const __m512i i = _mm512_maskz_cvtepi8_epi32(__mmask16(0xffff), _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512 v = _mm512_maskz_cvtepi32_ps(__mmask16(0xffff), i);
+  v16 r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+#else
+  v16 r;
+  for (int l = 0; l < kLanes; ++l) r[l] = float(p[l]);
+  return r;
+#endif
+}
 
-template <int S, class W>
-void lane_dot_block(const W* w, size_t stride, const float* x, size_t xstride, int dim, float* out) {
+// Weight rows as a kernel reads them, stride floats (or halves, or int8)
+// apart: load(r, d) is 16 weights of row r from column d, at(r, d) one; the
+// same floats however they are stored.
+struct FloatRows {
+  const float* w;
+  size_t stride;
+  v16 load(int r, size_t d) const { return load16(w + size_t(r) * stride + d); }
+  float at(int r, size_t d) const { return w[size_t(r) * stride + d]; }
+};
+struct HalfRows {
+  const uint16_t* w;
+  size_t stride;
+  v16 load(int r, size_t d) const { return load16(w + size_t(r) * stride + d); }
+  float at(int r, size_t d) const { return half_to_float(w[size_t(r) * stride + d]); }
+};
+struct ScaledInt8Rows {  // q * scale[r], scale a power of two: exact
+  const int8_t* q;
+  const float* scale;
+  size_t stride;
+  v16 load(int r, size_t d) const { return load16(q + size_t(r) * stride + d) * scale[r]; }
+  float at(int r, size_t d) const { return float(q[size_t(r) * stride + d]) * scale[r]; }
+};
+
+template <int S, class Rows>
+void lane_dot_block(const Rows& w, const float* x, size_t xstride, int dim, float* out) {
   const int full = dim / kLanes * kLanes;
   v16 acc[S][kRows] = {};
   for (int d = 0; d < full; d += kLanes) {
     v16 wv[kRows];
     for (int r = 0; r < kRows; ++r) {
-      wv[r] = load16(w + size_t(r) * stride + size_t(d));
+      wv[r] = w.load(r, size_t(d));
 #if defined(__AVX512F__)
       asm("" : "+v"(wv[r]));  // kept in a register: GCC would load it again for every input
 #endif
@@ -111,12 +147,24 @@ void lane_dot_block(const W* w, size_t stride, const float* x, size_t xstride, i
     for (int r = 0; r < kRows; ++r) {
       float lane[kLanes];
       std::memcpy(lane, &acc[s][r], sizeof lane);
-      for (int d = full; d < dim; ++d)
-        lane[d - full] += weight_at(w, size_t(r) * stride + size_t(d)) * x[size_t(s) * xstride + size_t(d)];
+      for (int d = full; d < dim; ++d) lane[d - full] += w.at(r, size_t(d)) * x[size_t(s) * xstride + size_t(d)];
       float sum = 0;
       for (int l = 0; l < kLanes; ++l) sum += lane[l];
       out[s * kRows + r] = sum;
     }
+}
+
+// lane_dot_block over the kRows rows from class k0, in whichever form the
+// head keeps its weights (int8, halves or floats: the same values).
+template <int S>
+void head_dot_block(const LinearHeadView& h, int k0, const float* x, size_t xstride, float* out) {
+  const size_t stride = size_t(h.dim), at = size_t(k0) * stride;
+  if (h.weight_i8)
+    lane_dot_block<S>(ScaledInt8Rows{h.weight_i8 + at, h.weight_i8_scale + k0, stride}, x, xstride, h.dim, out);
+  else if (h.weight_f16)
+    lane_dot_block<S>(HalfRows{h.weight_f16 + at, stride}, x, xstride, h.dim, out);
+  else
+    lane_dot_block<S>(FloatRows{h.weight + at, stride}, x, xstride, h.dim, out);
 }
 
 // (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
@@ -213,18 +261,10 @@ void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h
     for (int row = 0; row < n;) {
       const int take = n - row >= kInputs ? kInputs : 1;
       const float* x = xs + size_t(row) * size_t(padded);
-      const size_t at = size_t(k0) * size_t(h.dim);
-      if (h.weight_f16) {  // the same values as the floats, in half the bytes
-        if (take == kInputs)
-          lane_dot_block<kInputs>(h.weight_f16 + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
-        else
-          lane_dot_block<1>(h.weight_f16 + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
-      } else {
-        if (take == kInputs)
-          lane_dot_block<kInputs>(h.weight + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
-        else
-          lane_dot_block<1>(h.weight + at, size_t(h.dim), x, size_t(padded), h.dim, dots);
-      }
+      if (take == kInputs)
+        head_dot_block<kInputs>(h, k0, x, size_t(padded), dots);
+      else
+        head_dot_block<1>(h, k0, x, size_t(padded), dots);
       for (int s = 0; s < take; ++s)
         for (int r = 0; r < kRows; ++r)
           z[size_t(row + s) * size_t(h.classes) + size_t(k0 + r)] = dots[s * kRows + r] + h.bias[k0 + r];
