@@ -120,8 +120,7 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
         }
     return;
   }
-  // Wide groups (16 or more per group), and the CIFAR stem (1 to 4 inputs,
-  // whose im2col has too few columns for the GEMM): channel blocks outside, pixels
+  // Wide groups (16 or more per group): channel blocks outside, pixels
   // inside, so one block's weights (taps x cg x 16 floats, 18 KiB at 32 per
   // group) stay in L1 while every pixel uses them.  Four pixels of a row at
   // a time: four independent accumulator chains hide the FMA latency, and
@@ -171,12 +170,73 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
   });
 }
 
+// A stem over 1 to 4 input channels (the CIFAR ResNets' 3x3 over one
+// grey channel), whose im2col has too few columns for the GEMM: per output
+// row, the kernel's input rows are copied once with their padding as
+// zeros, so every tap of every pixel is a plain load, and eight pixels share
+// each weight vector.  The sums run bias, then (ky, kx, ci) in order, as in
+// conv_grouped_direct.  A batch-1 stem (0.1 M multiply-adds on 28x28) stays
+// on the calling thread: waking the others cost more than the whole layer.
+void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
+                     bool relu) {
+  const ConvParams& p = conv.p;
+  const int k = p.kernel, cin = p.cin, oh = p.out_size(h), ow = p.out_size(w);
+  constexpr int kPix = 8;
+  // Padded row: columns -pad .. enough for the last group of eight pixels.
+  const int cols = ((ow + kPix - 1) / kPix * kPix - 1) * p.stride + k;
+  const size_t row_floats = size_t(cols) * size_t(cin);
+  const double macs = double(n) * oh * ow * p.cout * cin * k * k;
+  const bool parallel = macs >= double(1 << 20) * thread_count();
+  thread_local std::vector<float> rows_buf;
+  parallel_for(n * oh, parallel, [&](int item) {
+    const int oy = item % oh, img = item / oh;
+    // (Inside a parallel region the thread_local is each thread's own.)
+    rows_buf.assign(size_t(k) * row_floats, 0.f);
+    for (int ky = 0; ky < k; ++ky) {
+      const int iy = oy * p.stride - p.pad + ky;
+      if (iy < 0 || iy >= h) continue;
+      const int x0 = std::max(0, p.pad), x1 = std::min(cols, w + p.pad);  // columns holding input pixels
+      std::memcpy(rows_buf.data() + size_t(ky) * row_floats + size_t(x0) * size_t(cin),
+                  in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(cin),
+                  size_t(x1 - x0) * size_t(cin) * sizeof(float));
+    }
+    const float* rows = rows_buf.data();
+    const v16 zero{};
+    for (int o0 = 0; o0 < p.cout; o0 += 16) {
+      const v16 bias = load16(conv.bias.data() + o0);
+      for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
+        v16 acc[kPix];
+        for (int q = 0; q < kPix; ++q) acc[q] = bias;
+        for (int ky = 0; ky < k; ++ky)
+          for (int kx = 0; kx < k; ++kx) {
+            const float* wt = conv.grouped.data() + size_t((ky * k + kx) * cin) * size_t(p.cout) + size_t(o0);
+            const float* x = rows + size_t(ky) * row_floats + size_t(ox0 * p.stride + kx) * size_t(cin);
+            for (int ci = 0; ci < cin; ++ci) {
+              const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
+              for (int q = 0; q < kPix; ++q) acc[q] += x[size_t(q * p.stride) * size_t(cin) + size_t(ci)] * wv;
+            }
+          }
+        const int npix = std::min(kPix, ow - ox0);
+        for (int q = 0; q < npix; ++q) {
+          const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
+          v16 v = acc[q];
+          if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
+          if (relu) v = v > zero ? v : zero;
+          std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
+        }
+      }
+    }
+  });
+}
+
+bool is_small_stem(const ConvParams& p) { return p.groups == 1 && p.cin <= 4 && p.kernel <= 3 && p.cout % 16 == 0; }
+
 // Whether conv2d_nhwc runs `p` with conv_grouped_direct (pack_conv decides).
 bool uses_grouped_direct(const ConvParams& p) {
   // Also ungrouped convolutions with 16 channels in and out (the CIFAR
   // ResNets' first stage), where im2col costs as much as the arithmetic, and
   // small stems (3x3 over 1 to 4 channels: 9 to 36 GEMM columns).
-  if (p.groups == 1 && p.cin <= 4 && p.kernel <= 3 && p.cout % 16 == 0) return true;
+  if (is_small_stem(p)) return true;  // the same packing, conv_small_stem
   if (p.cin != p.cout || p.cin % p.groups || (p.groups == 1 && p.cin != 16)) return false;
   const int cg = p.cin / p.groups;
   return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0;
@@ -233,7 +293,10 @@ bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
   const int cin_g = p.cin / p.groups, cout_g = p.cout / p.groups;
   const int kcols = p.kernel * p.kernel * cin_g;
   if (!conv.grouped.empty()) {
-    conv_grouped_direct(conv, in, n, h, w, out, residual, relu);
+    if (is_small_stem(p))
+      conv_small_stem(conv, in, n, h, w, out, residual, relu);
+    else
+      conv_grouped_direct(conv, in, n, h, w, out, residual, relu);
     return false;
   }
   if (pool && (p.groups != 1 || pool->n != n || pool->h != oh || pool->w != ow || pool->c != p.cout))
