@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/gemm_cpu.h"
 #include "kernels/cpu/pool_cpu.h"
 #include "test_util.h"
@@ -251,6 +252,36 @@ TEST(Pool, ExitFeaturesMatchTheCellsMeanAndMax) {
     EXPECT_TRUE(test::all_close(got.data(), ref.data(), ref.size(), 1e-6, 1e-5)) << "grid " << g;
     EXPECT_TRUE(got.guards_intact());
   }
+}
+
+// The decision that may stop summing early: for every threshold, a hit
+// exactly when top_softmax's confidence reaches it, with that confidence bit
+// for bit and the same label; a miss otherwise (confidence -1 when it
+// stopped).  Thresholds just above and below the confidence, 1000 classes
+// (early stops) and 10 (none: one check at the end), confident and flat rows.
+TEST(Softmax, DecisionThatStopsEarlyAgreesWithTopSoftmax) {
+  int stopped = 0;
+  for (int classes : {10, 1000, 1001}) {
+    for (float spread : {0.5f, 4.f, 40.f}) {
+      const std::vector<float> z = test::random_floats(size_t(classes), uint32_t(classes) + uint32_t(spread * 10), spread);
+      float conf;
+      const int label = cpu::top_softmax(z.data(), classes, &conf);
+      for (float t : {0.f, 0.001f, 0.3f, std::nextafter(conf, 0.f), conf, std::nextafter(conf, 2.f), 0.99f, 2.f}) {
+        float got;
+        const int got_label = cpu::top_softmax_or_miss(z.data(), classes, t, &got);
+        EXPECT_EQ(got_label, label);
+        EXPECT_EQ(got >= t, conf >= t) << classes << " classes, spread " << spread << ", threshold " << t;
+        if (conf >= t) {
+          EXPECT_EQ(std::memcmp(&got, &conf, sizeof conf), 0);
+        } else if (got == -1.f) {
+          ++stopped;
+        } else {
+          EXPECT_EQ(std::memcmp(&got, &conf, sizeof conf), 0);
+        }
+      }
+    }
+  }
+  EXPECT_GT(stopped, 0) << "1000 classes and a threshold above the confidence stop early";
 }
 
 TEST(Layout, NchwToNhwc) {

@@ -184,6 +184,27 @@ int top_softmax(const float* z, int classes, float* confidence) {
   return best;
 }
 
+int top_softmax_or_miss(const float* z, int classes, float threshold, float* confidence) {
+  int best = 0;
+  for (int k = 1; k < classes; ++k)
+    if (z[k] > z[best]) best = k;
+  // The sum in top_softmax's order; every term is positive, so a partial sum
+  // bounds the confidence from above (rounding keeps the order): once
+  // float(1 / partial) is below the threshold, so is the confidence.
+  constexpr int kCheckEvery = 64;
+  double sum = 0;
+  for (int k0 = 0; k0 < classes; k0 += kCheckEvery) {
+    const int k1 = std::min(classes, k0 + kCheckEvery);
+    for (int k = k0; k < k1; ++k) sum += std::exp(double(z[k]) - double(z[best]));
+    if (k1 < classes && float(1.0 / sum) < threshold) {
+      *confidence = -1.0f;
+      return best;
+    }
+  }
+  *confidence = float(1.0 / sum);
+  return best;
+}
+
 int softmax(const float* z, int classes, float* probs) {
   double sum;
   const int best = argmax_and_sum(z, classes, &sum);
@@ -273,7 +294,8 @@ void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h
   });
   for (int row = 0; row < n; ++row) {
     float conf;
-    const int label = head_decision(h, z + size_t(row) * size_t(h.classes), &conf);
+    const float* zr = z + size_t(row) * size_t(h.classes);
+    const int label = h.selector_k > 0 ? head_decision(h, zr, &conf) : top_softmax_or_miss(zr, h.classes, h.threshold, &conf);
     record_decision(st, pos, row, exit_id, conf >= h.threshold, label, conf);
   }
 }
