@@ -263,7 +263,8 @@ TEST(Softmax, DecisionThatStopsEarlyAgreesWithTopSoftmax) {
   int stopped = 0;
   for (int classes : {10, 1000, 1001}) {
     for (float spread : {0.5f, 4.f, 40.f}) {
-      const std::vector<float> z = test::random_floats(size_t(classes), uint32_t(classes) + uint32_t(spread * 10), spread);
+      const std::vector<float> z =
+          test::random_floats(size_t(classes), uint32_t(classes) + uint32_t(spread * 10), spread);
       float conf;
       const int label = cpu::top_softmax(z.data(), classes, &conf);
       for (float t : {0.f, 0.001f, 0.3f, std::nextafter(conf, 0.f), conf, std::nextafter(conf, 2.f), 0.99f, 2.f}) {

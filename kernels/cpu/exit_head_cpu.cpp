@@ -295,7 +295,8 @@ void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h
   for (int row = 0; row < n; ++row) {
     float conf;
     const float* zr = z + size_t(row) * size_t(h.classes);
-    const int label = h.selector_k > 0 ? head_decision(h, zr, &conf) : top_softmax_or_miss(zr, h.classes, h.threshold, &conf);
+    const int label =
+        h.selector_k > 0 ? head_decision(h, zr, &conf) : top_softmax_or_miss(zr, h.classes, h.threshold, &conf);
     record_decision(st, pos, row, exit_id, conf >= h.threshold, label, conf);
   }
 }
