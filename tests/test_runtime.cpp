@@ -435,7 +435,12 @@ TEST(Runtime, Int8RowsAreExactOrNotTaken) {
     off[7] = bad;
     EXPECT_TRUE(int8_rows_if_exact(off, 4, 50).q.empty()) << bad;
   }
-  EXPECT_TRUE(int8_rows_if_exact(w, 5, 40).q.size() == w.size()) << "any shape of the same count";
+  const float tiny[] = {3e-7f, -1e-7f};  // below 127 * 2^-24: the scale stays 2^-24, so the rows stay halves
+  EXPECT_EQ(int8_row_scale(tiny, 2), std::ldexp(1.0f, -24));
+  std::vector<float> small = {3e-7f, -1e-7f, 2.2e-7f, 0.f};
+  round_rows_to_int8(small.data(), 2, 2);
+  EXPECT_EQ(halves_if_exact(small).size(), small.size());
+  EXPECT_FALSE(int8_rows_if_exact(small, 2, 2).q.empty());
   EXPECT_TRUE(int8_rows_if_exact(w, 3, 50).q.empty()) << "a shape that does not cover the weights";
 
   // 4200 classes: the last exit's head (32 features) holds 134400 weights, over kInt8HeadWeights; the

@@ -342,12 +342,18 @@ class CudaContext final : public BackendContext {
       if (err == cudaSuccess) err = e;
       return false;
     };
-    const size_t first = copy_in_chunks(
-        pinned, host, elems, how,
-        [&](size_t at, size_t n) {
-          return keep(cudaMemcpyAsync(device + at, pinned + at, n * sizeof(float), cudaMemcpyHostToDevice, stream));
-        },
-        [&] { return keep(cudaSetDevice(index)); });
+    size_t first = elems;
+    try {
+      first = copy_in_chunks(
+          pinned, host, elems, how,
+          [&](size_t at, size_t n) {
+            return keep(cudaMemcpyAsync(device + at, pinned + at, n * sizeof(float), cudaMemcpyHostToDevice, stream));
+          },
+          [&] { return keep(cudaSetDevice(index)); });
+    } catch (...) {  // a thread that could not start: what was issued stops reading the pinned buffer first
+      cudaStreamSynchronize(stream);
+      throw;
+    }
     if (err != cudaSuccess) {
       cudaStreamSynchronize(stream);  // what was issued stops reading the buffers; the error stands
       cuda::cuda_fail(err, "staging the input (cudaSetDevice or cudaMemcpyAsync)", __FILE__, __LINE__);

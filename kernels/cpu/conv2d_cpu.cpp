@@ -175,7 +175,8 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
 // row, the kernel's input rows are copied once with their padding as
 // zeros, so every tap of every pixel is a plain load, and eight pixels share
 // each weight vector.  The sums run bias, then (ky, kx, ci) in order, as in
-// conv_grouped_direct.  A batch-1 stem (0.1 M multiply-adds on 28x28) stays
+// conv_grouped_direct (padding taps add 0 * w where that kernel skipped
+// them: the same values up to the sign of a zero).  A batch-1 stem (0.1 M multiply-adds on 28x28) stays
 // on the calling thread: waking the others cost more than the whole layer.
 void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
                      bool relu) {

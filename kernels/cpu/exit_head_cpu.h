@@ -19,14 +19,14 @@ namespace gati::cpu {
 int top_softmax(const float* z, int classes, float* confidence);
 // Full softmax into probs[classes]; returns the argmax (first on ties).
 int softmax(const float* z, int classes, float* probs);
-// A linear head's answer for its scores z[h.classes]: the argmax, and the
-// confidence its threshold is held against (top softmax probability, or the
-// selector's when the head has one).
 // top_softmax for a decision against `threshold`: the label, and the
 // confidence as top_softmax gives it when it reaches the threshold; for a
 // miss it may stop summing once the sum proves the miss and give -1.
 // (At batch 1 a 1000-class head's exp() calls are a tenth of its cost.)
 int top_softmax_or_miss(const float* z, int classes, float threshold, float* confidence);
+// A linear head's answer for its scores z[h.classes]: the argmax, and the
+// confidence its threshold is held against (top softmax probability, or the
+// selector's when the head has one).
 int head_decision(const LinearHeadView& h, const float* z, float* confidence);
 
 // Every sample running, rows in caller order, count = n.

@@ -17,7 +17,10 @@ float int8_row_scale(const float* row, int cols) {
   std::frexp(double(largest) / kInt8Max, &e);  // largest / 127 = f * 2^e, f in [0.5, 1)
   float s = std::ldexp(1.0f, e);               // > largest / 127
   if (std::ldexp(1.0f, e - 1) * kInt8Max >= largest) s = std::ldexp(1.0f, e - 1);  // largest / 127 a power of two
-  return std::isfinite(s) && s > 0 && std::isnormal(s) ? s : 0;
+  // Not below 2^-24, a half's smallest step: rows of tiny weights (a class
+  // never trained) stay halves exactly, as the CUDA backend reads them.
+  s = std::max(s, std::ldexp(1.0f, -24));
+  return std::isfinite(s) ? s : 0;
 }
 
 void round_rows_to_int8(float* w, int rows, int cols) {

@@ -18,8 +18,10 @@ struct Int8Rows {
   std::vector<float> scale;  // [rows], each a power of two
 };
 
-// The smallest power of two s with max |row| <= 127 * s (1 for a row of
-// zeros); 0 when the row holds a NaN or infinity or s would leave float's range.
+// The smallest power of two s, and at least 2^-24, with max |row| <= 127 * s
+// (1 for a row of zeros); 0 when the row holds a NaN or infinity or s would
+// leave float's range.  Rows rounded with it are halves exactly as long as
+// max |row| stays within 127 * 2^9 (65024).
 float int8_row_scale(const float* row, int cols);
 
 // Rounds each row of w [rows, cols] to the nearest multiples of its
