@@ -16,7 +16,8 @@
 #             (block, wide, staged) -> OUT/exit_kernels.json
 #   early     early exits where they matter: CIFAR-stem ResNets trained on Fashion-MNIST here
 #             (tools/train.py, GATI_EARLY_MODELS, default cifar_resnet18 cifar_resnet50;
-#             GATI_EARLY_EPOCHS, default 4), caches with gati cache build's defaults, uniform and
+#             GATI_EARLY_EPOCHS, default 4), caches with gati cache build's defaults (plus
+#             GATI_EARLY_CACHE_ARGS), uniform and
 #             locality traces at batch 1 on the GPU -> OUT/early_exits.json (not in the default
 #             list: a model's training takes minutes; run it in its own call per model)
 #   compare   bench/compare_pytorch_gpu.py: PyTorch's configurations and gati, one run
@@ -266,8 +267,11 @@ early_exits() {
     caches="$out/fmnist_${m}_caches.safetensors"
     [ -f "$model" ] || "$py" tools/train.py --arch "$m" --epochs "${GATI_EARLY_EPOCHS:-4}" \
       --data "$GATI_FASHION_MNIST" --out "$model" || return 1
-    [ -f "$caches" ] || "$gati" cache build --model "$model" --data fashion-mnist --out "$caches" --device cuda ||
-      return 1
+    # GATI_EARLY_CACHE_ARGS: extra cache build flags (e.g. "--epochs 4 --train 20000"): fitting a
+    # ResNet-50's 17 heads with the defaults does not fit in one 10-minute call with its training.
+    # shellcheck disable=SC2086
+    [ -f "$caches" ] || "$gati" cache build --model "$model" --data fashion-mnist --out "$caches" --device cuda \
+      ${GATI_EARLY_CACHE_ARGS:-} || return 1
     for tr in uniform locality; do
       "$gati" serve-sim --model "$model" --caches "$caches" --trace $tr --seed 2468 --requests 4000 \
         --device cuda --json "$out/early_${m}_$tr.json" || return 1
