@@ -71,6 +71,18 @@ inline v16 permute(v16 x, i16 idx) {
 constexpr int kMaxGroupWidth = 1024;
 const float kZeros[kMaxGroupWidth] = {};
 
+// The direct kernels' epilogue: output pixel opix's 16 channels from o0,
+// plus the residual, through the ReLU, stored.
+inline void finish16(v16 v, size_t opix, int cout, int o0, const float* residual, bool relu, float* out) {
+  const size_t at = opix * size_t(cout) + size_t(o0);
+  if (residual) v += load16(residual + at);
+  if (relu) {
+    const v16 zero{};
+    v = v > zero ? v : zero;
+  }
+  std::memcpy(out + at, &v, sizeof v);
+}
+
 // The direct grouped convolution (cin_g == cout_g == cg, which divides 16
 // or is a multiple of it): per output pixel and 16 output channels,
 // acc[o] += x[group(o) * cg + ci] * w[tap][ci][o].  With cg < 16 the 16
@@ -110,12 +122,7 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
                 for (int ci = 0; ci < cg; ++ci) acc += permute(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
               }
             }
-            if (residual) acc += load16(residual + opix * size_t(p.cout) + size_t(o0));
-            if (relu) {
-              const v16 zero{};
-              acc = acc > zero ? acc : zero;
-            }
-            std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &acc, sizeof acc);
+            finish16(acc, opix, p.cout, o0, residual, relu, out);
           }
         }
     return;
@@ -134,7 +141,6 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
     const int oy = item % oh, blk = item / oh % blocks, img = item / oh / blocks;
     const int o0 = blk * 16;
     const v16 bias = load16(conv.bias.data() + o0);
-    const v16 zero{};
     {
       for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
         const int npix = std::min(kPix, ow - ox0);
@@ -160,10 +166,7 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
         }
         for (int q = 0; q < npix; ++q) {
           const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
-          v16 v = acc[q];
-          if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
-          if (relu) v = v > zero ? v : zero;
-          std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
+          finish16(acc[q], opix, p.cout, o0, residual, relu, out);
         }
       }
     }
@@ -176,8 +179,9 @@ void conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
 // zeros, so every tap of every pixel is a plain load, and eight pixels share
 // each weight vector.  The sums run bias, then (ky, kx, ci) in order, as in
 // conv_grouped_direct (padding taps add 0 * w where that kernel skipped
-// them: the same values up to the sign of a zero).  A batch-1 stem (0.1 M multiply-adds on 28x28) stays
-// on the calling thread: waking the others cost more than the whole layer.
+// them: the same values up to the sign of a zero).  A batch-1 stem (0.1 M
+// multiply-adds on 28x28) stays on the calling thread: waking the others
+// cost more than the whole layer.
 void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
                      bool relu) {
   const ConvParams& p = conv.p;
@@ -193,16 +197,15 @@ void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int 
     const int oy = item % oh, img = item / oh;
     // (Inside a parallel region the thread_local is each thread's own.)
     rows_buf.assign(size_t(k) * row_floats, 0.f);
+    const int x0 = std::max(0, p.pad), x1 = std::min(cols, w + p.pad);  // the columns that hold input pixels
     for (int ky = 0; ky < k; ++ky) {
       const int iy = oy * p.stride - p.pad + ky;
       if (iy < 0 || iy >= h) continue;
-      const int x0 = std::max(0, p.pad), x1 = std::min(cols, w + p.pad);  // columns holding input pixels
       std::memcpy(rows_buf.data() + size_t(ky) * row_floats + size_t(x0) * size_t(cin),
                   in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(cin),
                   size_t(x1 - x0) * size_t(cin) * sizeof(float));
     }
     const float* rows = rows_buf.data();
-    const v16 zero{};
     for (int o0 = 0; o0 < p.cout; o0 += 16) {
       const v16 bias = load16(conv.bias.data() + o0);
       for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
@@ -220,10 +223,7 @@ void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int 
         const int npix = std::min(kPix, ow - ox0);
         for (int q = 0; q < npix; ++q) {
           const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
-          v16 v = acc[q];
-          if (residual) v += load16(residual + opix * size_t(p.cout) + size_t(o0));
-          if (relu) v = v > zero ? v : zero;
-          std::memcpy(out + opix * size_t(p.cout) + size_t(o0), &v, sizeof v);
+          finish16(acc[q], opix, p.cout, o0, residual, relu, out);
         }
       }
     }

@@ -4,6 +4,7 @@
 // label and confidence do not depend on which other samples share its batch.
 #include "kernels/cpu/exit_head_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -22,13 +23,26 @@ namespace gati::cpu {
 
 namespace {
 
-// argmax (first on ties) and sum_k exp(z_k - z_max), in double.
-int argmax_and_sum(const float* z, int classes, double* sum) {
+// argmax (first on ties) and sum_k exp(z_k - z_max), in double, in class
+// order.  With `miss_below`, the sum may stop early (checked every 64
+// classes): every term is positive, so a partial sum bounds the confidence
+// 1 / sum from above (rounding keeps the order), and once float(1 / partial)
+// is below miss_below so is the confidence; *stopped says whether it did.
+int argmax_and_sum(const float* z, int classes, double* sum, float miss_below = -INFINITY, bool* stopped = nullptr) {
   int best = 0;
   for (int k = 1; k < classes; ++k)
     if (z[k] > z[best]) best = k;
+  constexpr int kCheckEvery = 64;
   *sum = 0;
-  for (int k = 0; k < classes; ++k) *sum += std::exp(double(z[k]) - double(z[best]));
+  if (stopped) *stopped = false;
+  for (int k0 = 0; k0 < classes; k0 += kCheckEvery) {
+    const int k1 = std::min(classes, k0 + kCheckEvery);
+    for (int k = k0; k < k1; ++k) *sum += std::exp(double(z[k]) - double(z[best]));
+    if (stopped && k1 < classes && float(1.0 / *sum) < miss_below) {
+      *stopped = true;
+      break;
+    }
+  }
   return best;
 }
 
@@ -185,23 +199,10 @@ int top_softmax(const float* z, int classes, float* confidence) {
 }
 
 int top_softmax_or_miss(const float* z, int classes, float threshold, float* confidence) {
-  int best = 0;
-  for (int k = 1; k < classes; ++k)
-    if (z[k] > z[best]) best = k;
-  // The sum in top_softmax's order; every term is positive, so a partial sum
-  // bounds the confidence from above (rounding keeps the order): once
-  // float(1 / partial) is below the threshold, so is the confidence.
-  constexpr int kCheckEvery = 64;
-  double sum = 0;
-  for (int k0 = 0; k0 < classes; k0 += kCheckEvery) {
-    const int k1 = std::min(classes, k0 + kCheckEvery);
-    for (int k = k0; k < k1; ++k) sum += std::exp(double(z[k]) - double(z[best]));
-    if (k1 < classes && float(1.0 / sum) < threshold) {
-      *confidence = -1.0f;
-      return best;
-    }
-  }
-  *confidence = float(1.0 / sum);
+  double sum;
+  bool stopped;
+  const int best = argmax_and_sum(z, classes, &sum, threshold, &stopped);
+  *confidence = stopped ? -1.0f : float(1.0 / sum);
   return best;
 }
 
