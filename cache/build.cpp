@@ -205,25 +205,29 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     const auto it = o.exits.find(points[e].name);
     if (it != o.exits.end()) settings[e] = it->second;
     if (!settings[e].kind) settings[e].kind = o.kind;
+    if (!settings[e].hidden) settings[e].hidden = o.hidden;
+    if (*settings[e].hidden < 0 || *settings[e].hidden > kMaxHidden)
+      fail("cache build: exit '", points[e].name, "': ", *settings[e].hidden, " hidden units (valid: 0 to ", kMaxHidden,
+           ")");
     any = any || settings[e].enabled;
   }
   if (!any) fail("cache build: the configuration switches every exit off; there is nothing to build");
   // "auto" pooling weighs each head's cost per feature: its classes (a
-  // linear head) or its reduced dimensions (a distance head).  Chosen once
-  // per kind of head that needs it.
-  std::vector<PoolSpec> linear_pools, distance_pools;
+  // linear head), its hidden units (an MLP) or its reduced dimensions (a
+  // distance head).  Chosen once per cost that needs it.
+  std::map<int, std::vector<PoolSpec>> chosen;
   std::vector<PoolSpec> pools(points.size());
   for (size_t e = 0; e < points.size(); ++e) {
     if (!settings[e].pool.empty()) {
       pools[e] = parse_pool(settings[e].pool);
       continue;
     }
-    const bool linear = *settings[e].kind == HeadKind::kLinear;
-    std::vector<PoolSpec>& chosen = linear ? linear_pools : distance_pools;
-    if (chosen.empty())
-      chosen =
-          choose_pooling(engine, o.pool, o.auto_pool_budget, linear ? engine.arch().num_classes : o.approx.reduced);
-    pools[e] = chosen[e];
+    const int per_feature = *settings[e].kind != HeadKind::kLinear ? o.approx.reduced
+                            : *settings[e].hidden > 0              ? *settings[e].hidden
+                                                                   : engine.arch().num_classes;
+    std::vector<PoolSpec>& c = chosen[per_feature];
+    if (c.empty()) c = choose_pooling(engine, o.pool, o.auto_pool_budget, per_feature);
+    pools[e] = c[e];
   }
   CollectedFeatures all = collect_features(engine, images.data(), n, o.batch, pools, o.progress);
 
@@ -254,6 +258,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     c.pool = pools[e];
     c.dim = all.dims[e];
     c.classes = engine.arch().num_classes;
+    if (learned) c.hidden = *settings[e].hidden;
     const auto split = all.per_exit[e].begin() + long(size_t(o.train) * size_t(c.dim));
     const std::vector<float> train(all.per_exit[e].begin(), split);
     hold_features.emplace_back(split, all.per_exit[e].end());

@@ -32,6 +32,7 @@ struct ExitSetting {
   bool enabled = true;
   std::optional<HeadKind> kind;  // none: BuildOptions::kind
   std::string pool;              // empty: BuildOptions::pool (a name parse_pool knows; not "auto")
+  std::optional<int> hidden;     // none: BuildOptions::hidden
 };
 
 struct BuildOptions {
@@ -56,6 +57,9 @@ struct BuildOptions {
   // (kLinear), or Freeze's k-NN or k-means (kKnn, kKmeans; `approx` sets
   // their sizes).  Every kind is calibrated the same way.
   HeadKind kind = HeadKind::kLinear;
+  // Learned caches: hidden ReLU units of the predictor (GATI's MLP,
+  // mlp_head.h); 0: a linear predictor.
+  int hidden = 0;
   ApproxOptions approx;
   // Pooling at every exit: a name parse_pool knows, or "auto" (per exit the
   // richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose scores or
@@ -100,7 +104,8 @@ constexpr int kMaxAutoPoolDim = 4096;
 
 // Each exit's pooling for `pool` ("auto" or a name parse_pool knows), for
 // heads that spend macs_per_feature MACs on each feature (a linear head:
-// its classes; a distance head: its reduced dimensions).
+// its classes; with a hidden layer, its hidden units; a distance head: its
+// reduced dimensions).
 std::vector<PoolSpec> choose_pooling(const Engine& engine, const std::string& pool, double auto_budget,
                                      int macs_per_feature);
 

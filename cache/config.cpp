@@ -56,7 +56,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   json_only_keys(
       j, where,
       {"format", "kind", "pool", "target_agreement", "rule", "calibrate", "calibrate_on", "traffic_requests", "cost",
-       "auto_pool_budget", "train", "holdout", "batch", "selector", "sgd", "approx", "memory", "exits"});
+       "auto_pool_budget", "train", "holdout", "batch", "selector", "hidden", "sgd", "approx", "memory", "exits"});
   BuildOptions o;
   if (f.has("format") && f.string("format") != kFormat)
     fail(f.where_of("format"), " is '", f.string("format"), "' (valid: ", kFormat, ")");
@@ -74,6 +74,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   if (f.has("holdout")) o.holdout = int(f.integer("holdout", 1, 60000));
   if (f.has("batch")) o.batch = int(f.integer("batch", 1, 4096));
   if (f.has("selector")) o.selector = int(f.integer("selector", 0, kMaxSelectorK));
+  if (f.has("hidden")) o.hidden = int(f.integer("hidden", 0, kMaxHidden));
   if (f.has("sgd")) {
     const JsonFields s = f.object("sgd");
     json_only_keys(
@@ -114,11 +115,12 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
     const nlohmann::json& exits = f.at("exits");
     for (auto it = exits.begin(); it != exits.end(); ++it) {
       const JsonFields e(it.value(), str_cat(all.where(), " '", it.key(), "'"));
-      json_only_keys(it.value(), e.where(), {"enabled", "kind", "pool"});
+      json_only_keys(it.value(), e.where(), {"enabled", "kind", "pool", "hidden"});
       ExitSetting s;
       if (e.has("enabled")) s.enabled = e.boolean("enabled");
       if (e.has("kind")) s.kind = kind_of(e, "kind");
       if (e.has("pool")) s.pool = pool_of(e, "pool", false);
+      if (e.has("hidden")) s.hidden = int(e.integer("hidden", 0, kMaxHidden));
       o.exits[it.key()] = s;
     }
   }
@@ -153,6 +155,7 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
     nlohmann::ordered_json e = {{"enabled", s.enabled}};
     if (s.kind) e["kind"] = head_kind_name(*s.kind);
     if (!s.pool.empty()) e["pool"] = s.pool;
+    if (s.hidden) e["hidden"] = *s.hidden;
     exits[name] = e;
   }
   return {{"format", kFormat},
@@ -169,6 +172,7 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
           {"holdout", o.holdout},
           {"batch", o.batch},
           {"selector", o.selector},
+          {"hidden", o.hidden},
           {"sgd",
            {{"epochs", o.sgd.epochs},
             {"batch", o.sgd.batch},

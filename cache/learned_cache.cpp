@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "cache/mlp_head.h"
 #include "engine/plan.h"
 #include "kernels/cpu/distance_head_cpu.h"
 #include "kernels/cpu/exit_head_cpu.h"
@@ -26,9 +27,12 @@ namespace {
 
 constexpr const char* kFormat = "gati-caches/1";
 
-// A head kind as cache files name it (linear heads: "learned-linear", as
-// files had before distance heads).
-const char* file_kind(HeadKind kind) { return kind == HeadKind::kLinear ? "learned-linear" : head_kind_name(kind); }
+// A head's kind as cache files name it (learned heads: "learned-linear", as
+// files had before distance heads, or "learned-mlp" with a hidden layer).
+const char* file_kind(const ExitHeadSpec& h) {
+  if (h.kind == HeadKind::kLinear) return h.hidden > 0 ? "learned-mlp" : "learned-linear";
+  return head_kind_name(h.kind);
+}
 
 }  // namespace
 
@@ -38,6 +42,11 @@ int top_class(const float* logits, int classes, float* confidence) {
 
 LinearHeadView ExitCache::view() const { return host_linear_view(*this); }
 
+std::string head_description(const ExitHeadSpec& h) {
+  if (h.kind == HeadKind::kLinear && h.hidden > 0) return str_cat("mlp", h.hidden);
+  return head_kind_name(h.kind);
+}
+
 void round_weights_to_half(ExitHeadSpec& head) {
   for (float& w : head.weight)
     if (std::abs(w) <= kHalfMax) w = round_to_half(w);  // beyond it a half is infinite: the head stays in floats
@@ -45,6 +54,12 @@ void round_weights_to_half(ExitHeadSpec& head) {
 
 void round_weights_for_serving(ExitHeadSpec& head) {
   if (head.kind != HeadKind::kLinear) return;
+  if (head.hidden > 0) {  // both layers as halves
+    round_weights_to_half(head);
+    for (float& w : head.hidden_weight)
+      if (std::abs(w) <= kHalfMax) w = round_to_half(w);
+    return;
+  }
   if (head.weight.size() >= kInt8HeadWeights)
     round_rows_to_int8(head.weight.data(), head.classes, head.dim);
   else
@@ -77,14 +92,20 @@ std::vector<ExitHeadSpec> CacheSet::head_specs() const {
 
 double sgd_step(ExitCache& c, const float* x, const int* labels, int n, const SgdOptions& opt,
                 std::vector<float>& velocity, const float* teacher) {
-  const size_t total = c.weight.size() + c.bias.size();
-  if (velocity.size() != total) velocity.assign(total, 0.f);
-  const LinearHeadMut h{c.dim,           c.classes,     c.mean.data(),  c.inv_std.data(),
-                        c.weight.data(), c.bias.data(), velocity.data()};
   if (opt.distill_alpha > 0 && !teacher)
     fail("cache ", c.name, ": distillation asked for without the full model's logits");
-  const cpu::SgdResult r = cpu::linear_sgd_step(h, x, labels, n, {opt.lr, opt.momentum, opt.weight_decay},
-                                                {teacher, opt.distill_alpha, opt.distill_temperature});
+  const SgdHyper hp{opt.lr, opt.momentum, opt.weight_decay};
+  const cpu::Distill distill{teacher, opt.distill_alpha, opt.distill_temperature};
+  cpu::SgdResult r;
+  if (c.hidden > 0) {
+    r = mlp_sgd_step(c, x, labels, n, hp, velocity, distill);
+  } else {
+    const size_t total = c.weight.size() + c.bias.size();
+    if (velocity.size() != total) velocity.assign(total, 0.f);
+    const LinearHeadMut h{c.dim,           c.classes,     c.mean.data(),  c.inv_std.data(),
+                          c.weight.data(), c.bias.data(), velocity.data()};
+    r = cpu::linear_sgd_step(h, x, labels, n, hp, distill);
+  }
   switch (r.status) {
     case OpStatus::kOk:
       return r.loss;
@@ -153,8 +174,12 @@ std::vector<double> train_exit_cache(ExitCache& c, const std::vector<float>& fea
     }
   }
   fit_standardisation(features.data(), size_t(n), c.dim, nullptr, &c.mean, &c.inv_std);
-  c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
-  c.bias.assign(size_t(c.classes), 0.f);
+  if (c.hidden > 0) {  // random starts (zeros would keep every hidden unit alike)
+    init_mlp(c, c.hidden, opt.seed ^ 0x9e3779b9u);
+  } else {
+    c.weight.assign(size_t(c.classes) * size_t(c.dim), 0.f);
+    c.bias.assign(size_t(c.classes), 0.f);
+  }
   std::vector<int> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::mt19937 rng(opt.seed);
@@ -583,7 +608,7 @@ void CacheSet::save(const std::string& path) const {
     w.add_float(p + "inv_std", {c.dim}, c.inv_std);
     nlohmann::json j = {{"name", c.name},
                         {"exit", c.exit},
-                        {"kind", file_kind(c.kind)},
+                        {"kind", file_kind(c)},
                         {"pool", pool_name(c.pool)},
                         {"dim", c.dim},
                         {"classes", c.classes},
@@ -593,8 +618,13 @@ void CacheSet::save(const std::string& path) const {
                         {"holdout_hit_rate", c.holdout_hit_rate},
                         {"holdout_hit_agreement", c.holdout_hit_agreement}};
     if (c.kind == HeadKind::kLinear) {
-      w.add_float(p + "weight", {c.classes, c.dim}, c.weight);
+      w.add_float(p + "weight", {c.classes, c.inputs()}, c.weight);
       w.add_float(p + "bias", {c.classes}, c.bias);
+      if (c.hidden > 0) {
+        j["hidden"] = c.hidden;
+        w.add_float(p + "hidden_weight", {c.hidden, c.dim}, c.hidden_weight);
+        w.add_float(p + "hidden_bias", {c.hidden}, c.hidden_bias);
+      }
       if (!c.selector.empty()) {
         j["selector_k"] = c.selector.size() - 1;
         w.add_float(p + "selector", {int64_t(c.selector.size())}, c.selector);
@@ -691,12 +721,13 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
       }
     }
     const std::string kind = e.has("kind") ? e.string("kind") : std::string("learned-linear");
-    if (kind == "learned-linear")
+    if (kind == "learned-linear" || kind == "learned-mlp")
       c.kind = HeadKind::kLinear;
     else if (kind == "knn" || kind == "kmeans")
       c.kind = head_kind(kind);
     else
-      fail(e.where(), " has kind '", kind, "' (valid: learned-linear, knn, kmeans)");
+      fail(e.where(), " has kind '", kind, "' (valid: learned-linear, learned-mlp, knn, kmeans)");
+    if (kind == "learned-mlp") c.hidden = int(e.integer("hidden", 1, kMaxHidden));
     c.classes = int(e.integer("classes", 1, 1 << 20));
     c.threshold = float(e.number("threshold", 0, 3.4e38));  // above 1: never hits
     auto optional = [&](const char* key) { return e.has(key) ? e.number(key, 0, 1) : 0.0; };
@@ -711,8 +742,12 @@ CacheSet CacheSet::load(const std::string& path, const Model& model) {
     c.mean = f.read_float(p + "mean", {c.dim});
     c.inv_std = f.read_float(p + "inv_std", {c.dim});
     if (c.kind == HeadKind::kLinear) {
-      c.weight = f.read_float(p + "weight", {c.classes, c.dim});
+      c.weight = f.read_float(p + "weight", {c.classes, c.inputs()});
       c.bias = f.read_float(p + "bias", {c.classes});
+      if (c.hidden > 0) {
+        c.hidden_weight = f.read_float(p + "hidden_weight", {c.hidden, c.dim});
+        c.hidden_bias = f.read_float(p + "hidden_bias", {c.hidden});
+      }
       if (e.has("selector_k"))
         c.selector = f.read_float(p + "selector", {e.integer("selector_k", 1, kMaxSelectorK) + 1});
     } else {

@@ -43,6 +43,10 @@ struct ExitCache : ExitHeadSpec {
   static ExitCache from_head_spec(const ExitHeadSpec& h);
 };
 
+// A head's kind as reports name it: "linear", "mlp32" (a learned head with
+// 32 hidden units), "knn", "kmeans".
+std::string head_description(const ExitHeadSpec& h);
+
 // The argmax of `logits` [classes] and its softmax probability: the one
 // definition of confidence (kernels/cpu/exit_head_cpu.h).
 int top_class(const float* logits, int classes, float* confidence);

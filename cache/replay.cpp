@@ -97,8 +97,8 @@ size_t cache_bytes(const CacheSet& caches, const AnswerMemory* mem) {
   size_t b = 0;
   for (const ExitCache& c : caches.exits)
     if (c.enabled())
-      b += 4 * (c.mean.size() + c.inv_std.size() + c.weight.size() + c.bias.size() + c.projection.size() +
-                c.keys.size() + c.labels.size() + c.share.size());
+      b += 4 * (c.mean.size() + c.inv_std.size() + c.weight.size() + c.bias.size() + c.hidden_weight.size() +
+                c.hidden_bias.size() + c.projection.size() + c.keys.size() + c.labels.size() + c.share.size());
   if (mem) b += size_t(mem->spec().capacity) * (size_t(mem->spec().dim) + 2) * 4;
   return b;
 }
@@ -106,8 +106,7 @@ size_t cache_bytes(const CacheSet& caches, const AnswerMemory* mem) {
 std::string kinds_of(const CacheSet& caches) {
   std::vector<std::string> k;
   for (const ExitCache& c : caches.exits)
-    if (c.enabled() && std::find(k.begin(), k.end(), head_kind_name(c.kind)) == k.end())
-      k.push_back(head_kind_name(c.kind));
+    if (c.enabled() && std::find(k.begin(), k.end(), head_description(c)) == k.end()) k.push_back(head_description(c));
   if (k.empty()) return "none";
   std::sort(k.begin(), k.end());
   std::string out;

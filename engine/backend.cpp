@@ -74,7 +74,13 @@ LinearHeadView host_linear_view(const ExitHeadSpec& s) {
           s.threshold,
           s.pool,
           s.selector.empty() ? nullptr : s.selector.data(),
-          s.selector_k()};
+          s.selector_k(),
+          nullptr,
+          nullptr,
+          nullptr,
+          s.hidden,
+          s.hidden > 0 ? s.hidden_weight.data() : nullptr,
+          s.hidden > 0 ? s.hidden_bias.data() : nullptr};
 }
 
 DistanceHeadView host_distance_view(const ExitHeadSpec& s) {
@@ -97,10 +103,19 @@ void check_head_spec(const std::string& what, const ExitHeadSpec& s) {
   finite(s.mean, "mean");
   finite(s.inv_std, "inv_std");
   if (s.kind == HeadKind::kLinear) {
-    if (s.weight.size() != d * k || s.bias.size() != k)
-      fail(what, ": parameter sizes do not match dim ", s.dim, " and ", s.classes, " classes");
+    if (s.hidden < 0 || s.hidden > kMaxHidden)
+      fail(what, ": ", s.hidden, " hidden units (valid: 0 for a linear predictor, up to ", kMaxHidden, ")");
+    const size_t u = size_t(s.hidden);
+    if (s.hidden_weight.size() != u * d || s.hidden_bias.size() != u)
+      fail(what, ": hidden layer sizes do not match dim ", s.dim, " and ", s.hidden, " hidden units (weight ",
+           s.hidden_weight.size(), ", bias ", s.hidden_bias.size(), ")");
+    if (s.weight.size() != size_t(s.inputs()) * k || s.bias.size() != k)
+      fail(what, ": parameter sizes do not match ",
+           s.hidden > 0 ? str_cat(s.hidden, " hidden units") : str_cat("dim ", s.dim), " and ", s.classes, " classes");
     finite(s.weight, "weight");
     finite(s.bias, "bias");
+    finite(s.hidden_weight, "hidden_weight");
+    finite(s.hidden_bias, "hidden_bias");
     if (!s.selector.empty() && (s.selector.size() < 2 || s.selector.size() > size_t(kMaxSelectorK) + 1))
       fail(what, ": selector of ", s.selector.size(), " values (valid: none, or k + 1 with k from 1 to ", kMaxSelectorK,
            ")");

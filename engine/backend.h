@@ -64,9 +64,13 @@ struct ExitHeadSpec {
   int dim = 0, classes = 0;          // dim = pool.features(the output's channels)
   std::vector<float> mean, inv_std;  // [dim]
   // kLinear
-  std::vector<float> weight;    // [classes, dim]
-  std::vector<float> bias;      // [classes]
-  std::vector<float> selector;  // optional: [k + 1], k in [1, kMaxSelectorK] (LinearHeadView::selector)
+  std::vector<float> weight;  // [classes, dim], or [classes, hidden] with a hidden layer
+  std::vector<float> bias;    // [classes]
+  // kLinear with a hidden layer (GATI's MLP predictor; LinearHeadView::hidden)
+  int hidden = 0;
+  std::vector<float> hidden_weight;  // [hidden, dim]
+  std::vector<float> hidden_bias;    // [hidden]
+  std::vector<float> selector;       // optional: [k + 1], k in [1, kMaxSelectorK] (LinearHeadView::selector)
   // kKnn, kKmeans
   int reduced = 0, neighbours = 1;
   std::vector<float> projection;  // [reduced, dim]
@@ -75,6 +79,8 @@ struct ExitHeadSpec {
   std::vector<float> share;       // [entries]
   int entries() const { return int(labels.size()); }
   int selector_k() const { return selector.empty() ? 0 : int(selector.size()) - 1; }
+  // The score layer's inputs: the hidden units, or the features.
+  int inputs() const { return hidden > 0 ? hidden : dim; }
   float threshold = 2.0f;  // confidence needed to hit; > 1 never hits
 };
 
@@ -142,14 +148,16 @@ void check_exit_head_fits(const ExitHeads& heads, int head, const Act& shape);
 void check_pool_fits(const std::string& what, int dim, const PoolSpec& pool, int channels);
 
 // Per-sample work of one exit head on activations of shape (n = 1): every
-// activation read once (twice with max), then dim x classes MACs of scores.
-inline int64_t exit_head_macs(const Act& shape, const PoolSpec& pool, int dim, int classes) {
-  return int64_t(shape.per_sample()) * (pool.with_max ? 2 : 1) + int64_t(dim) * classes;
+// activation read once (twice with max), then dim x classes MACs of scores
+// (with a hidden layer, dim x hidden + hidden x classes).
+inline int64_t exit_head_macs(const Act& shape, const PoolSpec& pool, int dim, int classes, int hidden = 0) {
+  const int64_t scores = hidden > 0 ? int64_t(dim) * hidden + int64_t(hidden) * classes : int64_t(dim) * classes;
+  return int64_t(shape.per_sample()) * (pool.with_max ? 2 : 1) + scores;
 }
 // The same for any head: a distance head's projection (dim x reduced) and
 // distances to its keys (entries x reduced) in place of the scores.
 inline int64_t exit_head_macs(const Act& shape, const ExitHeadSpec& s) {
-  if (s.kind == HeadKind::kLinear) return exit_head_macs(shape, s.pool, s.dim, s.classes);
+  if (s.kind == HeadKind::kLinear) return exit_head_macs(shape, s.pool, s.dim, s.classes, s.hidden);
   return exit_head_macs(shape, s.pool, s.dim, s.reduced) + int64_t(s.entries()) * s.reduced;
 }
 

@@ -70,7 +70,7 @@ void check_learner_options(const LearnerOptions& o) {
 
 void check_learnable(const std::vector<ExitHeadSpec>& specs) {
   for (const ExitHeadSpec& s : specs) {
-    if (s.kind != HeadKind::kLinear) continue;
+    if (s.kind != HeadKind::kLinear || s.hidden > 0) continue;  // a hidden layer: served as built
     for (size_t j = 0; j < s.weight.size(); ++j)
       if (!(std::abs(s.weight[j]) <= kHalfMax))
         fail("learner: head '", s.name, "': weight ", j, " (", s.weight[j],
@@ -88,7 +88,7 @@ HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::
   std::vector<std::vector<float>> live(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     ExitHeadSpec& s = specs[i];
-    if (s.kind != HeadKind::kLinear) continue;
+    if (s.kind != HeadKind::kLinear || s.hidden > 0) continue;  // a hidden layer: served as built
     live[i] = s.weight;
     for (float& w : s.weight) w = round_to_half(w);
   }
@@ -96,7 +96,7 @@ HeadLearner::HeadLearner(BackendContext& ctx, const BackendDevice& device, std::
   heads_.resize(base_->specs().size());
   for (size_t i = 0; i < heads_.size(); ++i) {
     const ExitHeadSpec& s = base_->specs()[i];
-    if (s.kind != HeadKind::kLinear) continue;
+    if (s.kind != HeadKind::kLinear || s.hidden > 0) continue;  // a hidden layer: served as built
     Head& h = heads_[i];
     h.learns = true;
     h.dim = s.dim;

@@ -115,8 +115,9 @@ GATI_HOST_DEVICE inline void record_decision(const ExitState& st, int pos, int r
   st.confidence[sample] = confidence;
 }
 
-// A learned linear cache model at one exit (GATI's predictor on pooled
-// features): z = W * ((pooled - mean) * inv_std) + b, hit when its confidence
+// A learned cache model at one exit (GATI's predictor on pooled features):
+// z = W * ((pooled - mean) * inv_std) + b, or with a hidden layer (below)
+// z = W * relu(W1 * ((pooled - mean) * inv_std) + b1) + b; hit when its confidence
 // reaches `threshold`: the top softmax probability of z, or with a selector
 // (GATI's, fed sorted scores) the selector's probability that the predictor
 // is right (selector_confidence).  dim = pool.features(channels).  Pointers
@@ -143,7 +144,24 @@ struct LinearHeadView {
   // weight_f16; null for heads that learn in place.
   const int8_t* weight_i8 = nullptr;
   const float* weight_i8_scale = nullptr;  // [classes]
+  // Optional hidden layer (GATI's MLP predictor): hidden > 0 ReLU units
+  // between the features and the scores, u = relu(W1 * xs + b1) and z =
+  // W * u + b, so `weight` is then [classes, hidden].  Each unit is a dot
+  // product as a class score is (lane_dot), relu(v) = v > 0 ? v : 0.
+  int hidden = 0;
+  const float* hidden_weight = nullptr;         // [hidden, dim]
+  const float* hidden_bias = nullptr;           // [hidden]
+  const uint16_t* hidden_weight_f16 = nullptr;  // optional: the same as halves (as weight_f16)
+  // The score layer's inputs: the hidden units, or the features.
+  GATI_HOST_DEVICE int inputs() const { return hidden > 0 ? hidden : dim; }
 };
+
+// Hidden units a learned head may have (the CUDA kernels keep them in shared
+// memory beside the features and scores).
+constexpr int kMaxHidden = 1024;
+
+// The MLP predictor's activation, one definition for every backend.
+GATI_HOST_DEVICE inline float hidden_relu(float v) { return v > 0.f ? v : 0.f; }
 
 // Probabilities a selector reads (kept in registers by the CUDA kernel).
 constexpr int kMaxSelectorK = 8;

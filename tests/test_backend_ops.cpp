@@ -17,6 +17,7 @@
 #include "engine/cuda/cuda_backend.h"
 #include "engine/memory.h"
 #include "kernels/cpu/conv2d_cpu.h"
+#include "kernels/cpu/pool_cpu.h"
 #include "random_model.h"
 #include "test_util.h"
 #include "weights/common/error.h"
@@ -271,6 +272,44 @@ ExitHeadSpec random_linear_head(int dim, int classes, uint32_t seed, float weigh
   return spec;
 }
 
+// A head with `hidden` ReLU units (GATI's MLP) at exit 1: random_linear_head's
+// standardisation, each layer's weights scaled to keep about half the units
+// active and the scores spread; seeds seed .. seed + 5.
+ExitHeadSpec random_mlp_head(int dim, int hidden, int classes, uint32_t seed) {
+  ExitHeadSpec spec = random_linear_head(dim, classes, seed, 1.f);
+  spec.hidden = hidden;
+  spec.hidden_weight = random_floats(size_t(hidden) * size_t(dim), seed + 4, 2.f / std::sqrt(float(dim)));
+  spec.hidden_bias = random_floats(size_t(hidden), seed + 5, 0.2f);
+  spec.weight = random_floats(size_t(classes) * size_t(hidden), seed + 2, 4.f / std::sqrt(float(hidden)));
+  return spec;
+}
+
+// A head's scores in double from one row's pooled features (standardised,
+// through the hidden layer when it has one).
+std::vector<double> reference_scores_from_pooled(const ExitHeadSpec& spec, const double* pooled) {
+  std::vector<double> xs(size_t(spec.dim));
+  for (int d = 0; d < spec.dim; ++d)
+    xs[size_t(d)] = (pooled[d] - spec.mean[size_t(d)]) * double(spec.inv_std[size_t(d)]);
+  std::vector<double> in = xs;
+  if (spec.hidden > 0) {
+    in.assign(size_t(spec.hidden), 0.0);
+    for (int j = 0; j < spec.hidden; ++j) {
+      double s = spec.hidden_bias[size_t(j)];
+      for (int d = 0; d < spec.dim; ++d)
+        s += double(spec.hidden_weight[size_t(j) * size_t(spec.dim) + size_t(d)]) * xs[size_t(d)];
+      in[size_t(j)] = s > 0 ? s : 0;
+    }
+  }
+  const int ins = spec.inputs();
+  std::vector<double> z(size_t(spec.classes));
+  for (int k = 0; k < spec.classes; ++k) {
+    double s = spec.bias[size_t(k)];
+    for (int d = 0; d < ins; ++d) s += double(spec.weight[size_t(k) * size_t(ins) + size_t(d)]) * in[size_t(d)];
+    z[size_t(k)] = s;
+  }
+  return z;
+}
+
 // A linear head's scores in double for n rows of act [n, h, h, spec.dim]
 // (global average pooling); the pooled features too, where asked.
 std::vector<std::vector<double>> reference_head_scores(const ExitHeadSpec& spec, const std::vector<float>& x, int n,
@@ -405,27 +444,34 @@ TEST_P(BackendOps, ExitHeadKernelsAgreeBitForBit) {
     int n, h, c, classes;
     PoolSpec pool;
     bool halves, selector;
+    int hidden = 0;
   };
   const Case cases[] = {
-      {1, 56, 256, 1000, {1, false}, true, false},  // ResNet-50 layer1, ImageNet classes
-      {3, 28, 128, 10, {2, true}, false, false},    // grid 2 with maxima: 1024 features
-      {2, 112, 64, 10, {1, false}, false, true},    // cells taller than a pass of rows, a selector
-      {5, 7, 2048, 1000, {1, false}, true, false},  // ResNet-50 layer4
-      {4, 9, 40, 7, {3, true}, false, false},       // uneven cells, 720 features, odd classes
-      {2, 14, 21, 5, {1, false}, false, false},     // 21 features: blocks and warps past the last one
+      {1, 56, 256, 1000, {1, false}, true, false},       // ResNet-50 layer1, ImageNet classes
+      {3, 28, 128, 10, {2, true}, false, false},         // grid 2 with maxima: 1024 features
+      {2, 112, 64, 10, {1, false}, false, true},         // cells taller than a pass of rows, a selector
+      {5, 7, 2048, 1000, {1, false}, true, false},       // ResNet-50 layer4
+      {4, 9, 40, 7, {3, true}, false, false},            // uneven cells, 720 features, odd classes
+      {2, 14, 21, 5, {1, false}, false, false},          // 21 features: blocks and warps past the last one
+      {3, 28, 16, 10, {4, true}, true, false, 32},       // the demo's stem with an MLP (halves)
+      {2, 7, 64, 10, {4, true}, false, true, 37},        // its layer3: odd hidden units, a selector
+      {1, 14, 256, 1000, {1, false}, true, false, 300},  // hidden units over several blocks, 1000 classes
   };
   uint32_t seed = 700;
   for (const Case& k : cases) {
     SCOPED_TRACE(std::to_string(k.n) + "x" + std::to_string(k.h) + "x" + std::to_string(k.c) + " grid " +
                  std::to_string(k.pool.grid) + (k.pool.with_max ? " max" : "") + " classes " +
-                 std::to_string(k.classes));
+                 std::to_string(k.classes) + " hidden " + std::to_string(k.hidden));
     const int dim = k.pool.features(k.c);
-    ExitHeadSpec spec = random_linear_head(dim, k.classes, seed, 2.f / std::sqrt(float(dim)));
-    seed += 4;
+    ExitHeadSpec spec = k.hidden ? random_mlp_head(dim, k.hidden, k.classes, seed)
+                                 : random_linear_head(dim, k.classes, seed, 2.f / std::sqrt(float(dim)));
+    seed += 6;
     spec.pool = k.pool;
     if (k.selector) spec.selector = {6.f, -3.f, -2.f, -1.f};
-    if (k.halves)
+    if (k.halves) {
       for (float& w : spec.weight) w = half_to_float(float_to_half(w));
+      for (float& w : spec.hidden_weight) w = half_to_float(float_to_half(w));
+    }
     const std::vector<float> x = act_floats(size_t(k.n) * size_t(k.h * k.h * k.c), seed++, 2.0f);
     const Act shape{k.n, k.h, k.h, k.c};
     struct Got {
@@ -523,6 +569,89 @@ TEST_P(BackendOps, ExitHeadWithASelector) {
   EXPECT_EQ(hits, 4);
 }
 
+// A learned head with a hidden layer (GATI's MLP predictor) on the demo
+// ResNet's exit shapes with its pooling (mix4x4): pooled features, hidden
+// ReLU units, scores and top softmax against a double reference, batch 1
+// and 6, weights as floats and as halves, each run's threshold splitting
+// its rows.
+TEST_P(BackendOps, ExitHeadWithAHiddenLayerMatchesTheReference) {
+  struct Case {
+    int n, h, c, hidden;
+    bool halves;
+  };
+  const Case cases[] = {{1, 28, 16, 32, false}, {6, 28, 16, 32, true}, {6, 14, 32, 48, false}, {6, 7, 64, 32, true}};
+  uint32_t seed = 1300;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(std::to_string(k.n) + "x" + std::to_string(k.h) + "x" + std::to_string(k.c) + " hidden " +
+                 std::to_string(k.hidden) + (k.halves ? " halves" : ""));
+    const int classes = 10;
+    const PoolSpec pool = parse_pool("mix4x4");
+    const int dim = pool.features(k.c);
+    ExitHeadSpec spec = random_mlp_head(dim, k.hidden, classes, seed);
+    seed += 6;
+    spec.pool = pool;
+    if (k.halves) {
+      for (float& w : spec.weight) w = half_to_float(float_to_half(w));
+      for (float& w : spec.hidden_weight) w = half_to_float(float_to_half(w));
+    }
+    const Act shape{k.n, k.h, k.h, k.c};
+    const std::vector<float> x = act_floats(shape.elems(), seed++, 2.0f);
+    // The reference: the CPU's pooling (tested against its own reference
+    // elsewhere) in double, then every layer in double.
+    std::vector<float> pooled_f(size_t(k.n) * size_t(dim));
+    cpu::pool_features_nhwc(x.data(), k.n, k.h, k.h, k.c, pool, pooled_f.data());
+    std::vector<double> conf;
+    std::vector<int> label;
+    int active = 0;
+    for (int i = 0; i < k.n; ++i) {
+      const std::vector<double> p(pooled_f.begin() + long(i) * dim, pooled_f.begin() + long(i + 1) * dim);
+      const std::vector<double> z = reference_scores_from_pooled(spec, p.data());
+      const int best = int(std::max_element(z.begin(), z.end()) - z.begin());
+      double sum = 0;
+      for (double v : z) sum += std::exp(v - z[size_t(best)]);
+      conf.push_back(1 / sum);
+      label.push_back(best);
+      // How many hidden units are active: the test means nothing if none or all are.
+      for (int j = 0; j < k.hidden; ++j) {
+        double s = spec.hidden_bias[size_t(j)];
+        for (int d = 0; d < dim; ++d)
+          s += double(spec.hidden_weight[size_t(j) * size_t(dim) + size_t(d)]) * (p[size_t(d)] - spec.mean[size_t(d)]) *
+               spec.inv_std[size_t(d)];
+        active += s > 0;
+      }
+    }
+    EXPECT_GT(active, k.n * k.hidden / 5);
+    EXPECT_LT(active, k.n * k.hidden * 4 / 5);
+    std::vector<double> sorted = conf;
+    std::sort(sorted.begin(), sorted.end());
+    spec.threshold =
+        k.n == 1 ? float(sorted[0]) - 1e-3f : float(0.5 * (sorted[size_t(k.n / 2) - 1] + sorted[size_t(k.n / 2)]));
+    const auto heads = device_->upload_exit_heads({spec});
+    HostState hs(*ctx_, k.n, classes);
+    ctx_->begin_exits(hs.st, k.n, classes);
+    Guarded act(*ctx_, x.size()), pooled(*ctx_, size_t(k.n) * size_t(dim));
+    act.upload_act(x, shape);
+    ctx_->exit_head(*heads, 0, act.data(), shape, 3, hs.st, 0, pooled.data());
+    ctx_->synchronize();
+    const std::vector<float> got_pooled = pooled.download();
+    for (size_t j = 0; j < got_pooled.size(); ++j) ASSERT_NEAR(got_pooled[j], pooled_f[j], 1e-5) << "feature " << j;
+    int hits = 0;
+    for (int i = 0; i < k.n; ++i) {
+      const bool hit = conf[size_t(i)] >= spec.threshold;
+      hits += hit;
+      EXPECT_EQ(hs.st.hit[i], hit ? 1 : 0) << "row " << i;
+      if (hit) {
+        EXPECT_EQ(hs.st.exit[i], 3);
+        EXPECT_EQ(hs.st.label[i], label[size_t(i)]);
+        EXPECT_NEAR(hs.st.confidence[i], conf[size_t(i)], 1e-5);
+      } else {
+        EXPECT_EQ(hs.st.exit[i], kStillRunning);
+      }
+    }
+    EXPECT_EQ(hits, k.n == 1 ? 1 : k.n / 2);
+  }
+}
+
 // Every backend's upload refuses parameters whose sizes do not match the
 // head's dim and classes (its kernels would read past them).
 TEST_P(BackendOps, ExitHeadsWithWrongSizesAreRefused) {
@@ -546,6 +675,22 @@ TEST_P(BackendOps, ExitHeadsWithWrongSizesAreRefused) {
   EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
   spec.pool = parse_pool("avg4x4");  // 16 per channel: dim 8 cannot be
   EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "pool grid 4 does not fit dim 8");
+  // A hidden layer: its weights [hidden, dim], the scores' [classes, hidden].
+  spec.pool = {};
+  spec.hidden = 5;
+  spec.hidden_weight = random_floats(40, 83);
+  spec.hidden_bias = random_floats(5, 84);
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "parameter sizes do not match 5 hidden units and 3 classes");
+  spec.weight = random_floats(15, 85);
+  EXPECT_NO_THROW(device_->upload_exit_heads({spec}));
+  spec.hidden_bias.pop_back();
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "hidden layer sizes do not match dim 8 and 5 hidden units");
+  spec.hidden_bias.push_back(0.f);
+  spec.hidden_weight[7] = NAN;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}), "hidden_weight[7] is not finite");
+  spec.hidden = kMaxHidden + 1;
+  EXPECT_GATI_ERROR(device_->upload_exit_heads({spec}),
+                    "1025 hidden units (valid: 0 for a linear predictor, up to 1024)");
 }
 
 TEST(Pooling, NamesRoundTripAndBadNamesListTheValidOnes) {

@@ -379,7 +379,7 @@ struct CacheBuildOpts {
                                                   memory_pool = "avg2x2", kind = "linear";
   double target = 0.99, traffic_requests = 1000;
   float distill = 0;
-  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0;
+  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0, hidden = 0;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
   bool print_config = false;
@@ -406,6 +406,7 @@ BuildOptions build_options(const CacheBuildOpts& o, const CLI::App& app) {
   if (given("--epochs")) b.sgd.epochs = o.epochs;
   if (given("--distill")) b.sgd.distill_alpha = o.distill;
   if (given("--selector")) b.selector = o.selector;
+  if (given("--hidden")) b.hidden = o.hidden;
   if (given("--kind")) b.kind = head_kind(o.kind);
   if (given("--reduced")) b.approx.reduced = o.approx.reduced;
   if (given("--neighbours")) b.approx.neighbours = o.approx.neighbours;
@@ -441,7 +442,7 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
     const std::string loss = c.kind == HeadKind::kLinear ? str_cat(std::round(r.loss[e].front() * 1000) / 1000, " -> ",
                                                                    std::round(r.loss[e].back() * 1000) / 1000)
                                                          : str_cat(c.entries(), " x ", c.reduced);
-    std::printf("%-10s %-7s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.name.c_str(), head_kind_name(c.kind),
+    std::printf("%-10s %-7s %-7s %6d %13s %9.4f %10.4f %9.4f %10.4f\n", c.name.c_str(), head_description(c).c_str(),
                 pool_name(c.pool).c_str(), c.dim, loss.c_str(), c.enabled() ? c.threshold : NAN, c.holdout_agreement,
                 c.holdout_hit_rate, c.holdout_hit_agreement);
   }
@@ -774,6 +775,12 @@ int dispatch(int argc, char** argv) {
                    "learned caches: GATI's selector over the k largest softmax probabilities (fitted on the "
                    "held-out images) decides hits instead of the top probability; 0: none")
       ->check(CLI::Range(0, int(kMaxSelectorK)))
+      ->capture_default_str();
+  c_build
+      ->add_option("--hidden", cb.hidden,
+                   "learned caches: hidden ReLU units of the predictor (GATI's MLP: features -> hidden -> "
+                   "classes); 0: a linear predictor")
+      ->check(CLI::Range(0, int(kMaxHidden)))
       ->capture_default_str();
   c_build
       ->add_option("--distill", cb.distill,

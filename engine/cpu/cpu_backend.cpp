@@ -63,17 +63,22 @@ class CpuExitHeads final : public ExitHeads {
  public:
   CpuExitHeads(std::vector<ExitHeadSpec> specs, int exits) : ExitHeads(std::move(specs), exits) {
     halves_.resize(specs_.size());
+    hidden_halves_.resize(specs_.size());
     int8_.resize(specs_.size());
     for (size_t i = 0; i < specs_.size(); ++i) {
       const ExitHeadSpec& s = specs_[i];
       if (s.kind != HeadKind::kLinear) continue;
-      if (int8_heads_wanted()) int8_[i] = int8_rows_if_exact(s.weight, s.classes, s.dim);
-      if (cpu::fast_half_weights()) halves_[i] = halves_if_exact(s.weight);
+      if (int8_heads_wanted()) int8_[i] = int8_rows_if_exact(s.weight, s.classes, s.inputs());
+      if (cpu::fast_half_weights()) {
+        halves_[i] = halves_if_exact(s.weight);
+        if (s.hidden > 0) hidden_halves_[i] = halves_if_exact(s.hidden_weight);
+      }
     }
   }
   LinearHeadView view(int head) const override {
     LinearHeadView v = host_linear_view(linear_spec(head));
     if (!halves_[size_t(head)].empty()) v.weight_f16 = halves_[size_t(head)].data();
+    if (!hidden_halves_[size_t(head)].empty()) v.hidden_weight_f16 = hidden_halves_[size_t(head)].data();
     if (!int8_[size_t(head)].q.empty()) {
       v.weight_i8 = int8_[size_t(head)].q.data();
       v.weight_i8_scale = int8_[size_t(head)].scale.data();
@@ -83,8 +88,9 @@ class CpuExitHeads final : public ExitHeads {
   DistanceHeadView distance_view(int head) const override { return host_distance_view(distance_spec(head)); }
 
  private:
-  std::vector<std::vector<uint16_t>> halves_;  // per head; empty: read the floats
-  std::vector<Int8Rows> int8_;                 // per head; empty: not int8 exactly
+  std::vector<std::vector<uint16_t>> halves_;         // per head; empty: read the floats
+  std::vector<std::vector<uint16_t>> hidden_halves_;  // per head, of the hidden layer
+  std::vector<Int8Rows> int8_;                        // per head; empty: not int8 exactly
 };
 
 class CpuDevice final : public BackendDevice {

@@ -86,9 +86,10 @@ class OwnedBuffer final : public Buffer {
 };
 
 struct DeviceHead {
-  DeviceBuffer mean, inv_std, weight, bias, selector;  // kLinear
-  DeviceBuffer weight_f16;                             // kLinear with weights that are halves exactly
-  DeviceBuffer projection, keys, labels, share;        // kKnn, kKmeans
+  DeviceBuffer mean, inv_std, weight, bias, selector;          // kLinear
+  DeviceBuffer weight_f16;                                     // kLinear with weights that are halves exactly
+  DeviceBuffer hidden_weight, hidden_bias, hidden_weight_f16;  // kLinear with a hidden layer
+  DeviceBuffer projection, keys, labels, share;                // kKnn, kKmeans
 };
 
 class CudaExitHeads final : public ExitHeads {
@@ -107,6 +108,11 @@ class CudaExitHeads final : public ExitHeads {
         // exit kernel reads: the same values in half the bytes.
         if (const std::vector<uint16_t> h = halves_if_exact(s.weight); !h.empty()) d.weight_f16 = up(h);
         if (!s.selector.empty()) d.selector = up(s.selector);
+        if (s.hidden > 0) {
+          d.hidden_weight = up(s.hidden_weight);
+          d.hidden_bias = up(s.hidden_bias);
+          if (const std::vector<uint16_t> h = halves_if_exact(s.hidden_weight); !h.empty()) d.hidden_weight_f16 = up(h);
+        }
       } else {
         d.projection = up(s.projection);
         d.keys = up(s.keys);
@@ -129,7 +135,13 @@ class CudaExitHeads final : public ExitHeads {
             s.pool,
             s.selector.empty() ? nullptr : d.selector.floats(),
             s.selector_k(),
-            d.weight_f16.bytes() ? static_cast<const uint16_t*>(d.weight_f16.data()) : nullptr};
+            d.weight_f16.bytes() ? static_cast<const uint16_t*>(d.weight_f16.data()) : nullptr,
+            nullptr,
+            nullptr,
+            s.hidden,
+            s.hidden > 0 ? d.hidden_weight.floats() : nullptr,
+            s.hidden > 0 ? d.hidden_bias.floats() : nullptr,
+            d.hidden_weight_f16.bytes() ? static_cast<const uint16_t*>(d.hidden_weight_f16.data()) : nullptr};
   }
   DistanceHeadView distance_view(int head) const override {
     const ExitHeadSpec& s = distance_spec(head);
@@ -450,7 +462,7 @@ class CudaContext final : public BackendContext {
     if (heads.specs()[size_t(head)].kind == HeadKind::kLinear) {
       const LinearHeadView h = heads.view(head);
       // Grows nothing once the executor has prepared its heads.
-      float* scores = reserve_exit_scores(s.n, h.classes);
+      float* scores = reserve_exit_scores(s.n, std::max(h.classes, h.hidden));
       cuda::exit_head_linear(act, s.n, s.h, s.w, s.c, layout_, precision_, h, exit_id, st, pos, pooled, scores,
                              exit_kernel_ == ExitKernel::kStaged, stream_.get());
     } else
@@ -477,12 +489,12 @@ class CudaContext final : public BackendContext {
     cuda::DeviceScope scope(index_);
     int classes = 0;
     for (const ExitHeadSpec& s : heads.specs())
-      if (s.kind == HeadKind::kLinear) classes = std::max(classes, s.classes);
+      if (s.kind == HeadKind::kLinear) classes = std::max({classes, s.classes, s.hidden});
     if (classes > 0) reserve_exit_scores(max_batch, classes);
   }
 
-  // The wide exit kernels' scores for n rows of `classes` (null for the
-  // one-block kernel, which needs none).
+  // The wide exit kernels' scores (or hidden units) for n rows of `classes`
+  // (null for the one-block kernel, which needs none).
   float* reserve_exit_scores(int n, int classes) {
     if (exit_kernel_ == ExitKernel::kBlock) return nullptr;
     exit_scores_.reserve(mul_size(size_t(n) * size_t(classes), sizeof(float), "exit scores"), "the exit heads' scores");

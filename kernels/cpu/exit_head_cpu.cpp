@@ -168,17 +168,75 @@ void lane_dot_block(const Rows& w, const float* x, size_t xstride, int dim, floa
     }
 }
 
-// lane_dot_block over the kRows rows from class k0, in whichever form the
-// head keeps its weights (int8, halves or floats: the same values).
+// One dense layer of a head as its kernels read it: out[k] = lane_dot(W[k],
+// x) + bias[k] for k < outs over `ins` inputs, W kept as floats and perhaps
+// also as halves or int8 rows (the same values), relu on the hidden layer.
+struct Dense {
+  int outs = 0, ins = 0;
+  const float* weight = nullptr;  // [outs, ins]
+  const float* bias = nullptr;    // [outs]
+  const uint16_t* weight_f16 = nullptr;
+  const int8_t* weight_i8 = nullptr;
+  const float* weight_i8_scale = nullptr;
+  bool relu = false;
+};
+// The score layer (over the hidden units when there are some) and the hidden one.
+Dense score_layer(const LinearHeadView& h) {
+  return {h.classes, h.inputs(), h.weight, h.bias, h.weight_f16, h.weight_i8, h.weight_i8_scale, false};
+}
+Dense hidden_layer(const LinearHeadView& h) {
+  return {h.hidden, h.dim, h.hidden_weight, h.hidden_bias, h.hidden_weight_f16, nullptr, nullptr, true};
+}
+
+float finish_unit(const Dense& l, int k, float dot) {
+  const float v = dot + l.bias[k];
+  return l.relu ? hidden_relu(v) : v;
+}
+
+// lane_dot_block over the kRows rows from output k0, in whichever form the
+// layer keeps its weights (int8, halves or floats: the same values).
 template <int S>
-void head_dot_block(const LinearHeadView& h, int k0, const float* x, size_t xstride, float* out) {
-  const size_t stride = size_t(h.dim), at = size_t(k0) * stride;
-  if (h.weight_i8)
-    lane_dot_block<S>(ScaledInt8Rows{h.weight_i8 + at, h.weight_i8_scale + k0, stride}, x, xstride, h.dim, out);
-  else if (h.weight_f16)
-    lane_dot_block<S>(HalfRows{h.weight_f16 + at, stride}, x, xstride, h.dim, out);
+void dense_dot_block(const Dense& l, int k0, const float* x, size_t xstride, float* out) {
+  const size_t stride = size_t(l.ins), at = size_t(k0) * stride;
+  if (l.weight_i8)
+    lane_dot_block<S>(ScaledInt8Rows{l.weight_i8 + at, l.weight_i8_scale + k0, stride}, x, xstride, l.ins, out);
+  else if (l.weight_f16)
+    lane_dot_block<S>(HalfRows{l.weight_f16 + at, stride}, x, xstride, l.ins, out);
   else
-    lane_dot_block<S>(FloatRows{h.weight + at, stride}, x, xstride, h.dim, out);
+    lane_dot_block<S>(FloatRows{l.weight + at, stride}, x, xstride, l.ins, out);
+}
+
+// The layer for n rows of x (xstride floats apart) into out (ostride apart),
+// output-major: each output's weights (one row of W) are read once per
+// batch, not once per sample, and outputs split across threads.  Per row the
+// arithmetic is lane_dot's, lane for lane, so the result does not depend on
+// the batch.
+void dense_rows(const Dense& l, const float* xs, int n, size_t xstride, float* out, size_t ostride) {
+  const int groups = (l.outs + kRows - 1) / kRows;
+  parallel_for(groups, size_t(n) * size_t(l.outs) * size_t(l.ins) > 262144, [&](int g) {
+    const int k0 = g * kRows;
+    if (k0 + kRows > l.outs) {  // the last outputs, one by one
+      for (int row = 0; row < n; ++row)
+        for (int k = k0; k < l.outs; ++k)
+          out[size_t(row) * ostride + size_t(k)] =
+              finish_unit(l, k, lane_dot(l.weight + size_t(k) * size_t(l.ins), xs + size_t(row) * xstride, l.ins));
+      return;
+    }
+    constexpr int kInputs = 4;
+    float dots[kInputs * kRows];
+    for (int row = 0; row < n;) {
+      const int take = n - row >= kInputs ? kInputs : 1;
+      const float* x = xs + size_t(row) * xstride;
+      if (take == kInputs)
+        dense_dot_block<kInputs>(l, k0, x, xstride, dots);
+      else
+        dense_dot_block<1>(l, k0, x, xstride, dots);
+      for (int s = 0; s < take; ++s)
+        for (int r = 0; r < kRows; ++r)
+          out[size_t(row + s) * ostride + size_t(k0 + r)] = finish_unit(l, k0 + r, dots[s * kRows + r]);
+      row += take;
+    }
+  });
 }
 
 // (pooled - mean) * inv_std into a zero-padded row of `padded` floats.
@@ -236,12 +294,20 @@ void begin_exits(const ExitState& st, int n, int classes) {
 }
 
 void linear_head_scores(const LinearHeadView& h, const float* pooled, float* z) {
-  thread_local std::vector<float> xs;
+  thread_local std::vector<float> xs, u;
   const int padded = padded_dim(h.dim);
   xs.resize(size_t(padded));
   standardise(h, pooled, padded, xs.data());
-  for (int k = 0; k < h.classes; ++k)
-    z[k] = lane_dot(h.weight + size_t(k) * size_t(h.dim), xs.data(), h.dim) + h.bias[k];
+  const float* in = xs.data();
+  if (h.hidden > 0) {
+    const Dense l = hidden_layer(h);
+    u.assign(size_t(padded_dim(h.hidden)), 0.f);
+    for (int j = 0; j < h.hidden; ++j)
+      u[size_t(j)] = finish_unit(l, j, lane_dot(h.hidden_weight + size_t(j) * size_t(h.dim), xs.data(), h.dim));
+    in = u.data();
+  }
+  const int ins = h.inputs();
+  for (int k = 0; k < h.classes; ++k) z[k] = lane_dot(h.weight + size_t(k) * size_t(ins), in, ins) + h.bias[k];
 }
 
 void exit_head_linear(const float* act, int n, int height, int width, int c, const LinearHeadView& h, int exit_id,
@@ -252,47 +318,24 @@ void exit_head_linear(const float* act, int n, int height, int width, int c, con
 
 void exit_head_linear_pooled(const float* pooled, int n, const LinearHeadView& h, int exit_id, const ExitState& st,
                              int pos) {
-  // Scores for all rows at once, class-major: each class's weights (one row
-  // of W) are read once per batch, not once per sample, and classes split
-  // across threads.  Per row the arithmetic is linear_head_scores', lane for
-  // lane, so the result does not depend on the batch.
-  const int padded = padded_dim(h.dim);
   // Scratch kept per calling thread: an exit head runs after every block of
   // every request, and allocating here showed up in the never-hit overhead.
-  // (Raw pointers below: inside the parallel region a thread_local name
-  // would mean each worker thread's own, empty, vector.)
-  thread_local std::vector<float> xs_buf, z_buf;
+  thread_local std::vector<float> xs_buf, u_buf, z_buf;
+  const int padded = padded_dim(h.dim);
   xs_buf.resize(size_t(n) * size_t(padded));
   z_buf.resize(size_t(n) * size_t(h.classes));
   float* const xs = xs_buf.data();
   float* const z = z_buf.data();
   for (int row = 0; row < n; ++row)
     standardise(h, pooled + size_t(row) * size_t(h.dim), padded, xs + size_t(row) * size_t(padded));
-  const int groups = (h.classes + kRows - 1) / kRows;
-  parallel_for(groups, size_t(n) * size_t(h.classes) * size_t(h.dim) > 262144, [&](int g) {
-    const int k0 = g * kRows;
-    if (k0 + kRows > h.classes) {  // the last classes, one by one
-      for (int row = 0; row < n; ++row)
-        for (int k = k0; k < h.classes; ++k)
-          z[size_t(row) * size_t(h.classes) + size_t(k)] =
-              lane_dot(h.weight + size_t(k) * size_t(h.dim), xs + size_t(row) * size_t(padded), h.dim) + h.bias[k];
-      return;
-    }
-    constexpr int kInputs = 4;
-    float dots[kInputs * kRows];
-    for (int row = 0; row < n;) {
-      const int take = n - row >= kInputs ? kInputs : 1;
-      const float* x = xs + size_t(row) * size_t(padded);
-      if (take == kInputs)
-        head_dot_block<kInputs>(h, k0, x, size_t(padded), dots);
-      else
-        head_dot_block<1>(h, k0, x, size_t(padded), dots);
-      for (int s = 0; s < take; ++s)
-        for (int r = 0; r < kRows; ++r)
-          z[size_t(row + s) * size_t(h.classes) + size_t(k0 + r)] = dots[s * kRows + r] + h.bias[k0 + r];
-      row += take;
-    }
-  });
+  if (h.hidden > 0) {
+    const int padded_u = padded_dim(h.hidden);
+    u_buf.assign(size_t(n) * size_t(padded_u), 0.f);
+    dense_rows(hidden_layer(h), xs, n, size_t(padded), u_buf.data(), size_t(padded_u));
+    dense_rows(score_layer(h), u_buf.data(), n, size_t(padded_u), z, size_t(h.classes));
+  } else {
+    dense_rows(score_layer(h), xs, n, size_t(padded), z, size_t(h.classes));
+  }
   for (int row = 0; row < n; ++row) {
     float conf;
     const float* zr = z + size_t(row) * size_t(h.classes);

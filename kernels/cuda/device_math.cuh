@@ -36,15 +36,16 @@ __host__ __device__ inline int padded_dim(int v) { return (v + kLanes - 1) / kLa
 // 16-byte-aligned shared memory into one 16-byte load (the selector's walk
 // over the classes, exit_head.cu), which compute-sanitizer reported as a read
 // past the end (H100, 2026-11-23).
-inline size_t scores_smem_bytes(int dim, int classes) {
-  return size_t(padded_dim(dim) + padded_dim(classes)) * sizeof(float);
+// With a hidden layer (LinearHeadView::hidden), its units lie between them.
+inline size_t scores_smem_bytes(int dim, int classes, int hidden = 0) {
+  return size_t(padded_dim(dim) + (hidden > 0 ? padded_dim(hidden) : 0) + padded_dim(classes)) * sizeof(float);
 }
 // Host side, before a launch: that memory plus the static part must fit the
 // 48 KiB a block gets without opting in; `what` names the op in the error.
-inline void check_scores_smem(const char* what, int dim, int classes) {
-  const size_t bytes = scores_smem_bytes(dim, classes);
+inline void check_scores_smem(const char* what, int dim, int classes, int hidden = 0) {
+  const size_t bytes = scores_smem_bytes(dim, classes, hidden);
   if (bytes + kStaticSmem > 48 * 1024)
-    fail(what, ": ", dim, " features and ", classes, " classes need ", bytes,
+    fail(what, ": ", dim, " features, ", hidden, " hidden units and ", classes, " classes need ", bytes,
          " bytes of shared memory, more than 48 KiB");
 }
 
@@ -129,29 +130,51 @@ __device__ inline float lane_partial(const W* __restrict__ w, const float* __res
 }
 
 // Class k's score lane_dot(W[k], xs) + b[k] (bias null: no bias, as a
-// projection), computed by the half-warp whose lane this is (l), returned to
-// all of its lanes; k >= classes gives 0.  Every lane of the warp must call
-// it (the sum shuffles across the half-warp).
+// projection; relu: a hidden unit, hidden_relu of that), computed by the
+// half-warp whose lane this is (l), returned to all of its lanes; k >=
+// classes gives 0.  Every lane of the warp must call it (the sum shuffles
+// across the half-warp).
 template <typename W>
 __device__ inline float half_warp_score(const W* __restrict__ weight, const float* __restrict__ bias, const float* xs,
-                                        int dim, int classes, int k, int l) {
+                                        int dim, int classes, int k, int l, bool relu = false) {
   const float part = k < classes ? lane_partial(weight + long(k) * dim, xs, dim, l) : 0.f;
   float s = 0.f;
   for (int j = 0; j < kLanes; ++j) s = __fadd_rn(s, __shfl_sync(0xffffffffu, part, j, kLanes));
-  return k < classes && bias ? __fadd_rn(s, bias[k]) : s;
+  if (k < classes && bias) s = __fadd_rn(s, bias[k]);
+  return relu ? hidden_relu(s) : s;
 }
 
 // z[k] for every class, half-warps over classes.  xs and z may be shared
 // memory; every thread of the block must call it.
 template <typename W>
 __device__ inline void linear_scores(const W* __restrict__ weight, const float* __restrict__ bias, const float* xs,
-                                     int dim, int classes, float* z) {
+                                     int dim, int classes, float* z, bool relu = false) {
   const int half = threadIdx.x / kLanes, l = threadIdx.x % kLanes, halves = blockDim.x / kLanes;
   for (int k0 = 0; k0 < classes; k0 += halves) {
     const int k = k0 + half;
-    const float s = half_warp_score(weight, bias, xs, dim, classes, k, l);
+    const float s = half_warp_score(weight, bias, xs, dim, classes, k, l, relu);
     if (k < classes && l == 0) z[k] = s;
   }
+}
+
+// A learned head's scores z[classes] from its standardised features xs
+// (shared memory), through its hidden layer into u[padded hidden] (shared
+// memory) when it has one: the CPU's linear_head_scores.  Every thread of
+// the block must call it; a barrier must follow before z is read.
+__device__ inline void head_scores(const LinearHeadView& h, const float* xs, float* u, float* z) {
+  const float* in = xs;
+  if (h.hidden > 0) {
+    if (h.hidden_weight_f16)
+      linear_scores(reinterpret_cast<const __half*>(h.hidden_weight_f16), h.hidden_bias, xs, h.dim, h.hidden, u, true);
+    else
+      linear_scores(h.hidden_weight, h.hidden_bias, xs, h.dim, h.hidden, u, true);
+    __syncthreads();
+    in = u;
+  }
+  if (h.weight_f16)  // the same weights in half the bytes
+    linear_scores(reinterpret_cast<const __half*>(h.weight_f16), h.bias, in, h.inputs(), h.classes, z);
+  else
+    linear_scores(h.weight, h.bias, in, h.inputs(), h.classes, z);
 }
 
 // Block-wide argmax (first on ties) of z[classes] and sum_k exp(z_k - z_max)

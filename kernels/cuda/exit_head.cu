@@ -83,17 +83,15 @@ template <typename T>
 __global__ void exit_head_kernel(const T* __restrict__ act, int height, int width, int channels, Layout layout,
                                  LinearHeadView h, int exit_id, ExitState st, int pos, float* __restrict__ pooled) {
   extern __shared__ float smem[];
-  const int dim = h.dim, padded = dev::padded_dim(dim);
-  float* xs = smem;          // [padded] standardised features
-  float* z = smem + padded;  // [classes] scores
+  const int dim = h.dim, padded = dev::padded_dim(dim), padded_u = h.hidden > 0 ? dev::padded_dim(h.hidden) : 0;
+  float* xs = smem;                     // [padded] standardised features
+  float* u = smem + padded;             // [padded_u] hidden units
+  float* z = smem + padded + padded_u;  // [classes] scores
   const int row = blockIdx.x;
   dev::pool_and_standardise(act + long(row) * height * width * channels, height, width, channels, layout, h.pool, dim,
                             h.mean, h.inv_std, pooled + long(row) * dim, xs);
   __syncthreads();
-  if (h.weight_f16)  // the same weights in half the bytes
-    dev::linear_scores(reinterpret_cast<const __half*>(h.weight_f16), h.bias, xs, dim, h.classes, z);
-  else
-    dev::linear_scores(h.weight, h.bias, xs, dim, h.classes, z);
+  dev::head_scores(h, xs, u, z);
   __syncthreads();
   decide(z, h, exit_id, st, pos, row);
 }
@@ -164,29 +162,51 @@ __global__ void exit_pool_nchw_kernel(const T* __restrict__ act, int height, int
   if (lane == 0) pooled[long(row) * dim + f] = fc.value(acc);
 }
 
-// Wide, 2 of 3: grid (classes / (kHeadThreads / kLanes), n).  Each block
+// Wide, 2 of 3: grid (outputs / (kHeadThreads / kLanes), n).  Each block
 // standardises its row's pooled features into shared memory (as
-// pool_and_standardise) and scores its classes (as linear_scores).
+// pool_and_standardise) and computes its outputs (as linear_scores): the
+// classes' scores, or with a hidden layer the hidden units, which the
+// deciding kernel turns into scores.
 template <typename W>
 __global__ void exit_scores_kernel(const float* __restrict__ pooled, LinearHeadView h, const W* __restrict__ weight,
                                    float* __restrict__ scores) {
   extern __shared__ float xs[];  // [padded dim]
   const int dim = h.dim, padded = dev::padded_dim(dim), row = blockIdx.y;
+  const bool hidden = h.hidden > 0;
+  const int outs = hidden ? h.hidden : h.classes;
   for (int f = threadIdx.x; f < padded; f += blockDim.x)
     xs[f] = f < dim ? dev::standardise(pooled[long(row) * dim + f], h.mean, h.inv_std, f) : 0.f;
   __syncthreads();
   const int half = threadIdx.x / dev::kLanes, l = threadIdx.x % dev::kLanes;
   const int k = blockIdx.x * (blockDim.x / dev::kLanes) + half;
-  const float s = dev::half_warp_score(weight, h.bias, xs, dim, h.classes, k, l);
-  if (k < h.classes && l == 0) scores[long(row) * h.classes + k] = s;
+  const float s = dev::half_warp_score(weight, hidden ? h.hidden_bias : h.bias, xs, dim, outs, k, l, hidden);
+  if (k < outs && l == 0) scores[long(row) * outs + k] = s;
 }
 
-// Wide, 3 of 3: one block per row, the one-block kernel's decision.
+// Wide, 3 of 3: one block per row, the one-block kernel's decision (with a
+// hidden layer, from the hidden units through the score layer).
 __global__ void exit_decide_kernel(const float* __restrict__ scores, LinearHeadView h, int exit_id, ExitState st,
                                    int pos) {
-  extern __shared__ float z[];  // [classes padded to the lanes]
+  extern __shared__ float smem[];  // [hidden units and] classes, each padded to the lanes
   const int row = blockIdx.x, padded = dev::padded_dim(h.classes);
-  for (int k = threadIdx.x; k < padded; k += blockDim.x) z[k] = k < h.classes ? scores[long(row) * h.classes + k] : 0.f;
+  float* z = smem;
+  if (h.hidden > 0) {
+    const int padded_u = dev::padded_dim(h.hidden);
+    float* u = smem;
+    z = smem + padded_u;
+    for (int j = threadIdx.x; j < padded_u; j += blockDim.x)
+      u[j] = j < h.hidden ? scores[long(row) * h.hidden + j] : 0.f;
+    __syncthreads();
+    if (h.weight_f16)
+      dev::linear_scores(reinterpret_cast<const __half*>(h.weight_f16), h.bias, u, h.hidden, h.classes, z);
+    else
+      dev::linear_scores(h.weight, h.bias, u, h.hidden, h.classes, z);
+    __syncthreads();
+    for (int k = h.classes + threadIdx.x; k < padded; k += blockDim.x) z[k] = 0.f;
+  } else {
+    for (int k = threadIdx.x; k < padded; k += blockDim.x)
+      z[k] = k < h.classes ? scores[long(row) * h.classes + k] : 0.f;
+  }
   __syncthreads();
   decide(z, h, exit_id, st, pos, row);
 }
@@ -272,7 +292,7 @@ void launch_begin_exits(const ExitState& st, int n, long logits, cudaStream_t st
 template <typename T>
 void launch_exit_head(const T* act, int n, int height, int width, int channels, Layout layout, const LinearHeadView& h,
                       int exit_id, const ExitState& st, int pos, float* pooled, cudaStream_t stream) {
-  exit_head_kernel<T><<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes), stream>>>(
+  exit_head_kernel<T><<<unsigned(n), kHeadThreads, dev::scores_smem_bytes(h.dim, h.classes, h.hidden), stream>>>(
       act, height, width, channels, layout, h, exit_id, st, pos, pooled);
 }
 
@@ -289,15 +309,19 @@ void launch_exit_head_wide(const T* act, int n, int height, int width, int chann
     exit_pool_kernel<T><<<pool_grid, kPoolFeatures * kPoolLanes, 0, stream>>>(act, height, width, channels, layout,
                                                                               h.pool, h.dim, pooled);
   }
-  const int per_block = kHeadThreads / dev::kLanes;
-  const dim3 score_grid(unsigned((h.classes + per_block - 1) / per_block), unsigned(n));
+  // The first layer across the GPU: the scores, or the hidden units.
+  const bool hidden = h.hidden > 0;
+  const int per_block = kHeadThreads / dev::kLanes, outs = hidden ? h.hidden : h.classes;
+  const dim3 score_grid(unsigned((outs + per_block - 1) / per_block), unsigned(n));
   const size_t xs_bytes = size_t(dev::padded_dim(h.dim)) * sizeof(float);
-  if (h.weight_f16)
-    exit_scores_kernel<__half><<<score_grid, kHeadThreads, xs_bytes, stream>>>(
-        pooled, h, reinterpret_cast<const __half*>(h.weight_f16), scores);
+  const uint16_t* f16 = hidden ? h.hidden_weight_f16 : h.weight_f16;
+  if (f16)
+    exit_scores_kernel<__half>
+        <<<score_grid, kHeadThreads, xs_bytes, stream>>>(pooled, h, reinterpret_cast<const __half*>(f16), scores);
   else
-    exit_scores_kernel<float><<<score_grid, kHeadThreads, xs_bytes, stream>>>(pooled, h, h.weight, scores);
-  const size_t z_bytes = size_t(dev::padded_dim(h.classes)) * sizeof(float);
+    exit_scores_kernel<float>
+        <<<score_grid, kHeadThreads, xs_bytes, stream>>>(pooled, h, hidden ? h.hidden_weight : h.weight, scores);
+  const size_t z_bytes = size_t(dev::padded_dim(h.classes) + (hidden ? dev::padded_dim(h.hidden) : 0)) * sizeof(float);
   exit_decide_kernel<<<unsigned(n), kHeadThreads, z_bytes, stream>>>(scores, h, exit_id, st, pos);
 }
 
@@ -335,7 +359,9 @@ void exit_head_linear(const void* act, int n, int height, int width, int channel
     fail("exit head: bad shape (n ", n, ", ", height, "x", width, "x", channels, ", pool grid ", h.pool.grid, ", dim ",
          h.dim, ", classes ", h.classes, ")");
   if (pos != 0 && pos != 1) fail("exit head: position array ", pos, " is not 0 or 1");
-  dev::check_scores_smem("exit head", h.dim, h.classes);
+  if (h.hidden < 0 || h.hidden > kMaxHidden)
+    fail("exit head: ", h.hidden, " hidden units (valid: 0 to ", kMaxHidden, ")");
+  dev::check_scores_smem("exit head", h.dim, h.classes, h.hidden);
   if (scores && !pooled) fail("exit head: the wide kernels need the pooled features' memory");
   if (scores && n > 65535) fail("exit head: batch ", n, " exceeds 65535");
   int widest = 0;  // staged pooling holds a cell's rows: wider ones are pooled unstaged
