@@ -248,8 +248,11 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
   for (int y : train_labels) ++label_count[size_t(y)];
   for (size_t k : label_count) set.label_prior.push_back(float(double(k) / double(train_labels.size())));
   std::vector<size_t> built;  // the exits with a cache, in order
+  const size_t to_build =
+      size_t(std::count_if(settings.begin(), settings.end(), [](const ExitSetting& s) { return s.enabled; }));
   for (size_t e = 0; e < all.per_exit.size(); ++e) {
     if (!settings[e].enabled) continue;
+    if (o.train_progress) o.train_progress(built.size(), to_build);
     built.push_back(e);
     const bool learned = *settings[e].kind == HeadKind::kLinear;
     ExitCache c;
@@ -273,6 +276,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
     }
     set.exits.push_back(std::move(c));
   }
+  if (o.train_progress) o.train_progress(built.size(), to_build);
   std::vector<int> calib_labels = hold_labels;
   if (o.perturbed_holdout) {
     // The held-out images again, perturbed as the locality trace perturbs

@@ -1,5 +1,5 @@
 // Building learned caches for a model: collect features on training images,
-// train one linear predictor per exit on the full model's own labels, and
+// train one predictor per exit (linear, or an MLP) on the full model's own labels, and
 // calibrate every exit's threshold on held-out images.  `gati cache build`
 // is a thin wrapper around build_caches.
 #pragma once
@@ -58,8 +58,9 @@ struct BuildOptions {
   // their sizes).  Every kind is calibrated the same way.
   HeadKind kind = HeadKind::kLinear;
   // Learned caches: hidden ReLU units of the predictor (GATI's MLP,
-  // mlp_head.h); 0: a linear predictor.
-  int hidden = 0;
+  // mlp_head.h); 0: a linear predictor.  32 by default: on both demos the
+  // MLP answers more requests early at the same agreement (README).
+  int hidden = 32;
   ApproxOptions approx;
   // Pooling at every exit: a name parse_pool knows, or "auto" (per exit the
   // richest of mix4x4, avg4x4, mix2x2, avg2x2, avg whose scores or
@@ -89,7 +90,8 @@ struct BuildOptions {
   int selector = 0;
   // Per exit, by name (exit_points' names; build_caches refuses others).
   std::map<std::string, ExitSetting> exits;
-  ProgressFn progress;
+  ProgressFn progress;        // feature collection: images done of all
+  ProgressFn train_progress;  // training: exits done of those with a cache
 };
 
 struct BuildResult {

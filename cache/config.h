@@ -10,13 +10,15 @@
 //     "calibrate_on": "clean+shifted",           // clean | clean+shifted
 //     "traffic_requests": 1000, "cost": "measured", "auto_pool_budget": 0.005,
 //     "train": 50000, "holdout": 10000, "selector": 0,           // k sorted probabilities (0: none)
+//     "hidden": 32,                              // learned caches: hidden ReLU units (GATI's MLP; 0: linear)
 //     "sgd": {"epochs": 10, "batch": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0,
 //             "distill_alpha": 0, "distill_temperature": 6},
 //     "approx": {"reduced": 64, "knn_entries": 10000, "neighbours": 10, "centroids": 1024,
 //                "kmeans_samples": 20000, "iterations": 15, "seed": 0},
 //     "memory": {"enabled": false, "pool": "avg2x2", "capacity": 1024, "min_confidence": 0.99,
 //                "requests": 10000},
-//     "exits": {"layer2.1": {"kind": "knn", "pool": "avg2x2"}, "layer1.0": {"enabled": false}}
+//     "exits": {"layer2.1": {"kind": "knn", "pool": "avg2x2"}, "layer1.0": {"enabled": false},
+//               "stem": {"hidden": 64}}
 //   }
 //
 // Every key is optional (a missing one keeps BuildOptions' default); an

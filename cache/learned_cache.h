@@ -4,8 +4,9 @@
 //
 // Design decision: the predictor is a linear softmax layer over standardised
 // pooled features (global average, or a grid of average and max cells: see
-// PoolSpec).  It costs features x classes MACs per sample, far below one
-// block's cost, so a miss costs almost nothing; its
+// PoolSpec), optionally with a hidden layer of ReLU units before it (GATI's
+// MLP predictor, mlp_head.h).  It costs features x classes (or x hidden)
+// MACs per sample, far below one block's cost, so a miss costs almost nothing; its
 // labels are the full model's own predictions (never ground truth), so a hit
 // means "agrees with the full model".  The same SGD routine serves offline
 // building and online updates, and refuses any step that would put a
@@ -84,8 +85,9 @@ constexpr size_t kInt8HeadWeights = size_t(1) << 17;
 // Calibration comes after, so thresholds account for the rounding.
 void round_weights_for_serving(ExitHeadSpec& head);
 
-// Fits mean/inv_std on `features` [n, dim] and trains the predictor to the
-// full model's labels, and with opt.distill_alpha > 0 to its logits
+// Fits mean/inv_std on `features` [n, dim] and trains the predictor (with
+// cache.hidden > 0 hidden units, an MLP from a seeded random start; else a
+// linear layer from zeros) to the full model's labels, and with opt.distill_alpha > 0 to its logits
 // `full_logits` [n, classes] as well; the trained weights are then rounded
 // for serving (round_weights_for_serving).  Returns the mean loss of each epoch.
 std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>& features,
@@ -102,7 +104,9 @@ std::vector<double> train_exit_cache(ExitCache& cache, const std::vector<float>&
 // where its mistakes look like the traffic's.
 void fit_selector(ExitCache& cache, const std::vector<float>& features, const std::vector<int>& labels, int k);
 
-// One SGD step on a mini-batch (also the online update path).  `teacher`
+// One SGD step on a mini-batch (also the online update path, which
+// updates linear heads only).  A head with a hidden layer steps through
+// both layers (mlp_sgd_step).  `teacher`
 // [n, classes]: the full model's softmax at opt.distill_temperature, used
 // when opt.distill_alpha > 0.  Returns the batch loss, or throws gati::Error
 // (weights unchanged) if the step would make any weight non-finite.

@@ -53,6 +53,15 @@ cpu::SgdResult mlp_sgd_step(ExitHeadSpec& h, const float* x, const int* labels, 
     }
   const size_t w2 = size_t(K) * size_t(H), b2 = size_t(K), w1 = size_t(H) * size_t(D), b1 = size_t(H);
   const size_t total = w2 + b2 + w1 + b1;
+  // A non-finite feature would make the hidden weights' gradient NaN
+  // (relu hides it in the forward pass, the step would not): refused, naming
+  // the first hidden weight it reaches.
+  for (size_t i = 0; i < size_t(n) * size_t(D); ++i)
+    if (!std::isfinite(x[i])) {
+      r.status = OpStatus::kNonFinite;
+      r.bad_index = long(w2 + b2 + i % size_t(D));
+      return r;
+    }
   if (velocity.size() != total) velocity.assign(total, 0.f);
   const bool soft = distill.teacher && distill.alpha > 0;
   const float alpha = soft ? distill.alpha : 0.f, T = distill.temperature;

@@ -86,7 +86,7 @@ bool OnlineState::learn(const CollectedFeatures& features, int row, int label) {
   bool stepped = false;
   for (size_t e = 0; e < live_.size(); ++e) {
     ExitCache& c = live_[e];
-    if (c.kind != HeadKind::kLinear || c.hidden > 0 || !c.enabled()) continue;  // a hidden layer: served as built
+    if (c.kind != HeadKind::kLinear || !c.enabled()) continue;  // learned heads, linear or MLP (sgd_step)
     const size_t at = size_t(c.exit);
     if (at >= features.per_exit.size() || features.dims[at] != c.dim)
       fail("online: the features collected at exit '", c.name, "' do not match its cache (dim ", c.dim, ")");

@@ -128,6 +128,11 @@ ReplayReport replay_trace(const Engine& engine, const CacheSet& caches, const Da
     fail(
         "replay: learning in the backend is SGD from the full model's own answers: it needs online SGD, and takes "
         "no feedback, guard or prior");
+  if (o.online.in_backend)
+    for (const ExitCache& c : caches.exits)
+      if (c.enabled() && c.kind == HeadKind::kLinear && c.hidden > 0)
+        fail("replay: learning in the backend trains linear heads; exit '", c.name, "' is an MLP (", c.hidden,
+             " hidden units), which online SGD on the host trains (or build the caches with --hidden 0)");
   const Arch& a = engine.arch();
   std::shared_ptr<const ExitHeads> heads = engine.make_exit_heads(caches.head_specs());
   Session session = engine.session();

@@ -35,6 +35,8 @@
 //   host path (cache/online.h), bit for bit on the CPU backend.
 // - Per session: a service with several workers has one learner per worker,
 //   each learning from its own traffic.
+// - Linear heads only: a head with a hidden layer (GATI's MLP) is served as
+//   it was built (the host's online updates, cache/online.h, train it).
 #pragma once
 
 #include <cstdint>

@@ -158,7 +158,8 @@ def main():
         caches = os.path.join(tmp, "caches.safetensors")
         rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",
                            "--holdout", "800", "--epochs", "3", "--out", caches)
-        check("cache build", rc == 0 and os.path.exists(caches) and "layer3.2" in out, out + err)
+        check("cache build", rc == 0 and os.path.exists(caches) and "layer3.2" in out and " mlp32 " in out
+              and "mlp32 caches at 10 exits" in out, out + err)
         sim = os.path.join(tmp, "sim.json")
         tr = os.path.join(tmp, "trace.json")
         rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", "locality",
@@ -202,9 +203,17 @@ def main():
                      ["serve-sim", "--model", args.demo, "--caches", os.path.join(tmp, "noprior.safetensors"),
                       "--trace", "drift", "--online", "prior"], "rebuild them with 'gati cache build'")
 
-        # online SGD in the serving backend: the host path's steps and answers; host-only settings refused
+        # online SGD in the serving backend: the host path's steps and answers (linear heads, which the backend
+        # learner trains); host-only settings and MLP heads refused
+        expect_error(gati, "backend SGD with MLP heads", ["serve-sim", "--model", args.demo, "--caches", caches,
+                                                          "--trace", "uniform", "--online", "sgd-backend"],
+                     "learning in the backend trains linear heads")
+        linear = os.path.join(tmp, "linear.safetensors")
+        rc, out, err = run(gati, "cache", "build", "--model", args.demo, "--data", "fashion-mnist", "--train", "1500",
+                           "--holdout", "800", "--epochs", "3", "--hidden", "0", "--cost", "macs", "--out", linear)
+        check("cache build --hidden 0", rc == 0 and " linear " in out and "mlp" not in out, out + err)
         for where in ("sgd", "sgd-backend"):
-            rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", caches, "--trace", "uniform",
+            rc, out, err = run(gati, "serve-sim", "--model", args.demo, "--caches", linear, "--trace", "uniform",
                                "--requests", "400", "--seed", "9", "--online", where, "--online-lr", "0.005",
                                "--json", os.path.join(tmp, where + ".json"))
             check(f"serve-sim --online {where}", rc == 0, out + err)
@@ -214,7 +223,7 @@ def main():
               reps[1].get("online", {}).get("sgd_steps") and reps[1].get("online", {}).get("sgd_where") == "backend"
               and reps[1].get("online", {}).get("sgd_steps", 0) > 0 and reps[0].get("hit_rate") == reps[1].get("hit_rate"),
               str(reps)[:2000])
-        expect_error(gati, "backend SGD with feedback", ["serve-sim", "--model", args.demo, "--caches", caches,
+        expect_error(gati, "backend SGD with feedback", ["serve-sim", "--model", args.demo, "--caches", linear,
                                                          "--trace", "uniform", "--online", "sgd-backend",
                                                          "--feedback", "0.1"], "takes no feedback, guard or prior")
 
@@ -252,7 +261,7 @@ def main():
                            "--holdout", "800", "--out", configured)
         rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("stem", "layer"))}
         check("cache build --config", rc == 0 and "stem" not in rows and rows.get("layer1.0", [""] * 3)[1:3] == ["knn", "avg2x2"]
-              and rows.get("layer2.0", [""] * 2)[1] == "linear" and "configured caches at 9 exits" in out, out + err)
+              and rows.get("layer2.0", [""] * 2)[1] == "mlp32" and "configured caches at 9 exits" in out, out + err)
         open(os.path.join(tmp, "bad.json"), "w").write('{"calibrate": "twice"}')
         expect_error(gati, "bad cache configuration", ["cache", "build", "--model", args.demo, "--data", "fashion-mnist",
                                                        "--config", os.path.join(tmp, "bad.json"), "--out", configured],

@@ -16,6 +16,7 @@
 #include "cache/label_shift.h"
 #include "cache/learned_cache.h"
 #include "cache/memory_cache.h"
+#include "cache/mlp_head.h"
 #include "cache/replay.h"
 #include "kernels/cpu/exit_head_cpu.h"
 #include "kernels/cpu/linear_sgd_cpu.h"
@@ -23,6 +24,7 @@
 #include "random_model.h"
 #include "test_util.h"
 #include "weights/common/error.h"
+#include "weights/common/half.h"
 #include "weights/safetensors.h"
 
 namespace gati {
@@ -71,6 +73,19 @@ CacheSet random_cache_set(const Model& m, float threshold, const std::vector<Poo
   return set;
 }
 
+// A teacher for n samples: the softmax at temperature T of random logits
+// (spread by 4), as distillation takes it.
+std::vector<float> random_teacher(int n, int classes, uint32_t seed, float T) {
+  std::vector<float> teacher(size_t(n * classes));
+  const std::vector<float> zf = test::random_floats(size_t(n * classes), seed);
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> scaled(static_cast<size_t>(classes));
+    for (int k = 0; k < classes; ++k) scaled[size_t(k)] = 4 * zf[size_t(i * classes + k)] / T;
+    cpu::softmax(scaled.data(), classes, teacher.data() + size_t(i * classes));
+  }
+  return teacher;
+}
+
 TEST(LearnedCache, TrainingLowersLossAndReportsAgreement) {
   std::vector<float> x;
   std::vector<int> y;
@@ -94,14 +109,8 @@ TEST(LearnedCache, DistillationStepFollowsTheGradientOfItsLoss) {
   const int dim = 6, classes = 4, n = 5;
   const std::vector<float> x = test::random_floats(size_t(n * dim), 31), mean(dim, 0.1f), inv_std(dim, 1.3f);
   std::vector<float> weight = test::random_floats(size_t(classes * dim), 32), bias = test::random_floats(classes, 33);
-  std::vector<float> teacher(size_t(n * classes));
-  const std::vector<float> zf = test::random_floats(size_t(n * classes), 34);
   const float T = 3.f;
-  for (int i = 0; i < n; ++i) {
-    std::vector<float> scaled(classes);
-    for (int k = 0; k < classes; ++k) scaled[size_t(k)] = 4 * zf[size_t(i * classes + k)] / T;
-    cpu::softmax(scaled.data(), classes, teacher.data() + size_t(i * classes));
-  }
+  const std::vector<float> teacher = random_teacher(n, classes, 34, T);
   const int labels[n] = {0, 3, 1, 1, 2};
   const cpu::Distill distill{teacher.data(), 0.7f, T};
   auto loss_at = [&](const std::vector<float>& w, const std::vector<float>& b) {
@@ -367,6 +376,96 @@ TEST(LearnedCache, CascadeCalibrationEqualsTheBruteForceOptimum) {
       }
     EXPECT_NEAR(r.cost * costs.full, best, 1e-9) << "search " << r.cost * costs.full << ", brute force " << best;
   }
+}
+
+// The MLP predictor's step moves every parameter (both layers' weights and
+// biases) down the gradient of the loss it reports, distillation included:
+// compared with central differences of that loss.  Hidden units are checked
+// to be both active and inactive, so the ReLU's gradient is exercised.
+TEST(LearnedCache, MlpStepFollowsTheGradientOfItsLoss) {
+  const int dim = 7, hidden = 6, classes = 4, n = 5;
+  ExitHeadSpec head;
+  head.name = "stem";
+  head.dim = dim;
+  head.classes = classes;
+  head.mean.assign(dim, 0.1f);
+  head.inv_std.assign(dim, 1.3f);
+  init_mlp(head, hidden, 3);
+  const std::vector<float> x = test::random_floats(size_t(n * dim), 41, 2.f);
+  const float T = 3.f;
+  const std::vector<float> teacher = random_teacher(n, classes, 42, T);
+  const int labels[n] = {0, 3, 1, 1, 2};
+  const cpu::Distill distill{teacher.data(), 0.4f, T};
+  int active = 0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < hidden; ++j) {
+      double s = head.hidden_bias[size_t(j)];
+      for (int d = 0; d < dim; ++d) s += head.hidden_weight[size_t(j * dim + d)] * (x[size_t(i * dim + d)] - 0.1) * 1.3;
+      active += s > 0;
+    }
+  ASSERT_GT(active, n * hidden / 5);
+  ASSERT_LT(active, n * hidden * 4 / 5);
+  auto loss_at = [&](const ExitHeadSpec& h) {
+    ExitHeadSpec copy = h;
+    std::vector<float> vel;
+    return mlp_sgd_step(copy, x.data(), labels, n, {0.f, 0.f, 0.f}, vel, distill).loss;  // lr 0: the loss only
+  };
+  ExitHeadSpec stepped = head;
+  std::vector<float> vel;
+  ASSERT_EQ(mlp_sgd_step(stepped, x.data(), labels, n, {1.f, 0.f, 0.f}, vel, distill).status, OpStatus::kOk);
+  const double eps = 1e-2;
+  using Param = std::vector<float> ExitHeadSpec::*;
+  const std::pair<Param, const char*> params[] = {{&ExitHeadSpec::weight, "weight"},
+                                                  {&ExitHeadSpec::bias, "bias"},
+                                                  {&ExitHeadSpec::hidden_weight, "hidden_weight"},
+                                                  {&ExitHeadSpec::hidden_bias, "hidden_bias"}};
+  int checked = 0;
+  for (const auto& [member, name] : params)
+    for (size_t j = 0; j < (head.*member).size(); j += 3) {
+      ExitHeadSpec up = head, down = head;
+      (up.*member)[j] += float(eps);
+      (down.*member)[j] -= float(eps);
+      const double numeric = (loss_at(up) - loss_at(down)) / (2 * eps);
+      EXPECT_NEAR((head.*member)[j] - (stepped.*member)[j], numeric, 3e-3) << name << " " << j;  // lr 1: the gradient
+      ++checked;
+    }
+  EXPECT_GT(checked, 20);
+}
+
+// Classes by the signs of two features (XOR): no linear head separates them,
+// one with a hidden layer does; its guard refuses a non-finite step and
+// leaves the head as it was.
+TEST(LearnedCache, AnMlpLearnsWhatALinearHeadCannot) {
+  const int n = 2000, dim = 8;
+  std::mt19937 rng(17);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> x(static_cast<size_t>(n * dim));
+  std::vector<int> y(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < dim; ++j) x[size_t(i * dim + j)] = d(rng);
+    y[size_t(i)] = (x[size_t(i * dim)] > 0) != (x[size_t(i * dim + 1)] > 0) ? 1 : 0;
+  }
+  SgdOptions o;
+  o.epochs = 30;
+  ExitCache linear = fresh(dim, 2), mlp = fresh(dim, 2);
+  mlp.hidden = 16;
+  train_exit_cache(linear, x, y, o);
+  const std::vector<double> loss = train_exit_cache(mlp, x, y, o);
+  EXPECT_LT(linear.train_agreement, 0.7);
+  EXPECT_GT(mlp.train_agreement, 0.93);
+  EXPECT_LT(loss.back(), 0.5 * loss.front());
+  // Trained weights are rounded for serving: both layers are halves.
+  for (float w : mlp.hidden_weight) ASSERT_EQ(w, half_to_float(float_to_half(w)));
+  for (float w : mlp.weight) ASSERT_EQ(w, half_to_float(float_to_half(w)));
+  const ExitCache before = mlp;
+  std::vector<float> bad(x.begin(), x.begin() + dim), velocity;
+  bad[2] = NAN;
+  const int label = 1;
+  EXPECT_GATI_ERROR(sgd_step(mlp, bad.data(), &label, 1, o, velocity), "SGD step rejected");
+  EXPECT_EQ(mlp.hidden_weight, before.hidden_weight);
+  EXPECT_EQ(mlp.weight, before.weight);
+  const int wrong = 2;
+  EXPECT_GATI_ERROR(sgd_step(mlp, x.data(), &wrong, 1, o, velocity), "label 2 of sample 0 is out of range");
 }
 
 TEST(LearnedCache, SgdGuardRefusesNonFiniteSteps) {
@@ -658,6 +757,43 @@ TEST(CacheFiles, KeepTheSelectorAndRefuseADamagedOne) {
   expect_load_refused(bad, path, m, "selector[1] is not finite");
   bad.exits[1].selector.assign(11, 0.5f);  // k = 10 > kMaxSelectorK
   expect_load_refused(bad, path, m, "'selector_k' must be an integer in [1, 8], got 10");
+  std::filesystem::remove_all(dir);
+}
+
+// A head with a hidden layer survives the file as it was (kind learned-mlp,
+// both layers), answers as before, and a damaged one is refused naming it.
+TEST(CacheFiles, KeepTheHiddenLayerAndRefuseADamagedOne) {
+  const Model m = test::random_model(test::kTinyArch, 1);
+  CacheSet set = random_cache_set(m, 0.9f);
+  ExitCache& c = set.exits[1];
+  init_mlp(c, 12, 5);
+  const auto dir = test::scratch_dir("cache_mlp");
+  const std::string path = (dir / "c.safetensors").string();
+  set.save(path);
+  const CacheSet back = CacheSet::load(path, m);
+  EXPECT_EQ(back.exits[1].hidden, 12);
+  EXPECT_EQ(back.exits[1].hidden_weight, c.hidden_weight);
+  EXPECT_EQ(back.exits[1].hidden_bias, c.hidden_bias);
+  EXPECT_EQ(back.exits[1].weight, c.weight);
+  EXPECT_EQ(back.exits[0].hidden, 0);
+  EXPECT_EQ(head_description(back.exits[1]), "mlp12");
+  EXPECT_EQ(head_description(back.exits[0]), "linear");
+  for (uint32_t seed = 0; seed < 5; ++seed) {
+    const std::vector<float> x = test::random_floats(size_t(c.dim), seed, 3.f);
+    float a, b;
+    EXPECT_EQ(back.exits[1].predict(x.data(), &a), c.predict(x.data(), &b));
+    EXPECT_EQ(a, b);
+  }
+  CacheSet bad = set;
+  bad.exits[1].hidden_bias[4] = INFINITY;
+  expect_load_refused(bad, path, m, "hidden_bias[4] is not finite");
+  bad = set;
+  init_mlp(bad.exits[1], kMaxHidden, 5);
+  bad.exits[1].hidden = kMaxHidden + 1;  // the metadata says more units than a head may have
+  bad.exits[1].hidden_weight.resize(size_t(kMaxHidden + 1) * size_t(c.dim));
+  bad.exits[1].hidden_bias.resize(size_t(kMaxHidden + 1));
+  bad.exits[1].weight.resize(size_t(kMaxHidden + 1) * size_t(c.classes));
+  expect_load_refused(bad, path, m, "'hidden' must be an integer in [1, 1024], got 1025");
   std::filesystem::remove_all(dir);
 }
 
@@ -978,7 +1114,7 @@ TEST(CacheFiles, KeepDistanceHeadsAndRefuseDamagedOnes) {
     return out;
   };
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["kind"] = "faiss"; }), m),
-                    "kind 'faiss' (valid: learned-linear, knn, kmeans)");
+                    "kind 'faiss' (valid: learned-linear, learned-mlp, knn, kmeans)");
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][0]["entries"] = 7; }), m),
                     "exit.stem.keys: expected shape [7,4]");
   EXPECT_GATI_ERROR(CacheSet::load(rewrite([](nlohmann::json& j) { j["exits"][1]["reduced"] = 0; }), m),
@@ -1377,6 +1513,7 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   o.holdout = 567;
   o.batch = 32;
   o.selector = 3;
+  o.hidden = 24;
   o.sgd = {3, 16, 0.01f, 0.5f, 1e-4f, 7, 0.25f, 4.f};
   o.approx.reduced = 16;
   o.approx.knn_entries = 0;
@@ -1393,6 +1530,7 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   o.exits["layer1.0"].enabled = false;
   o.exits["layer2.0"].kind = HeadKind::kKnn;
   o.exits["layer2.0"].pool = "avg2x2";
+  o.exits["stem"].hidden = 0;
   const std::string text = build_options_to_json(o).dump(2);
   const BuildOptions r = build_options_from_json(nlohmann::json::parse(text), "config.json");
   EXPECT_EQ(r.kind, o.kind);
@@ -1416,6 +1554,7 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   EXPECT_EQ(r.sgd.distill_alpha, 0.25f);
   EXPECT_EQ(r.sgd.distill_temperature, 4.f);
   EXPECT_EQ(r.selector, 3);
+  EXPECT_EQ(r.hidden, 24);
   EXPECT_EQ(r.approx.reduced, 16);
   EXPECT_EQ(r.approx.knn_entries, 0);
   EXPECT_EQ(r.approx.neighbours, 5);
@@ -1428,7 +1567,9 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   EXPECT_EQ(r.memory_capacity, 512);
   EXPECT_EQ(r.memory_min_confidence, 0.97f);
   EXPECT_EQ(r.memory_requests, 3000);
-  ASSERT_EQ(r.exits.size(), 2u);
+  ASSERT_EQ(r.exits.size(), 3u);
+  EXPECT_EQ(r.exits.at("stem").hidden, 0);
+  EXPECT_FALSE(r.exits.at("layer2.0").hidden.has_value());
   EXPECT_FALSE(r.exits.at("layer1.0").enabled);
   EXPECT_FALSE(r.exits.at("layer1.0").kind.has_value());
   EXPECT_TRUE(r.exits.at("layer2.0").enabled);
@@ -1468,7 +1609,9 @@ TEST(CacheConfig, RefusesBadSettingsNamingTheKeyAndTheValidValues) {
   refuse(R"({"memory": {"enabled": "yes"}})", "'enabled' must be true or false");
   refuse(R"({"memory": {"pool": "auto"}})", "'memory': 'pool'");
   refuse(R"({"exits": {"layer1.0": {"on": false}}})",
-         "c.json: 'exits' 'layer1.0': unknown key 'on' (valid: enabled, kind, pool)");
+         "c.json: 'exits' 'layer1.0': unknown key 'on' (valid: enabled, kind, pool, hidden)");
+  refuse(R"({"hidden": -1})", "'hidden' must be an integer in [0, 1024]");
+  refuse(R"({"exits": {"stem": {"hidden": 4096}}})", "'exits' 'stem': 'hidden' must be an integer in [0, 1024]");
   refuse(R"({"exits": {"layer1.0": {"kind": "svm"}}})", "'kind' is 'svm' (valid: linear, knn, kmeans)");
   refuse(R"({"exits": []})", "'exits'");
   refuse(R"([1, 2])", "c.json");
@@ -1502,6 +1645,7 @@ TEST(CacheConfig, PerExitSettingsShapeTheBuild) {
   o.exits[points[1].name].enabled = false;
   o.exits[points[2].name].kind = HeadKind::kKnn;
   o.exits[points[2].name].pool = "avg2x2";
+  o.exits[points[3].name].hidden = 8;
   const BuildResult r = build_caches(engine, d, o);
   ASSERT_EQ(r.caches.exits.size(), 3u);
   EXPECT_EQ(r.caches.exits[0].name, points[0].name);
@@ -1512,6 +1656,9 @@ TEST(CacheConfig, PerExitSettingsShapeTheBuild) {
   EXPECT_EQ(pool_name(r.caches.exits[1].pool), "avg2x2");
   EXPECT_EQ(pool_name(r.caches.exits[2].pool), "avg");
   EXPECT_EQ(r.caches.exits[2].kind, HeadKind::kLinear);
+  EXPECT_EQ(r.caches.exits[0].hidden, 32);  // the default
+  EXPECT_EQ(r.caches.exits[2].hidden, 8);
+  EXPECT_EQ(r.caches.exits[2].hidden_weight.size(), size_t(8 * r.caches.exits[2].dim));
 
   BuildOptions bad = o;
   bad.exits["layer9.9"].enabled = false;

@@ -379,7 +379,7 @@ struct CacheBuildOpts {
                                                   memory_pool = "avg2x2", kind = "linear";
   double target = 0.99, traffic_requests = 1000;
   float distill = 0;
-  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0, hidden = 0;
+  int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0, hidden = 32;
   ApproxOptions approx;
   float memory_min_confidence = 0.99f;
   bool print_config = false;
@@ -431,9 +431,18 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
   Engine engine(o.model, o.common.engine());
   const Dataset ds = load_fashion_mnist(data_dir, "train");
   cli::Progress progress(size_t(b.train + b.holdout), "collect");
+  std::unique_ptr<cli::Progress> training;
   b.progress = [&](size_t done, size_t) { progress.update(done); };
+  b.train_progress = [&](size_t done, size_t total) {
+    if (!training) {
+      progress.finish();
+      training = std::make_unique<cli::Progress>(total, "train");
+    }
+    training->update(done, "exits");
+  };
   const BuildResult r = build_caches(engine, ds, b);
   progress.finish();
+  if (training) training->finish();
   r.caches.save(o.out);
   std::printf("%-10s %-7s %-7s %6s %13s %9s %10s %9s %10s\n", "exit", "kind", "pool", "dim", "loss or keys",
               "threshold", "agreement", "hit rate", "hit agree");
@@ -474,8 +483,10 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
           b.memory_min_confidence);
   }
   std::printf("wrote %s (%s caches at %zu exits, target %.3f, rule %s, calibrated %s, %.1fs)\n", o.out.c_str(),
-              b.exits.empty() ? head_kind_name(b.kind) : "configured", r.caches.exits.size(), b.target_agreement,
-              threshold_rule_name(b.rule),
+              !b.exits.empty()                              ? "configured"
+              : b.kind == HeadKind::kLinear && b.hidden > 0 ? str_cat("mlp", b.hidden).c_str()
+                                                            : head_kind_name(b.kind),
+              r.caches.exits.size(), b.target_agreement, threshold_rule_name(b.rule),
               b.cascade && b.rule != ThresholdRule::kZeroError ? "as a cascade" : "per exit", r.seconds);
   return 0;
 }
