@@ -45,16 +45,19 @@ inline void BM_Model(benchmark::State& state, std::shared_ptr<Engine> engine, in
       benchmark::Counter(2.0 * double(p.macs_per_sample) * batch / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// A random linear head over `channels` pooled as `pool` says; threshold > 1
-// never fires.
-inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool = {}) {
+// A random linear head over `channels` pooled as `pool` says (with `hidden`
+// > 0 an MLP with that many hidden units); threshold > 1 never fires.
+inline ExitHeadSpec random_head(int channels, int classes, const PoolSpec& pool = {}, int hidden = 0) {
   ExitHeadSpec h;
   h.pool = pool;
   h.dim = pool.features(channels);
   h.classes = classes;
   h.mean = random_floats(size_t(h.dim), 1);
   h.inv_std.assign(size_t(h.dim), 1.0f);
-  h.weight = random_floats(size_t(h.dim) * size_t(h.classes), 2);
+  h.hidden = hidden;
+  h.hidden_weight = random_floats(size_t(hidden) * size_t(h.dim), 4);
+  h.hidden_bias = random_floats(size_t(hidden), 5);
+  h.weight = random_floats(size_t(h.inputs()) * size_t(h.classes), 2);
   h.bias = random_floats(size_t(h.classes), 3);
   h.threshold = 2.0f;
   round_weights_for_serving(h);  // as gati cache build leaves them
@@ -92,11 +95,12 @@ inline Model op_model(int channels) {
 // 1 = mix2x2, 2 = mix4x4 (the demo caches' default).
 inline const char* kBenchPools[] = {"avg", "mix2x2", "mix4x4"};
 
-inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engine, int batch, bool attached) {
+inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engine, int batch, bool attached,
+                          std::vector<ExitHeadSpec> specs) {
   const Arch& a = engine->arch();
   const std::vector<float> x =
       random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
-  const auto heads = engine->make_exit_heads(never_firing_heads(engine->model()));
+  const auto heads = engine->make_exit_heads(std::move(specs));
   Session session = engine->session();
   RunOptions opts;
   if (attached) opts.heads = heads.get();
@@ -114,11 +118,12 @@ inline void BM_ModelExits(benchmark::State& state, std::shared_ptr<Engine> engin
 // a shared machine whose speed drifts by 10-30% between runs, the ratio of
 // two neighbouring runs is steadier than two medians taken apart.
 // Counters: off_ms and never_ms (means), overhead_% (never / off - 1).
-inline void BM_ModelExitsPaired(benchmark::State& state, std::shared_ptr<Engine> engine, int batch) {
+inline void BM_ModelExitsPaired(benchmark::State& state, std::shared_ptr<Engine> engine, int batch,
+                                std::vector<ExitHeadSpec> specs) {
   const Arch& a = engine->arch();
   const std::vector<float> x =
       random_floats(size_t(batch) * size_t(a.in_channels) * size_t(a.input_h) * size_t(a.input_w), 7);
-  const auto heads = engine->make_exit_heads(never_firing_heads(engine->model()));
+  const auto heads = engine->make_exit_heads(std::move(specs));
   Session session = engine->session();
   RunOptions off, never;
   never.heads = heads.get();
@@ -147,6 +152,7 @@ struct Args {
   std::vector<int> batches = {1};
   bool exits = false;
   bool fp16 = false;        // CUDA: FP16 storage (EngineOptions::fp16)
+  std::string caches;       // a cache file: its open exits' heads, never firing, instead of random ones
   std::vector<char*> rest;  // for Google Benchmark
 };
 
@@ -160,6 +166,8 @@ inline Args parse_args(int argc, char** argv) {
       for (const auto& b : split(argv[i] + 10)) a.batches.push_back(std::stoi(b));
     } else if (std::strcmp(argv[i], "--exits") == 0) {
       a.exits = true;
+    } else if (std::strncmp(argv[i], "--caches=", 9) == 0) {
+      a.caches = argv[i] + 9;
     } else if (std::strcmp(argv[i], "--fp16") == 0) {
       a.fp16 = true;
     } else {
@@ -177,6 +185,15 @@ inline void register_models(const Args& a, const std::string& device) {
     eo.device = device;
     eo.fp16 = a.fp16;
     auto engine = std::make_shared<Engine>(path, eo);
+    // The heads that never fire: the cache file's open ones (as it would
+    // serve them, thresholds raised), or a random one at every exit point.
+    std::vector<ExitHeadSpec> specs;
+    if (a.exits && !a.caches.empty()) {
+      specs = CacheSet::load(a.caches, engine->model()).head_specs();
+      for (ExitHeadSpec& h : specs) h.threshold = 2.0f;
+    } else if (a.exits) {
+      specs = never_firing_heads(engine->model());
+    }
     for (int b : a.batches)
       benchmark::RegisterBenchmark(("model/" + engine->arch().name + "/batch:" + std::to_string(b)).c_str(), BM_Model,
                                    engine, b)
@@ -188,12 +205,12 @@ inline void register_models(const Args& a, const std::string& device) {
           benchmark::RegisterBenchmark(("exits/" + engine->arch().name + "/batch:" + std::to_string(b) +
                                         (attached ? "/caches:never" : "/caches:off"))
                                            .c_str(),
-                                       BM_ModelExits, engine, b, attached)
+                                       BM_ModelExits, engine, b, attached, specs)
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         benchmark::RegisterBenchmark(
             ("exits/" + engine->arch().name + "/batch:" + std::to_string(b) + "/paired").c_str(), BM_ModelExitsPaired,
-            engine, b)
+            engine, b, specs)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
       }

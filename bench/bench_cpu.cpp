@@ -1,7 +1,11 @@
 // Google Benchmark suite for the CPU backend.
 //
-//   bench_cpu --models=a.safetensors,b.safetensors [--batches=1,8] [--exits] [benchmark flags]
+//   bench_cpu --models=a.safetensors,b.safetensors [--batches=1,8] [--exits [--caches=C.safetensors]]
+//             [benchmark flags]
 //
+// --caches takes the never-firing heads from a cache file (its open exits,
+// as gati cache build made them, thresholds raised) instead of random
+// linear heads over global average pooling at every exit point.
 // With --exits, each model also runs through a Session with caches off and
 // with a linear exit head attached after every block whose threshold never
 // fires ("caches:never"): the cost of consulting caches that never hit, i.e.
@@ -52,13 +56,14 @@ BENCHMARK(BM_Conv)
     ->Args({1024, 2048, 1, 2, 14, 1})
     ->Unit(benchmark::kMicrosecond);
 
-// {h (= w), channels, classes, batch, pool}: one exit head through the CPU
-// backend (pooling, scores, decision), as the executor calls it after a
-// block; the demo's mix4x4 heads and ResNet-50's 1000-class ones.
+// {h (= w), channels, classes, batch, pool, hidden}: one exit head through
+// the CPU backend (pooling, scores, decision), as the executor calls it
+// after a block; the demo's mix4x4 heads (linear, and the MLP gati cache
+// build makes by default) and ResNet-50's 1000-class ones.
 void BM_ExitHead(benchmark::State& state) {
   const int h = int(state.range(0)), c = int(state.range(1)), classes = int(state.range(2)), n = int(state.range(3));
-  gati::ExitHeadSpec spec =
-      gati::bench::random_head(c, classes, gati::parse_pool(gati::bench::kBenchPools[state.range(4)]));
+  gati::ExitHeadSpec spec = gati::bench::random_head(
+      c, classes, gati::parse_pool(gati::bench::kBenchPools[state.range(4)]), int(state.range(5)));
   spec.name = "bench";
   const auto device = gati::make_backend_device("cpu", gati::bench::op_model(c));
   const auto ctx = device->make_context(0);
@@ -74,13 +79,16 @@ void BM_ExitHead(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ExitHead)
-    ->ArgNames({"h", "c", "classes", "n", "pool"})
-    ->Args({28, 16, 10, 1, 0})
-    ->Args({28, 16, 10, 1, 2})
-    ->Args({14, 32, 10, 1, 2})
-    ->Args({7, 64, 10, 1, 2})
-    ->Args({56, 256, 1000, 1, 0})
-    ->Args({7, 2048, 1000, 1, 0})
+    ->ArgNames({"h", "c", "classes", "n", "pool", "hidden"})
+    ->Args({28, 16, 10, 1, 0, 0})
+    ->Args({28, 16, 10, 1, 2, 0})
+    ->Args({14, 32, 10, 1, 2, 0})
+    ->Args({7, 64, 10, 1, 2, 0})
+    ->Args({28, 16, 10, 1, 2, 32})
+    ->Args({14, 32, 10, 1, 2, 32})
+    ->Args({7, 64, 10, 1, 2, 32})
+    ->Args({56, 256, 1000, 1, 0, 0})
+    ->Args({7, 2048, 1000, 1, 0, 0})
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

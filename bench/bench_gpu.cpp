@@ -1,6 +1,7 @@
 // Google Benchmark suite for the CUDA backend.
 //
-//   bench_gpu --models=a.safetensors,b.safetensors [--batches=1,8,64,256] [--exits] [--fp16] [benchmark flags]
+//   bench_gpu --models=a.safetensors,b.safetensors [--batches=1,8,64,256] [--exits [--caches=C]] [--fp16] [benchmark
+//   flags]
 //
 // Whole-model latency through the Engine on the GPU (host input in, results
 // out, one synchronisation per run: what a caller sees; and with the input

@@ -311,7 +311,7 @@ BuildResult build_caches(const Engine& engine, const Dataset& data, const BuildO
         set.exits, hold_features, calib_labels, o.target_agreement, o.rule,
         cascade_costs(engine, set.exits, o.cost, images.data() + size_t(o.train) * data.image_floats()),
         o.perturbed_holdout ? std::vector<size_t>{size_t(o.holdout), 2 * size_t(o.holdout)} : std::vector<size_t>{}, 20,
-        o.traffic_requests);
+        o.traffic_requests, o.never_hit_budget);
   else
     calibrate_thresholds(set.exits, hold_features, calib_labels, o.target_agreement, o.rule);
   if (o.memory) out.memory = build_memory(engine, data, o, set);

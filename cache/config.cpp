@@ -53,10 +53,27 @@ HeadKind kind_of(const JsonFields& f, const std::string& key) {
 
 BuildOptions build_options_from_json(const nlohmann::json& j, const std::string& where) {
   const JsonFields f(j, where);
-  json_only_keys(
-      j, where,
-      {"format", "kind", "pool", "target_agreement", "rule", "calibrate", "calibrate_on", "traffic_requests", "cost",
-       "auto_pool_budget", "train", "holdout", "batch", "selector", "hidden", "sgd", "approx", "memory", "exits"});
+  json_only_keys(j, where,
+                 {"format",
+                  "kind",
+                  "pool",
+                  "target_agreement",
+                  "rule",
+                  "calibrate",
+                  "calibrate_on",
+                  "traffic_requests",
+                  "never_hit_budget",
+                  "cost",
+                  "auto_pool_budget",
+                  "train",
+                  "holdout",
+                  "batch",
+                  "selector",
+                  "hidden",
+                  "sgd",
+                  "approx",
+                  "memory",
+                  "exits"});
   BuildOptions o;
   if (f.has("format") && f.string("format") != kFormat)
     fail(f.where_of("format"), " is '", f.string("format"), "' (valid: ", kFormat, ")");
@@ -68,6 +85,7 @@ BuildOptions build_options_from_json(const nlohmann::json& j, const std::string&
   if (f.has("calibrate_on"))
     o.perturbed_holdout = one_of(f, "calibrate_on", {"clean", "clean+shifted"}) == "clean+shifted";
   if (f.has("traffic_requests")) o.traffic_requests = f.number("traffic_requests", 0, 1e12);
+  if (f.has("never_hit_budget")) o.never_hit_budget = f.number("never_hit_budget", 1e-6, 1.0);
   if (f.has("cost")) o.cost = cost_model(one_of(f, "cost", {"measured", "macs"}));
   if (f.has("auto_pool_budget")) o.auto_pool_budget = f.number("auto_pool_budget", 1e-6, 1.0);
   if (f.has("train")) o.train = int(f.integer("train", 1, 60000));
@@ -166,6 +184,7 @@ nlohmann::ordered_json build_options_to_json(const BuildOptions& o) {
           {"calibrate", o.cascade ? "cascade" : "per-exit"},
           {"calibrate_on", o.perturbed_holdout ? "clean+shifted" : "clean"},
           {"traffic_requests", o.traffic_requests},
+          {"never_hit_budget", o.never_hit_budget},
           {"cost", cost_model_name(o.cost)},
           {"auto_pool_budget", o.auto_pool_budget},
           {"train", o.train},

@@ -8,7 +8,7 @@
 //     "rule": "bound",                           // bound | target | zero-error
 //     "calibrate": "cascade",                    // cascade | per-exit
 //     "calibrate_on": "clean+shifted",           // clean | clean+shifted
-//     "traffic_requests": 1000, "cost": "measured", "auto_pool_budget": 0.005,
+//     "traffic_requests": 1000, "never_hit_budget": 0.04, "cost": "measured", "auto_pool_budget": 0.005,
 //     "train": 50000, "holdout": 10000, "selector": 0,           // k sorted probabilities (0: none)
 //     "hidden": 32,                              // learned caches: hidden ReLU units (GATI's MLP; 0: linear)
 //     "sgd": {"epochs": 10, "batch": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0,

@@ -399,11 +399,12 @@ void record_holdout_stats(std::vector<ExitCache>& caches, const std::vector<std:
 CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
                                 const std::vector<int>& labels, double target, ThresholdRule rule,
                                 const CascadeCosts& costs, const std::vector<size_t>& part_ends_in, int min_hits,
-                                double traffic_requests) {
+                                double traffic_requests, double max_head_cost) {
   if (!(target > 0 && target <= 1)) fail("calibration: target agreement ", target, " must be in (0, 1]");
   if (!(traffic_requests >= 0 && std::isfinite(traffic_requests)))
     fail("calibration: traffic_requests ", traffic_requests, " must be >= 0 (0: the held-out samples alone)");
   if (rule == ThresholdRule::kZeroError) fail("calibration: the zero-error rule is per exit, not for a cascade");
+  if (!(max_head_cost > 0)) fail("calibration: the open heads' cost limit ", max_head_cost, " must be > 0");
   const size_t exits = caches.size(), n = labels.size();
   if (features.size() != exits) fail("calibration: features for ", features.size(), " exits, ", exits, " caches");
   if (costs.through.size() != exits || costs.head.size() != exits || !(costs.full > 0))
@@ -476,6 +477,15 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
     return low;
   };
   auto meets = [&](const Outcome& o) { return worst(o, nullptr) >= target; };
+  // What the open heads cost a request that no exit answers (caches that
+  // never hit), as a share of the model.
+  auto head_cost = [&](const std::vector<float>& th) {
+    double sum = 0;
+    for (size_t e = 0; e < exits; ++e)
+      if (th[e] <= 1.f) sum += costs.head[e];
+    return sum / costs.full;
+  };
+  auto affordable = [&](const std::vector<float>& th) { return head_cost(th) <= max_head_cost; };
   std::vector<float> t(exits, 2.0f);  // every exit closed
   Outcome cur = simulate(t);
   const size_t step = std::max<size_t>(1, n / 400);
@@ -503,7 +513,7 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
         next[e] = cand[want - 1];
         const Outcome o = simulate(next);
         const double saved = cur.cost - o.cost;
-        if (saved <= 0 || !meets(o)) continue;
+        if (saved <= 0 || !meets(o) || !affordable(next)) continue;
         const double score = saved / (std::max(o.errors - cur.errors, 0) + 0.5);
         if (best < 0 || score > best_score) {
           best = int(e);
@@ -529,7 +539,7 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
   auto opened_enough = [&](const std::vector<float>& th, const Outcome& o) {
     for (size_t e = 0; e < exits; ++e)
       if (th[e] <= 1.f && o.exit_hits[e] < min_hits) return false;
-    return true;
+    return affordable(th);
   };
   auto quantile_levels = [&](size_t most) {
     std::vector<std::vector<float>> lv(exits);
@@ -590,6 +600,7 @@ CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vecto
   r.bound = worst(cur, &r.agreement);
   r.hit_rate = double(cur.hits) / double(n);
   r.cost = cur.cost;
+  r.head_cost = head_cost(t);
   return r;
 }
 

@@ -156,6 +156,7 @@ struct CascadeResult {
   double bound = 0;      // its one-sided 95% Wilson lower bound (both: the part with the lowest bound)
   double hit_rate = 0;   // share of samples answered by an exit
   double cost = 0;       // expected cost per sample as a fraction of costs.full (heads included)
+  double head_cost = 0;  // the open exits' heads as a fraction of costs.full: what caches that never hit add
   int steps = 0;         // greedy moves and refinement passes that changed something
 };
 
@@ -182,10 +183,15 @@ struct CascadeResult {
 // the bound is taken as if from 1 / (1 / part + 1 / traffic_requests)
 // samples.  A trace that repeats items (temporal locality: about one new
 // item per ten requests) has fewer independent requests than requests.
+//
+// max_head_cost bounds what the open exits' heads together cost (the sum
+// of costs.head over them, as a fraction of costs.full): the cost of
+// caches that never hit, which traffic no cache can answer pays in full.
+// Exits stay closed rather than pass it.
 CascadeResult calibrate_cascade(std::vector<ExitCache>& caches, const std::vector<std::vector<float>>& features,
                                 const std::vector<int>& labels, double target, ThresholdRule rule,
                                 const CascadeCosts& costs, const std::vector<size_t>& part_ends = {}, int min_hits = 20,
-                                double traffic_requests = 0);
+                                double traffic_requests = 0, double max_head_cost = 1.0);
 
 struct CacheSet {
   std::string model_arch;         // the architecture name the caches were built for

@@ -347,35 +347,51 @@ TEST(LearnedCache, CascadeCalibrationForShortTrafficHoldsOnEveryStretch) {
 
 // On small cases the search lands at the cheapest feasible thresholds found
 // by trying every combination (the greedy moves alone were 1-6% dearer).
+// With and without a limit on the open heads' cost (0.04 of the model:
+// one exit's head, not both).
 TEST(LearnedCache, CascadeCalibrationEqualsTheBruteForceOptimum) {
   const std::vector<int> dims = {2, 6};
   const std::vector<ExitCache> trained = trained_cascade(dims, 4, 21);
   const CascadeCosts costs{{1, 2}, {0.1, 0.1}, 3};
-  for (uint32_t seed : {31u, 32u, 33u}) {
-    SCOPED_TRACE("seed " + std::to_string(seed));
-    const CascadeData hold = cascade_data(80, dims, 4, seed);
-    std::vector<ExitCache> searched = trained;
-    const CascadeResult r =
-        calibrate_cascade(searched, hold.features, hold.labels, 0.95, ThresholdRule::kTarget, costs, {}, 1);
-    // Every threshold pair: closed, or each confidence the exit sees.
-    std::vector<std::vector<float>> options(dims.size(), std::vector<float>{2.0f});
-    for (size_t e = 0; e < dims.size(); ++e)
-      for (size_t i = 0; i < hold.labels.size(); ++i) {
-        float conf;
-        trained[e].predict(hold.features[e].data() + i * size_t(dims[e]), &conf);
-        options[e].push_back(conf);
+  for (double budget : {1.0, 0.04})
+    for (uint32_t seed : {31u, 32u, 33u}) {
+      SCOPED_TRACE("seed " + std::to_string(seed) + ", heads' budget " + std::to_string(budget));
+      const CascadeData hold = cascade_data(80, dims, 4, seed);
+      std::vector<ExitCache> searched = trained;
+      const CascadeResult r = calibrate_cascade(searched, hold.features, hold.labels, 0.95, ThresholdRule::kTarget,
+                                                costs, {}, 1, 0, budget);
+      // Every threshold pair: closed, or each confidence the exit sees.
+      std::vector<std::vector<float>> options(dims.size(), std::vector<float>{2.0f});
+      for (size_t e = 0; e < dims.size(); ++e)
+        for (size_t i = 0; i < hold.labels.size(); ++i) {
+          float conf;
+          trained[e].predict(hold.features[e].data() + i * size_t(dims[e]), &conf);
+          options[e].push_back(conf);
+        }
+      double best = costs.full;
+      bool both = false;  // whether the unlimited optimum opens both exits (the limit then binds)
+      std::vector<ExitCache> trial = trained;
+      for (float t0 : options[0])
+        for (float t1 : options[1]) {
+          const double heads = ((t0 <= 1.f) + (t1 <= 1.f)) * 0.1 / costs.full;
+          if (heads > budget) continue;
+          trial[0].threshold = t0;
+          trial[1].threshold = t1;
+          const auto [agreement, cost] = run_cascade(trial, hold, costs);
+          if (agreement >= 0.95 && cost < best) {
+            best = cost;
+            both = t0 <= 1.f && t1 <= 1.f;
+          }
+        }
+      EXPECT_NEAR(r.cost * costs.full, best, 1e-9) << "search " << r.cost * costs.full << ", brute force " << best;
+      EXPECT_LE(r.head_cost, budget);
+      int open = 0;
+      for (const ExitCache& c : searched) open += c.enabled();
+      EXPECT_NEAR(r.head_cost, open * 0.1 / costs.full, 1e-12);
+      if (budget == 1.0 && seed == 31u) {
+        EXPECT_TRUE(both) << "the limit would not bind in this test";
       }
-    double best = costs.full;
-    std::vector<ExitCache> trial = trained;
-    for (float t0 : options[0])
-      for (float t1 : options[1]) {
-        trial[0].threshold = t0;
-        trial[1].threshold = t1;
-        const auto [agreement, cost] = run_cascade(trial, hold, costs);
-        if (agreement >= 0.95) best = std::min(best, cost);
-      }
-    EXPECT_NEAR(r.cost * costs.full, best, 1e-9) << "search " << r.cost * costs.full << ", brute force " << best;
-  }
+    }
 }
 
 // The MLP predictor's step moves every parameter (both layers' weights and
@@ -1507,6 +1523,7 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   o.cascade = false;
   o.perturbed_holdout = false;
   o.traffic_requests = 250;
+  o.never_hit_budget = 0.07;
   o.cost = CostModel::kMacs;
   o.auto_pool_budget = 0.01;
   o.train = 1234;
@@ -1540,6 +1557,7 @@ TEST(CacheConfig, RoundTripsEverySetting) {
   EXPECT_EQ(r.cascade, o.cascade);
   EXPECT_EQ(r.perturbed_holdout, o.perturbed_holdout);
   EXPECT_DOUBLE_EQ(r.traffic_requests, o.traffic_requests);
+  EXPECT_DOUBLE_EQ(r.never_hit_budget, 0.07);
   EXPECT_EQ(r.cost, o.cost);
   EXPECT_DOUBLE_EQ(r.auto_pool_budget, o.auto_pool_budget);
   EXPECT_EQ(r.train, o.train);
@@ -1611,6 +1629,7 @@ TEST(CacheConfig, RefusesBadSettingsNamingTheKeyAndTheValidValues) {
   refuse(R"({"exits": {"layer1.0": {"on": false}}})",
          "c.json: 'exits' 'layer1.0': unknown key 'on' (valid: enabled, kind, pool, hidden)");
   refuse(R"({"hidden": -1})", "'hidden' must be an integer in [0, 1024]");
+  refuse(R"({"never_hit_budget": 0})", "'never_hit_budget' must be a number in [1e-06, 1]");
   refuse(R"({"exits": {"stem": {"hidden": 4096}}})", "'exits' 'stem': 'hidden' must be an integer in [0, 1024]");
   refuse(R"({"exits": {"layer1.0": {"kind": "svm"}}})", "'kind' is 'svm' (valid: linear, knn, kmeans)");
   refuse(R"({"exits": []})", "'exits'");

@@ -377,7 +377,7 @@ struct CacheBuildOpts {
   std::string model, data, data_dir, out, config, rule = "bound", holdout_kind = "clean+shifted", pool = "auto",
                                                   calibrate = "cascade", cost = "measured", memory = "off",
                                                   memory_pool = "avg2x2", kind = "linear";
-  double target = 0.99, traffic_requests = 1000;
+  double target = 0.99, traffic_requests = 1000, never_hit_budget = 0.04;
   float distill = 0;
   int train = 50000, holdout = 10000, epochs = 10, memory_capacity = 1024, selector = 0, hidden = 32;
   ApproxOptions approx;
@@ -394,6 +394,7 @@ BuildOptions build_options(const CacheBuildOpts& o, const CLI::App& app) {
   if (given("--rule")) b.rule = threshold_rule(o.rule);
   if (given("--calibrate-on")) b.perturbed_holdout = o.holdout_kind == "clean+shifted";
   if (given("--traffic-requests")) b.traffic_requests = o.traffic_requests;
+  if (given("--never-hit-budget")) b.never_hit_budget = o.never_hit_budget;
   if (given("--pool")) b.pool = o.pool;
   if (given("--calibrate")) b.cascade = o.calibrate == "cascade";
   if (given("--cost")) b.cost = cost_model(o.cost);
@@ -459,11 +460,11 @@ int cmd_cache_build(const CacheBuildOpts& o, const CLI::App& app) {
     std::printf(
         "cascade on held-out images (worst of clean and shifted): agreement %.4f (95%% lower bound %.4f%s), "
         "hit rate %.4f, expected cost "
-        "%.3f of the model's (%.2fx lower, %s), %d steps\n",
+        "%.3f of the model's (%.2fx lower, %s), open heads %.3f of the model's (limit %.3f), %d steps\n",
         r.cascade.agreement, r.cascade.bound,
         b.traffic_requests > 0 ? str_cat(" for ", b.traffic_requests, " requests of traffic").c_str() : "",
         r.cascade.hit_rate, r.cascade.cost, 1.0 / r.cascade.cost, b.cost == CostModel::kMacs ? "MACs" : "measured time",
-        r.cascade.steps);
+        r.cascade.head_cost, b.never_hit_budget, r.cascade.steps);
   if (r.caches.memory) {
     const MemorySpec& m = *r.caches.memory;
     std::printf(
@@ -756,6 +757,13 @@ int dispatch(int argc, char** argv) {
                    "(a 10000-request locality trace has about 1000 distinct items); 0: the held-out images alone")
       ->check(finite_number())
       ->check(CLI::Range(0.0, 1e12))
+      ->capture_default_str();
+  c_build
+      ->add_option("--never-hit-budget", cb.never_hit_budget,
+                   "cascade: the open exits' heads together may cost at most this share of the model (what caches "
+                   "that never hit add to a request, in the --cost model's units); 1: no limit")
+      ->check(finite_number())
+      ->check(CLI::Range(1e-6, 1.0))
       ->capture_default_str();
   c_build
       ->add_option("--calibrate", cb.calibrate,
