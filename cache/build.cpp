@@ -76,19 +76,28 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
   }
   const auto heads = engine.make_exit_heads(specs);
   Session session = engine.session();
-  RunOptions opts;
-  opts.heads = heads.get();
+  RunOptions with, without;
+  with.heads = heads.get();
   const Arch& a = engine.arch();
+  // Runs with every head attached and none, in turns (this machine's speed
+  // drifts): a head's cost is its exit entries plus what its pooling adds
+  // to the convolution that writes the block's output (the CPU pools in
+  // that convolution's epilogue), the network's the steps without heads.
   constexpr int kWarmup = 5, kRuns = 31;
-  std::vector<std::vector<LayerTiming>> runs;
-  for (int r = 0; r < kWarmup + kRuns; ++r) {
-    std::vector<LayerTiming> t;
-    opts.timings = &t;
-    SampleResult res;
-    session.run(sample, 1, a.in_channels, a.input_h, a.input_w, &res, nullptr, opts);
-    if (r >= kWarmup) runs.push_back(std::move(t));
-  }
-  const std::vector<LayerProfile> layout = summarize(runs, a.name, "", 1, a.input_h, a.input_w).layers;
+  std::vector<std::vector<LayerTiming>> runs[2];
+  for (int r = 0; r < kWarmup + kRuns; ++r)
+    for (int k = 0; k < 2; ++k) {
+      RunOptions& opts = k == 0 ? with : without;
+      std::vector<LayerTiming> t;
+      opts.timings = &t;
+      SampleResult res;
+      session.run(sample, 1, a.in_channels, a.input_h, a.input_w, &res, nullptr, opts);
+      if (r >= kWarmup) runs[k].push_back(std::move(t));
+    }
+  const std::vector<LayerProfile> layout = summarize(runs[0], a.name, "", 1, a.input_h, a.input_w).layers;
+  const std::vector<LayerProfile> bare = summarize(runs[1], a.name, "", 1, a.input_h, a.input_w).layers;
+  std::map<std::string, double> bare_ms;
+  for (const LayerProfile& t : bare) bare_ms[t.name] = t.median_ms;
   CascadeCosts c;
   c.through.assign(caches.size(), 0);
   c.head.assign(caches.size(), 0);
@@ -106,11 +115,17 @@ CascadeCosts measured_costs(const Engine& engine, const std::vector<ExitCache>& 
       if (e >= 0) c.head[size_t(e)] += t.median_ms;
       continue;
     }
-    so_far += t.median_ms;
-    // The output is complete after the step before its exit entry.
+    const auto b = bare_ms.find(t.name);
+    const double plain = b != bare_ms.end() ? b->second : t.median_ms;
+    so_far += plain;
+    // The output is complete after the step before its exit entry, which
+    // also pooled it for the head.
     if (k + 1 < layout.size() && layout[k + 1].kind == "exit") {
       const int e = cache_named(layout[k + 1].name, ".exit");
-      if (e >= 0) c.through[size_t(e)] = so_far;
+      if (e >= 0) {
+        c.through[size_t(e)] = so_far;
+        c.head[size_t(e)] += std::max(0.0, t.median_ms - plain);
+      }
     }
   }
   c.full = so_far;
