@@ -162,7 +162,7 @@ class CpuContext final : public BackendContext {
     pooled_act_ = nullptr;
     const cpu::PackedConv& pc = device_->conv(conv);
     cpu::RowPool* pool = nullptr;
-    if (pool_next_ && pc.grouped.empty() && pc.p.groups == 1) {
+    if (pool_next_ && cpu::pools_in_epilogue(pc)) {
       rows_.start(s.n, pc.p.out_size(s.h), pc.p.out_size(s.w), pc.p.cout, next_pool_);
       pool = &rows_;
     }

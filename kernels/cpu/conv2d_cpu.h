@@ -42,10 +42,15 @@ struct Workspace {
 // out[n, oh, ow, cout] = relu?(conv(in) + bias + residual?)
 // With `pool` (started for [n, oh, ow, cout]), the output is also pooled as
 // it is written, while it is still in cache, where this convolution's path
-// allows (the GEMM paths, not the direct grouped kernel); returns whether
-// it was (pool then holds the output's row sums).
+// allows (the GEMM paths and the direct kernel for 16 or more channels per
+// group, not small stems or narrow groups); returns whether it was (pool
+// then holds the output's row sums).
 bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
                  bool relu, Workspace& ws, RowPool* pool = nullptr);
+
+// Whether conv2d_nhwc pools `conv`'s output as it writes it, when given a
+// RowPool.
+bool pools_in_epilogue(const PackedConv& conv);
 
 // Straight loops from the unpacked weights, in double: the test oracle.
 void conv2d_nhwc_reference(const ConvParams& p, const float* weight_oihw, const float* bias, const float* in, int n,
