@@ -84,14 +84,18 @@ inline void finish16(v16 v, size_t opix, int cout, int o0, const float* residual
   std::memcpy(out + at, &v, sizeof v);
 }
 
-// One chunk of an output row for wide_pixels: its padded input rows, the
-// 16 output channels' weights and bias, and where its results go.
+constexpr int kMaxDirectKernel = 7;  // kernel rows a work item of the direct kernel keeps
+
+// One chunk of an output row for direct_pixels: its kernel rows' padded
+// inputs, the 16 output channels' weights and bias, and where its results
+// go.
 struct RowChunk {
-  const float* x;  // padded input rows (row_floats apart), from the chunk's first pixel
-  size_t row_floats;
+  const float* rows[kMaxDirectKernel];  // kernel row ky's padded inputs from the chunk's first pixel
   int k;
   unsigned valid;   // bit ky: kernel row ky lies inside the image
-  int cg, sx;       // inputs per group; floats from one pixel's inputs to the next's (stride * cg)
+  int cg;           // inputs per group
+  int sx;           // inputs from one output pixel's to the next's: stride * cg, or the stride when expanded
+  int plane;        // expanded: vectors from one input channel's row to the next's
   const float* wt;  // weights [tap][ci][cout] from the block's first output channel
   int cout;
   v16 bias;
@@ -101,29 +105,43 @@ struct RowChunk {
 };
 
 // P pixels of one output row, 16 output channels: bias + the sum over
-// kernel rows ky whose bit is set in `valid`, then (kx, ci), of
-// x[ky][q * sx + kx * cg + ci] * wt[((ky * k + kx) * cg + ci) * cout], plus
-// the residual, through the ReLU, stored.  P independent accumulator chains
-// hide the FMA latency, and each weight vector serves the P pixels.
-// CG: cg when known at compile time with stride 1 (the common 16 and 32:
-// one immediate offset per pixel, no index register), else 0.
+// kernel rows ky whose bit is set in `valid`, then taps (kx, ci), of input
+// (q * sx + kx * cg + ci) of rows[ky] times wt[((ky * k + kx) * cg + ci) *
+// cout], plus the residual, through the ReLU, stored.  An input is a float
+// broadcast to the 16 lanes (wide groups: the block's outputs share it) or,
+// kExpanded, a vector of 16 (narrow groups: each lane's own group's input).
+// P independent accumulator chains hide the FMA latency, and each weight
+// vector serves the P pixels.  CG: cg when known at compile time with
+// stride 1 (one immediate offset per pixel, no index register), else 0.
 constexpr int kMaxRowPixels = 14;  // accumulators, of AVX-512's 32 registers
 
-template <int P, int CG>
-void wide_pixels(const RowChunk& c) {
-  const int cg = CG ? CG : c.cg, sx = CG ? CG : c.sx, k = c.k, cout = c.cout;
+template <int P, int CG, bool kExpanded>
+void direct_pixels(const RowChunk& c) {
+  const int cg = CG ? CG : c.cg, sx = CG ? (kExpanded ? 1 : CG) : c.sx, k = c.k, cout = c.cout;
   v16 acc[P];
   for (int q = 0; q < P; ++q) acc[q] = c.bias;
   for (int ky = 0; ky < k; ++ky) {
     if (!(c.valid >> ky & 1u)) continue;
-    // Taps (kx, ci) of one kernel row are one run of k * cg floats, both
-    // in the padded input row and in the weights.
-    const float* xt = c.x + size_t(ky) * c.row_floats;
+    // Taps (kx, ci) of one kernel row are one run of k * cg inputs, both in
+    // the padded input row and in the weights.
+    const float* xt = c.rows[ky];
     const float* wtt = c.wt + size_t(ky * k * cg) * size_t(cout);
-    for (int j = 0; j < k * cg; ++j) {
-      const v16 wv = load16(wtt + size_t(j) * size_t(cout));
+    if constexpr (kExpanded) {
+      // Vector ci of column x at (ci * plane + x) * 16: a pixel's neighbours
+      // along the row are the next cache lines.
+      for (int kx = 0; kx < k; ++kx)
+        for (int ci = 0; ci < cg; ++ci) {
+          const v16 wv = load16(wtt + size_t(kx * cg + ci) * size_t(cout));
+          const float* xc = xt + (size_t(ci) * size_t(c.plane) + size_t(kx)) * 16;
 #pragma GCC unroll 14
-      for (int q = 0; q < P; ++q) acc[q] += xt[q * sx + j] * wv;
+          for (int q = 0; q < P; ++q) acc[q] += load16(xc + size_t(q * sx) * 16) * wv;
+        }
+    } else {
+      for (int j = 0; j < k * cg; ++j) {
+        const v16 wv = load16(wtt + size_t(j) * size_t(cout));
+#pragma GCC unroll 14
+        for (int q = 0; q < P; ++q) acc[q] += xt[q * sx + j] * wv;
+      }
     }
   }
   const v16 zero{};
@@ -135,134 +153,136 @@ void wide_pixels(const RowChunk& c) {
   }
 }
 
-using WidePixelsFn = void (*)(const RowChunk&);
+using DirectPixelsFn = void (*)(const RowChunk&);
+using DirectTable = std::array<DirectPixelsFn, kMaxRowPixels + 1>;  // by pixel count
 
-template <int CG, int... P>
-constexpr std::array<WidePixelsFn, kMaxRowPixels + 1> wide_table(std::integer_sequence<int, P...>) {
-  return {nullptr, wide_pixels<P + 1, CG>...};
+template <int CG, bool kExpanded, int... P>
+constexpr DirectTable direct_table(std::integer_sequence<int, P...>) {
+  return {nullptr, direct_pixels<P + 1, CG, kExpanded>...};
 }
 
-// [0]: any group width and stride; [1]: 16 per group, stride 1; [2]: 32, [3]: 64.
-constexpr std::array<WidePixelsFn, kMaxRowPixels + 1> kWidePixels[4] = {
-    wide_table<0>(std::make_integer_sequence<int, kMaxRowPixels>{}),
-    wide_table<16>(std::make_integer_sequence<int, kMaxRowPixels>{}),
-    wide_table<32>(std::make_integer_sequence<int, kMaxRowPixels>{}),
-    wide_table<64>(std::make_integer_sequence<int, kMaxRowPixels>{})};
+// Wide groups: [0] any width and stride, [1] 16 per group at stride 1,
+// [2] 32, [3] 64; narrow groups (expanded inputs): [4] any, [5] 4 per
+// group at stride 1, [6] 8.
+constexpr auto kPixelSeq = std::make_integer_sequence<int, kMaxRowPixels>{};
+constexpr DirectTable kDirectPixels[7] = {direct_table<0, false>(kPixelSeq),  direct_table<16, false>(kPixelSeq),
+                                          direct_table<32, false>(kPixelSeq), direct_table<64, false>(kPixelSeq),
+                                          direct_table<0, true>(kPixelSeq),   direct_table<4, true>(kPixelSeq),
+                                          direct_table<8, true>(kPixelSeq)};
+
+const DirectTable& direct_kernels(int cg, int stride) {
+  if (cg < 16) return kDirectPixels[stride != 1 ? 4 : cg == 4 ? 5 : cg == 8 ? 6 : 4];
+  return kDirectPixels[stride != 1 ? 0 : cg == 16 ? 1 : cg == 32 ? 2 : cg == 64 ? 3 : 0];
+}
 
 // The direct grouped convolution (cin_g == cout_g == cg, which divides 16
-// or is a multiple of it): per output pixel and 16 output channels,
-// acc[o] += x[group(o) * cg + ci] * w[tap][ci][o].  With cg < 16 the 16
-// lanes span 16 / cg whole groups whose inputs are one load, and a lane
-// permutation (lane l takes element (l / cg) * cg + ci) lines them up with
-// their outputs; with cg >= 16 all lanes share a group and each input is a
-// broadcast.  No FLOP goes to the zeros a GEMM panel per group would pad.
+// or is a multiple of it), also for ungrouped layers (one group): per
+// output pixel and 16 output channels, acc[o] += x[group(o) * cg + ci] *
+// w[tap][ci][o], up to kMaxRowPixels pixels of a row at a time
+// (direct_pixels).  No FLOP goes to the zeros a GEMM panel per group would
+// pad.  Work items are (image, block of 16 output channels, run of output
+// rows), enough for every thread; an item keeps a ring of the k padded
+// input rows its current output row reads, each input row prepared once
+// for the item:
+// - wide groups (cg >= 16: the block's outputs share one group), the
+//   group's cg channels of each pixel, copied; each input is a broadcast;
+// - narrow groups (cg < 16: the block spans 16 / cg whole groups whose
+//   inputs are the same 16 channels), each pixel's 16 channels expanded
+//   into cg vectors, vector ci holding in lane l the input (l / cg) * cg +
+//   ci that output l multiplies by its ci-th weight (a lane permutation,
+//   once per input pixel instead of once per tap).
+// The padding is zeros in the ring.  With `pool`, each finished output row,
+// still in L1, goes into the exit's pooling (the item is the only writer of
+// its 16 channels of that row).
 bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, int w, float* out,
                          const float* residual, bool relu, RowPool* pool) {
   const ConvParams& p = conv.p;
   const int cg = p.cin / p.groups, cout_g = p.cout / p.groups, oh = p.out_size(h), ow = p.out_size(w);
-  i16 perm[8] = {};
-  const bool permuted = cg < 16 && cg == cout_g;  // narrow groups; else each input is a broadcast
-  for (int ci = 0; ci < cg && permuted; ++ci)
-    for (int l = 0; l < 16; ++l) perm[ci][l] = l / cg * cg + ci;
-  if (permuted) {
-    // Few weights (taps x cg x cout floats, 18 KiB at ResNeXt's 4 per group):
-    // pixels outside, channel blocks inside, whose independent chains the
-    // core overlaps.
-#pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
-    for (int img = 0; img < n; ++img)
-      for (int oy = 0; oy < oh; ++oy)
-        for (int ox = 0; ox < ow; ++ox) {
-          const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox);
-          for (int o0 = 0; o0 < p.cout; o0 += 16) {
-            v16 acc = load16(conv.bias.data() + o0);
-            for (int ky = 0; ky < p.kernel; ++ky) {
-              const int iy = oy * p.stride - p.pad + ky;
-              if (iy < 0 || iy >= h) continue;
-              for (int kx = 0; kx < p.kernel; ++kx) {
-                const int ix = ox * p.stride - p.pad + kx;
-                if (ix < 0 || ix >= w) continue;
-                const v16 x =
-                    load16(in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(p.cin) +
-                           size_t(o0));
-                const float* wt = conv.grouped.data() + size_t((ky * p.kernel + kx) * cg) * size_t(p.cout) + size_t(o0);
-                for (int ci = 0; ci < cg; ++ci) acc += permute(x, perm[ci]) * load16(wt + size_t(ci) * size_t(p.cout));
-              }
-            }
-            finish16(acc, opix, p.cout, o0, residual, relu, out);
-          }
-        }
-    return false;
-  }
-  // Wide groups (16 or more per group): per work item (image, channel
-  // block, output row), the kernel's input rows of the block's group are
-  // copied once, with the padding as zeros, so that every tap of every pixel
-  // is a plain load; then up to kMaxRowPixels pixels of the row at a time
-  // (wide_pixels), the row split into equal chunks.
-  // Work items are (image, channel block, output row), so a batch-1 layer
-  // with one channel block still splits over every thread.
-  const int blocks = p.cout / 16;
   const int k = p.kernel;
+  const bool narrow = cg < 16;
+  i16 perm[16] = {};
+  for (int ci = 0; ci < cg && narrow; ++ci)
+    for (int l = 0; l < 16; ++l) perm[ci][l] = l / cg * cg + ci;
+  const int lanes = narrow ? 16 : 1;         // floats per input in the ring
   const int cols = (ow - 1) * p.stride + k;  // padded input columns one output row reads
-  const size_t row_floats = size_t(cols) * size_t(cg);
-  const int sx = p.stride * cg;  // floats from one output pixel's inputs to the next's
+  const size_t row_floats = size_t(cols) * size_t(cg) * size_t(lanes);
+  const int sx = narrow ? p.stride : p.stride * cg;  // inputs from one output pixel's to the next's
   const int x0 = std::min(cols, p.pad), x1 = std::clamp(w + p.pad, x0, cols);  // the columns that hold input pixels
   const int chunks = (ow + kMaxRowPixels - 1) / kMaxRowPixels;
   const int chunk = (ow + chunks - 1) / chunks;
+  const int blocks = p.cout / 16;
+  // Runs of output rows: at least 8 items per thread where the rows allow.
+  const int threads = thread_count();
+  const int runs_per_plane = std::clamp((8 * threads + n * blocks - 1) / (n * blocks), 1, oh);
+  const int run = (oh + runs_per_plane - 1) / runs_per_plane, runs = (oh + run - 1) / run;
+  const DirectTable& kernels = direct_kernels(cg, p.stride);
   const double macs = double(n) * oh * ow * p.cout * cg * k * k;
-  thread_local std::vector<float> rows_buf;
-  parallel_for(n * blocks * oh, macs > 5e4, [&](int item) {
-    const int oy = item % oh, blk = item / oh % blocks, img = item / oh / blocks;
-    const int o0 = blk * 16, c0 = o0 / cout_g * cg;  // the block's first output channel, its group's first input
+  thread_local std::vector<float> ring_buf;
+  parallel_for(n * blocks * runs, macs > 5e4, [&](int item) {
+    const int r = item % runs, blk = item / runs % blocks, img = item / runs / blocks;
+    const int o0 = blk * 16, c0 = narrow ? o0 : o0 / cout_g * cg;  // the block's first output, first input
     // (Inside a parallel region the thread_local is each thread's own.)
-    if (rows_buf.size() < size_t(k) * row_floats) rows_buf.resize(size_t(k) * row_floats);
-    unsigned valid = 0;  // bit ky: input row oy * stride - pad + ky exists
-    for (int ky = 0; ky < k; ++ky) {
-      const int iy = oy * p.stride - p.pad + ky;
-      if (iy < 0 || iy >= h) continue;
-      valid |= 1u << ky;
-      float* dst = rows_buf.data() + size_t(ky) * row_floats;
-      std::memset(dst, 0, size_t(x0) * size_t(cg) * sizeof(float));
-      std::memset(dst + size_t(x1) * size_t(cg), 0, size_t(cols - x1) * size_t(cg) * sizeof(float));
-      const float* src = in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(p.cin);
-      if (cg == p.cin) {
-        std::memcpy(dst + size_t(x0) * size_t(cg), src, size_t(x1 - x0) * size_t(cg) * sizeof(float));
-      } else {
-        for (int x = x0; x < x1; ++x)  // cg is a multiple of 16 here
-          for (int c = 0; c < cg; c += 16)
-            store16(dst + size_t(x) * size_t(cg) + size_t(c),
-                    load16(src + size_t(x - x0) * size_t(p.cin) + size_t(c0 + c)));
-      }
-    }
+    if (ring_buf.size() < size_t(k) * row_floats) ring_buf.resize(size_t(k) * row_floats);
+    int held[kMaxDirectKernel];  // the input row each ring slot holds
+    std::fill(held, held + k, -1);
     RowChunk c;
-    c.row_floats = row_floats;
     c.k = k;
-    c.valid = valid;
     c.cg = cg;
     c.sx = sx;
+    c.plane = cols;
     c.wt = conv.grouped.data() + size_t(o0);
     c.cout = p.cout;
     c.bias = load16(conv.bias.data() + o0);
     c.relu = relu;
-    const WidePixelsFn* kernels = kWidePixels[p.stride != 1 ? 0
-                                              : cg == 16    ? 1
-                                              : cg == 32    ? 2
-                                              : cg == 64    ? 3
-                                                            : 0]
-                                      .data();
-    for (int ox0 = 0; ox0 < ow; ox0 += chunk) {
-      const size_t at =
-          ((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0)) * size_t(p.cout) + size_t(o0);
-      c.x = rows_buf.data() + size_t(ox0) * size_t(sx);
-      c.residual = residual ? residual + at : nullptr;
-      c.out = out + at;
-      kernels[std::min(chunk, ow - ox0)](c);
+    const float* slot_of[kMaxDirectKernel];
+    for (int oy = r * run; oy < std::min(oh, (r + 1) * run); ++oy) {
+      c.valid = 0;
+      for (int ky = 0; ky < k; ++ky) {
+        const int iy = oy * p.stride - p.pad + ky;
+        if (iy < 0 || iy >= h) continue;
+        c.valid |= 1u << ky;
+        const int slot = iy % k;  // k consecutive input rows: k distinct slots
+        float* dst = ring_buf.data() + size_t(slot) * row_floats;
+        slot_of[ky] = dst;
+        if (held[slot] == iy) continue;
+        held[slot] = iy;
+        const float* src =
+            in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(p.cin) + c0;
+        if (narrow) {  // cg planes of cols vectors
+          for (int ci = 0; ci < cg; ++ci) {
+            float* plane = dst + size_t(ci) * size_t(cols) * 16;
+            std::memset(plane, 0, size_t(x0) * 16 * sizeof(float));
+            std::memset(plane + size_t(x1) * 16, 0, size_t(cols - x1) * 16 * sizeof(float));
+          }
+          for (int x = x0; x < x1; ++x) {
+            const v16 v = load16(src + size_t(x - x0) * size_t(p.cin));
+            for (int ci = 0; ci < cg; ++ci)
+              store16(dst + (size_t(ci) * size_t(cols) + size_t(x)) * 16, permute(v, perm[ci]));
+          }
+          continue;
+        }
+        std::memset(dst, 0, size_t(x0) * size_t(cg) * sizeof(float));  // cols of cg floats
+        std::memset(dst + size_t(x1) * size_t(cg), 0, size_t(cols - x1) * size_t(cg) * sizeof(float));
+        if (cg == p.cin) {
+          std::memcpy(dst + size_t(x0) * size_t(cg), src, size_t(x1 - x0) * size_t(cg) * sizeof(float));
+        } else {
+          for (int x = x0; x < x1; ++x)  // cg is a multiple of 16 here
+            for (int ch = 0; ch < cg; ch += 16)
+              store16(dst + size_t(x) * size_t(cg) + size_t(ch),
+                      load16(src + size_t(x - x0) * size_t(p.cin) + size_t(ch)));
+        }
+      }
+      const size_t row_at = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow);
+      for (int ox0 = 0; ox0 < ow; ox0 += chunk) {
+        const size_t at = (row_at + size_t(ox0)) * size_t(p.cout) + size_t(o0);
+        for (int ky = 0; ky < k; ++ky)
+          if (c.valid >> ky & 1u) c.rows[ky] = slot_of[ky] + size_t(ox0) * size_t(sx) * size_t(lanes);
+        c.residual = residual ? residual + at : nullptr;
+        c.out = out + at;
+        kernels[size_t(std::min(chunk, ow - ox0))](c);
+      }
+      if (pool) pool->add(row_at, ow, o0, out + row_at * size_t(p.cout) + size_t(o0), size_t(p.cout), 16);
     }
-    // The row, still in L1, into the exit's pooling: this item is its only
-    // writer of these 16 channels.
-    if (pool)
-      pool->add((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow), ow, o0,
-                out + (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) * size_t(p.cout) + size_t(o0),
-                size_t(p.cout), 16);
   });
   return pool != nullptr;
 }
@@ -339,7 +359,7 @@ bool uses_grouped_direct(const ConvParams& p) {
   const bool cifar_stage = p.groups == 1 && p.kernel == 3 && (p.cin == 16 || p.cin == 32 || p.cin == 64);
   if (p.cin != p.cout || p.cin % p.groups || (p.groups == 1 && !cifar_stage)) return false;
   const int cg = p.cin / p.groups;
-  return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0;
+  return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0 && p.kernel <= kMaxDirectKernel;
 }
 
 }  // namespace
@@ -386,7 +406,7 @@ PackedConv pack_conv(const ConvParams& p, const float* weight, const float* bias
 
 bool pools_in_epilogue(const PackedConv& conv) {
   const ConvParams& p = conv.p;
-  return conv.grouped.empty() ? p.groups == 1 : !is_small_stem(p) && p.cin / p.groups >= 16;
+  return conv.grouped.empty() ? p.groups == 1 : !is_small_stem(p);
 }
 
 bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,

@@ -42,9 +42,8 @@ struct Workspace {
 // out[n, oh, ow, cout] = relu?(conv(in) + bias + residual?)
 // With `pool` (started for [n, oh, ow, cout]), the output is also pooled as
 // it is written, while it is still in cache, where this convolution's path
-// allows (the GEMM paths and the direct kernel for 16 or more channels per
-// group, not small stems or narrow groups); returns whether it was (pool
-// then holds the output's row sums).
+// allows (every path but grouped GEMMs and small stems); returns whether it
+// was (pool then holds the output's row sums).
 bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
                  bool relu, Workspace& ws, RowPool* pool = nullptr);
 
