@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <utility>
 
 #include "weights/common/error.h"
@@ -217,12 +218,13 @@ bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
   const int run = (oh + runs_per_plane - 1) / runs_per_plane, runs = (oh + run - 1) / run;
   const DirectTable& kernels = direct_kernels(cg, p.stride);
   const double macs = double(n) * oh * ow * p.cout * cg * k * k;
-  thread_local std::vector<float> ring_buf;
   parallel_for(n * blocks * runs, macs > 5e4, [&](int item) {
     const int r = item % runs, blk = item / runs % blocks, img = item / runs / blocks;
     const int o0 = blk * 16, c0 = narrow ? o0 : o0 / cout_g * cg;  // the block's first output, first input
-    // (Inside a parallel region the thread_local is each thread's own.)
-    if (ring_buf.size() < size_t(k) * row_floats) ring_buf.resize(size_t(k) * row_floats);
+    // The item's own ring, uninitialised (a thread_local one would leak from
+    // OpenMP's and the server's worker threads, whose thread_locals are
+    // never destroyed).
+    const std::unique_ptr<float[]> ring(new float[size_t(k) * row_floats]);
     int held[kMaxDirectKernel];  // the input row each ring slot holds
     std::fill(held, held + k, -1);
     RowChunk c;
@@ -242,7 +244,7 @@ bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
         if (iy < 0 || iy >= h) continue;
         c.valid |= 1u << ky;
         const int slot = iy % k;  // k consecutive input rows: k distinct slots
-        float* dst = ring_buf.data() + size_t(slot) * row_floats;
+        float* dst = ring.get() + size_t(slot) * row_floats;
         slot_of[ky] = dst;
         if (held[slot] == iy) continue;
         held[slot] = iy;
