@@ -308,11 +308,11 @@ void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int 
   const size_t row_floats = size_t(cols) * size_t(cin);
   const double macs = double(n) * oh * ow * p.cout * cin * k * k;
   const bool parallel = macs >= double(1 << 20) * thread_count();
-  thread_local std::vector<float> rows_buf;
   parallel_for(n * oh, parallel, [&](int item) {
     const int oy = item % oh, img = item / oh;
-    // (Inside a parallel region the thread_local is each thread's own.)
-    rows_buf.assign(size_t(k) * row_floats, 0.f);
+    // The item's own rows (not a thread_local: those of OpenMP's and the
+    // server's worker threads are never destroyed, a leak to LeakSanitizer).
+    std::vector<float> rows_buf(size_t(k) * row_floats, 0.f);
     const int x0 = std::max(0, p.pad), x1 = std::min(cols, w + p.pad);  // the columns that hold input pixels
     for (int ky = 0; ky < k; ++ky) {
       const int iy = oy * p.stride - p.pad + ky;
