@@ -27,43 +27,53 @@ namespace {
 using gati::bench::random_floats;
 
 // One convolution at a ResNet shape: {cin, cout, kernel, stride, hw, batch,
-// groups}: ImageNet ResNets' and ResNeXt's, and the CIFAR ResNets' three
-// stages (16, 32, 64 channels on 28x28 Fashion-MNIST).
+// groups, cold}: ImageNet ResNets' and ResNeXt's, and the CIFAR ResNets'
+// three stages (16, 32, 64 channels on 28x28 Fashion-MNIST).  cold = 1
+// cycles through copies of the layer (at least 64 MiB of weights in all) so
+// that each run reads its weights from memory, as in a whole model at batch 1
+// whose weights outgrow the caches; cold = 0 keeps one copy cache-resident.
 void BM_Conv(benchmark::State& state) {
   const int cin = int(state.range(0)), cout = int(state.range(1)), k = int(state.range(2)),
             stride = int(state.range(3));
   const int hw = int(state.range(4)), n = int(state.range(5));
   const int groups = int(state.range(6));
+  const bool cold = state.range(7) != 0;
   const gati::cpu::ConvParams p{cin, cout, k, stride, k / 2, groups};
-  const auto w = random_floats(size_t(cout) * size_t(cin / groups) * size_t(k * k), 1);
+  const size_t weights = size_t(cout) * size_t(cin / groups) * size_t(k * k);
+  const auto w = random_floats(weights, 1);
   const auto bias = random_floats(size_t(cout), 2);
   const auto in = random_floats(size_t(n) * size_t(hw * hw) * size_t(cin), 3);
   const int oh = p.out_size(hw);
   std::vector<float> out(size_t(n) * size_t(oh * oh) * size_t(cout));
-  const gati::cpu::PackedConv pc = gati::cpu::pack_conv(p, w.data(), bias.data());
+  std::vector<gati::cpu::PackedConv> copies(cold ? std::max<size_t>(2, (size_t(64) << 20) / (weights * 4) + 1) : 1);
+  for (auto& pc : copies) pc = gati::cpu::pack_conv(p, w.data(), bias.data());
   gati::cpu::Workspace ws;
+  size_t i = 0;
   for (auto _ : state) {
-    gati::cpu::conv2d_nhwc(pc, in.data(), n, hw, hw, out.data(), nullptr, true, ws);
+    gati::cpu::conv2d_nhwc(copies[i], in.data(), n, hw, hw, out.data(), nullptr, true, ws);
+    i = (i + 1) % copies.size();
     benchmark::ClobberMemory();
   }
   const double macs = double(n) * oh * oh * cout * (cin / groups) * k * k;
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * macs / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_Conv)
-    ->ArgNames({"cin", "cout", "k", "stride", "hw", "n", "groups"})
-    ->Args({3, 64, 7, 2, 224, 1, 1})
-    ->Args({64, 64, 3, 1, 56, 1, 1})
-    ->Args({128, 128, 3, 2, 56, 1, 1})
-    ->Args({256, 64, 1, 1, 56, 1, 1})
-    ->Args({512, 512, 3, 1, 7, 1, 1})
-    ->Args({1024, 2048, 1, 2, 14, 1, 1})
-    ->Args({16, 16, 3, 1, 28, 1, 1})
-    ->Args({16, 16, 3, 1, 28, 8, 1})
-    ->Args({32, 32, 3, 1, 14, 1, 1})
-    ->Args({64, 64, 3, 1, 7, 1, 1})
-    ->Args({256, 256, 3, 1, 28, 1, 32})
-    ->Args({512, 512, 3, 1, 14, 1, 32})
-    ->Args({1024, 1024, 3, 1, 7, 1, 32})
+    ->ArgNames({"cin", "cout", "k", "stride", "hw", "n", "groups", "cold"})
+    ->Args({3, 64, 7, 2, 224, 1, 1, 0})
+    ->Args({64, 64, 3, 1, 56, 1, 1, 0})
+    ->Args({128, 128, 3, 2, 56, 1, 1, 0})
+    ->Args({256, 64, 1, 1, 56, 1, 1, 0})
+    ->Args({512, 512, 3, 1, 7, 1, 1, 0})
+    ->Args({512, 512, 3, 1, 7, 1, 1, 1})
+    ->Args({256, 256, 3, 1, 14, 1, 1, 1})
+    ->Args({1024, 2048, 1, 2, 14, 1, 1, 0})
+    ->Args({16, 16, 3, 1, 28, 1, 1, 0})
+    ->Args({16, 16, 3, 1, 28, 8, 1, 0})
+    ->Args({32, 32, 3, 1, 14, 1, 1, 0})
+    ->Args({64, 64, 3, 1, 7, 1, 1, 0})
+    ->Args({256, 256, 3, 1, 28, 1, 32, 0})
+    ->Args({512, 512, 3, 1, 14, 1, 32, 0})
+    ->Args({1024, 1024, 3, 1, 7, 1, 32, 0})
     ->Unit(benchmark::kMicrosecond);
 
 // {h (= w), channels, classes, batch, pool, hidden}: one exit head through

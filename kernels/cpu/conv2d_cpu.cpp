@@ -289,22 +289,56 @@ bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
   return pool != nullptr;
 }
 
-// A stem over 1 to 4 input channels (the CIFAR ResNets' 3x3 over one
-// grey channel), whose im2col has too few columns for the GEMM: per output
-// row, the kernel's input rows are copied once with their padding as
-// zeros, so every tap of every pixel is a plain load, and eight pixels share
-// each weight vector.  The sums run bias, then (ky, kx, ci) in order, as in
+// NB blocks of 16 output channels for up to P pixels of a stem's output row
+// (the row's kernel rows padded, `x` at the first pixel's first tap): each
+// tap's NB weight vectors are loaded once and each pixel's input broadcast
+// once, NB x P accumulators.
+template <int NB, int P>
+void stem_pixels(const PackedConv& conv, const float* x, size_t row_floats, int npix, int o0, size_t opix,
+                 const float* residual, bool relu, float* out) {
+  const ConvParams& p = conv.p;
+  const int k = p.kernel, cin = p.cin, step = p.stride * cin;
+  v16 acc[NB][P];
+  for (int b = 0; b < NB; ++b) {
+    const v16 bias = load16(conv.bias.data() + o0 + 16 * b);
+    for (int q = 0; q < P; ++q) acc[b][q] = bias;
+  }
+  const float* wt = conv.grouped.data() + size_t(o0);
+  for (int ky = 0; ky < k; ++ky) {
+    const float* xr = x + size_t(ky) * row_floats;
+    for (int t = 0; t < k * cin; ++t, wt += p.cout) {  // (kx, ci): consecutive in a padded row
+      v16 wv[NB];
+      for (int b = 0; b < NB; ++b) wv[b] = load16(wt + 16 * b);
+      for (int q = 0; q < P; ++q) {
+        const float xv = xr[q * step + t];
+        for (int b = 0; b < NB; ++b) acc[b][q] += xv * wv[b];
+      }
+    }
+  }
+  for (int q = 0; q < npix; ++q)
+    for (int b = 0; b < NB; ++b) finish16(acc[b][q], opix + size_t(q), p.cout, o0 + 16 * b, residual, relu, out);
+}
+
+// A stem over 1 to 4 input channels (the CIFAR ResNets' 3x3 over one grey
+// channel, the ImageNet ResNets' 7x7 stride 2 over RGB), whose im2col has
+// few columns (9 to 196) and, for the big stem, as many floats to write and
+// read again as the arithmetic: per output row, the kernel's input rows are
+// copied once with their padding as zeros, so every tap of every pixel is a
+// plain load; 64 output channels at a time for 6 pixels where the layer has
+// them (BM_Conv, 2 threads, the 7x7 stem at batch 1: 1060 -> 715 us), 16 for 8
+// pixels otherwise.  The sums run bias, then (ky, kx, ci) in order, as in
 // conv_grouped_direct's wide groups (padding rows add 0 * w where that
-// kernel skips them: the same values up to the sign of a zero).  A batch-1 stem (0.1 M
-// multiply-adds on 28x28) stays on the calling thread: waking the others
-// cost more than the whole layer.
+// kernel skips them: the same values up to the sign of a zero).  A batch-1
+// CIFAR stem (0.1 M multiply-adds on 28x28) stays on the calling thread:
+// waking the others cost more than the whole layer.
 void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
-                     bool relu) {
+                     bool relu, RowPool* pool) {
   const ConvParams& p = conv.p;
   const int k = p.kernel, cin = p.cin, oh = p.out_size(h), ow = p.out_size(w);
-  constexpr int kPix = 8;
-  // Padded row: columns -pad .. enough for the last group of eight pixels.
-  const int cols = ((ow + kPix - 1) / kPix * kPix - 1) * p.stride + k;
+  const bool wide = p.cout % 64 == 0;
+  const int pix = wide ? 6 : 8;
+  // Padded row: columns -pad .. enough for the last group of pixels.
+  const int cols = ((ow + pix - 1) / pix * pix - 1) * p.stride + k;
   const size_t row_floats = size_t(cols) * size_t(cin);
   const double macs = double(n) * oh * ow * p.cout * cin * k * k;
   const bool parallel = macs >= double(1 << 20) * thread_count();
@@ -312,41 +346,30 @@ void conv_small_stem(const PackedConv& conv, const float* in, int n, int h, int 
     const int oy = item % oh, img = item / oh;
     // The item's own rows (not a thread_local: those of OpenMP's and the
     // server's worker threads are never destroyed, a leak to LeakSanitizer).
-    std::vector<float> rows_buf(size_t(k) * row_floats, 0.f);
+    std::vector<float> rows(size_t(k) * row_floats, 0.f);
     const int x0 = std::max(0, p.pad), x1 = std::min(cols, w + p.pad);  // the columns that hold input pixels
     for (int ky = 0; ky < k; ++ky) {
       const int iy = oy * p.stride - p.pad + ky;
       if (iy < 0 || iy >= h) continue;
-      std::memcpy(rows_buf.data() + size_t(ky) * row_floats + size_t(x0) * size_t(cin),
+      std::memcpy(rows.data() + size_t(ky) * row_floats + size_t(x0) * size_t(cin),
                   in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(cin),
                   size_t(x1 - x0) * size_t(cin) * sizeof(float));
     }
-    const float* rows = rows_buf.data();
-    for (int o0 = 0; o0 < p.cout; o0 += 16) {
-      const v16 bias = load16(conv.bias.data() + o0);
-      for (int ox0 = 0; ox0 < ow; ox0 += kPix) {
-        v16 acc[kPix];
-        for (int q = 0; q < kPix; ++q) acc[q] = bias;
-        for (int ky = 0; ky < k; ++ky)
-          for (int kx = 0; kx < k; ++kx) {
-            const float* wt = conv.grouped.data() + size_t((ky * k + kx) * cin) * size_t(p.cout) + size_t(o0);
-            const float* x = rows + size_t(ky) * row_floats + size_t(ox0 * p.stride + kx) * size_t(cin);
-            for (int ci = 0; ci < cin; ++ci) {
-              const v16 wv = load16(wt + size_t(ci) * size_t(p.cout));
-              for (int q = 0; q < kPix; ++q) acc[q] += x[size_t(q * p.stride) * size_t(cin) + size_t(ci)] * wv;
-            }
-          }
-        const int npix = std::min(kPix, ow - ox0);
-        for (int q = 0; q < npix; ++q) {
-          const size_t opix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox0 + q);
-          finish16(acc[q], opix, p.cout, o0, residual, relu, out);
-        }
+    const size_t row_pix = (size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow);
+    for (int o0 = 0; o0 < p.cout; o0 += wide ? 64 : 16)
+      for (int ox0 = 0; ox0 < ow; ox0 += pix) {
+        const float* x = rows.data() + size_t(ox0 * p.stride) * size_t(cin);
+        const int npix = std::min(pix, ow - ox0);
+        if (wide)
+          stem_pixels<4, 6>(conv, x, row_floats, npix, o0, row_pix + size_t(ox0), residual, relu, out);
+        else
+          stem_pixels<1, 8>(conv, x, row_floats, npix, o0, row_pix + size_t(ox0), residual, relu, out);
       }
-    }
+    if (pool) pool->add(row_pix, ow, 0, out + row_pix * size_t(p.cout), size_t(p.cout), p.cout);  // the row, from L1
   });
 }
 
-bool is_small_stem(const ConvParams& p) { return p.groups == 1 && p.cin <= 4 && p.kernel <= 3 && p.cout % 16 == 0; }
+bool is_small_stem(const ConvParams& p) { return p.groups == 1 && p.cin <= 4 && p.kernel <= 7 && p.cout % 16 == 0; }
 
 // Whether conv2d_nhwc runs `p` with conv_grouped_direct (pack_conv decides).
 bool uses_grouped_direct(const ConvParams& p) {
@@ -406,10 +429,7 @@ PackedConv pack_conv(const ConvParams& p, const float* weight, const float* bias
   return pc;
 }
 
-bool pools_in_epilogue(const PackedConv& conv) {
-  const ConvParams& p = conv.p;
-  return conv.grouped.empty() ? p.groups == 1 : !is_small_stem(p);
-}
+bool pools_in_epilogue(const PackedConv& conv) { return conv.p.groups == 1 || !conv.grouped.empty(); }
 
 bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, float* out, const float* residual,
                  bool relu, Workspace& ws, RowPool* pool) {
@@ -426,8 +446,8 @@ bool conv2d_nhwc(const PackedConv& conv, const float* in, int n, int h, int w, f
     fail("conv: no pooling in the output of a ", p.groups, "-group ", p.cin, "->", p.cout, " convolution");
   if (!conv.grouped.empty()) {
     if (!is_small_stem(p)) return conv_grouped_direct(conv, in, n, h, w, out, residual, relu, pool);
-    conv_small_stem(conv, in, n, h, w, out, residual, relu);
-    return false;
+    conv_small_stem(conv, in, n, h, w, out, residual, relu, pool);
+    return pool != nullptr;
   }
   const bool direct = p.kernel == 1 && p.stride == 1 && p.pad == 0;
   // With rows for every thread, each thread im2cols one block of rows into

@@ -32,12 +32,30 @@ constexpr int kKC = 512;
 constexpr int kMC = 96;  // a multiple of kMR
 constexpr int kPanelsPerTile = 4;
 
+// Cache lines (16 floats each) of the B slice a tile multiplies next, for a
+// strip to prefetch while it computes.  At batch 1 a layer's weights come
+// from memory (a whole ResNet's outgrow the caches) and are used by only a
+// few strips of rows: each strip of a slice takes an even share of the next
+// slice's lines, so that its trip from memory overlaps the arithmetic
+// instead of stalling the slice's first strip.
+struct Prefetch {
+  const float* lines = nullptr;
+  int count = 0;
+};
+
 // acc[r] += A[r, k0:k0+kc] * Bpanel[k0:k0+kc, 0:16*NV].  NV = 1 serves
 // panels with at most 16 live columns (layers with 16 output channels, the
-// last panel of others) without multiplying the padding.
+// last panel of others) without multiplying the padding.  Meanwhile it
+// prefetches pf.count cache lines from pf.lines, evenly over its kc steps
+// (see Prefetch).
 template <int MR, int NV>
-inline void micro_kernel(int kc, const float* a, int lda, const float* bp, v16 (&acc)[kMR][2]) {
+inline void micro_kernel(int kc, const float* a, int lda, const float* bp, v16 (&acc)[kMR][2], Prefetch pf) {
+  int due = 0;
   for (int k = 0; k < kc; ++k) {
+    for (due += pf.count; due >= kc; due -= kc) {
+      __builtin_prefetch(pf.lines, 0, 2);
+      pf.lines += 16;
+    }
     const v16 b0 = *reinterpret_cast<const v16*>(bp + k * kPanel);
     const v16 b1 = NV == 2 ? *reinterpret_cast<const v16*>(bp + k * kPanel + 16) : v16{};
 #pragma GCC unroll 12
@@ -51,7 +69,7 @@ inline void micro_kernel(int kc, const float* a, int lda, const float* bp, v16 (
 
 template <int MR>
 void strip(int kc, bool first, bool last, const float* a, int lda, const float* bp, float* c, int ldc, int cols,
-           int col0, const Epilogue& ep, int row0) {
+           int col0, const Epilogue& ep, int row0, Prefetch pf) {
   v16 acc[kMR][2];
   float tmp[kPanel];
   for (int r = 0; r < MR; ++r) {
@@ -69,9 +87,9 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
     }
   }
   if (cols <= 16)
-    micro_kernel<MR, 1>(kc, a, lda, bp, acc);
+    micro_kernel<MR, 1>(kc, a, lda, bp, acc, pf);
   else
-    micro_kernel<MR, 2>(kc, a, lda, bp, acc);
+    micro_kernel<MR, 2>(kc, a, lda, bp, acc, pf);
   v16 bias0{}, bias1{};
   if (last && ep.bias) {
     for (int j = 0; j < kPanel; ++j) tmp[j] = j < cols ? ep.bias[col0 + j] : 0.f;
@@ -111,7 +129,8 @@ void strip(int kc, bool first, bool last, const float* a, int lda, const float* 
   }
 }
 
-using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&, int);
+using StripFn = void (*)(int, bool, bool, const float*, int, const float*, float*, int, int, int, const Epilogue&, int,
+                         Prefetch);
 constexpr StripFn kStrips[kMR + 1] = {nullptr,  strip<1>, strip<2>, strip<3>,  strip<4>,  strip<5>, strip<6>,
                                       strip<7>, strip<8>, strip<9>, strip<10>, strip<11>, strip<12>};
 
@@ -170,10 +189,20 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
         const int col0 = pj * kPanel;
         const int cols = std::min(kPanel, b.n - col0);
         const float* bp = b.data.get() + (size_t(pj) * size_t(k) + size_t(k0)) * kPanel;
-        for (int r = r0; r < r1; r += kMR) {
-          const int rows = std::min(kMR, r1 - r);
+        // The next slice: the next panel's, or the first panel's next KC rows.
+        const bool next_panel = pj + 1 < p1;
+        const int nk0 = next_panel ? k0 : k0 + kKC, npj = next_panel ? pj + 1 : p0;
+        const int lines = nk0 < k ? std::min(kKC, k - nk0) * (kPanel / 16) : 0;
+        const float* next = b.data.get() + (size_t(npj) * size_t(k) + size_t(std::min(nk0, k))) * kPanel;
+        // Strips of even height (49 rows: 10, 10, 10, 10, 9 rather than
+        // four of 12 and one of 1, whose two accumulators wait on each other).
+        const int strips = (r1 - r0 + kMR - 1) / kMR;
+        for (int s = 0; s < strips; ++s) {
+          const int r = r0 + (r1 - r0) * s / strips, rows = r0 + (r1 - r0) * (s + 1) / strips - r;
+          const int from = lines * s / strips, to = lines * (s + 1) / strips;
           kStrips[rows](kc, first, last, a + size_t(r) * size_t(lda) + size_t(k0), lda, bp,
-                        c + size_t(r) * size_t(ldc) + size_t(col0), ldc, cols, col0, ep, r);
+                        c + size_t(r) * size_t(ldc) + size_t(col0), ldc, cols, col0, ep, r,
+                        Prefetch{next + size_t(from) * 16, to - from});
         }
       }
     }

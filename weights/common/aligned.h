@@ -7,6 +7,10 @@
 #include <memory>
 #include <new>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace gati {
 
 struct AlignedFree {
@@ -15,14 +19,32 @@ struct AlignedFree {
 using AlignedFloats = std::unique_ptr<float[], AlignedFree>;
 using AlignedBytes = std::unique_ptr<unsigned char[], AlignedFree>;
 
+constexpr size_t kHugePage = size_t(2) << 20;
+
 // At least 64 bytes, rounded up to a multiple of 64; throws std::bad_alloc.
+// From 2 MiB up, aligned to and rounded up to 2 MiB pages and (on Linux)
+// marked for transparent huge pages, which Debian's default (THP "madvise")
+// gives only to memory that asks: a batch-1 model streams each layer's
+// weights from memory once per run, and with 4 KiB pages every 4 KiB of
+// them costs a TLB miss.
 inline void* aligned_alloc_64(size_t bytes) {
+  if (bytes >= kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = std::aligned_alloc(kHugePage, rounded);
+    if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a refusal leaves 4 KiB pages
+#endif
+    return p;
+  }
   const size_t rounded = bytes < 64 ? 64 : (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw std::bad_alloc();
   return p;
 }
-inline AlignedFloats aligned_floats(size_t n) { return AlignedFloats(static_cast<float*>(aligned_alloc_64(n * sizeof(float)))); }
+inline AlignedFloats aligned_floats(size_t n) {
+  return AlignedFloats(static_cast<float*>(aligned_alloc_64(n * sizeof(float))));
+}
 inline AlignedBytes aligned_bytes(size_t n) { return AlignedBytes(static_cast<unsigned char*>(aligned_alloc_64(n))); }
 
 }  // namespace gati
