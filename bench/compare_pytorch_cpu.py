@@ -11,8 +11,9 @@ eager (contiguous), eager channels_last, and TorchScript frozen with
 torch.jit.optimize_for_inference (oneDNN, batch norm folded, ReLU fused).
 The three are timed interleaved (one run of each per round), so a slow
 moment of a shared machine hits them alike.  gati's Google Benchmark suite
-runs on the same files twice, before and after PyTorch, and its time is the
-median over both halves.  ratio = gati / the fastest PyTorch configuration
+runs on the same file and batch right before and right after them, and its
+time is the median over both halves: each ratio compares times taken within
+the same minute or so.  ratio = gati / the fastest PyTorch configuration
 (below 1.0: gati is faster).
 """
 import argparse
@@ -70,20 +71,14 @@ def cpu_name():
     return platform.processor()
 
 
-def gati_times(bench, paths, batches, repeats, threads):
-    """{(model, batch): [ms, ...]} from one bench_cpu run."""
+def gati_times(bench, path, batch, repeats, threads):
+    """[ms, ...] from one bench_cpu run of one model file at one batch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([bench, "--models=" + ",".join(paths), "--batches=" + ",".join(map(str, batches)),
+    out = subprocess.run([bench, "--models=" + path, "--batches=" + str(batch),
                           "--benchmark_filter=model/", f"--benchmark_repetitions={repeats}",
                           "--benchmark_min_time=0.05", "--benchmark_format=json"],
                          capture_output=True, text=True, env=env, check=True)
-    times = {}
-    for b in json.loads(out.stdout)["benchmarks"]:
-        if b.get("run_type") != "iteration":
-            continue
-        _, model, batch = b["run_name"].split("/")[:3]
-        times.setdefault((model, int(batch.split(":")[1])), []).append(b["real_time"])
-    return times
+    return [b["real_time"] for b in json.loads(out.stdout)["benchmarks"] if b.get("run_type") == "iteration"]
 
 
 def main():
@@ -101,7 +96,6 @@ def main():
                                                                           "fmnist_resnet20.safetensors"))
 
     half = max(3, args.repeats // 2)
-    gati_before = gati_times(args.bench, paths, args.batches, half, args.threads)
     rows = []
     for p in paths:
         model, arch = convert.read_model(p)
@@ -110,17 +104,17 @@ def main():
             mcl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # .to() on a module is in place
             xcl = x.contiguous(memory_format=torch.channels_last)
             ts = torchscript(model, x)
+            before = gati_times(args.bench, p, batch, half, args.threads)
             t = time_interleaved({"eager": lambda: model(x), "channels_last": lambda: mcl(xcl),
                                   "torchscript": lambda: ts(x)}, args.repeats, 3)
-            rows.append({"model": arch["name"], "batch": batch, "torch_ms": t})
+            after = gati_times(args.bench, p, batch, half, args.threads)
+            rows.append({"model": arch["name"], "batch": batch, "torch_ms": t,
+                         "gati_ms": statistics.median(before + after)})
             shown = ", ".join(f"{k} {v:.3f}" for k, v in t.items())
             print(f"pytorch {arch['name']} batch {batch}: {shown} ms", flush=True)
-    gati_after = gati_times(args.bench, paths, args.batches, half, args.threads)
 
     print(f"\n{'model':<16} {'batch':>5} {'gati ms':>9} {'eager':>9} {'chan_last':>9} {'script':>9} {'ratio':>7}")
     for r in rows:
-        key = (r["model"], r["batch"])
-        r["gati_ms"] = statistics.median(gati_before[key] + gati_after[key])
         best_cfg = min(CONFIGS, key=lambda c: r["torch_ms"][c])
         r["torch_best"] = best_cfg
         r["ratio_best"] = r["gati_ms"] / r["torch_ms"][best_cfg]

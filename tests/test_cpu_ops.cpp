@@ -180,6 +180,8 @@ INSTANTIATE_TEST_SUITE_P(
                                          ConvCase{"grouped 3x3/1 2 per group", 32, 32, 3, 1, 1, 16, 9, 9},
                                          ConvCase{"grouped 3x3/1 16 per group", 512, 512, 3, 1, 1, 32, 7, 7},
                                          ConvCase{"grouped 3x3/2 32 per group", 256, 256, 3, 2, 1, 8, 14, 15},
+                                         ConvCase{"grouped 3x3/2 16 per group", 256, 256, 3, 2, 1, 16, 14, 14},
+                                         ConvCase{"grouped 3x3/2 8 per group odd size", 256, 256, 3, 2, 1, 32, 15, 29},
                                          ConvCase{"grouped 3x3/1 12 per group (GEMM)", 48, 48, 3, 1, 1, 4, 9, 10},
                                          ConvCase{"grouped 3x3/1 4 per group 56 wide", 128, 128, 3, 1, 1, 32, 9, 56},
                                          ConvCase{"3x3/1 layer4", 512, 512, 3, 1, 1, 1, 7, 7}),

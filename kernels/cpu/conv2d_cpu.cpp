@@ -112,13 +112,21 @@ struct RowChunk {
 // broadcast to the 16 lanes (wide groups: the block's outputs share it) or,
 // kExpanded, a vector of 16 (narrow groups: each lane's own group's input).
 // P independent accumulator chains hide the FMA latency, and each weight
-// vector serves the P pixels.  CG: cg when known at compile time with
-// stride 1 (one immediate offset per pixel, no index register), else 0.
+// vector serves the P pixels.  CG and S: cg and the stride when known at
+// compile time (one immediate offset per pixel, no index register), else 0.
+// Keeps v in a register: otherwise GCC folds each use into its FMA as a
+// memory operand, and a value loaded once for three FMAs is loaded three times.
+inline void in_register([[maybe_unused]] v16& v) {
+#if defined(__AVX512F__)
+  __asm__("" : "+v"(v));
+#endif
+}
+
 constexpr int kMaxRowPixels = 14;  // accumulators, of AVX-512's 32 registers
 
-template <int P, int CG, bool kExpanded>
+template <int P, int CG, int S, bool kExpanded>
 void direct_pixels(const RowChunk& c) {
-  const int cg = CG ? CG : c.cg, sx = CG ? (kExpanded ? 1 : CG) : c.sx, k = c.k, cout = c.cout;
+  const int cg = CG ? CG : c.cg, sx = CG && S ? (kExpanded ? S : S * CG) : c.sx, k = c.k, cout = c.cout;
   v16 acc[P];
   for (int q = 0; q < P; ++q) acc[q] = c.bias;
   for (int ky = 0; ky < k; ++ky) {
@@ -127,6 +135,31 @@ void direct_pixels(const RowChunk& c) {
     // the padded input row and in the weights.
     const float* xt = c.rows[ky];
     const float* wtt = c.wt + size_t(ky * k * cg) * size_t(cout);
+    if constexpr (CG != 0 && S == 1) {
+      if (k == 3) {
+        // 3 wide at stride 1: input column j serves pixel j - kx through
+        // tap kx, so per input channel the P + 2 columns are loaded once
+        // for the 3 taps' weights (3P multiply-adds for P + 5 loads, where
+        // a tap at a time loads P + 1 for P).
+        for (int ci = 0; ci < CG; ++ci) {
+          const v16 w0 = load16(wtt + size_t(ci) * size_t(cout)), w1 = load16(wtt + size_t(CG + ci) * size_t(cout)),
+                    w2 = load16(wtt + size_t(2 * CG + ci) * size_t(cout));
+#pragma GCC unroll 16
+          for (int j = 0; j < P + 2; ++j) {
+            v16 x;
+            if constexpr (kExpanded)
+              x = load16(xt + (size_t(ci) * size_t(c.plane) + size_t(j)) * 16);
+            else
+              x = v16{} + xt[j * CG + ci];
+            in_register(x);
+            if (j < P) acc[j] += x * w0;
+            if (j >= 1 && j <= P) acc[j - 1] += x * w1;
+            if (j >= 2) acc[j - 2] += x * w2;
+          }
+        }
+        continue;
+      }
+    }
     if constexpr (kExpanded) {
       // Vector ci of column x at (ci * plane + x) * 16: a pixel's neighbours
       // along the row are the next cache lines.
@@ -157,23 +190,28 @@ void direct_pixels(const RowChunk& c) {
 using DirectPixelsFn = void (*)(const RowChunk&);
 using DirectTable = std::array<DirectPixelsFn, kMaxRowPixels + 1>;  // by pixel count
 
-template <int CG, bool kExpanded, int... P>
+template <int CG, int S, bool kExpanded, int... P>
 constexpr DirectTable direct_table(std::integer_sequence<int, P...>) {
-  return {nullptr, direct_pixels<P + 1, CG, kExpanded>...};
+  return {nullptr, direct_pixels<P + 1, CG, S, kExpanded>...};
 }
 
-// Wide groups: [0] any width and stride, [1] 16 per group at stride 1,
-// [2] 32, [3] 64; narrow groups (expanded inputs): [4] any, [5] 4 per
-// group at stride 1, [6] 8.
+// Wide groups: [0] any width and stride, then 16, 32 and 64 per group at
+// stride 1 and 16 and 32 at stride 2; narrow groups (expanded inputs): [6]
+// any, then 4 and 8 per group at strides 1 and 2.
 constexpr auto kPixelSeq = std::make_integer_sequence<int, kMaxRowPixels>{};
-constexpr DirectTable kDirectPixels[7] = {direct_table<0, false>(kPixelSeq),  direct_table<16, false>(kPixelSeq),
-                                          direct_table<32, false>(kPixelSeq), direct_table<64, false>(kPixelSeq),
-                                          direct_table<0, true>(kPixelSeq),   direct_table<4, true>(kPixelSeq),
-                                          direct_table<8, true>(kPixelSeq)};
+constexpr DirectTable kDirectPixels[11] = {
+    direct_table<0, 0, false>(kPixelSeq),  direct_table<16, 1, false>(kPixelSeq), direct_table<32, 1, false>(kPixelSeq),
+    direct_table<64, 1, false>(kPixelSeq), direct_table<16, 2, false>(kPixelSeq), direct_table<32, 2, false>(kPixelSeq),
+    direct_table<0, 0, true>(kPixelSeq),   direct_table<4, 1, true>(kPixelSeq),   direct_table<8, 1, true>(kPixelSeq),
+    direct_table<4, 2, true>(kPixelSeq),   direct_table<8, 2, true>(kPixelSeq)};
 
 const DirectTable& direct_kernels(int cg, int stride) {
-  if (cg < 16) return kDirectPixels[stride != 1 ? 4 : cg == 4 ? 5 : cg == 8 ? 6 : 4];
-  return kDirectPixels[stride != 1 ? 0 : cg == 16 ? 1 : cg == 32 ? 2 : cg == 64 ? 3 : 0];
+  if (stride == 1) {
+    const int i = cg == 16 ? 1 : cg == 32 ? 2 : cg == 64 ? 3 : cg == 4 ? 7 : cg == 8 ? 8 : cg < 16 ? 6 : 0;
+    return kDirectPixels[i];
+  }
+  if (stride == 2) return kDirectPixels[cg == 16 ? 4 : cg == 32 ? 5 : cg == 4 ? 9 : cg == 8 ? 10 : cg < 16 ? 6 : 0];
+  return kDirectPixels[cg < 16 ? 6 : 0];
 }
 
 // The direct grouped convolution (cin_g == cout_g == cg, which divides 16
@@ -223,8 +261,10 @@ bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
     const int o0 = blk * 16, c0 = narrow ? o0 : o0 / cout_g * cg;  // the block's first output, first input
     // The item's own ring, uninitialised (a thread_local one would leak from
     // OpenMP's and the server's worker threads, whose thread_locals are
-    // never destroyed).
-    const std::unique_ptr<float[]> ring(new float[size_t(k) * row_floats]);
+    // never destroyed), on cache lines: an expanded input vector that
+    // straddles two lines costs two loads (the cg8 kernel alone, L1-hot:
+    // 70 -> 124 GFLOP/s on one thread).
+    const AlignedFloats ring = aligned_floats(size_t(k) * row_floats);
     int held[kMaxDirectKernel];  // the input row each ring slot holds
     std::fill(held, held + k, -1);
     RowChunk c;
@@ -250,16 +290,26 @@ bool conv_grouped_direct(const PackedConv& conv, const float* in, int n, int h, 
         held[slot] = iy;
         const float* src =
             in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(x0 - p.pad)) * size_t(p.cin) + c0;
+        // The row this item prepares after the next output row's: its
+        // pixels' channels are a cache line or few, a full channel row
+        // apart, which the hardware prefetcher does not see coming.
+        if (iy + p.stride < h) {
+          const float* ahead = src + size_t(p.stride) * size_t(w) * size_t(p.cin);
+          for (int x = x0; x < x1; ++x)
+            for (int ch = 0; ch < (narrow ? 16 : cg); ch += 16)
+              __builtin_prefetch(ahead + size_t(x - x0) * size_t(p.cin) + size_t(ch), 0, 3);
+        }
         if (narrow) {  // cg planes of cols vectors
+          // (Locals: the captured sizes would be reloaded after every store.)
+          const int lo = x0, hi = x1, ncols = cols;
+          const size_t cin = size_t(p.cin);
           for (int ci = 0; ci < cg; ++ci) {
-            float* plane = dst + size_t(ci) * size_t(cols) * 16;
-            std::memset(plane, 0, size_t(x0) * 16 * sizeof(float));
-            std::memset(plane + size_t(x1) * 16, 0, size_t(cols - x1) * 16 * sizeof(float));
-          }
-          for (int x = x0; x < x1; ++x) {
-            const v16 v = load16(src + size_t(x - x0) * size_t(p.cin));
-            for (int ci = 0; ci < cg; ++ci)
-              store16(dst + (size_t(ci) * size_t(cols) + size_t(x)) * 16, permute(v, perm[ci]));
+            float* plane = dst + size_t(ci) * size_t(ncols) * 16;
+            const i16 pm = perm[ci];
+            std::memset(plane, 0, size_t(lo) * 16 * sizeof(float));
+            std::memset(plane + size_t(hi) * 16, 0, size_t(ncols - hi) * 16 * sizeof(float));
+            for (int x = lo; x < hi; ++x)
+              store16(plane + size_t(x) * 16, permute(load16(src + size_t(x - lo) * cin), pm));
           }
           continue;
         }

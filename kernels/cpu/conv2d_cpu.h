@@ -21,12 +21,12 @@ struct ConvParams {
 struct PackedConv {
   ConvParams p;
   std::vector<PackedB> groups;  // B_g: [kernel*kernel*cin_g, cout_g]
-  std::vector<float> bias;      // [cout]
+  AlignedVector bias;           // [cout]
   // Grouped convs with cin_g == cout_g dividing 16 or a multiple of it
   // (ResNeXt's 3x3s): weights as
   // [kernel*kernel][cin_g][cout] for the direct grouped kernel, which does
   // not run one narrow GEMM per group.
-  std::vector<float> grouped;
+  AlignedVector grouped;
 };
 
 // Packs PyTorch-ordered weights [cout, cin/groups, k, k] and a bias [cout].

@@ -220,8 +220,12 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
   // more than it saves.  Measured on this repository's 2-core machine: the
   // demo's 14x14x32 3x3 convolution at batch 1 (1.8 M MACs) took 42 us over
   // two threads and 22 us on one; the whole model 0.55 -> 0.42 ms.
-  constexpr size_t kMinMacsPerThread = size_t(1) << 20;
-  if (tiles == 1 || size_t(m) * size_t(b.n) * size_t(k) < kMinMacsPerThread * size_t(thread_count())) {
+  // Except where B outgrows L2 (a classifier at batch 1: 2 to 8 MB of
+  // weights, each used once): then the product is a stream from memory,
+  // and each core streams its own panels.
+  constexpr size_t kMinMacsPerThread = size_t(1) << 20, kStreamBytes = size_t(1) << 20;
+  const bool streams = size_t(b.panels) * size_t(k) * kPanel * sizeof(float) >= kStreamBytes;
+  if (tiles == 1 || (!streams && size_t(m) * size_t(b.n) * size_t(k) < kMinMacsPerThread * size_t(thread_count()))) {
     for (int t = 0; t < tiles; ++t) tile(t);
     return;
   }

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <vector>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -42,6 +43,24 @@ inline void* aligned_alloc_64(size_t bytes) {
   if (!p) throw std::bad_alloc();
   return p;
 }
+// For std::vector<T, AlignedAllocator<T>>: storage that vector loads of 64
+// bytes read without splitting a cache line.
+template <class T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(aligned_alloc_64(n * sizeof(T))); }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <class U>
+  bool operator==(const AlignedAllocator<U>&) const {
+    return true;
+  }
+};
+
+using AlignedVector = std::vector<float, AlignedAllocator<float>>;
+
 inline AlignedFloats aligned_floats(size_t n) {
   return AlignedFloats(static_cast<float*>(aligned_alloc_64(n * sizeof(float))));
 }
