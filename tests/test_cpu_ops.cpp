@@ -194,8 +194,9 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST(Pool, MaxPoolMatchesReference) {
-  for (int n : {1, 2}) {
-    const int h = 17, w = 12, c = 24;  // odd sizes exercise the padded border
+  // 24 channels: the plain loop; 64 and 80 (64 + 16): vectors in registers.
+  for (const auto& [n, c] : {std::pair{1, 24}, std::pair{2, 24}, std::pair{1, 64}, std::pair{2, 80}}) {
+    const int h = 17, w = 12;  // odd sizes exercise the padded border
     const auto in = test::random_floats(size_t(n * h * w * c), 21);
     const int oh = (h + 2 - 3) / 2 + 1, ow = (w + 2 - 3) / 2 + 1;
     Guarded got(size_t(n * oh * ow * c));

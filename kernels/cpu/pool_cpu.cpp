@@ -82,6 +82,31 @@ void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int 
     for (int oy = 0; oy < oh; ++oy)
       for (int ox = 0; ox < ow; ++ox) {
         float* dst = out + ((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox)) * size_t(c);
+        if (c % 16 == 0) {
+          // 64 channels at a time in registers, each tap's row loaded once
+          // (the plain loop below reads and writes dst at every tap).
+          for (int c0 = 0; c0 < c; c0 += 64) {
+            const int nv = std::min(4, (c - c0) / 16);
+            v16 m[4];
+            for (int v = 0; v < 4; ++v) m[v] = v16{} - std::numeric_limits<float>::infinity();
+            for (int ky = 0; ky < kernel; ++ky) {
+              const int iy = oy * stride - pad + ky;
+              if (iy < 0 || iy >= h) continue;
+              for (int kx = 0; kx < kernel; ++kx) {
+                const int ix = ox * stride - pad + kx;
+                if (ix < 0 || ix >= w) continue;
+                const float* src =
+                    in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(c) + size_t(c0);
+                for (int v = 0; v < nv; ++v) {
+                  const v16 x = load16(src + 16 * v);
+                  m[v] = x > m[v] ? x : m[v];
+                }
+              }
+            }
+            for (int v = 0; v < nv; ++v) store16(dst + c0 + 16 * v, m[v]);
+          }
+          continue;
+        }
         std::fill(dst, dst + c, -std::numeric_limits<float>::infinity());
         for (int ky = 0; ky < kernel; ++ky) {
           const int iy = oy * stride - pad + ky;
