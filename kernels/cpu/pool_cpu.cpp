@@ -76,47 +76,39 @@ void pool_cell(const float* img, int w, int c, int y0, int y1, int x0, int x1, f
 }  // namespace
 
 void max_pool_nhwc(const float* in, int n, int h, int w, int c, int kernel, int stride, int pad, float* out) {
+  constexpr int kMaxPoolTaps = 49;
+  if (kernel < 1 || kernel * kernel > kMaxPoolTaps) fail("max pool: kernel ", kernel, " outside 1..7");
   const int oh = (h + 2 * pad - kernel) / stride + 1, ow = (w + 2 * pad - kernel) / stride + 1;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(thread_count())
   for (int img = 0; img < n; ++img)
     for (int oy = 0; oy < oh; ++oy)
       for (int ox = 0; ox < ow; ++ox) {
         float* dst = out + ((size_t(img) * size_t(oh) + size_t(oy)) * size_t(ow) + size_t(ox)) * size_t(c);
-        if (c % 16 == 0) {
-          // 64 channels at a time in registers, each tap's row loaded once
-          // (the plain loop below reads and writes dst at every tap).
-          for (int c0 = 0; c0 < c; c0 += 64) {
-            const int nv = std::min(4, (c - c0) / 16);
-            v16 m[4];
-            for (int v = 0; v < 4; ++v) m[v] = v16{} - std::numeric_limits<float>::infinity();
-            for (int ky = 0; ky < kernel; ++ky) {
-              const int iy = oy * stride - pad + ky;
-              if (iy < 0 || iy >= h) continue;
-              for (int kx = 0; kx < kernel; ++kx) {
-                const int ix = ox * stride - pad + kx;
-                if (ix < 0 || ix >= w) continue;
-                const float* src =
-                    in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(c) + size_t(c0);
-                for (int v = 0; v < nv; ++v) {
-                  const v16 x = load16(src + 16 * v);
-                  m[v] = x > m[v] ? x : m[v];
-                }
-              }
-            }
-            for (int v = 0; v < nv; ++v) store16(dst + c0 + 16 * v, m[v]);
-          }
-          continue;
-        }
-        std::fill(dst, dst + c, -std::numeric_limits<float>::infinity());
+        // The window's pixels inside the image, each as its c channels.
+        const float* taps[kMaxPoolTaps];
+        int count = 0;
         for (int ky = 0; ky < kernel; ++ky) {
           const int iy = oy * stride - pad + ky;
-          if (iy < 0 || iy >= h) continue;
-          for (int kx = 0; kx < kernel; ++kx) {
+          for (int kx = 0; kx < kernel && iy >= 0 && iy < h; ++kx) {
             const int ix = ox * stride - pad + kx;
-            if (ix < 0 || ix >= w) continue;
-            const float* src = in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(c);
-            for (int ch = 0; ch < c; ++ch) dst[ch] = std::max(dst[ch], src[ch]);
+            if (ix >= 0 && ix < w)
+              taps[count++] = in + ((size_t(img) * size_t(h) + size_t(iy)) * size_t(w) + size_t(ix)) * size_t(c);
           }
+        }
+        // 16 channels at a time in a register, the rest one by one.
+        int ch = 0;
+        for (; ch + 16 <= c; ch += 16) {
+          v16 m = v16{} - std::numeric_limits<float>::infinity();
+          for (int t = 0; t < count; ++t) {
+            const v16 x = load16(taps[t] + ch);
+            m = x > m ? x : m;
+          }
+          store16(dst + ch, m);
+        }
+        for (; ch < c; ++ch) {
+          float m = -std::numeric_limits<float>::infinity();
+          for (int t = 0; t < count; ++t) m = std::max(m, taps[t][ch]);
+          dst[ch] = m;
         }
       }
 }
