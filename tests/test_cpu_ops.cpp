@@ -172,6 +172,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          ConvCase{"3x3/1 16 channels (direct)", 16, 16, 3, 1, 1, 1, 28, 27},
                                          ConvCase{"3x3/1 32 channels (direct)", 32, 32, 3, 1, 1, 1, 14, 13},
                                          ConvCase{"3x3/1 64 channels 7x7 (direct)", 64, 64, 3, 1, 1, 1, 7, 7},
+                                         ConvCase{"3x3/1 128 channels (direct)", 128, 128, 3, 1, 1, 1, 13, 30},
                                          ConvCase{"3x3/2", 128, 128, 3, 2, 1, 1, 28, 28},
                                          ConvCase{"1x1/1 expand", 64, 256, 1, 1, 0, 1, 14, 14},
                                          ConvCase{"1x1/2 projection", 256, 512, 1, 2, 0, 1, 14, 14},

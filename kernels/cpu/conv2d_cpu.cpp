@@ -197,17 +197,27 @@ constexpr DirectTable direct_table(std::integer_sequence<int, P...>) {
 
 // Wide groups: [0] any width and stride, then 16, 32 and 64 per group at
 // stride 1 and 16 and 32 at stride 2; narrow groups (expanded inputs): [6]
-// any, then 4 and 8 per group at strides 1 and 2.
+// any, then 4 and 8 per group at strides 1 and 2; [11] 128 (ungrouped) at
+// stride 1.
 constexpr auto kPixelSeq = std::make_integer_sequence<int, kMaxRowPixels>{};
-constexpr DirectTable kDirectPixels[11] = {
-    direct_table<0, 0, false>(kPixelSeq),  direct_table<16, 1, false>(kPixelSeq), direct_table<32, 1, false>(kPixelSeq),
-    direct_table<64, 1, false>(kPixelSeq), direct_table<16, 2, false>(kPixelSeq), direct_table<32, 2, false>(kPixelSeq),
-    direct_table<0, 0, true>(kPixelSeq),   direct_table<4, 1, true>(kPixelSeq),   direct_table<8, 1, true>(kPixelSeq),
-    direct_table<4, 2, true>(kPixelSeq),   direct_table<8, 2, true>(kPixelSeq)};
+constexpr DirectTable kDirectPixels[12] = {
+    direct_table<0, 0, false>(kPixelSeq),  direct_table<16, 1, false>(kPixelSeq),
+    direct_table<32, 1, false>(kPixelSeq), direct_table<64, 1, false>(kPixelSeq),
+    direct_table<16, 2, false>(kPixelSeq), direct_table<32, 2, false>(kPixelSeq),
+    direct_table<0, 0, true>(kPixelSeq),   direct_table<4, 1, true>(kPixelSeq),
+    direct_table<8, 1, true>(kPixelSeq),   direct_table<4, 2, true>(kPixelSeq),
+    direct_table<8, 2, true>(kPixelSeq),   direct_table<128, 1, false>(kPixelSeq)};
 
 const DirectTable& direct_kernels(int cg, int stride) {
   if (stride == 1) {
-    const int i = cg == 16 ? 1 : cg == 32 ? 2 : cg == 64 ? 3 : cg == 4 ? 7 : cg == 8 ? 8 : cg < 16 ? 6 : 0;
+    const int i = cg == 16    ? 1
+                  : cg == 32  ? 2
+                  : cg == 64  ? 3
+                  : cg == 128 ? 11
+                  : cg == 4   ? 7
+                  : cg == 8   ? 8
+                  : cg < 16   ? 6
+                              : 0;
     return kDirectPixels[i];
   }
   if (stride == 2) return kDirectPixels[cg == 16 ? 4 : cg == 32 ? 5 : cg == 4 ? 9 : cg == 8 ? 10 : cg < 16 ? 6 : 0];
@@ -423,16 +433,18 @@ bool is_small_stem(const ConvParams& p) { return p.groups == 1 && p.cin <= 4 && 
 
 // Whether conv2d_nhwc runs `p` with conv_grouped_direct (pack_conv decides).
 bool uses_grouped_direct(const ConvParams& p) {
-  // Also ungrouped 3x3 convolutions with 16, 32 or 64 channels in and out
-  // (the CIFAR ResNets' three stages, the ImageNet ResNets' first), where
-  // im2col costs as much as the arithmetic and small maps at batch 1 leave
-  // the GEMM one tile (BM_Conv, 2 threads, batch 1: 16 channels on 28x28
-  // 24.7 -> 16 us, 32 on 14x14 23 -> 16 us, 64 on 7x7 21 -> 15 us, 64 on 56x56
-  // no slower), and small stems (3x3 over 1 to 4 channels: 9 to 36 GEMM
-  // columns).
+  // Also ungrouped 3x3 convolutions with 16, 32, 64 or 128 channels in and
+  // out (the CIFAR ResNets' three stages, the ImageNet ResNets' first two),
+  // where im2col costs as much as the arithmetic and small maps at batch 1
+  // leave the GEMM one tile (BM_Conv, 2 threads, batch 1: 16 channels on
+  // 28x28 24.7 -> 16 us, 32 on 14x14 23 -> 16 us, 64 on 7x7 21 -> 15 us, 64
+  // on 56x56 no slower; 128 on 28x28 at batch 8 5.8 -> 5.2-5.3 ms; 256 and
+  // 512, whose weights per block outgrow L1, ran up to 2x slower than the
+  // GEMM), and small stems (3x3 over 1 to 4 channels: 9 to 36 GEMM columns).
   if (is_small_stem(p)) return true;  // the same packing, conv_small_stem
-  const bool cifar_stage = p.groups == 1 && p.kernel == 3 && (p.cin == 16 || p.cin == 32 || p.cin == 64);
-  if (p.cin != p.cout || p.cin % p.groups || (p.groups == 1 && !cifar_stage)) return false;
+  const bool narrow_stage =
+      p.groups == 1 && p.kernel == 3 && (p.cin == 16 || p.cin == 32 || p.cin == 64 || p.cin == 128);
+  if (p.cin != p.cout || p.cin % p.groups || (p.groups == 1 && !narrow_stage)) return false;
   const int cg = p.cin / p.groups;
   return (16 % cg == 0 || cg % 16 == 0) && cg <= kMaxGroupWidth && p.cout % 16 == 0 && p.kernel <= kMaxDirectKernel;
 }
