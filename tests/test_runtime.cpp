@@ -199,7 +199,9 @@ std::vector<ExitHeadSpec> mixed_heads(const Engine& e, const std::vector<std::ve
       confs.push_back(conf);
     }
     std::sort(confs.begin(), confs.end());
-    const size_t k = size_t(n) * 85 / 100;  // about 15% of the samples are confident enough here
+    // About 15% of the samples confident enough here (the threshold lies
+    // between confs[k] and confs[k + 1], both inside: with 6 samples k = 4).
+    const size_t k = std::min(size_t(n) * 85 / 100, size_t(n) - 2);
     s.threshold = 0.5f * (confs[k] + confs[k + 1]);
   }
   return specs;
