@@ -178,13 +178,7 @@ void direct_pixels(const RowChunk& c) {
       }
     }
   }
-  const v16 zero{};
-  for (int q = 0; q < P; ++q) {
-    v16 v = acc[q];
-    if (c.residual) v += load16(c.residual + size_t(q) * size_t(cout));
-    if (c.relu) v = v > zero ? v : zero;
-    store16(c.out + size_t(q) * size_t(cout), v);
-  }
+  for (int q = 0; q < P; ++q) finish16(acc[q], size_t(q), cout, 0, c.residual, c.relu, c.out);
 }
 
 using DirectPixelsFn = void (*)(const RowChunk&);

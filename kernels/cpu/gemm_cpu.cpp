@@ -197,8 +197,9 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
         // Strips of even height (49 rows: 10, 10, 10, 10, 9 rather than
         // four of 12 and one of 1, whose two accumulators wait on each other).
         const int strips = (r1 - r0 + kMR - 1) / kMR;
+        const auto strip_row = [&](int s) { return r0 + (r1 - r0) * s / strips; };  // strip s's first row
         for (int s = 0; s < strips; ++s) {
-          const int r = r0 + (r1 - r0) * s / strips, rows = r0 + (r1 - r0) * (s + 1) / strips - r;
+          const int r = strip_row(s), rows = strip_row(s + 1) - r;
           const int from = lines * s / strips, to = lines * (s + 1) / strips;
           if (s + 1 < strips) {
             // The next strip's rows that come from beyond L2 (these are
@@ -208,8 +209,7 @@ void gemm(int m, const float* a, int lda, const PackedB& b, float* c, int ldc, c
             // im2col block, deeper, is fresh in L2), its residual and C rows
             // on the last slice (ResNet-50 b1, layer1's 1x1 64 -> 256 with
             // the residual: 0.73 -> 0.54 ms).
-            const int rn = r0 + (r1 - r0) * (s + 1) / strips, rows_n = r0 + (r1 - r0) * (s + 2) / strips - rn;
-            for (int i = rn; i < rn + rows_n; ++i) {
+            for (int i = strip_row(s + 1); i < strip_row(s + 2); ++i) {
               if (pj == p0 && kc <= 256)
                 for (int kk = 0; kk < kc; kk += 16)
                   __builtin_prefetch(a + size_t(i) * size_t(lda) + size_t(k0 + kk), 0, 3);

@@ -29,18 +29,14 @@ constexpr size_t kHugePage = size_t(2) << 20;
 // weights from memory once per run, and with 4 KiB pages every 4 KiB of
 // them costs a TLB miss.
 inline void* aligned_alloc_64(size_t bytes) {
-  if (bytes >= kHugePage) {
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (!p) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a refusal leaves 4 KiB pages
-#endif
-    return p;
-  }
-  const size_t rounded = bytes < 64 ? 64 : (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  const bool huge = bytes >= kHugePage;
+  const size_t align = huge ? kHugePage : 64;
+  const size_t rounded = bytes < 64 ? 64 : (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
   if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a refusal leaves 4 KiB pages
+#endif
   return p;
 }
 // For std::vector<T, AlignedAllocator<T>>: storage that vector loads of 64
